@@ -1,0 +1,1 @@
+"""File formats: every read and write of the science package happens here."""

@@ -1,0 +1,38 @@
+# One task runner: these targets are exactly what the README and CI run.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export CRYODECON_HOME ?= $(CURDIR)/.cryodecon
+
+.PHONY: setup demo test test-all lint ui bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+## The main job: simulate a session, sensor -> runs -> HyperScore table (embedded SQLite instance).
+demo: setup
+	$(BIN)/cryodecon demo
+
+## The test suite (Postgres-backed test runs when CRYODECON_TEST_POSTGRES_URL is set; GPU tests skip without CUDA).
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy cryodecon_science
+
+## Dagster UI on the demo's instance (lineage, runs, reruns): http://127.0.0.1:3000
+ui: setup
+	DAGSTER_HOME=$(CRYODECON_HOME)/dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: setup
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(CRYODECON_HOME)

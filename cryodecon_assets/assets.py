@@ -1,0 +1,809 @@
+"""The batch lineage: raw micrographs -> CTF estimates -> causal priors -> restored micrographs ->
+evaluation scores -> quality score V -> HyperScore, one acquisition batch per partition.
+
+Each asset loads its inputs, calls science functions per micrograph, writes its warehouse rows
+(``ScoreWarehouse.write_rows``: one Parquet file per table and partition, replaced atomically) and
+returns ``dict[micrograph, value]`` to the ``BatchIOManager``.  A micrograph that fails a step is
+quarantined with its reason (warehouse table ``quarantine``) and the rest of the batch goes on.
+
+Reprocessing one micrograph: launch the ``process_batch`` job for its partition with the run tag
+``cryodecon/micrographs=<name>[,<name>…]`` (``cryodecon reprocess``): every asset then handles only those
+micrographs and replaces only their rows and files.
+"""
+
+
+import json
+import pickle
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dagster as dg
+import numpy as np
+
+from cryodecon_assets.batching import MANIFESTS, BatchManifest
+from cryodecon_assets.partitions import acquisition_batches
+from cryodecon_resources import (
+    MicroscopeStorage,
+    OutputStore,
+    ScoreWarehouse,
+    ScoringSettings,
+    StructureLibrary,
+    TorchDevice,
+)
+from cryodecon_resources.io_manager import SELECTION_TAG
+from cryodecon_resources.storage import sha256_of_file
+from cryodecon_science import causal, scores
+from cryodecon_science.citations import forecast_impact, max_citations_within_years
+from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.embedding import embed_particles, novelty_score
+from cryodecon_assets.references import load_citation_graph, particle_box_px
+from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph, read_movie
+from cryodecon_science.io.session import SessionMetadataError, exposure_name, read_session_metadata
+from cryodecon_science.motion import align_movie
+from cryodecon_science.optics import MicroscopeSettings
+from cryodecon_science.picking import extract_boxes, pick_particles
+from cryodecon_science.records import CtfFit
+from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
+
+GROUP = "batch_pipeline"
+T = TypeVar("T")
+
+
+class ChangedSinceCutError(InputFileError):
+    """The file's checksum no longer matches the batch manifest: it changed after the batch was cut."""
+
+    reason = "changed_since_cut"
+
+
+# ---- helpers shared by the assets -------------------------------------------------------------------
+def load_manifest(warehouse: ScoreWarehouse, batch: str) -> BatchManifest:
+    return BatchManifest.from_document(warehouse.read_document(MANIFESTS, batch))
+
+
+def selection(context: dg.AssetExecutionContext) -> set[str] | None:
+    """Micrographs selected by the run tag ``cryodecon/micrographs`` (None = the whole batch)."""
+    raw = context.run.tags.get(SELECTION_TAG, "")
+    names = {n.strip() for n in raw.split(",") if n.strip()}
+    return names or None
+
+
+def selected(context: dg.AssetExecutionContext, items: Mapping[str, T]) -> dict[str, T]:
+    chosen = selection(context)
+    return {k: v for k, v in sorted(items.items()) if chosen is None or k in chosen}
+
+
+def quarantine(
+    warehouse: ScoreWarehouse, batch: str, stage: str, rows: list[dict[str, Any]], chosen: set[str] | None
+) -> None:
+    """Replace this batch's quarantine rows for ``stage`` (file ``quarantine/<batch>.<stage>.parquet``)."""
+    warehouse.write_rows("quarantine", f"{batch}.{stage}", rows, replace_micrographs=chosen)
+
+
+def run_per_micrograph(
+    context: dg.AssetExecutionContext,
+    warehouse: ScoreWarehouse,
+    stage: str,
+    items: Mapping[str, Any],
+    step: Callable[[str, Any], T],
+) -> dict[str, T]:
+    """Apply ``step`` to each micrograph; a science error quarantines that micrograph, not the batch."""
+    batch = context.partition_key
+    results: dict[str, T] = {}
+    failures: list[dict[str, Any]] = []
+    for name, item in items.items():
+        try:
+            results[name] = step(name, item)
+        except (ValueError, InputFileError, FloatingPointError, np.linalg.LinAlgError) as exc:
+            context.log.warning(f"{stage}: {name} quarantined: {exc}")
+            failures.append(quarantine_row(name, batch, stage, type(exc).__name__, str(exc)))
+    quarantine(warehouse, batch, stage, failures, selection(context))
+    return results
+
+
+def quarantine_row(
+    micrograph: str, batch: str, stage: str, reason: str, detail: str, relative_path: str = ""
+) -> dict[str, Any]:
+    return {
+        "micrograph": micrograph,
+        "batch": batch,
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+        "relative_path": relative_path,
+        "recorded_at": time.time(),
+    }
+
+
+@dataclass(frozen=True)
+class ExposureInfo:
+    """What the warehouse's ``micrographs`` table says about one exposure (written by raw_micrographs)."""
+
+    session: str
+    microscope: MicroscopeSettings
+    dose_e_per_angstrom2: float | None
+    nominal_defocus_angstrom: float | None
+    drift_total_px: float | None
+    residual_blur_px: float | None
+    batch_sequence: int
+    cut_at_s: float
+
+
+def exposure_info(warehouse: ScoreWarehouse, batch: str) -> dict[str, ExposureInfo]:
+    frame = warehouse.read_rows("micrographs", batch)
+    info: dict[str, ExposureInfo] = {}
+    for row in frame.to_dict("records"):
+        info[row["micrograph"]] = ExposureInfo(
+            session=row["session"],
+            microscope=MicroscopeSettings(
+                voltage_kv=row["voltage_kv"],
+                spherical_aberration_mm=row["spherical_aberration_mm"],
+                amplitude_contrast_fraction=row["amplitude_contrast_fraction"],
+                pixel_size_angstrom=row["pixel_size_angstrom"],
+            ),
+            dose_e_per_angstrom2=_optional(row.get("dose_e_per_angstrom2")),
+            nominal_defocus_angstrom=_optional(row.get("nominal_defocus_angstrom")),
+            drift_total_px=_optional(row.get("drift_total_px")),
+            residual_blur_px=_optional(row.get("residual_blur_px")),
+            batch_sequence=int(row["batch_sequence"]),
+            cut_at_s=float(row["cut_at_s"]),
+        )
+    return info
+
+
+def load_stored_fits(outputs: OutputStore, batch: str) -> dict[str, CtfFit]:
+    """CTF fits already stored for the batch (a selective rerun keeps the others in the STAR file)."""
+    directory = outputs.asset_path("ctf_estimates", batch)
+    fits: dict[str, CtfFit] = {}
+    for path in sorted(directory.glob("*.pkl")) if directory.is_dir() else []:
+        with open(path, "rb") as handle:
+            fits[path.stem] = pickle.load(handle)
+    return fits
+
+
+def _optional(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return None if np.isnan(number) else number
+
+
+def thumbnail_markdown(images: Mapping[str, np.ndarray], limit: int = 4) -> str:
+    """A small table of per-micrograph statistics (the UI renders Markdown)."""
+    lines = ["| micrograph | shape | mean | std |", "|---|---|---|---|"]
+    for name, data in list(images.items())[:limit]:
+        lines.append(f"| {name} | {data.shape[1]}×{data.shape[0]} | {float(data.mean()):.3g} | {float(data.std()):.3g} |")
+    return "\n".join(lines)
+
+
+# ---- the assets -------------------------------------------------------------------------------------
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    kinds={"mrc"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_quarantined_exposures",
+            asset="raw_micrographs",
+            description="Every exposure of the batch's manifest was read; quarantined ones are listed.",
+        )
+    ],
+    description="Exposures of the batch's frozen manifest, read and verified; movies motion-corrected "
+    "(global alignment, aligned sum).  Integrated micrographs in counts, float32 MRC.",
+)
+def raw_micrographs(
+    context: dg.AssetExecutionContext,
+    microscope_storage: MicroscopeStorage,
+    warehouse: ScoreWarehouse,
+    device: TorchDevice,
+) -> Iterable[dg.Output[dict[str, Micrograph]] | dg.AssetCheckResult]:
+    batch = context.partition_key
+    manifest = load_manifest(warehouse, batch)
+    chosen = selection(context)
+    files = [f for f in manifest.files if chosen is None or f.name in chosen]
+    session_dir = Path(microscope_storage.root) / manifest.session
+    micrographs: dict[str, Micrograph] = {}
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    try:
+        metadata = read_session_metadata(session_dir)
+    except SessionMetadataError as exc:
+        metadata = None
+        context.log.warning(f"session metadata unusable, using header values and defaults: {exc}")
+    for entry in files:
+        path = microscope_storage.absolute(entry.relative_path)
+        drift_total_px: float | None = None
+        n_frames = 1
+        try:
+            if sha256_of_file(path) != entry.sha256:
+                raise ChangedSinceCutError(path, "checksum differs from the batch manifest")
+            if entry.kind == "movie":
+                movie = read_movie(path)
+                correction = align_movie(movie.frames, movie.pixel_size_angstrom, device=device.torch_device())
+                micrograph = Micrograph(entry.name, correction.aligned_sum.astype(np.float32), movie.pixel_size_angstrom)
+                drift_total_px = float(correction.total_drift_px)
+                n_frames = int(movie.frames.shape[0])
+            else:
+                micrograph = read_micrograph(path)
+        except (InputFileError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", type(exc).__name__)
+            context.log.warning(f"quarantined {entry.relative_path}: {exc}")
+            failures.append(quarantine_row(entry.name, batch, "raw_micrographs", reason, str(exc), entry.relative_path))
+            continue
+        micrographs[entry.name] = micrograph
+        microscope = metadata.microscope if metadata is not None else MicroscopeSettings()
+        rows.append(
+            {
+                "micrograph": entry.name,
+                "batch": batch,
+                "session": manifest.session,
+                "batch_sequence": manifest.sequence,
+                "cut_at_s": manifest.cut_at_s,
+                "relative_path": entry.relative_path,
+                "sha256": entry.sha256,
+                "kind": entry.kind,
+                "n_frames": n_frames,
+                "shape_y_px": int(micrograph.data.shape[0]),
+                "shape_x_px": int(micrograph.data.shape[1]),
+                "pixel_size_angstrom": micrograph.pixel_size_angstrom,
+                "voltage_kv": microscope.voltage_kv,
+                "spherical_aberration_mm": microscope.spherical_aberration_mm,
+                "amplitude_contrast_fraction": microscope.amplitude_contrast_fraction,
+                "dose_e_per_angstrom2": metadata.dose_e_per_angstrom2 if metadata else None,
+                "nominal_defocus_angstrom": (
+                    metadata.nominal_defocus_angstrom.get(exposure_name(path)) if metadata else None
+                ),
+                "mean_counts_per_px": float(micrograph.data.mean()),
+                "drift_total_px": drift_total_px,
+                # After alignment, what blurs the sum is the motion within each frame: about the
+                # trajectory length over the number of frames.
+                "residual_blur_px": drift_total_px / n_frames if drift_total_px is not None else None,
+            }
+        )
+    warehouse.write_rows("micrographs", batch, rows, replace_micrographs=chosen)
+    quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
+    yield dg.Output(
+        micrographs,
+        metadata={
+            "session": manifest.session,
+            "exposures_in_manifest": len(manifest.files),
+            "read": len(micrographs),
+            "quarantined": len(failures),
+            "movies_motion_corrected": sum(1 for r in rows if r["kind"] == "movie"),
+            "preview": dg.MetadataValue.md(thumbnail_markdown({k: v.data for k, v in micrographs.items()})),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_quarantined_exposures",
+        passed=not failures,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "quarantined": len(failures),
+            "reasons": dg.MetadataValue.json({f["relative_path"]: f"{f['reason']}: {f['detail']}" for f in failures}),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"torch"},
+    description="CTF fit per micrograph (tile-averaged periodogram, 1D search + 2D refinement); rows in "
+    "the warehouse table `ctf` and a RELION `micrographs_ctf.star` per batch.",
+)
+def ctf_estimates(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    warehouse: ScoreWarehouse,
+    outputs: OutputStore,
+    device: TorchDevice,
+) -> dg.Output[dict[str, CtfFit]]:
+    from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
+
+    batch = context.partition_key
+    info = exposure_info(warehouse, batch)
+    torch_device = device.torch_device()
+
+    def step(name: str, micrograph: Micrograph) -> CtfFit:
+        exposure = info[name]
+        return estimate_ctf(
+            micrograph.data,
+            exposure.microscope,
+            nominal_defocus_angstrom=exposure.nominal_defocus_angstrom,
+            device=torch_device,
+        )
+
+    fits = run_per_micrograph(context, warehouse, "ctf_estimates", selected(context, raw_micrographs), step)
+    rows = [
+        {
+            "micrograph": name,
+            "batch": batch,
+            "session": info[name].session,
+            "defocus_u_angstrom": fit.ctf.defocus_u_angstrom,
+            "defocus_v_angstrom": fit.ctf.defocus_v_angstrom,
+            "astigmatism_angle_degrees": fit.ctf.astigmatism_angle_deg,
+            "phase_shift_rad": fit.ctf.phase_shift_rad,
+            "fit_resolution_angstrom": fit.fit_resolution_angstrom,
+            "cross_correlation": fit.cross_correlation,
+            "defocus_sigma_angstrom": fit.defocus_sigma_angstrom,
+            "nominal_defocus_angstrom": info[name].nominal_defocus_angstrom,
+        }
+        for name, fit in fits.items()
+    ]
+    warehouse.write_rows("ctf", batch, rows, replace_micrographs=selection(context))
+    all_rows = warehouse.read_rows("ctf", batch)
+    star_path = outputs.star_path(batch, "micrographs_ctf.star")
+    star_rows = []
+    stored = load_stored_fits(outputs, batch)
+    for row in all_rows.to_dict("records"):
+        name = row["micrograph"]
+        fit = fits.get(name) or stored.get(name)
+        if fit is not None and name in info:
+            star_rows.append(MicrographCtfRow(str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc")), fit, info[name].microscope))
+    if star_rows:
+        write_micrographs_ctf_star(star_path, star_rows)
+    defoci = [r["defocus_u_angstrom"] for r in rows]
+    return dg.Output(
+        fits,
+        metadata={
+            "fitted": len(fits),
+            "median_defocus_u_angstrom": float(np.median(defoci)) if defoci else float("nan"),
+            "median_fit_resolution_angstrom": (
+                float(np.median([r["fit_resolution_angstrom"] for r in rows])) if rows else float("nan")
+            ),
+            "star_file": dg.MetadataValue.path(str(star_path)),
+            "fits": dg.MetadataValue.md(
+                "| micrograph | ΔfU (Å) | ΔfV (Å) | angle (°) | fit res (Å) | CC |\n|---|---|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {r['micrograph']} | {r['defocus_u_angstrom']:.0f} | {r['defocus_v_angstrom']:.0f} | "
+                    f"{r['astigmatism_angle_degrees']:.1f} | {r['fit_resolution_angstrom']:.2f} | "
+                    f"{r['cross_correlation']:.3f} |"
+                    for r in rows
+                )
+            ),
+        },
+    )
+
+
+def session_prior_before(warehouse: ScoreWarehouse, session: str, batch_sequence: int) -> causal.SessionPrior | None:
+    """The session prior from every earlier batch of the session, replayed in batch order.
+
+    Only batches with a lower sequence number count, so a rerun of a batch sees the same prior.
+    """
+    directory = warehouse.table_dir("priors")
+    files = sorted(directory.glob(f"{session}-*.parquet")) if directory.is_dir() else []
+    prior: causal.SessionPrior | None = None
+    for path in files:
+        try:
+            sequence = int(path.stem.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if sequence >= batch_sequence:
+            continue
+        frame = warehouse.read_rows("priors", path.stem)
+        for _, group in frame.sort_values(["micrograph", "node"]).groupby("micrograph", sort=True):
+            estimates = {
+                row["node"]: (float(row["measured_value"]), float(row["measured_sigma"]))
+                for row in group.to_dict("records")
+            }
+            prior = causal.update_session_prior(prior, estimates)
+    return prior
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    kinds={"networkx"},
+    description="Causal graph of image degradation per micrograph: node estimates with σ and weights, "
+    "refined by the self-evaluation loop until every change < 1σ; session prior updated batch by batch.",
+)
+def causal_priors(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    ctf_estimates: dict[str, CtfFit],
+    warehouse: ScoreWarehouse,
+    device: TorchDevice,
+) -> dg.Output[dict[str, causal.CausalPriors]]:
+    batch = context.partition_key
+    info = exposure_info(warehouse, batch)
+    items = {k: v for k, v in selected(context, raw_micrographs).items() if k in ctf_estimates}
+    torch_device = device.torch_device()
+    first = next(iter(info.values()), None)
+    prior = session_prior_before(warehouse, first.session, first.batch_sequence) if first else None
+
+    def step(name: str, micrograph: Micrograph) -> causal.CausalPriors:
+        nonlocal prior
+        exposure = info[name]
+        fitted = causal.fit_priors(
+            micrograph.data,
+            ctf_estimates[name],
+            exposure.microscope,
+            dose_e_per_angstrom2=exposure.dose_e_per_angstrom2,
+            drift_total_px=exposure.residual_blur_px,
+            session_prior=prior,
+            device=torch_device,
+        )
+        prior = causal.update_session_prior(prior, fitted.measured_values())
+        return fitted
+
+    fitted_all = run_per_micrograph(context, warehouse, "causal_priors", items, step)
+    rows, iteration_rows = [], []
+    for name, fitted in fitted_all.items():
+        measured = fitted.measured_values()
+        for estimate in fitted.estimates:
+            rows.append(
+                {
+                    "micrograph": name,
+                    "batch": batch,
+                    "session": info[name].session,
+                    "batch_sequence": info[name].batch_sequence,
+                    "node": estimate.node,
+                    "estimate": estimate.value,
+                    "sigma": estimate.sigma,
+                    "weight": estimate.weight,
+                    "measured_value": measured[estimate.node][0],
+                    "measured_sigma": measured[estimate.node][1],
+                    "unit": estimate.unit,
+                    "converged": fitted.converged,
+                    "n_iterations": fitted.n_iterations,
+                }
+            )
+        for index, values in enumerate(fitted.iterations):
+            for node, value in values.items():
+                iteration_rows.append({"micrograph": name, "batch": batch, "iteration": index, "node": node, "value": value})
+        warehouse.write_document("causal_graphs", f"{batch}.{name}", fitted.graph_node_link)
+    chosen = selection(context)
+    warehouse.write_rows("priors", batch, rows, replace_micrographs=chosen)
+    warehouse.write_rows("prior_iterations", batch, iteration_rows, replace_micrographs=chosen)
+    weights = {}
+    for row in rows:
+        weights.setdefault(row["node"], []).append(row["weight"])
+    return dg.Output(
+        fitted_all,
+        metadata={
+            "converged": sum(1 for p in fitted_all.values() if p.converged),
+            "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
+            "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),
+        },
+    )
+
+
+def _restore(
+    context: dg.AssetExecutionContext,
+    stage: str,
+    raw_micrographs: dict[str, Micrograph],
+    ctf_estimates: dict[str, CtfFit],
+    causal_priors: dict[str, causal.CausalPriors],
+    warehouse: ScoreWarehouse,
+    device: TorchDevice,
+    restore: Callable[..., np.ndarray],
+) -> dict[str, Micrograph]:
+    info = exposure_info(warehouse, context.partition_key)
+    torch_device = device.torch_device()
+    items = {k: v for k, v in selected(context, raw_micrographs).items() if k in ctf_estimates and k in causal_priors}
+
+    def step(name: str, micrograph: Micrograph) -> Micrograph:
+        fit = causal.refined_ctf_fit(ctf_estimates[name], causal_priors[name])
+        data = restore(micrograph.data, fit, info[name].microscope, device=torch_device)
+        return Micrograph(name, np.asarray(data, dtype=np.float32), micrograph.pixel_size_angstrom)
+
+    return run_per_micrograph(context, warehouse, stage, items, step)
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"torch", "mrc"},
+    description="Denoised micrographs (CTF kept): Wiener filter S·CTF²/(S·CTF²+N) built from the causal "
+    "priors' signal and noise spectra.  float32 MRC, pixel size in the header.",
+)
+def restored_micrographs(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    ctf_estimates: dict[str, CtfFit],
+    causal_priors: dict[str, causal.CausalPriors],
+    warehouse: ScoreWarehouse,
+    device: TorchDevice,
+) -> dg.Output[dict[str, Micrograph]]:
+    restored = _restore(
+        context, "restored_micrographs", raw_micrographs, ctf_estimates, causal_priors, warehouse, device, wiener_denoise
+    )
+    return dg.Output(
+        restored,
+        metadata={
+            "restored": len(restored),
+            "pixel_size_angstrom": float(next(iter(restored.values())).pixel_size_angstrom) if restored else float("nan"),
+            "preview": dg.MetadataValue.md(thumbnail_markdown({k: v.data for k, v in restored.items()})),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"torch", "mrc"},
+    description="CTF-corrected micrographs: Wiener deconvolution CTF·S/(S·CTF²+N), zero beyond the fit "
+    "resolution (never invents power there).",
+)
+def deconvolved_micrographs(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    ctf_estimates: dict[str, CtfFit],
+    causal_priors: dict[str, causal.CausalPriors],
+    warehouse: ScoreWarehouse,
+    device: TorchDevice,
+) -> dg.Output[dict[str, Micrograph]]:
+    result = _restore(
+        context, "deconvolved_micrographs", raw_micrographs, ctf_estimates, causal_priors, warehouse, device, wiener_deconvolve
+    )
+    return dg.Output(result, metadata={"deconvolved": len(result)})
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    components: scores.ScoreComponents
+    rules: tuple[scores.RuleResult, ...]
+    n_particles: int
+    impact_citations: float
+    details: Mapping[str, float]
+
+
+EVALUATION_CHECKS = [
+    dg.AssetCheckSpec(f"rule_{rule.name}", asset="evaluation_scores", description=f"{rule.statement} ({rule.physical_reason})")
+    for rule in scores.LOGIC_RULES
+]
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    kinds={"lancedb", "torch"},
+    check_specs=EVALUATION_CHECKS,
+    description="The five components of V per micrograph: LogicScore (consistency rules, one asset check "
+    "each), Novelty (LanceDB structure library), ImpactFore (citation graph), ΔRepro (perturbations), "
+    "⋄Meta (stability of the self-evaluation loop).",
+)
+def evaluation_scores(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    ctf_estimates: dict[str, CtfFit],
+    causal_priors: dict[str, causal.CausalPriors],
+    restored_micrographs: dict[str, Micrograph],
+    deconvolved_micrographs: dict[str, Micrograph],
+    warehouse: ScoreWarehouse,
+    structure_library: StructureLibrary,
+    scoring: ScoringSettings,
+    device: TorchDevice,
+) -> Iterable[dg.Output[dict[str, EvaluationRecord]] | dg.AssetCheckResult]:
+    batch = context.partition_key
+    manifest = load_manifest(warehouse, batch)
+    info = exposure_info(warehouse, batch)
+    torch_device = device.torch_device()
+    graph = load_citation_graph(scoring)
+    max_citations = max_citations_within_years(graph, 5) if graph is not None else 0
+    library_distances = structure_library.library_nn_distances()
+    items = {
+        k: v
+        for k, v in selected(context, raw_micrographs).items()
+        if k in restored_micrographs and k in deconvolved_micrographs and k in causal_priors
+    }
+    embeddings_by_name: dict[str, np.ndarray] = {}
+
+    def step(name: str, raw: Micrograph) -> EvaluationRecord:
+        exposure = info[name]
+        fit = ctf_estimates[name]
+        priors = causal_priors[name]
+        restored = restored_micrographs[name].data
+        pixel = raw.pixel_size_angstrom
+        diameter_px = scoring.particle_diameter_angstrom / pixel
+        picks = pick_particles(restored, pixel, scoring.particle_diameter_angstrom)
+        # LogicScore
+        inputs = scores.RuleInputs(
+            defocus_u_angstrom=fit.ctf.defocus_u_angstrom,
+            defocus_v_angstrom=fit.ctf.defocus_v_angstrom,
+            nominal_defocus_angstrom=exposure.nominal_defocus_angstrom,
+            fit_resolution_angstrom=fit.fit_resolution_angstrom,
+            pixel_size_angstrom=pixel,
+            dose_header_e_per_angstrom2=exposure.dose_e_per_angstrom2,
+            mean_counts_per_pixel=float(raw.data.mean()),
+            low_frequency_power_ratio=scores.low_frequency_power_ratio(raw.data, restored, pixel),
+            beyond_fit_power_ratio=scores.power_beyond_ratio(
+                raw.data, deconvolved_micrographs[name].data, pixel, fit.fit_resolution_angstrom
+            ),
+            particle_positions_px=picks,
+            particle_diameter_px=diameter_px,
+            image_shape_px=(int(raw.data.shape[0]), int(raw.data.shape[1])),
+        )
+        rule_results = scores.evaluate_rules(inputs)
+        logic = scores.logic_score(rule_results)
+        # Novelty and ImpactFore through the structure library, on CTF-corrected particle boxes (the
+        # references are CTF-free projections, so CTF-modulated boxes would look novel for that alone).
+        box_px = particle_box_px(diameter_px)
+        deconvolved = deconvolved_micrographs[name].data
+        boxes = extract_boxes(deconvolved, picks, box_px) if len(picks) else np.zeros((0, box_px, box_px), np.float32)
+        embeddings = embed_particles(boxes, device=torch_device) if len(boxes) else np.zeros((0, 1), np.float32)
+        impact_citations = 0.0
+        if len(embeddings):
+            # An empty library gives infinite distances, hence novelty 1: nothing is known yet.
+            distances, neighbours = structure_library.nearest(
+                embeddings, k=1, before_s=manifest.cut_at_s, exclude_batch=batch
+            )
+            novelty = novelty_score(distances[:, 0], library_distances)
+            cited = [
+                (hits[0].paper_id, 1.0 - hits[0].distance)
+                for hits in neighbours
+                if hits and hits[0].paper_id and hits[0].distance < 1.0
+            ]
+            if graph is not None and cited:
+                impact_citations = forecast_impact(graph, [str(p) for p, _ in cited], [w for _, w in cited])
+        else:
+            novelty = 0.0  # no particle found: empty ice or contamination is not a novel structure
+        impact = scores.impact_normalised(impact_citations, float(max_citations)) if max_citations > 0 else 0.0
+        embeddings_by_name[name] = embeddings
+        # ΔRepro: independent tile halves for the CTF, a one-pixel shift for the restoration
+        fit_used = causal.refined_ctf_fit(fit, priors)
+        shifted = wiener_denoise(np.roll(raw.data, 1, axis=1), fit_used, exposure.microscope, device=torch_device)
+        restoration_dev = float(
+            np.sqrt(np.mean((np.roll(shifted, -1, axis=1) - restored) ** 2)) / (float(np.std(restored)) + 1e-12)
+        )
+        defocus_dev = fit.defocus_sigma_angstrom / max(fit.ctf.mean_defocus_angstrom, 1.0)
+        repro = scores.reproducibility_score(
+            {"defocus": defocus_dev, "restoration_shift": restoration_dev},
+            {"defocus": 0.01, "restoration_shift": 0.05},
+        )
+        sigmas = {e.node: e.sigma for e in priors.estimates}
+        meta = scores.meta_stability_score(priors.iterations, sigmas, priors.converged)
+        components = scores.ScoreComponents(logic=logic, novelty=novelty, impact=impact, repro=repro, meta=meta)
+        return EvaluationRecord(
+            components,
+            rule_results,
+            int(len(picks)),
+            impact_citations,
+            {"defocus_relative_deviation": defocus_dev, "restoration_shift_nrmsd": restoration_dev},
+        )
+
+    records = run_per_micrograph(context, warehouse, "evaluation_scores", items, step)
+    # Grow the library with this batch's particles (idempotent per batch: a rerun replaces them).
+    all_embeddings = [e for e in embeddings_by_name.values() if len(e)]
+    if all_embeddings and selection(context) is None:
+        stacked = np.concatenate(all_embeddings)
+        structure_library.add_embeddings(
+            stacked,
+            structure_ids=[f"{batch}:{n}" for n, e in embeddings_by_name.items() for _ in range(len(e))],
+            batch_key=batch,
+            session=manifest.session,
+            paper_ids=[None] * len(stacked),
+            registered_before_s=manifest.cut_at_s,
+        )
+    rows, rule_rows = [], []
+    for name, record in records.items():
+        c = record.components
+        rows.append(
+            {
+                "micrograph": name,
+                "batch": batch,
+                "session": manifest.session,
+                "logic": c.logic,
+                "novelty": c.novelty,
+                "impact": c.impact,
+                "impact_citations": record.impact_citations,
+                "repro": c.repro,
+                "meta": c.meta,
+                "n_particles": record.n_particles,
+                "details": json.dumps(dict(record.details), sort_keys=True),
+            }
+        )
+        for result in record.rules:
+            rule_rows.append(
+                {"micrograph": name, "batch": batch, "rule": result.name, "status": result.status, "observed": result.observed}
+            )
+    chosen = selection(context)
+    warehouse.write_rows("scores", batch, rows, replace_micrographs=chosen)
+    warehouse.write_rows("rules", batch, rule_rows, replace_micrographs=chosen)
+    yield dg.Output(
+        records,
+        metadata={
+            "scored": len(records),
+            "mean_logic": float(np.mean([r["logic"] for r in rows])) if rows else float("nan"),
+            "mean_novelty": float(np.mean([r["novelty"] for r in rows])) if rows else float("nan"),
+            "library_entries": structure_library.count(),
+        },
+    )
+    for rule in scores.LOGIC_RULES:
+        statuses = {name: next(r for r in rec.rules if r.name == rule.name) for name, rec in records.items()}
+        failed = sorted(n for n, r in statuses.items() if r.status == "fail")
+        yield dg.AssetCheckResult(
+            check_name=f"rule_{rule.name}",
+            passed=not failed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "failed": len(failed),
+                "not_applicable": sum(1 for r in statuses.values() if r.status == "not_applicable"),
+                "failed_micrographs": dg.MetadataValue.json({n: statuses[n].observed for n in failed}),
+            },
+        )
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    description="Research Quality Score V = Σ wᵢ·componentᵢ ∈ [0, 1], with the weights version recorded.",
+)
+def quality_scores(
+    context: dg.AssetExecutionContext,
+    evaluation_scores: dict[str, EvaluationRecord],
+    warehouse: ScoreWarehouse,
+    scoring: ScoringSettings,
+) -> dg.Output[dict[str, float]]:
+    batch = context.partition_key
+    weights = scores.ScoreWeights(*scoring.weights, version=scoring.weights_version)
+    values = {name: scores.quality_v(record.components, weights) for name, record in selected(context, evaluation_scores).items()}
+    rows = [
+        {"micrograph": n, "batch": batch, "v": v, "weights_version": weights.version, "weights": json.dumps(
+            {k: getattr(weights, k) for k in ("logic", "novelty", "impact", "repro", "meta")})}
+        for n, v in values.items()
+    ]
+    warehouse.write_rows("quality", batch, rows, replace_micrographs=selection(context))
+    return dg.Output(values, metadata={"mean_v": float(np.mean(list(values.values()))) if values else float("nan")})
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    description="HyperScore = 100 × [1 + σ(β·ln V + γ)^κ] per micrograph, in [100, 200].",
+)
+def hyperscores(
+    context: dg.AssetExecutionContext,
+    quality_scores: dict[str, float],
+    warehouse: ScoreWarehouse,
+    scoring: ScoringSettings,
+) -> dg.Output[dict[str, float]]:
+    batch = context.partition_key
+    manifest = load_manifest(warehouse, batch)
+    values = {
+        name: scores.hyperscore(v, beta=scoring.beta, gamma=scoring.gamma, kappa=scoring.kappa)
+        for name, v in selected(context, quality_scores).items()
+    }
+    rows = [
+        {
+            "micrograph": n,
+            "batch": batch,
+            "session": manifest.session,
+            "v": quality_scores[n],
+            "hyperscore": h,
+            "beta": scoring.beta,
+            "gamma": scoring.gamma,
+            "kappa": scoring.kappa,
+            "weights_version": scoring.weights_version,
+            "cut_at_s": manifest.cut_at_s,
+        }
+        for n, h in values.items()
+    ]
+    warehouse.write_rows("hyperscores", batch, rows, replace_micrographs=selection(context))
+    table = "| micrograph | V | HyperScore |\n|---|---|---|\n" + "\n".join(
+        f"| {r['micrograph']} | {r['v']:.3f} | {r['hyperscore']:.2f} |" for r in rows
+    )
+    return dg.Output(
+        values,
+        metadata={
+            "mean_hyperscore": float(np.mean(list(values.values()))) if values else float("nan"),
+            "hyperscores": dg.MetadataValue.md(table),
+        },
+    )
+
+
+BATCH_ASSETS = [
+    raw_micrographs,
+    ctf_estimates,
+    causal_priors,
+    restored_micrographs,
+    deconvolved_micrographs,
+    evaluation_scores,
+    quality_scores,
+    hyperscores,
+]

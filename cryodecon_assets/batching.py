@@ -1,0 +1,204 @@
+"""Acquisition batches: which files are complete, and when a batch is cut.
+
+Partitioning arithmetic (README "Partitions"): a facility records 5,000–15,000 exposures a day; Dagster
+recommends at most ~100,000 partitions per asset, which one-partition-per-exposure would reach in 7–20
+days.  A partition here is an *acquisition batch*: up to ``max_batch_size`` exposures of one session
+(default 50), or whatever arrived within ``batch_window_seconds`` (default 300 s).  At 15,000 exposures a
+day that is ≥ 300 partitions a day, ~110,000 a year at the worst; the 100k guideline lasts about a year at
+peak rate and 3 years at 5,000/day.  ``max_batch_size`` is the knob.
+
+A batch's manifest (relative paths, sizes, SHA-256 checksums) is frozen when it is cut and stored in the
+warehouse; a rerun reprocesses exactly the files of the manifest.  The set of manifests is the ledger of
+what has been assigned: a restarted sensor rebuilds it from the warehouse, never from memory, so it can
+neither assign a file twice nor forget one.
+
+The sensor cursor only carries the files still *pending* (seen, not yet stable), and the per-session
+sequence numbers.  A file is *ready* when
+1. its size and mtime have not changed for ``settle_seconds`` across ticks, and
+2. its size on disk equals the size its MRC header declares (a copy in progress is shorter),
+and it is *quarantined* when its header is corrupt, or when it stays shorter than declared for
+``truncated_after_seconds`` (a copy that died).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+from cryodecon_resources.storage import FileObservation
+from cryodecon_science.io.session import exposure_name
+from cryodecon_science.io.mrc import IncompleteFileError, InputFileError, check_complete
+
+MANIFESTS = "manifests"
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    relative_path: str
+    size_bytes: int
+    sha256: str
+    kind: str  # "micrograph" or "movie"
+
+    @property
+    def name(self) -> str:
+        """The exposure's name: file stem without the movie suffix (``x_mov_0001_fractions`` -> ``x_mov_0001``)."""
+        return exposure_name(self.relative_path)
+
+
+@dataclass(frozen=True)
+class BatchManifest:
+    """The frozen list of files of one acquisition batch (one Dagster partition)."""
+
+    batch_key: str
+    session: str
+    sequence: int
+    cut_at_s: float
+    files: tuple[ManifestFile, ...]
+
+    def to_document(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, object]) -> BatchManifest:
+        files = tuple(ManifestFile(**f) for f in document["files"])  # type: ignore[union-attr, arg-type]
+        return cls(
+            str(document["batch_key"]),
+            str(document["session"]),
+            int(document["sequence"]),  # type: ignore[call-overload]
+            float(document["cut_at_s"]),  # type: ignore[arg-type]
+            files,
+        )
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    relative_path: str
+    session: str
+    reason: str
+    detail: str
+    size_bytes: int
+    seen_at_s: float
+
+
+@dataclass
+class PlanState:
+    """What the sensor cursor carries between ticks (JSON)."""
+
+    pending: dict[str, dict[str, float]] = field(default_factory=dict)
+    quarantined: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_cursor(self) -> str:
+        return json.dumps({"pending": self.pending, "quarantined": self.quarantined}, sort_keys=True)
+
+    @classmethod
+    def from_cursor(cls, cursor: str | None) -> PlanState:
+        if not cursor:
+            return cls()
+        try:
+            data = json.loads(cursor)
+            return cls(dict(data.get("pending", {})), dict(data.get("quarantined", {})))
+        except (ValueError, AttributeError):
+            return cls()  # an unreadable cursor only costs one extra settle period: the ledger is on disk
+
+
+@dataclass(frozen=True)
+class Plan:
+    new_batches: tuple[BatchManifest, ...]
+    quarantined: tuple[Quarantined, ...]
+    state: PlanState
+    n_pending: int
+
+
+def file_kind(relative_path: str) -> str:
+    return "movie" if "_fractions" in relative_path.rsplit("/", 1)[-1] else "micrograph"
+
+
+def safe_session(session: str) -> str:
+    """Session names become partition keys: keep letters, digits, '_' and '-' only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", session).strip("_")
+    return cleaned or "session"
+
+
+def batch_key(session: str, sequence: int) -> str:
+    return f"{safe_session(session)}-{sequence:05d}"
+
+
+def plan_batches(
+    observations: Iterable[FileObservation],
+    assigned: set[str],
+    state: PlanState,
+    next_sequence: Mapping[str, int],
+    now_s: float,
+    absolute: Callable[[str], str],
+    checksum: Callable[[str], str],
+    settle_seconds: float,
+    truncated_after_seconds: float,
+    max_batch_size: int,
+    batch_window_seconds: float,
+) -> Plan:
+    """Decide, for one tick, which files are ready, which are quarantined and which batches to cut.
+
+    Pure apart from reading file headers (``check_complete``) and checksums of ready files.
+    ``assigned`` holds the relative paths already in a manifest; ``next_sequence`` the next batch number
+    per session.  Files already quarantined with the same size and mtime are not re-examined.
+    """
+    pending: dict[str, dict[str, float]] = {}
+    quarantined_state = dict(state.quarantined)
+    ready: dict[str, list[tuple[float, FileObservation, str]]] = defaultdict(list)
+    quarantined: list[Quarantined] = []
+    for obs in observations:
+        if obs.relative_path in assigned:
+            continue
+        previous_q = quarantined_state.get(obs.relative_path)
+        if previous_q and previous_q["size"] == obs.size_bytes and previous_q["mtime"] == obs.mtime_s:
+            continue  # already recorded; a fixed (rewritten) file has a new size/mtime and is re-examined
+        seen = state.pending.get(obs.relative_path)
+        if seen is None or seen["size"] != obs.size_bytes or seen["mtime"] != obs.mtime_s:
+            pending[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s, "since": now_s}
+            continue
+        if now_s - seen["since"] < settle_seconds:
+            pending[obs.relative_path] = seen
+            continue
+        try:
+            check_complete(absolute(obs.relative_path))
+        except IncompleteFileError as exc:
+            if now_s - seen["since"] >= truncated_after_seconds:
+                quarantined.append(
+                    Quarantined(obs.relative_path, obs.session, "truncated", exc.detail, obs.size_bytes, now_s)
+                )
+                quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
+            else:
+                pending[obs.relative_path] = seen
+            continue
+        except InputFileError as exc:
+            quarantined.append(Quarantined(obs.relative_path, obs.session, exc.reason, exc.detail, obs.size_bytes, now_s))
+            quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
+            continue
+        except OSError as exc:  # unreadable permissions, vanished file
+            quarantined.append(Quarantined(obs.relative_path, obs.session, "unreadable", str(exc), obs.size_bytes, now_s))
+            quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
+            continue
+        ready[obs.session].append((seen["since"], obs, checksum(obs.relative_path)))
+
+    batches: list[BatchManifest] = []
+    for session in sorted(ready):
+        files = sorted(ready[session], key=lambda item: (item[0], item[1].relative_path))
+        sequence = next_sequence.get(session, 1)
+        while files:
+            full = len(files) >= max_batch_size
+            oldest_wait = now_s - files[0][0]
+            if not full and oldest_wait < batch_window_seconds:
+                for since, obs, _ in files:  # keep waiting for more exposures of this session
+                    pending[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s, "since": since}
+                break
+            chunk, files = files[:max_batch_size], files[max_batch_size:]
+            manifest_files = tuple(
+                ManifestFile(obs.relative_path, obs.size_bytes, digest, file_kind(obs.relative_path))
+                for _, obs, digest in chunk
+            )
+            batches.append(BatchManifest(batch_key(session, sequence), session, sequence, now_s, manifest_files))
+            sequence += 1
+    return Plan(tuple(batches), tuple(quarantined), PlanState(pending, quarantined_state), len(pending))

@@ -1,0 +1,365 @@
+"""``cryodecon`` command line.
+
+Stable contracts (other tools call them):
+
+* ``cryodecon demo`` — simulate a session into the embedded storage, drive it through the real sensor ->
+  run path on a persistent instance, print the HyperScore table from DuckDB.
+* ``cryodecon restore INPUT... --output-dir DIR [--target denoised|deconvolved] [--device auto|cpu|cuda]``
+  — writes ``DIR/<input file name>``, float32 MRC, pixel size in the header.
+* ``cryodecon ctf INPUT... --output FILE.json [--star FILE.star]`` — a JSON list of objects with keys
+  micrograph, defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_degrees, fit_resolution_angstrom
+  (RELION/CTFFIND convention: U ≥ V, angle from the x axis to U, counter-clockwise).
+* ``cryodecon scores [--session S] [--format table|csv|json]`` — per-micrograph rows from the warehouse
+  with at least micrograph, batch, defocus_u_angstrom, fit_resolution_angstrom, v, hyperscore.
+
+Exit codes: 0 success, 1 a processing failure (e.g. a run failed), 2 bad usage or unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEMO_SESSION = "demo"
+SCORE_COLUMNS = [
+    "micrograph",
+    "batch",
+    "session",
+    "defocus_u_angstrom",
+    "defocus_v_angstrom",
+    "fit_resolution_angstrom",
+    "logic",
+    "novelty",
+    "impact",
+    "repro",
+    "meta",
+    "v",
+    "hyperscore",
+]
+
+
+def _microscope_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--voltage-kv", type=float, default=300.0)
+    parser.add_argument("--spherical-aberration-mm", type=float, default=2.7)
+    parser.add_argument("--amplitude-contrast", type=float, default=0.07)
+    parser.add_argument("--pixel-size-angstrom", type=float, default=None, help="override the MRC header")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryodecon", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="simulate a session and run it through sensor -> runs -> HyperScores")
+    demo.add_argument("--home", default=None, help="embedded setup folder (default $CRYODECON_HOME or ./.cryodecon)")
+    demo.add_argument("--micrographs", type=int, default=8)
+    demo.add_argument("--movies", type=int, default=2)
+    demo.add_argument("--size", type=int, default=1024, help="micrograph edge in pixels (4096 for full size)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--batch-size", type=int, default=5)
+
+    tick = sub.add_parser("tick", help="evaluate the storage sensor and run what it requests (no daemon)")
+    tick.add_argument("--max-ticks", type=int, default=3)
+
+    simulate = sub.add_parser("simulate", help="write a simulated session into a storage root")
+    simulate.add_argument("--root", required=True)
+    simulate.add_argument("--session", default=DEMO_SESSION)
+    simulate.add_argument("--micrographs", type=int, default=8)
+    simulate.add_argument("--movies", type=int, default=2)
+    simulate.add_argument("--size", type=int, default=1024)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--truth-images", action="store_true", help="also write clean/potential truth MRCs")
+
+    restore = sub.add_parser("restore", help="restore micrographs (CTF fit + causal priors + Wiener)")
+    restore.add_argument("inputs", nargs="+")
+    restore.add_argument("--output-dir", required=True)
+    restore.add_argument("--target", choices=["denoised", "deconvolved"], default="denoised")
+    restore.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _microscope_arguments(restore)
+
+    ctf = sub.add_parser("ctf", help="estimate the CTF of micrographs")
+    ctf.add_argument("inputs", nargs="+")
+    ctf.add_argument("--output", required=True, help="JSON file")
+    ctf.add_argument("--star", default=None, help="also write a RELION micrographs_ctf.star")
+    ctf.add_argument("--device", default="auto")
+    _microscope_arguments(ctf)
+
+    scores = sub.add_parser("scores", help="per-micrograph scores from the warehouse")
+    scores.add_argument("--session", default=None)
+    scores.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    sql = sub.add_parser("sql", help="run a DuckDB query over the warehouse views")
+    sql.add_argument("query")
+
+    reprocess = sub.add_parser("reprocess", help="rerun one batch, or selected micrographs of it")
+    reprocess.add_argument("batch")
+    reprocess.add_argument("--micrograph", action="append", default=[])
+    return parser
+
+
+# ---- environment --------------------------------------------------------------------------------------
+def prepare_instance_home(home: Path) -> Path:
+    """Create ``$DAGSTER_HOME`` (default ``<home>/dagster_home``) with the repo's ``dagster.yaml``.
+
+    With ``CRYODECON_POSTGRES_URL`` set, the instance stores runs, events and schedules in PostgreSQL.
+    """
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster_home").resolve()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    template = Path(__file__).resolve().parent.parent / "dagster.yaml"
+    text = template.read_text() if template.exists() else "telemetry:\n  enabled: false\n"
+    if os.environ.get("CRYODECON_POSTGRES_URL"):
+        text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: CRYODECON_POSTGRES_URL\n"
+    target = dagster_home / "dagster.yaml"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return dagster_home
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"cryodecon: device {name!r} requested but no CUDA device is visible")
+    return name
+
+
+def _microscope(args: argparse.Namespace, pixel_size_angstrom: float):  # type: ignore[no-untyped-def]
+    from cryodecon_science.optics import MicroscopeSettings
+
+    return MicroscopeSettings(
+        voltage_kv=args.voltage_kv,
+        spherical_aberration_mm=args.spherical_aberration_mm,
+        amplitude_contrast_fraction=args.amplitude_contrast,
+        pixel_size_angstrom=args.pixel_size_angstrom or pixel_size_angstrom,
+    )
+
+
+# ---- commands -----------------------------------------------------------------------------------------
+def cmd_ctf(args: argparse.Namespace) -> int:
+    from cryodecon_science.ctf_estimate import estimate_ctf
+    from cryodecon_science.io.mrc import InputFileError, read_micrograph
+    from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
+
+    device = _resolve_device(args.device)
+    results, star_rows, failed = [], [], 0
+    for path in args.inputs:
+        try:
+            micrograph = read_micrograph(path)
+            microscope = _microscope(args, micrograph.pixel_size_angstrom)
+            fit = estimate_ctf(micrograph.data, microscope, device=device)
+        except (InputFileError, ValueError, OSError) as exc:
+            print(f"cryodecon ctf: skipped {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        results.append(
+            {
+                "micrograph": str(path),
+                "defocus_u_angstrom": fit.ctf.defocus_u_angstrom,
+                "defocus_v_angstrom": fit.ctf.defocus_v_angstrom,
+                "astigmatism_angle_degrees": fit.ctf.astigmatism_angle_deg,
+                "fit_resolution_angstrom": fit.fit_resolution_angstrom,
+                "cross_correlation": fit.cross_correlation,
+            }
+        )
+        star_rows.append(MicrographCtfRow(str(path), fit, microscope))
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=1))
+    if args.star and star_rows:
+        write_micrographs_ctf_star(args.star, star_rows)
+    return 2 if failed and not results else (1 if failed else 0)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cryodecon_science import causal
+    from cryodecon_science.ctf_estimate import estimate_ctf
+    from cryodecon_science.io.mrc import InputFileError, read_micrograph, write_mrc
+    from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
+
+    device = _resolve_device(args.device)
+    restore = wiener_denoise if args.target == "denoised" else wiener_deconvolve
+    output_dir = Path(args.output_dir)
+    failed = 0
+    for path in args.inputs:
+        try:
+            micrograph = read_micrograph(path)
+            microscope = _microscope(args, micrograph.pixel_size_angstrom)
+            fit = estimate_ctf(micrograph.data, microscope, device=device)
+            priors = causal.fit_priors(micrograph.data, fit, microscope, device=device)
+            data = restore(micrograph.data, causal.refined_ctf_fit(fit, priors), microscope, device=device)
+        except (InputFileError, ValueError, OSError) as exc:
+            print(f"cryodecon restore: skipped {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        write_mrc(output_dir / Path(path).name, np.asarray(data, dtype=np.float32), microscope.pixel_size_angstrom)
+    return 2 if failed == len(args.inputs) else (1 if failed else 0)
+
+
+def _warehouse():  # type: ignore[no-untyped-def]
+    from cryodecon_resources import resources_from_environment
+
+    return resources_from_environment()["warehouse"]
+
+
+def score_rows(session: str | None):  # type: ignore[no-untyped-def]
+    warehouse = _warehouse()
+    if "hyperscores" not in warehouse.tables():
+        import pandas as pd
+
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    where = "WHERE session = ?" if session else ""
+    return warehouse.query(
+        f"SELECT {', '.join(SCORE_COLUMNS)} FROM micrograph_scores {where} ORDER BY batch, micrograph",
+        [session] if session else [],
+    )
+
+
+def print_scores(frame, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    if fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(frame.to_json(orient="records", indent=1) + "\n")
+    else:
+        with_format = frame.copy()
+        for column in with_format.columns:
+            if with_format[column].dtype.kind == "f":
+                digits = 0 if "angstrom" in column and "resolution" not in column else (2 if column == "hyperscore" or "resolution" in column else 3)
+                with_format[column] = with_format[column].map(lambda x, d=digits: f"{x:.{d}f}")
+        print(with_format.to_string(index=False))
+
+
+def cmd_scores(args: argparse.Namespace) -> int:
+    print_scores(score_rows(args.session), args.format)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    try:
+        frame = _warehouse().query(args.query)
+    except duckdb.Error as exc:
+        print(f"cryodecon sql: {exc}", file=sys.stderr)
+        return 2
+    print(frame.to_string(index=False))
+    return 0
+
+
+def _instance_and_defs():  # type: ignore[no-untyped-def]
+    import dagster as dg
+
+    from cryodecon_assets.definitions import build_definitions
+    from cryodecon_resources import cryodecon_home
+
+    prepare_instance_home(cryodecon_home())
+    return dg.DagsterInstance.get(), build_definitions()
+
+
+def cmd_tick(args: argparse.Namespace) -> int:
+    from cryodecon_assets.driver import drive
+
+    instance, defs = _instance_and_defs()
+    settle = float(os.environ.get("CRYODECON_SETTLE_SECONDS", "30"))
+    report = drive(instance, defs, settle_seconds=settle, max_ticks=args.max_ticks)
+    print(f"ticks={report.ticks} batches={report.partitions_added} runs={report.runs}")
+    return 0 if all(report.runs.values()) else 1
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from cryodecon_assets.sensors import PROCESS_JOB
+    from cryodecon_resources.io_manager import SELECTION_TAG
+
+    instance, defs = _instance_and_defs()
+    tags = {"cryodecon/source": "reprocess"}
+    if args.micrograph:
+        tags[SELECTION_TAG] = ",".join(args.micrograph)
+    result = defs.resolve_job_def(PROCESS_JOB).execute_in_process(
+        instance=instance, partition_key=args.batch, tags=tags, raise_on_error=False
+    )
+    print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
+    return 0 if result.success else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from cryodecon_science.io.session import write_simulated_session
+    from cryodecon_science.simulate import SimulationConfig, simulate_session
+
+    config = SimulationConfig(shape_px=(args.size, args.size))
+    session = simulate_session(config, args.session, args.micrographs, args.movies, args.seed)
+    written = write_simulated_session(session, Path(args.root), write_truth_images=args.truth_images)
+    print(f"wrote {len(written)} files under {Path(args.root) / args.session}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library
+    from cryodecon_science.io.session import write_simulated_session
+    from cryodecon_science.simulate import SimulationConfig, simulate_session
+
+    if args.home:
+        os.environ["CRYODECON_HOME"] = args.home
+    # The demo's files are complete when written (atomic renames), so a short settle window suffices;
+    # batches are cut as soon as they are ready.
+    os.environ.setdefault("CRYODECON_SETTLE_SECONDS", "1")
+    os.environ.setdefault("CRYODECON_BATCH_WINDOW_SECONDS", "0")
+    os.environ.setdefault("CRYODECON_MAX_BATCH_SIZE", str(args.batch_size))
+    from cryodecon_assets.driver import drive
+    from cryodecon_resources import resources_from_environment
+
+    started = time.time()
+    resources = resources_from_environment()
+    storage_root = Path(resources["microscope_storage"].root)  # type: ignore[attr-defined]
+    config = SimulationConfig(shape_px=(args.size, args.size))
+    session = simulate_session(config, DEMO_SESSION, args.micrographs, args.movies, args.seed)
+    written = write_simulated_session(session, storage_root)
+    print(f"[demo] simulated session '{DEMO_SESSION}': {args.micrographs} micrographs + {args.movies} movies "
+          f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} ({len(written)} files written)")
+    ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=args.seed)  # type: ignore[attr-defined]
+    added = ensure_reference_library(resources["structure_library"], config, seed=args.seed)  # type: ignore[arg-type]
+    if added:
+        print(f"[demo] seeded the structure library with {added} reference projections")
+    instance, defs = _instance_and_defs()
+    print(f"[demo] Dagster instance: {instance.root_directory}")
+    report = drive(instance, defs, settle_seconds=float(os.environ["CRYODECON_SETTLE_SECONDS"]))
+    if report.runs:
+        ok = sum(report.runs.values())
+        print(f"[demo] sensor cut {len(report.partitions_added)} batches; runs: {ok} succeeded, "
+              f"{len(report.runs) - ok} failed")
+    else:
+        print("[demo] nothing new on storage: every exposure is already in a processed batch")
+    frame = score_rows(DEMO_SESSION)
+    print(f"[demo] HyperScores ({len(frame)} micrographs, from DuckDB over the warehouse):")
+    print_scores(frame, "table")
+    print(f"[demo] done in {time.time() - started:.0f} s.  UI: DAGSTER_HOME={instance.root_directory} "
+          f".venv/bin/dagster dev -w workspace.yaml")
+    return 0 if all(report.runs.values()) and len(frame) else 1
+
+
+COMMANDS = {
+    "ctf": cmd_ctf,
+    "restore": cmd_restore,
+    "scores": cmd_scores,
+    "sql": cmd_sql,
+    "tick": cmd_tick,
+    "reprocess": cmd_reprocess,
+    "simulate": cmd_simulate,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

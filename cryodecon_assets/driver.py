@@ -1,0 +1,92 @@
+"""Drive the real sensor -> run path on a persistent instance, without the daemon.
+
+``dagster dev`` / ``dagster-daemon`` tick the sensor on their own; this module does the same thing from the
+command line (``cryodecon demo``, ``cryodecon tick``): evaluate ``microscope_storage_sensor`` against the
+instance, apply its dynamic-partition requests, and execute each run request in process, tagged exactly as
+the daemon tags them (``dagster/run_key``, ``dagster/sensor_name``), skipping run keys that already ran.
+The cursor is kept in ``$DAGSTER_HOME/cli_sensor_cursor.json``; the batch ledger is in the warehouse, so
+a lost cursor costs one settle period, never a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from cryodecon_assets.sensors import PROCESS_JOB, microscope_storage_sensor
+
+SENSOR_NAME = microscope_storage_sensor.name
+
+
+@dataclass
+class DriveReport:
+    ticks: int = 0
+    partitions_added: list[str] = field(default_factory=list)
+    runs: dict[str, bool] = field(default_factory=dict)  # batch -> success
+    skipped_run_keys: list[str] = field(default_factory=list)
+
+
+def _cursor_path(instance: dg.DagsterInstance) -> Path:
+    return Path(instance.root_directory) / "cli_sensor_cursor.json"
+
+
+def _load_cursor(instance: dg.DagsterInstance) -> str | None:
+    path = _cursor_path(instance)
+    return json.loads(path.read_text()).get("cursor") if path.exists() else None
+
+
+def _save_cursor(instance: dg.DagsterInstance, cursor: str | None) -> None:
+    path = _cursor_path(instance)
+    tmp = path.with_suffix(".part")
+    tmp.write_text(json.dumps({"cursor": cursor}))
+    os.replace(tmp, path)
+
+
+def tick_once(instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveReport) -> dg.SensorResult:
+    context = dg.build_sensor_context(
+        instance=instance, cursor=_load_cursor(instance), resources=dict(defs.resources or {}), definitions=defs
+    )
+    result = microscope_storage_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    report.ticks += 1
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            new = [k for k in request.partition_keys if not instance.has_dynamic_partition(request.partitions_def_name, k)]
+            if new:
+                instance.add_dynamic_partitions(request.partitions_def_name, new)
+                report.partitions_added.extend(new)
+    _save_cursor(instance, result.cursor)  # the daemon also stores the cursor before launching runs
+    job = defs.resolve_job_def(PROCESS_JOB)
+    for run_request in result.run_requests or []:
+        existing = instance.get_runs(
+            filters=dg.RunsFilter(tags={"dagster/run_key": run_request.run_key or "", "dagster/sensor_name": SENSOR_NAME}),
+            limit=1,
+        )
+        if existing:
+            report.skipped_run_keys.append(str(run_request.run_key))
+            continue
+        tags = {**run_request.tags, "dagster/run_key": str(run_request.run_key), "dagster/sensor_name": SENSOR_NAME}
+        outcome = job.execute_in_process(
+            instance=instance, partition_key=run_request.partition_key, tags=tags, raise_on_error=False
+        )
+        report.runs[str(run_request.partition_key)] = outcome.success
+    return result
+
+
+def drive(
+    instance: dg.DagsterInstance, defs: dg.Definitions, settle_seconds: float, max_ticks: int = 10
+) -> DriveReport:
+    """Tick until nothing is pending (every complete file batched and run) or ``max_ticks``."""
+    report = DriveReport()
+    for _ in range(max_ticks):
+        result = tick_once(instance, defs, report)
+        pending = json.loads(result.cursor or "{}").get("pending", {})
+        if not pending:
+            break
+        time.sleep(settle_seconds + 0.05)
+    return report

@@ -1,0 +1,10 @@
+"""Partitions: one dynamic partition per acquisition batch (see ``batching`` for the arithmetic)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+acquisition_batches = dg.DynamicPartitionsDefinition(name="acquisition_batches")
+
+# The daily summary is partitioned by calendar day (UTC), independent of the batches.
+summary_days = dg.DailyPartitionsDefinition(start_date="2026-01-01")

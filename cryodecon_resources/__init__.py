@@ -1,0 +1,72 @@
+"""Everything with an address: storage roots, the GPU, the DuckDB warehouse, the LanceDB library, IO.
+
+``resources_from_environment`` builds the resource set every entry point uses (Dagster definitions, the
+CLI, tests), from ``CRYODECON_HOME`` (default ``./.cryodecon``) and optional per-resource overrides:
+
+==============================  ==========================================  =============================
+variable                        meaning                                     default
+==============================  ==========================================  =============================
+CRYODECON_HOME                  root of the embedded (laptop) setup         ``./.cryodecon``
+CRYODECON_STORAGE_ROOT          microscope storage (``<root>/<session>/``)  ``$CRYODECON_HOME/storage``
+CRYODECON_WAREHOUSE_ROOT        Parquet tables + DuckDB views               ``$CRYODECON_HOME/warehouse``
+CRYODECON_LIBRARY_URI           LanceDB structure library                   ``$CRYODECON_HOME/library``
+CRYODECON_OUTPUT_ROOT           MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
+CRYODECON_CITATION_GRAPH        citation graph Parquet folder               ``$CRYODECON_HOME/citations``
+CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
+CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
+CRYODECON_MAX_BATCH_SIZE        exposures per acquisition batch             50
+CRYODECON_BATCH_WINDOW_SECONDS  cut a partial batch after this wait         300
+==============================  ==========================================  =============================
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryodecon_resources.device import TorchDevice
+from cryodecon_resources.io_manager import BatchIOManager, OutputStore
+from cryodecon_resources.scoring import ScoringSettings
+from cryodecon_resources.storage import MicroscopeStorage
+from cryodecon_resources.structure_library import StructureLibrary
+from cryodecon_resources.warehouse import ScoreWarehouse
+
+__all__ = [
+    "BatchIOManager",
+    "MicroscopeStorage",
+    "OutputStore",
+    "ScoreWarehouse",
+    "ScoringSettings",
+    "StructureLibrary",
+    "TorchDevice",
+    "cryodecon_home",
+    "resources_from_environment",
+]
+
+
+def cryodecon_home() -> Path:
+    return Path(os.environ.get("CRYODECON_HOME", ".cryodecon")).resolve()
+
+
+def _env_path(name: str, default: Path) -> str:
+    return str(Path(os.environ.get(name, str(default))).resolve())
+
+
+def resources_from_environment() -> dict[str, object]:
+    home = cryodecon_home()
+    return {
+        "microscope_storage": MicroscopeStorage(
+            root=_env_path("CRYODECON_STORAGE_ROOT", home / "storage"),
+            settle_seconds=float(os.environ.get("CRYODECON_SETTLE_SECONDS", "30")),
+            max_batch_size=int(os.environ.get("CRYODECON_MAX_BATCH_SIZE", "50")),
+            batch_window_seconds=float(os.environ.get("CRYODECON_BATCH_WINDOW_SECONDS", "300")),
+        ),
+        "warehouse": ScoreWarehouse(root=_env_path("CRYODECON_WAREHOUSE_ROOT", home / "warehouse")),
+        "structure_library": StructureLibrary(uri=_env_path("CRYODECON_LIBRARY_URI", home / "library")),
+        "device": TorchDevice(device=os.environ.get("CRYODECON_DEVICE", "auto")),
+        "scoring": ScoringSettings(
+            citation_graph_path=_env_path("CRYODECON_CITATION_GRAPH", home / "citations"),
+        ),
+        "outputs": OutputStore(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
+        "io_manager": BatchIOManager(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
+    }

@@ -1,0 +1,34 @@
+"""The torch device resource: where GPU-capable steps run."""
+
+from __future__ import annotations
+
+import dagster as dg
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TorchDevice(dg.ConfigurableResource):
+    """Torch device and precision for the GPU steps (CTF estimation, restoration, embeddings).
+
+    ``device`` is ``auto`` (the first CUDA device when one is visible, else the CPU), ``cpu`` or
+    ``cuda:N``.  Steps that use it run in the ``gpu`` concurrency pool, so a node's GPUs are never
+    oversubscribed: set the pool limit to the number of GPUs (``dagster instance concurrency set gpu N``).
+    """
+
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 8
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        resolved = torch.device(self.device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device!r} requested but no CUDA device is visible")
+        return resolved
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        return _DTYPES[self.dtype]

@@ -1,0 +1,87 @@
+"""IO manager for per-batch assets: one file per micrograph, MRC for images.
+
+Every partitioned asset of the pipeline returns ``dict[micrograph name, value]``.  Images
+(:class:`~cryodecon_science.io.mrc.Micrograph`) are written as float32 MRC with the pixel size in the
+header, so RELION, cryoSPARC or any viewer can open them; other values (CTF fits, priors, score records)
+are pickled.  Layout: ``<root>/<asset key path>/<partition>/<micrograph>.mrc|.pkl``.
+
+Writes merge: storing a dict writes only its keys, so reprocessing one micrograph of a batch leaves the
+others in place.  A full run of a partition removes files of micrographs that are no longer in its
+output (e.g. an exposure quarantined on rerun).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from cryodecon_science.io.mrc import Micrograph, read_micrograph, write_mrc
+
+SELECTION_TAG = "cryodecon/micrographs"
+
+
+class BatchIOManager(dg.ConfigurableIOManager):
+    """Stores ``dict[str, Micrograph | object]`` outputs one file per key (see the module docstring)."""
+
+    root: str
+
+    def _dir(self, context: dg.OutputContext | dg.InputContext) -> Path:
+        key_path = context.asset_key.path
+        partition = context.asset_partition_key if context.has_asset_partitions else "__all__"
+        return Path(self.root).joinpath(*key_path) / partition
+
+    def handle_output(self, context: dg.OutputContext, obj: dict[str, Any]) -> None:
+        if not isinstance(obj, dict):
+            raise TypeError(f"BatchIOManager stores dict[name, value], got {type(obj).__name__}")
+        directory = self._dir(context)
+        directory.mkdir(parents=True, exist_ok=True)
+        written = set()
+        for name, value in obj.items():
+            if isinstance(value, Micrograph):
+                path = directory / f"{name}.mrc"
+                write_mrc(path, value.data, value.pixel_size_angstrom)
+                (directory / f"{name}.pkl").unlink(missing_ok=True)
+            else:
+                path = directory / f"{name}.pkl"
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+                with os.fdopen(fd, "wb") as handle:
+                    pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(tmp, path)
+            written.add(path.name)
+        selective = bool(context.step_context.run_tags.get(SELECTION_TAG)) if context.has_asset_key else False
+        if not selective:
+            for stale in directory.iterdir():
+                if stale.suffix in {".mrc", ".pkl"} and stale.name not in written:
+                    stale.unlink()
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(directory)), "files": len(written)})
+
+    def load_input(self, context: dg.InputContext) -> dict[str, Any]:
+        directory = self._dir(context)
+        result: dict[str, Any] = {}
+        if not directory.is_dir():
+            return result
+        for path in sorted(directory.iterdir()):
+            if path.suffix == ".mrc" and not path.name.startswith("."):
+                result[path.stem] = read_micrograph(path)
+            elif path.suffix == ".pkl" and not path.name.startswith("."):
+                with open(path, "rb") as handle:
+                    result[path.stem] = pickle.load(handle)
+        return result
+
+
+class OutputStore(dg.ConfigurableResource):
+    """Where the pipeline's files go (MRC outputs of ``BatchIOManager``, STAR files): ``root``."""
+
+    root: str
+
+    def asset_path(self, asset: str, batch: str, filename: str = "") -> Path:
+        base = Path(self.root) / asset / batch
+        return base / filename if filename else base
+
+    def star_path(self, batch: str, filename: str) -> Path:
+        return Path(self.root) / "star" / batch / filename

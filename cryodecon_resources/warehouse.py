@@ -1,0 +1,191 @@
+"""The score warehouse: Parquet files per (table, partition), read through DuckDB views.
+
+DuckDB allows one writing process per database file, and every Dagster run is its own process.  So no
+run ever opens a DuckDB database for writing: each run writes its rows as one Parquet file per table and
+partition, ``<root>/tables/<table>/<partition>.parquet``, by writing a temporary file and renaming it over
+the old one (``os.replace`` is atomic on POSIX).  A rerun of a partition replaces its file, so rows are
+never duplicated; runs of different partitions touch different files, so none are lost.  Readers open an
+in-memory DuckDB whose views glob the Parquet files (``connect``), or a views-only database file that
+``export_views`` writes (and also replaces atomically) for people who prefer ``duckdb warehouse.duckdb``.
+
+Documents (batch manifests, causal-graph JSON) live beside the tables as JSON files, written the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+# Views over the base tables that answer the common questions (README "Querying the warehouse").
+_DERIVED_VIEWS = {
+    "micrograph_scores": """
+        SELECT h.micrograph, h.batch, h.session, c.defocus_u_angstrom, c.defocus_v_angstrom,
+               c.astigmatism_angle_degrees, c.fit_resolution_angstrom, s.logic, s.novelty, s.impact,
+               s.repro, s.meta, h.v, h.hyperscore, h.weights_version
+        FROM hyperscores h
+        LEFT JOIN ctf c USING (micrograph, batch)
+        LEFT JOIN scores s USING (micrograph, batch)
+    """,
+}
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not _SAFE_NAME.match(value):
+        raise ValueError(f"{kind} {value!r} must use only letters, digits, '_', '.', '-'")
+    return value
+
+
+def _atomic_write_bytes(target: Path, write: Any) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ScoreWarehouse(dg.ConfigurableResource):
+    """Per-partition Parquet tables plus DuckDB views; see the module docstring for the write rule."""
+
+    root: str
+
+    # ---- tables -------------------------------------------------------------------------------------
+    def table_dir(self, table: str) -> Path:
+        return Path(self.root) / "tables" / _check_name("table", table)
+
+    def write_rows(
+        self,
+        table: str,
+        partition_key: str,
+        rows: Sequence[Mapping[str, Any]],
+        replace_micrographs: Iterable[str] | None = None,
+    ) -> int:
+        """Replace the partition's rows of ``table`` with ``rows`` (idempotent).
+
+        With ``replace_micrographs``, only rows of those micrographs are replaced and the partition's
+        other rows are kept: that is how reprocessing one micrograph of a batch updates the warehouse.
+        Returns the number of rows the partition holds afterwards.
+        """
+        target = self.table_dir(table) / f"{_check_name('partition', partition_key)}.parquet"
+        frame = pd.DataFrame(list(rows))
+        if replace_micrographs is not None and target.exists():
+            keep = set(replace_micrographs)
+            old = pd.read_parquet(target)
+            if "micrograph" in old.columns:
+                old = old[~old["micrograph"].isin(keep)]
+            frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
+        if frame.empty and not target.exists():
+            return 0
+        _atomic_write_bytes(target, lambda tmp: frame.to_parquet(tmp, index=False))
+        return len(frame)
+
+    def read_rows(self, table: str, partition_key: str | None = None) -> pd.DataFrame:
+        directory = self.table_dir(table)
+        if partition_key is not None:
+            path = directory / f"{_check_name('partition', partition_key)}.parquet"
+            return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+        files = sorted(directory.glob("*.parquet"))
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    def tables(self) -> list[str]:
+        base = Path(self.root) / "tables"
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+
+    # ---- documents ----------------------------------------------------------------------------------
+    def document_path(self, collection: str, key: str) -> Path:
+        return Path(self.root) / "documents" / _check_name("collection", collection) / f"{_check_name('key', key)}.json"
+
+    def write_document(self, collection: str, key: str, document: Mapping[str, Any]) -> Path:
+        target = self.document_path(collection, key)
+        text = json.dumps(document, indent=1, sort_keys=True, default=float)
+        _atomic_write_bytes(target, lambda tmp: Path(tmp).write_text(text))
+        return target
+
+    def write_document_once(self, collection: str, key: str, document: Mapping[str, Any]) -> bool:
+        """Create the document only if it does not exist yet (``O_EXCL``); False if it already did.
+
+        Used for frozen records such as batch manifests: two sensor ticks racing on the same key cannot
+        both create it.
+        """
+        target = self.document_path(collection, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(document, indent=1, sort_keys=True, default=float)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        try:
+            os.link(tmp, target)  # atomic create-if-absent with full content
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def read_document(self, collection: str, key: str) -> dict[str, Any]:
+        path = self.document_path(collection, key)
+        if not path.exists():
+            raise FileNotFoundError(f"no {collection} document {key!r} in the warehouse at {self.root}")
+        result: dict[str, Any] = json.loads(path.read_text())
+        return result
+
+    def list_documents(self, collection: str) -> list[str]:
+        directory = Path(self.root) / "documents" / _check_name("collection", collection)
+        if not directory.is_dir():
+            return []
+        return sorted(p.stem for p in directory.glob("*.json"))
+
+    # ---- reading through DuckDB ---------------------------------------------------------------------
+    def _view_statements(self) -> list[str]:
+        statements = []
+        present = set(self.tables())
+        for table in sorted(present):
+            glob = str(self.table_dir(table) / "*.parquet").replace("'", "''")
+            statements.append(
+                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
+            )
+        for name, sql in _DERIVED_VIEWS.items():
+            if {"hyperscores", "ctf", "scores"} <= present:
+                statements.append(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+        return statements
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with one view per table (never locks any file)."""
+        connection = duckdb.connect(":memory:")
+        for statement in self._view_statements():
+            connection.execute(statement)
+        return connection
+
+    def query(self, sql: str, parameters: Sequence[Any] | None = None) -> pd.DataFrame:
+        with self.connect() as connection:
+            return connection.execute(sql, parameters or []).df()
+
+    def export_views(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Write a DuckDB file holding only the views (no data), replacing any previous one atomically."""
+        target = Path(path) if path is not None else Path(self.root) / "warehouse.duckdb"
+
+        def write(tmp: str) -> None:
+            os.unlink(tmp)  # duckdb wants to create the file itself
+            with duckdb.connect(tmp) as connection:
+                for statement in self._view_statements():
+                    connection.execute(statement)
+
+        _atomic_write_bytes(target, write)
+        return target

@@ -1,0 +1,1216 @@
+"""A causal graph of what degrades a micrograph, its nodes measured from the data, refined by a loop.
+
+The graph (:func:`build_causal_graph`) follows the weak-phase image-formation model written in
+:mod:`cryodecon_science.optics` and :mod:`cryodecon_science.records`:
+
+    PS(k) = S₀(k) · E²(k) · M²(k) · CTF²(k; Δf, ΔΔf, C_s) + [F + I(k)]
+
+* **dose** sets the scale: the specimen signal S₀ grows as dose² (counts²) and the shot-noise floor as
+  dose (Poisson variance = mean counts); it also drives beam-induced motion and radiation damage.
+* **detector_noise**: the flat floor F of a counting detector, ≈ the Poisson expectation (mean counts)
+  for an ideal one, higher with read-out/excess noise, lower where the noise transfer falls (DQE).
+* **ice_thickness**: inelastic scattering in the ice adds a smooth low-frequency background I(k).
+* **defocus, astigmatism, spherical_aberration**: the phase χ(k) and so the Thon-ring positions.
+* **coherence_envelope**: the envelope E²(k) = exp(−B k²/2) (partial coherence, damage, drift within
+  frames, detector MTF), summarised by an apparent B-factor (Å²).
+* **beam_induced_motion**: linear blur of length d during the exposure, M²(k) = sinc²(k·d).
+* **sample_heterogeneity**: variation of the specimen across the micrograph (aggregation, empty
+  areas, carbon) that no single spectrum describes.
+
+Edges carry a ``mechanism`` string; effects are the ``observed_power_spectrum`` and ``image_quality``.
+
+Each cause is *measured* by :func:`estimate_nodes` (value, σ) and *weighted* by
+:func:`degradation_weights` (its share of the spectral-SNR loss in the trusted band).
+:func:`fit_priors` runs the self-evaluation loop: nodes → Wiener restoration with the current spectral
+model → re-estimation of signal and noise spectra from the restored image and the residual → nodes, until
+every node moves by less than 1σ (the proposal's convergence rule).  :class:`SessionPrior` /
+:func:`update_session_prior` carry a conjugate-normal prior across the micrographs of a session.
+
+Node definitions and units (all measured on the full micrograph, image in electron counts):
+
+=====================  ======  ==================================================================
+node                   unit    definition
+=====================  ======  ==================================================================
+dose                   e/Å²    mean counts per pixel / pixel_size² (counting detector, gain 1)
+beam_induced_motion    px      linear blur length left in the image
+ice_thickness          1       mean of (B(k) − F)/F over 50–20 Å (low-frequency background excess)
+detector_noise         1       F / mean counts (1 for an ideal counting detector with Poisson noise)
+defocus                Å       mean defocus (U + V)/2 of the CTF fit
+astigmatism            Å       U − V of the CTF fit
+spherical_aberration   mm      C_s from the microscope settings
+coherence_envelope     Å²      apparent B of the signal envelope exp(−B k²/2)
+sample_heterogeneity   1       excess coefficient of variation over tiles of the 50–10 Å signal
+=====================  ======  ==================================================================
+
+Weights (:func:`degradation_weights`): over the trusted band (valid range of the spectral model up to
+the fit resolution) each cause is charged a log-SNR loss per Fourier sample: the envelope B k²/2, the
+blur −ln⟨sinc²⟩, the noise ln(1 + B/S₀) (S₀ = the signal before envelope and blur) shared between shot
+noise (dose), the detector's excess over Poisson and the ice background in proportion to their power,
+the CTF's loss against perfect transfer ln[(S + B)/(CTF² S + B)] shared between defocus, astigmatism and
+C_s in proportion to their phase terms, and heterogeneity ln(1 + CV²); the band means, normalised to sum
+1, are the weights.
+
+The loop (:func:`fit_priors`, :func:`refine_spectral_model`) refines the spectral model, not the CTF:
+one damped Fisher-scoring step of the Whittle likelihood per pass in the signal amplitude and envelope
+(ln S += α + β k² d_fit²) and a smooth background correction (ln B += Σ γ_j φ_j(k)), with the scores
+computed from the Wiener-restored image and its residual (EM expected powers).  The Cramér–Rao
+covariance of these parameters gives the σ of the B-factor, the noise floor and the ice index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from cryodecon_science.optics import MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
+from cryodecon_science.records import CtfFit, SpectralModel
+from cryodecon_science.restore import (
+    expected_ctf_squared,
+    wiener_denoise,
+)
+
+FloatArray = npt.NDArray[np.float64]
+ImageLike = npt.NDArray[np.floating] | torch.Tensor
+
+CAUSE_NODES: tuple[str, ...] = (
+    "dose",
+    "beam_induced_motion",
+    "ice_thickness",
+    "detector_noise",
+    "defocus",
+    "astigmatism",
+    "spherical_aberration",
+    "coherence_envelope",
+    "sample_heterogeneity",
+)
+EFFECT_NODES: tuple[str, ...] = ("observed_power_spectrum", "image_quality")
+
+NODE_UNITS: Mapping[str, str] = MappingProxyType(
+    {
+        "dose": "e/Å²",
+        "beam_induced_motion": "px",
+        "ice_thickness": "1",
+        "detector_noise": "1",
+        "defocus": "Å",
+        "astigmatism": "Å",
+        "spherical_aberration": "mm",
+        "coherence_envelope": "Å²",
+        "sample_heterogeneity": "1",
+        "observed_power_spectrum": "counts²/px (periodogram)",
+        "image_quality": "1",
+    }
+)
+
+ICE_BAND_ANGSTROM = (50.0, 20.0)
+"""Resolution band (Å, coarse to fine) where the ice/inelastic background excess is averaged."""
+HETEROGENEITY_BAND_ANGSTROM = (50.0, 10.0)
+"""Resolution band (Å) of the tiles' signal amplitude for sample_heterogeneity (≥ 2 cycles per tile)."""
+FLOOR_BAND_FRACTION_OF_NYQUIST = (0.75, 1.0)
+"""Band (fractions of Nyquist) where a re-estimated background is averaged into the noise floor."""
+MOTION_ANNULUS_FRACTION = (0.3, 0.7)
+"""Annulus (fractions of min(k_fit, Nyquist)) where spectral anisotropy measures motion blur."""
+SPHERICAL_ABERRATION_RELATIVE_SIGMA = 0.02
+"""Assumed σ of C_s: 2 % of the nominal value (manufacturers quote C_s to a few per cent)."""
+SPHERICAL_ABERRATION_SIGMA_FLOOR_MM = 0.01
+"""Assumed σ floor of C_s (mm), for C_s-corrected microscopes with C_s ≈ 0."""
+DRIFT_SIGMA_FLOOR_PX = 0.25
+DRIFT_RELATIVE_SIGMA = 0.1
+"""Assumed σ of a drift read from motion correction: √(0.25² + (0.1 d)²) px (sub-pixel trajectories)."""
+UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2 = 1000.0
+"""σ reported for B when the spectrum holds too little signal to fit it (value 0)."""
+UNDETECTED_HETEROGENEITY_SIGMA = 1.0
+"""σ reported for sample_heterogeneity when no low-frequency signal is detected in the tiles (value 0)."""
+CTF_GEOMETRY_NODES: tuple[str, ...] = ("defocus", "astigmatism")
+"""Per-micrograph CTF parameters: never shrunk towards the session prior (restoration uses the fit)."""
+
+_DAMPING = 0.1
+_MAX_LOG_STEP = math.log(4.0)
+_RELATIVE_SIGMA_FLOOR = 1e-9
+_MAX_MOTION_SAMPLES = 20000
+_N_BISECTION = 24
+
+
+# ----------------------------------------------------------------------------------------- the graph
+def build_causal_graph() -> nx.DiGraph:
+    """The causal DAG of image degradation (module docstring), as a ``networkx.DiGraph``.
+
+    Nodes: the nine causes in :data:`CAUSE_NODES` (attribute ``kind='cause'``) and the two effects in
+    :data:`EFFECT_NODES` (``kind='effect'``); each node has ``unit`` and ``description``.  Edges follow
+    the image-formation model, each with a ``mechanism``:
+
+    * dose → detector_noise (shot noise sets the Poisson floor the detector index is referred to),
+      dose → beam_induced_motion (motion grows with accumulated exposure; Brilot et al. 2012, JSB 177:630),
+      dose → coherence_envelope (radiation damage fades high resolution; Grant & Grigorieff 2015),
+      dose → observed_power_spectrum (signal ∝ dose², floor ∝ dose);
+    * ice_thickness → observed_power_spectrum (inelastic low-frequency background),
+      ice_thickness → coherence_envelope (energy loss → chromatic blur);
+    * detector_noise → observed_power_spectrum (flat noise floor);
+    * defocus → coherence_envelope (partial spatial coherence envelope widens with defocus;
+      Frank 1973), defocus, astigmatism, spherical_aberration → observed_power_spectrum (Thon rings);
+    * coherence_envelope, beam_induced_motion → observed_power_spectrum (envelope, sinc² blur);
+    * observed_power_spectrum → image_quality (spectral SNR in the trusted band);
+      sample_heterogeneity → image_quality (variability no spectrum describes).
+    """
+    graph = nx.DiGraph(name="cryodecon image degradation")
+    descriptions = {
+        "dose": "Electron exposure: sets signal (∝ dose²) and shot noise (∝ dose).",
+        "beam_induced_motion": "Specimen/beam-induced movement during the exposure; blurs as sinc²(k·d).",
+        "ice_thickness": "Ice thickness via inelastic scattering: smooth low-frequency background.",
+        "detector_noise": "Flat noise floor relative to the Poisson expectation of a counting detector.",
+        "defocus": "Mean defocus (U+V)/2: Thon-ring spacing, χ ∝ λ Δf k².",
+        "astigmatism": "Defocus difference U−V: elliptical Thon rings.",
+        "spherical_aberration": "C_s: k⁴ phase term compressing high-frequency rings.",
+        "coherence_envelope": "Apparent B-factor of the signal envelope exp(−B k²/2).",
+        "sample_heterogeneity": "Spread of low-frequency signal power across the micrograph.",
+        "observed_power_spectrum": "PS(k) = S·CTF² + background, periodogram units.",
+        "image_quality": "Restorability: spectral SNR in the trusted band and specimen uniformity.",
+    }
+    for node in CAUSE_NODES:
+        graph.add_node(node, kind="cause", unit=NODE_UNITS[node], description=descriptions[node])
+    for node in EFFECT_NODES:
+        graph.add_node(node, kind="effect", unit=NODE_UNITS[node], description=descriptions[node])
+    edges = [
+        ("dose", "detector_noise", "shot noise: Poisson variance = mean counts sets the floor's reference"),
+        ("dose", "beam_induced_motion", "beam-induced motion accumulates with exposure (Brilot 2012)"),
+        (
+            "dose",
+            "coherence_envelope",
+            "radiation damage fades high-frequency signal (Grant & Grigorieff 2015)",
+        ),
+        ("dose", "observed_power_spectrum", "signal power ∝ dose², shot-noise floor ∝ dose"),
+        ("ice_thickness", "observed_power_spectrum", "inelastic scattering adds low-frequency background"),
+        ("ice_thickness", "coherence_envelope", "energy loss in thick ice adds chromatic blur"),
+        ("detector_noise", "observed_power_spectrum", "flat noise floor F (DQE)"),
+        ("defocus", "observed_power_spectrum", "Thon-ring positions, χ = π λ Δf k²"),
+        ("defocus", "coherence_envelope", "spatial-coherence envelope narrows with defocus (Frank 1973)"),
+        ("astigmatism", "observed_power_spectrum", "elliptical Thon rings, Δf(θ)"),
+        ("spherical_aberration", "observed_power_spectrum", "χ term −½ π C_s λ³ k⁴"),
+        ("coherence_envelope", "observed_power_spectrum", "signal envelope exp(−B k²/2)"),
+        ("beam_induced_motion", "observed_power_spectrum", "linear blur: signal × sinc²(k·d)"),
+        ("observed_power_spectrum", "image_quality", "spectral SNR in the trusted band bounds restoration"),
+        ("sample_heterogeneity", "image_quality", "specimen variability not described by one spectrum"),
+    ]
+    for source, target, mechanism in edges:
+        graph.add_edge(source, target, mechanism=mechanism)
+    return graph
+
+
+# ------------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class NodeEstimate:
+    """One cause's measured value.
+
+    Attributes
+    ----------
+    node : str
+        Node name (one of :data:`CAUSE_NODES`).
+    value : float
+        Estimate, in ``unit``.
+    unit : str
+        Unit of ``value`` and ``sigma`` ("1" = dimensionless).
+    sigma : float
+        One-standard-deviation uncertainty, same unit.
+    weight : float
+        Share of the spectral-SNR degradation in the trusted band (:func:`degradation_weights`); the
+        weights of all causes sum to 1.
+    """
+
+    node: str
+    value: float
+    unit: str
+    sigma: float
+    weight: float
+
+
+@dataclass(frozen=True)
+class SessionPrior:
+    """Normal prior per node, accumulated over the micrographs of a session.
+
+    Attributes
+    ----------
+    nodes : Mapping[str, tuple[float, float, int]]
+        node → (mean, variance, n): posterior mean and variance (unit², node's unit) after n
+        measurements (:func:`update_session_prior`).  Stored read-only.
+    """
+
+    nodes: Mapping[str, tuple[float, float, int]]
+
+    def __post_init__(self) -> None:
+        frozen = {str(k): (float(m), float(v), int(n)) for k, (m, v, n) in self.nodes.items()}
+        for node, (_, variance, n) in frozen.items():
+            if not variance >= 0 or n < 0:
+                raise ValueError(f"prior for {node!r} needs variance >= 0 and n >= 0, got {variance}, {n}")
+        object.__setattr__(self, "nodes", MappingProxyType(frozen))
+
+
+@dataclass(frozen=True)
+class CausalPriors:
+    """Result of :func:`fit_priors` for one micrograph.
+
+    Attributes
+    ----------
+    estimates : tuple[NodeEstimate, ...]
+        Final estimate of every cause (after shrinkage towards the session prior where applied), with
+        degradation weights.
+    measurements : tuple[NodeEstimate, ...]
+        The same before shrinkage: what this micrograph alone measured (feed these to
+        :func:`update_session_prior`, via :meth:`measured_values`, to avoid counting the prior twice).
+    iterations : tuple[Mapping[str, float], ...]
+        node → value at iteration 0 (the input spectral model) and after each refinement pass.
+    converged : bool
+        True when the last pass moved every node by less than its σ.
+    n_iterations : int
+        Number of refinement passes run (``len(iterations) - 1``).
+    spectral_model : SpectralModel
+        The spectral model after the last pass; ``dataclasses.replace(ctf_fit, spectral_model=...)``
+        restores with it.
+    graph_node_link : dict
+        ``networkx.node_link_data`` (edges under "links") of :func:`build_causal_graph` with ``value``,
+        ``sigma`` and ``weight`` set on the cause nodes; JSON-ready (plain str/float/int/bool/None).
+    """
+
+    estimates: tuple[NodeEstimate, ...]
+    measurements: tuple[NodeEstimate, ...]
+    iterations: tuple[Mapping[str, float], ...]
+    converged: bool
+    n_iterations: int
+    spectral_model: SpectralModel = field(compare=False)
+    graph_node_link: dict[str, Any] = field(compare=False)
+
+    def values(self) -> dict[str, tuple[float, float]]:
+        """node → (value, σ) of the final estimates."""
+        return {e.node: (e.value, e.sigma) for e in self.estimates}
+
+    def measured_values(self) -> dict[str, tuple[float, float]]:
+        """node → (value, σ) before shrinkage: the input for :func:`update_session_prior`."""
+        return {e.node: (e.value, e.sigma) for e in self.measurements}
+
+
+# ---------------------------------------------------------------------------- the session prior
+def update_session_prior(
+    prior: SessionPrior | None, estimates: Mapping[str, tuple[float, float]]
+) -> SessionPrior:
+    """Conjugate normal update of each node's prior with one measurement of known variance.
+
+    With prior N(μ₀, τ₀²) and a measurement x of known variance σ², the posterior is normal with
+    precision 1/τ₁² = 1/τ₀² + 1/σ² and mean μ₁ = τ₁² (μ₀/τ₀² + x/σ²) (Gelman et al., *Bayesian Data
+    Analysis*, 3rd ed., §2.5).  A node without a prior starts from the measurement (flat prior):
+    (x, σ², 1).  A zero σ (or zero prior variance) is an exact value and dominates.  Nodes of the
+    prior not in ``estimates`` are carried over; n counts the measurements.
+
+    Parameters
+    ----------
+    prior : SessionPrior or None
+        The prior so far (None: nothing measured yet).
+    estimates : Mapping[str, tuple[float, float]]
+        node → (value, σ) in the node's unit, e.g. :meth:`CausalPriors.measured_values` or the output
+        of :func:`estimate_nodes` without a session prior.
+    """
+    nodes: dict[str, tuple[float, float, int]] = dict(prior.nodes) if prior is not None else {}
+    for node, (value, sigma) in estimates.items():
+        variance = float(sigma) ** 2
+        if not (math.isfinite(value) and math.isfinite(variance)):
+            raise ValueError(f"measurement of {node!r} must be finite, got ({value}, {sigma})")
+        if node not in nodes:
+            nodes[node] = (float(value), variance, 1)
+            continue
+        mean0, var0, n0 = nodes[node]
+        nodes[node] = (*_combine_normal(mean0, var0, float(value), variance), n0 + 1)
+    return SessionPrior(nodes)
+
+
+def _combine_normal(mean0: float, var0: float, value: float, variance: float) -> tuple[float, float]:
+    """Posterior (mean, variance) of N(mean0, var0) prior × N(value, variance) likelihood."""
+    if var0 == 0.0 and variance == 0.0:
+        return 0.5 * (mean0 + value), 0.0
+    if var0 == 0.0:
+        return mean0, 0.0
+    if variance == 0.0:
+        return value, 0.0
+    precision = 1.0 / var0 + 1.0 / variance
+    return (mean0 / var0 + value / variance) / precision, 1.0 / precision
+
+
+def shrink_towards_prior(
+    measured: Mapping[str, tuple[float, float]], prior: SessionPrior | None
+) -> dict[str, tuple[float, float]]:
+    """Regularise weakly measured nodes by the session prior (posterior mean and σ).
+
+    A node is *weakly measured* when its measurement variance σ² exceeds n·τ², the variance of a typical
+    single measurement that built the prior (n measurements → posterior variance τ² ≈ σ²_typical/n):
+    this micrograph says less about it than the session's micrographs usually do, so it borrows
+    strength by the conjugate combination of :func:`update_session_prior`.  The CTF geometry nodes
+    (:data:`CTF_GEOMETRY_NODES`) are never shrunk: they are per-micrograph and the restoration uses the
+    fitted values.  Others pass unchanged.
+    """
+    out = dict(measured)
+    if prior is None:
+        return out
+    for node, (value, sigma) in measured.items():
+        if node in CTF_GEOMETRY_NODES or node not in prior.nodes:
+            continue
+        mean0, var0, n0 = prior.nodes[node]
+        if sigma**2 > n0 * var0:
+            mean1, var1 = _combine_normal(mean0, var0, value, sigma**2)
+            out[node] = (mean1, _sigma_floor(math.sqrt(var1), mean1))
+    return out
+
+
+# -------------------------------------------------------------------------- spectral bookkeeping
+@dataclass(frozen=True)
+class _Spectrum:
+    """Fourier-domain view of one micrograph on the rfft grid (all float64, flattened over samples)."""
+
+    shape_px: tuple[int, int]
+    mean_counts: float
+    power: FloatArray  # |FFT(x − mean)|² / N_pixels per sample
+    k_per_angstrom: FloatArray
+    theta_rad: FloatArray
+    ring: npt.NDArray[np.int64]  # ring index per sample (−1: excluded: DC and corners beyond Nyquist)
+    ring_k_per_angstrom: FloatArray
+    ring_counts: FloatArray
+    ctf2: FloatArray  # CTF²_eff of restore.expected_ctf_squared per sample (fixed while the CTF is)
+    tile_px: int
+    tile_ctf2: FloatArray  # the same on the rfft grid of one heterogeneity tile, shape (tile, tile//2+1)
+
+
+def _spectrum(image: ImageLike, microscope: MicroscopeSettings, ctf_fit: CtfFit) -> _Spectrum:
+    x = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"image must be 2-D [y, x], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("image contains non-finite values")
+    ny, nx = x.shape
+    mean_counts = float(x.mean())
+    power = np.abs(np.fft.rfft2(x - mean_counts)) ** 2 / x.size
+    ky, kx = frequency_grid_per_angstrom((ny, nx), microscope.pixel_size_angstrom, rfft=True)
+    k = np.hypot(ky, kx)
+    ring_width = 1.0 / (max(ny, nx) * microscope.pixel_size_angstrom)
+    n_rings = max(ny, nx) // 2 + 1
+    ring = np.rint(k / ring_width).astype(np.int64)
+    ring[(ring >= n_rings) | (ring == 0)] = -1
+    valid = ring >= 0
+    counts = np.bincount(ring[valid], minlength=n_rings).astype(np.float64)
+    tile = _tile_size_px((ny, nx))
+    return _Spectrum(
+        shape_px=(ny, nx),
+        mean_counts=mean_counts,
+        power=power.ravel(),
+        k_per_angstrom=k.ravel(),
+        theta_rad=np.arctan2(ky, kx).ravel(),
+        ring=ring.ravel(),
+        ring_k_per_angstrom=np.arange(n_rings, dtype=np.float64) * ring_width,
+        ring_counts=counts,
+        ctf2=expected_ctf_squared((ny, nx), ctf_fit, microscope).double().numpy().ravel(),
+        tile_px=tile,
+        tile_ctf2=expected_ctf_squared((tile, tile), ctf_fit, microscope).double().numpy(),
+    )
+
+
+def _ring_sum(spectrum: _Spectrum, values: FloatArray) -> FloatArray:
+    valid = spectrum.ring >= 0
+    n = spectrum.ring_k_per_angstrom.size
+    return np.bincount(spectrum.ring[valid], weights=values[valid], minlength=n).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class _ModelOnGrid:
+    """The spectral model and CTF evaluated at every rfft sample of the micrograph."""
+
+    signal: FloatArray
+    background: FloatArray
+    ctf2: FloatArray  # CTF²_eff of restore.expected_ctf_squared
+    total: FloatArray  # μ = S·CTF² + B
+    signal_fraction: FloatArray  # H = S·CTF² / μ
+
+
+def _model_on_grid(spectrum: _Spectrum, ctf_fit: CtfFit) -> _ModelOnGrid:
+    signal, background = ctf_fit.spectral_model.interpolate(spectrum.k_per_angstrom)
+    signal = np.maximum(signal, 0.0)
+    background = np.maximum(background, 0.0)
+    ctf2 = spectrum.ctf2
+    modulated = signal * ctf2
+    total = modulated + background
+    fraction = np.divide(modulated, total, out=np.zeros_like(total), where=total > 0)
+    return _ModelOnGrid(signal, background, ctf2, total, fraction)
+
+
+def _band_indices(model: SpectralModel) -> tuple[float, float]:
+    """(k_from, k_to) in 1/Å of the model's valid range (indices inclusive, clipped to the grid)."""
+    f = model.frequency_per_angstrom
+    lo = int(np.clip(model.valid_from_index, 0, f.size - 1))
+    hi = int(np.clip(model.valid_to_index, 0, f.size - 1))
+    return float(f[lo]), float(f[max(lo, hi)])
+
+
+def _sigma_floor(sigma: float, value: float) -> float:
+    """σ never below a relative numerical floor, so that 'change < σ' is well defined."""
+    return max(float(sigma), _RELATIVE_SIGMA_FLOOR * max(1.0, abs(float(value))))
+
+
+def ring_average_sinc2(k_per_angstrom: FloatArray, drift_px: float, pixel_size_angstrom: float) -> FloatArray:
+    """⟨sinc²(k_px d cos φ)⟩ over the azimuth φ: rotational average of a linear blur of d px (k in 1/Å).
+
+    sinc(x) = sin(πx)/(πx); k_px = k·pixel_size is in cycles/px.  Averaged over 90 azimuths in [0, π).
+    """
+    phi = np.linspace(0.0, math.pi, 90, endpoint=False)
+    arg = np.outer(np.asarray(k_per_angstrom, dtype=np.float64) * pixel_size_angstrom * drift_px, np.cos(phi))
+    return np.asarray(np.mean(np.sinc(arg) ** 2, axis=1), dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------- the spectral fit
+N_BACKGROUND_KNOTS = 10
+"""Background correction ln B(k) ← ln B(k) + Σ_j γ_j φ_j(k): hat functions on knots Nyquist·(j/10)²."""
+
+
+def _background_basis(k_per_angstrom: FloatArray, nyquist_per_angstrom: float) -> FloatArray:
+    """Hat functions φ_j(k), j = 0 … J, on knots κ_j = Nyquist·(j/J)² (dense at low k); shape (J+1, n)."""
+    knots = nyquist_per_angstrom * (np.arange(N_BACKGROUND_KNOTS + 1) / N_BACKGROUND_KNOTS) ** 2
+    k = np.clip(np.asarray(k_per_angstrom, dtype=np.float64), 0.0, nyquist_per_angstrom)
+    basis = np.empty((knots.size, k.size))
+    for j in range(knots.size):
+        unit = np.zeros(knots.size)
+        unit[j] = 1.0
+        basis[j] = np.interp(k, knots, unit)
+    return basis
+
+
+@dataclass(frozen=True)
+class _Fisher:
+    """Whittle-likelihood Fisher information of the refinement parameters at the current model.
+
+    Parameters θ = (α, β, γ_0 … γ_J): ln S(k) += α + β (k/k_fit)² over the signal band (valid range up to
+    the fit resolution), ln B(k) += Σ γ_j φ_j(k) everywhere.  Each periodogram sample P ~ μ·Exp(1),
+    μ = S·CTF² + B, contributes g gᵀ with g = ∂ ln μ/∂θ = (H, H x, G φ_j), H = S·CTF²/μ, G = 1 − H.
+    ``covariance`` is its inverse: the Cramér–Rao covariance of θ from this micrograph.
+    """
+
+    information: FloatArray
+    covariance: FloatArray
+    ring_signal_features: FloatArray  # (2, n_rings): [1, x] inside the signal band, 0 outside
+    ring_basis: FloatArray  # (J+1, n_rings)
+    ring_hh: FloatArray  # Σ H² per ring
+
+
+def _signal_band_rings(spectrum: _Spectrum, ctf_fit: CtfFit) -> npt.NDArray[np.bool_]:
+    k_from, k_to = _band_indices(ctf_fit.spectral_model)
+    k_hi = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom)
+    k = spectrum.ring_k_per_angstrom
+    band: npt.NDArray[np.bool_] = (k >= k_from) & (k <= k_hi) & (spectrum.ring_counts > 0)
+    band[0] = False
+    return band
+
+
+def _fisher(
+    spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope: MicroscopeSettings
+) -> _Fisher:
+    h = grid.signal_fraction
+    g = 1.0 - h
+    hh, hg, gg = (_ring_sum(spectrum, v) for v in (h * h, h * g, g * g))
+    k = spectrum.ring_k_per_angstrom
+    x = (k * ctf_fit.fit_resolution_angstrom) ** 2
+    in_band = _signal_band_rings(spectrum, ctf_fit).astype(np.float64)
+    fs = np.stack([in_band, in_band * x])
+    fb = _background_basis(k, microscope.nyquist_per_angstrom)
+    fb[:, 0] = 0.0
+    info = np.block(
+        [
+            [(fs * hh) @ fs.T, (fs * hg) @ fb.T],
+            [(fb * hg) @ fs.T, (fb * gg) @ fb.T],
+        ]
+    )
+    # A vanishing eigenvalue means a parameter the data do not constrain; the pseudo-inverse returns
+    # infinite-like variance there only through the relative cut-off, so add a tiny ridge instead.
+    ridge = 1e-9 * max(float(np.trace(info)), 1e-300) / info.shape[0]
+    covariance = np.linalg.inv(info + ridge * np.eye(info.shape[0]))
+    return _Fisher(info, covariance, fs, fb, hh)
+
+
+def _coherence_bfactor(
+    spectrum: _Spectrum,
+    fisher: _Fisher,
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    drift_px: float | None,
+) -> tuple[float, float]:
+    """Apparent B (Å²) of the model signal, ln S(k) ≈ ln a₀ − (B/2) k², over the signal band.
+
+    Value: weighted least squares of ln S on k² over the rings of the signal band (valid range up to the
+    fit resolution), weights Σ H² per ring (Fisher information on ln S of the ring).  σ: the Cramér–Rao
+    σ of the envelope parameter β of the joint fit (:class:`_Fisher`; amplitude and background profiled
+    out), σ_B = 2 σ_β d²_fit, times √max(1, reduced χ²) of the regression (shape not exp(−B k²/2)).  A
+    drift measured independently (``drift_px``) is divided out first (⟨sinc²⟩); otherwise the blur is
+    part of the apparent B.
+    """
+    model = ctf_fit.spectral_model
+    k_r = spectrum.ring_k_per_angstrom
+    signal_r, _ = model.interpolate(k_r)
+    if drift_px:
+        blur = ring_average_sinc2(k_r, drift_px, microscope.pixel_size_angstrom)
+        signal_r = signal_r / np.maximum(blur, 1e-6)
+    use = _signal_band_rings(spectrum, ctf_fit) & (fisher.ring_hh > 0) & (signal_r > 0)
+    sigma_beta = math.sqrt(max(float(fisher.covariance[1, 1]), 0.0))
+    sigma_b = 2.0 * sigma_beta * ctf_fit.fit_resolution_angstrom**2
+    if int(use.sum()) < 3:
+        return 0.0, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2
+    x = k_r[use] ** 2
+    y = np.log(signal_r[use])
+    w = fisher.ring_hh[use]
+    x_mean = float(np.sum(w * x) / np.sum(w))
+    sxx = float(np.sum(w * (x - x_mean) ** 2))
+    if not sxx > 0:
+        return 0.0, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2
+    y_mean = float(np.sum(w * y) / np.sum(w))
+    slope = float(np.sum(w * (x - x_mean) * (y - y_mean)) / sxx)
+    residual = y - (y_mean + slope * (x - x_mean))
+    chi2_reduced = float(np.sum(w * residual**2)) / max(x.size - 2, 1)
+    sigma = min(sigma_b * math.sqrt(max(1.0, chi2_reduced)), UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2)
+    return -2.0 * slope, sigma
+
+
+def _band_basis_mean(spectrum: _Spectrum, fisher: _Fisher, rings: npt.NDArray[np.bool_]) -> FloatArray:
+    """Sample-weighted mean of the background basis over ``rings``, padded to the full parameter vector."""
+    counts = spectrum.ring_counts * rings
+    mean_basis = (fisher.ring_basis @ counts) / max(float(counts.sum()), 1.0)
+    return np.concatenate([np.zeros(2), mean_basis])
+
+
+def _floor_band(spectrum: _Spectrum, microscope: MicroscopeSettings) -> npt.NDArray[np.bool_]:
+    nyquist = microscope.nyquist_per_angstrom
+    lo, hi = FLOOR_BAND_FRACTION_OF_NYQUIST
+    k = spectrum.ring_k_per_angstrom
+    band: npt.NDArray[np.bool_] = (k >= lo * nyquist) & (k <= hi * nyquist) & (spectrum.ring_counts > 0)
+    return band
+
+
+def _detector_index(
+    spectrum: _Spectrum, fisher: _Fisher, model: SpectralModel, microscope: MicroscopeSettings
+) -> tuple[float, float]:
+    """F / mean counts; σ: Cramér–Rao σ of ln B over 0.75–1 Nyquist, and the mean's standard error."""
+    mean = spectrum.mean_counts
+    index = model.noise_floor_power / mean
+    d = _band_basis_mean(spectrum, fisher, _floor_band(spectrum, microscope))
+    relative_floor = math.sqrt(max(float(d @ fisher.covariance @ d), 0.0))
+    # SE of the mean: the image variance is the mean of the periodogram over all frequencies.
+    relative_mean = math.sqrt(float(np.mean(spectrum.power)) / spectrum.power.size) / mean
+    return index, index * math.hypot(relative_floor, relative_mean)
+
+
+def _ice_index(
+    spectrum: _Spectrum,
+    grid: _ModelOnGrid,
+    fisher: _Fisher,
+    model: SpectralModel,
+    microscope: MicroscopeSettings,
+) -> tuple[float, float]:
+    """Mean over the 50–20 Å samples of (B(k) − F)/F.
+
+    σ: Cramér–Rao σ of ln(B̄_band / F) from the background parameters (their covariance included),
+    times B̄_band/F.
+    """
+    coarse, fine = ICE_BAND_ANGSTROM
+    k = spectrum.k_per_angstrom
+    k_hi = min(1.0 / fine, microscope.nyquist_per_angstrom)
+    band = (spectrum.ring >= 0) & (k >= 1.0 / coarse) & (k <= k_hi)
+    if int(band.sum()) == 0:  # coarse sampling: use the first three rings
+        band = (spectrum.ring >= 1) & (spectrum.ring <= 3)
+    rings = np.zeros(spectrum.ring_k_per_angstrom.size, dtype=bool)
+    rings[np.unique(spectrum.ring[band])] = True
+    floor = model.noise_floor_power
+    if not floor > 0:
+        raise ValueError("spectral model has a non-positive noise floor")
+    ratio = float(np.mean(grid.background[band])) / floor
+    d = _band_basis_mean(spectrum, fisher, rings) - _band_basis_mean(
+        spectrum, fisher, _floor_band(spectrum, microscope)
+    )
+    return ratio - 1.0, ratio * math.sqrt(max(float(d @ fisher.covariance @ d), 0.0))
+
+
+# ---------------------------------------------------------------------------------- node estimates
+def _tile_size_px(shape_px: tuple[int, int]) -> int:
+    side = min(shape_px) // 4
+    return max(16, 1 << max(math.floor(math.log2(max(side, 1))), 4))
+
+
+def _tiles(image: FloatArray, tile: int) -> list[FloatArray]:
+    ny, nx = image.shape
+    oy, ox = (ny % tile) // 2, (nx % tile) // 2
+    return [
+        image[oy + i * tile : oy + (i + 1) * tile, ox + j * tile : ox + (j + 1) * tile]
+        for i in range(ny // tile)
+        for j in range(nx // tile)
+    ]
+
+
+def _windowed_sum_variance(
+    coefficients: FloatArray,
+    mean_power: FloatArray,
+    index_y: npt.NDArray[np.intp],
+    index_x: npt.NDArray[np.intp],
+    window: FloatArray,
+) -> float:
+    """Var(Σ a_i P_i) for periodogram samples P_i of one windowed tile with means μ_i.
+
+    For a Gaussian stationary field, Cov(P_i, P_j) ≈ μ_i μ_j (|ρ(k_i − k_j)|² + |ρ(k_i + k_j)|²) with
+    ρ = FFT(w²)/Σw² the window's spectral correlation (Percival & Walden, *Spectral Analysis for Physical
+    Applications*, 1993, §6.6): neighbouring bins of a Hann-windowed periodogram are correlated.  Exact
+    double sum up to 2500 samples; beyond, the white approximation Σ (a μ)² · Σ_Δ |ρ(Δ)|².
+    """
+    size = window.shape[0]
+    rho2 = np.abs(np.fft.fft2(window**2)) ** 2 / float(np.sum(window**2)) ** 2
+    weighted = coefficients * mean_power
+    if weighted.size <= 2500:
+        dy = (index_y[:, None] - index_y[None, :]) % size
+        dx = (index_x[:, None] - index_x[None, :]) % size
+        sy = (index_y[:, None] + index_y[None, :]) % size
+        sx = (index_x[:, None] + index_x[None, :]) % size
+        covariance = rho2[dy, dx] + rho2[sy, sx]
+        return float(weighted @ covariance @ weighted)
+    return float(np.sum(weighted**2)) * float(np.sum(rho2))
+
+
+def _heterogeneity_and_dose_se(
+    spectrum: _Spectrum, image: FloatArray, ctf_fit: CtfFit, microscope: MicroscopeSettings
+) -> tuple[tuple[float, float], float]:
+    """((excess CV, σ) of low-frequency signal over tiles, standard error of the mean counts).
+
+    Per tile t (Hann-windowed, mean removed, periodogram P = |FFT(w·x)|²/Σw²), the low-frequency signal
+    is the least-squares amplitude s_t = Σ c (P − B) / Σ c² over the band (c = CTF²_eff, B the model
+    background), with sampling variance v from :func:`_windowed_sum_variance` (μ = S·c + B).  The
+    excess CV removes the expected sampling scatter: CV = √max(0, Var_t(s) − v) / mean_t(s);
+    σ_CV = SD_t(s) / (mean_t(s) √(2(n−1))) (normal-theory SE of a sample SD).  Band: 50–10 Å, starting
+    at ≥ 2 cycles per tile.
+    """
+    tile = spectrum.tile_px
+    tiles = _tiles(image, tile)
+    n = len(tiles)
+    tile_means = np.array([float(t.mean()) for t in tiles])
+    dose_se = float(np.std(tile_means, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    dose_se = max(dose_se, math.sqrt(max(float(image.mean()), 0.0) / image.size))
+    if n < 3:
+        return (0.0, UNDETECTED_HETEROGENEITY_SIGMA), dose_se
+    px = microscope.pixel_size_angstrom
+    cycles = 1.0 / (tile * px)
+    k_lo = max(1.0 / HETEROGENEITY_BAND_ANGSTROM[0], 2.0 * cycles)
+    k_hi = min(
+        max(1.0 / HETEROGENEITY_BAND_ANGSTROM[1], k_lo + 2.0 * cycles), microscope.nyquist_per_angstrom
+    )
+    ky, kx = frequency_grid_per_angstrom((tile, tile), px, rfft=True)
+    k = np.hypot(ky, kx)
+    band = (k >= k_lo) & (k <= k_hi)
+    c = spectrum.tile_ctf2[band]
+    signal, background = ctf_fit.spectral_model.interpolate(k[band])
+    mu = np.maximum(signal, 0.0) * c + np.maximum(background, 0.0)
+    c2 = float(np.sum(c**2))
+    if not c2 > 0:
+        return (0.0, UNDETECTED_HETEROGENEITY_SIGMA), dose_se
+    hann = np.hanning(tile)
+    window = np.outer(hann, hann)
+    norm = float(np.sum(window**2))
+    s = np.empty(n)
+    for i, t in enumerate(tiles):
+        power = np.abs(np.fft.rfft2(window * (t - t.mean()))) ** 2 / norm
+        s[i] = float(np.sum(c * (power[band] - background))) / c2
+    iy, ix = np.nonzero(band)
+    v = _windowed_sum_variance(c / c2, mu, iy, ix, window)
+    mean_s = float(np.mean(s))
+    var_s = float(np.var(s, ddof=1))
+    if not mean_s > 0:
+        return (0.0, UNDETECTED_HETEROGENEITY_SIGMA), dose_se
+    cv = math.sqrt(max(0.0, var_s - v)) / mean_s
+    sigma = math.sqrt(var_s / (2.0 * (n - 1))) / mean_s
+    return (cv, sigma), dose_se
+
+
+def _anisotropy_fit(
+    y: FloatArray, c: FloatArray, theta: FloatArray, weights: FloatArray
+) -> tuple[FloatArray, FloatArray, float]:
+    """WLS of y ≈ c·(a₀ + a₁ cos 2θ + a₂ sin 2θ); returns (a, covariance, reduced χ²)."""
+    design = np.stack([c, c * np.cos(2 * theta), c * np.sin(2 * theta)], axis=1)
+    xtw = design.T * weights
+    normal = xtw @ design
+    normal = normal + np.eye(3) * (1e-12 * max(float(np.trace(normal)), 1e-300))
+    coef = np.asarray(np.linalg.solve(normal, xtw @ y), dtype=np.float64)
+    residual = y - design @ coef
+    chi2 = float(np.sum(weights * residual**2)) / max(y.size - 3, 1)
+    return coef, np.asarray(np.linalg.inv(normal), dtype=np.float64), chi2
+
+
+def _blur_from_anisotropy(
+    spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope: MicroscopeSettings
+) -> tuple[float, float]:
+    """Linear blur length d (px) from the 2θ anisotropy of the background-subtracted spectrum.
+
+    In the annulus 0.3–0.7 of min(k_fit, Nyquist), y = (P − B)/S ≈ CTF²·A(θ) with A = sinc²(k_px d
+    cos(θ − θ_m)) for motion along θ_m.  A WLS fit (weights (S/μ)², the inverse variance of y) of
+    y ≈ CTF²(a₀ + a₁ cos 2θ + a₂ sin 2θ) gives the anisotropy a = √(a₁² + a₂² − σ₁² − σ₂²)/a₀ (Rice-bias
+    corrected); d is the first solution of a(d) = a for the same fit applied to the noiseless model A
+    (grid on [0, 4/k_px,max] and bisection).  σ_d = the larger distance to the solutions for a ± σ_a
+    (when a + σ_a is out of reach, σ_d = the grid's extent: unbounded above).  Isotropic jitter and other
+    anisotropies (detector, preferred orientation) are not separated: the σ is a lower bound.
+    """
+    k_top = min(1.0 / ctf_fit.fit_resolution_angstrom, microscope.nyquist_per_angstrom)
+    lo, hi = MOTION_ANNULUS_FRACTION
+    k = spectrum.k_per_angstrom
+    annulus = (spectrum.ring >= 0) & (k >= lo * k_top) & (k <= hi * k_top) & (grid.signal > 0)
+    if int(annulus.sum()) < 16:
+        return 0.0, 1.0 / max(hi * k_top * microscope.pixel_size_angstrom, 1e-9)
+    signal = grid.signal[annulus]
+    y = (spectrum.power[annulus] - grid.background[annulus]) / signal
+    weights = (signal / grid.total[annulus]) ** 2
+    c = grid.ctf2[annulus]
+    theta = spectrum.theta_rad[annulus]
+    coef, cov, chi2 = _anisotropy_fit(y, c, theta, weights)
+    cov = cov * max(1.0, chi2)
+    k_px_max = hi * k_top * microscope.pixel_size_angstrom
+    d_max = 1.0 / k_px_max
+    if not coef[0] > 0:
+        return 0.0, d_max
+    amp2 = float(coef[1] ** 2 + coef[2] ** 2 - cov[1, 1] - cov[2, 2])
+    anisotropy = math.sqrt(max(amp2, 0.0)) / float(coef[0])
+    sigma_a = math.sqrt(0.5 * float(cov[1, 1] + cov[2, 2])) / float(coef[0])
+    # motion direction: where the power is lowest, 90° from the harmonic's maximum
+    theta_m = 0.5 * math.atan2(float(coef[2]), float(coef[1])) + 0.5 * math.pi
+    stride = max(1, c.size // _MAX_MOTION_SAMPLES)
+    k_px = (k[annulus] * microscope.pixel_size_angstrom)[::stride]
+    c_s, th_s, w_s = c[::stride], theta[::stride], weights[::stride]
+
+    def anisotropy_of(d: float) -> float:
+        model = c_s * np.sinc(k_px * d * np.cos(th_s - theta_m)) ** 2
+        b, _, _ = _anisotropy_fit(model, c_s, th_s, w_s)
+        return math.hypot(float(b[1]), float(b[2])) / float(b[0])
+
+    # a(d) rises from 0 and ripples once sinc zeros enter the annulus: take the first crossing on a grid
+    # of [0, 4 d_max], refined by bisection; beyond the grid the blur is only bounded below.
+    d_grid = np.linspace(0.0, 4.0 * d_max, 65)
+    a_grid = np.array([anisotropy_of(float(x)) for x in d_grid])
+
+    def solve(target: float) -> float:
+        if target <= 0:
+            return 0.0
+        above = np.nonzero(a_grid >= target)[0]
+        if above.size == 0:
+            return float(d_grid[-1])
+        j = int(above[0])
+        if j == 0:
+            return 0.0
+        lo_d, hi_d = float(d_grid[j - 1]), float(d_grid[j])
+        for _ in range(_N_BISECTION):
+            mid = 0.5 * (lo_d + hi_d)
+            if anisotropy_of(mid) < target:
+                lo_d = mid
+            else:
+                hi_d = mid
+        return 0.5 * (lo_d + hi_d)
+
+    d = solve(anisotropy)
+    upper = solve(anisotropy + sigma_a)
+    if upper >= d_grid[-1]:  # not bounded above by the data
+        upper = d + float(d_grid[-1])
+    sigma = max(upper - d, d - solve(anisotropy - sigma_a))
+    return d, sigma
+
+
+def _estimate_raw(
+    spectrum: _Spectrum,
+    image: FloatArray,
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    dose_e_per_angstrom2: float | None,
+    drift_total_px: float | None,
+) -> dict[str, tuple[float, float]]:
+    if not spectrum.mean_counts > 0:
+        raise ValueError(
+            f"image mean is {spectrum.mean_counts}: node estimates need a micrograph in electron counts (> 0)"
+        )
+    model = ctf_fit.spectral_model
+    grid = _model_on_grid(spectrum, ctf_fit)
+    fisher = _fisher(spectrum, grid, ctf_fit, microscope)
+    px2 = microscope.pixel_size_angstrom**2
+    out: dict[str, tuple[float, float]] = {}
+
+    heterogeneity, mean_se = _heterogeneity_and_dose_se(spectrum, image, ctf_fit, microscope)
+    dose = spectrum.mean_counts / px2
+    dose_var = (mean_se / px2) ** 2
+    if dose_e_per_angstrom2 is not None:
+        dose_var += (dose - float(dose_e_per_angstrom2)) ** 2
+    out["dose"] = (dose, math.sqrt(dose_var))
+
+    if drift_total_px is not None:
+        d = abs(float(drift_total_px))
+        out["beam_induced_motion"] = (d, math.hypot(DRIFT_SIGMA_FLOOR_PX, DRIFT_RELATIVE_SIGMA * d))
+    else:
+        out["beam_induced_motion"] = _blur_from_anisotropy(spectrum, grid, ctf_fit, microscope)
+
+    out["ice_thickness"] = _ice_index(spectrum, grid, fisher, model, microscope)
+    out["detector_noise"] = _detector_index(spectrum, fisher, model, microscope)
+    sigma_defocus = float(ctf_fit.defocus_sigma_angstrom)
+    out["defocus"] = (ctf_fit.ctf.mean_defocus_angstrom, sigma_defocus)
+    out["astigmatism"] = (ctf_fit.ctf.astigmatism_angstrom, 2.0 * sigma_defocus)
+    cs = microscope.spherical_aberration_mm
+    out["spherical_aberration"] = (
+        cs,
+        max(SPHERICAL_ABERRATION_RELATIVE_SIGMA * abs(cs), SPHERICAL_ABERRATION_SIGMA_FLOOR_MM),
+    )
+    out["coherence_envelope"] = _coherence_bfactor(
+        spectrum, fisher, ctf_fit, microscope, float(drift_total_px) if drift_total_px else None
+    )
+    out["sample_heterogeneity"] = heterogeneity
+    return {node: (float(v), _sigma_floor(s, v)) for node, (v, s) in out.items()}
+
+
+def estimate_nodes(
+    image: ImageLike,
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    dose_e_per_angstrom2: float | None,
+    drift_total_px: float | None,
+    session_prior: SessionPrior | None,
+) -> dict[str, tuple[float, float]]:
+    """Measure every cause node of :func:`build_causal_graph` from one micrograph: node → (value, σ).
+
+    Definitions (module docstring table for units):
+
+    * defocus: (U + V)/2, σ = ``ctf_fit.defocus_sigma_angstrom``.
+    * astigmatism: U − V, σ = 2 σ_defocus (independent U, V errors σ_u: mean has σ_u/√2, difference
+      √2 σ_u).
+    * spherical_aberration: C_s of ``microscope``; σ assumed, 2 % (floor 0.01 mm).
+    * coherence_envelope: apparent B (Å²) from a Fisher-weighted regression of ln S(k) on k² over the
+      model's valid band up to the fit resolution (S ∝ exp(−B k²/2)); σ from the regression.
+    * detector_noise: F/⟨counts⟩ with F = ``noise_floor_power``; ≈ 1 for Poisson counting.  σ from the
+      number of floor-band samples (each periodogram sample has SD equal to its mean).
+    * ice_thickness: mean (B(k) − F)/F over 50–20 Å, dimensionless; a relative index (∝ the inelastic
+      background, which grows with thickness; not a thickness in nm).  σ as for the floor.
+    * dose: ⟨counts⟩/pixel² (e/Å², gain 1); σ = the tile-to-tile standard error of the mean, combined
+      in quadrature with |measured − header| when the header dose is given (a gain/calibration
+      discrepancy counts as uncertainty).
+    * beam_induced_motion: ``drift_total_px`` when given (σ assumed √(0.25² + (0.1 d)²) px); otherwise
+      the blur length from the spectrum's 2θ anisotropy at mid frequencies (large, computed σ).
+    * sample_heterogeneity: excess CV of the tiles' low-frequency signal (50–10 Å), σ computed.
+
+    With ``session_prior`` the weakly measured nodes are shrunk (:func:`shrink_towards_prior`).
+
+    Parameters
+    ----------
+    image : ndarray or Tensor, shape (ny, nx)
+        Micrograph [y, x] in electron counts (mean > 0).
+    ctf_fit : CtfFit
+        CTF and spectral model (periodogram units of ``image``).
+    microscope : MicroscopeSettings
+        Optics and pixel size (Å/px).
+    dose_e_per_angstrom2 : float or None
+        Total exposure from the header, e/Å², or None.
+    drift_total_px : float or None
+        Drift (px) from motion correction, or None.
+    session_prior : SessionPrior or None
+        Session prior for shrinkage, or None.
+    """
+    spectrum = _spectrum(image, microscope, ctf_fit)
+    pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
+    raw = _estimate_raw(spectrum, pixels, ctf_fit, microscope, dose_e_per_angstrom2, drift_total_px)
+    return shrink_towards_prior(raw, session_prior)
+
+
+# ------------------------------------------------------------------------------------ the weights
+def degradation_weights(
+    nodes: Mapping[str, tuple[float, float]],
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    shape_px: tuple[int, int],
+) -> dict[str, float]:
+    """Each cause's share of the spectral-SNR loss in the trusted band; the shares sum to 1.
+
+    Per rfft sample k of an image of ``shape_px`` in the band [k_valid_from, min(k_valid_to, k_fit)],
+    with S, B from ``ctf_fit.spectral_model`` and the node values:
+
+    * coherence_envelope: L = max(B, 0) k²/2  (= −ln E², E² = exp(−B k²/2));
+    * beam_induced_motion: L = −ln ⟨sinc²(k_px d cos φ)⟩_φ for blur d px;
+    * noise: with the un-attenuated signal S₀ = S·e^{L_env + L_mot}, the log Wiener loss at perfect
+      transfer L_N = ln(1 + B/S₀), split in proportion to the parts of the background:
+      dose ← shot noise min(⟨counts⟩, F), detector_noise ← excess max(F − ⟨counts⟩, 0),
+      ice_thickness ← max(B(k) − F, 0);
+    * CTF: L = ln[(S + B)/(CTF² S + B)], the log loss of Wiener gain against perfect transfer (largest
+      near the zeros, bounded), split between defocus, astigmatism and spherical_aberration in
+      proportion to |χ_i| of each term of the phase at that sample (π λ Δf̄ k², π λ (U−V)/2
+      cos 2(θ−θ_a) k², ½ π C_s λ³ k⁴);
+    * sample_heterogeneity: L = ln(1 + CV²) at every frequency (excess variance across tiles).
+
+    Each L is averaged over the band's samples; weight = mean L_c / Σ_c mean L_c (uniform if all are 0).
+    """
+    model = ctf_fit.spectral_model
+    ny, nx = shape_px
+    px = microscope.pixel_size_angstrom
+    ky, kx = frequency_grid_per_angstrom((ny, nx), px, rfft=True)
+    k = np.hypot(ky, kx).ravel()
+    theta = np.arctan2(ky, kx).ravel()
+    k_from, k_to = _band_indices(model)
+    k_hi = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom, microscope.nyquist_per_angstrom)
+    band = (k >= max(k_from, 1e-12)) & (k <= k_hi)
+    if not band.any():
+        return {node: 1.0 / len(CAUSE_NODES) for node in CAUSE_NODES}
+    k_b, theta_b = k[band], theta[band]
+    signal, background = model.interpolate(k_b)
+    signal = np.maximum(signal, 1e-30)
+    background = np.maximum(background, 0.0)
+
+    b_factor = max(nodes["coherence_envelope"][0], 0.0)
+    drift = max(nodes["beam_induced_motion"][0], 0.0)
+    l_env = b_factor * k_b**2 / 2.0
+    l_mot = -np.log(np.maximum(ring_average_sinc2(k_b, drift, px), 1e-6)) if drift > 0 else np.zeros_like(k_b)
+    signal0 = signal * np.exp(np.minimum(l_env + l_mot, 700.0))
+
+    mean_counts = nodes["dose"][0] * px**2
+    floor = model.noise_floor_power
+    shot = np.full_like(k_b, min(mean_counts, floor))
+    excess = np.full_like(k_b, max(floor - mean_counts, 0.0))
+    ice = np.maximum(background - floor, 0.0)
+    parts = shot + excess + ice
+    l_noise = np.log1p(parts / signal0)
+    share = np.divide(l_noise, parts, out=np.zeros_like(parts), where=parts > 0)
+
+    ctf = ctf_fit.ctf
+    lam = microscope.wavelength_angstrom
+    cs_angstrom = microscope.spherical_aberration_mm * 1e7
+    chi_defocus = math.pi * lam * ctf.mean_defocus_angstrom * k_b**2
+    chi_astig = (
+        math.pi
+        * lam
+        * 0.5
+        * ctf.astigmatism_angstrom
+        * np.cos(2 * (theta_b - math.radians(ctf.astigmatism_angle_deg)))
+    ) * k_b**2
+    chi_cs = 0.5 * math.pi * cs_angstrom * lam**3 * k_b**4
+    ctf2 = (ctf_2d(ctf, microscope, shape_px, rfft=True, dtype=torch.float64).numpy() ** 2).ravel()[band]
+    l_ctf = np.log((signal + background) / np.maximum(ctf2 * signal + background, 1e-300))
+    phases = np.abs(np.stack([chi_defocus, chi_astig, chi_cs]))
+    phase_total = phases.sum(axis=0)
+    phase_share = np.divide(phases, phase_total, out=np.full_like(phases, 1.0 / 3.0), where=phase_total > 0)
+
+    cv = max(nodes["sample_heterogeneity"][0], 0.0)
+    losses = {
+        "dose": float(np.mean(share * shot)),
+        "beam_induced_motion": float(np.mean(l_mot)),
+        "ice_thickness": float(np.mean(share * ice)),
+        "detector_noise": float(np.mean(share * excess)),
+        "defocus": float(np.mean(l_ctf * phase_share[0])),
+        "astigmatism": float(np.mean(l_ctf * phase_share[1])),
+        "spherical_aberration": float(np.mean(l_ctf * phase_share[2])),
+        "coherence_envelope": float(np.mean(l_env)),
+        "sample_heterogeneity": math.log1p(cv**2),
+    }
+    total = sum(losses.values())
+    if not total > 0:
+        return {node: 1.0 / len(CAUSE_NODES) for node in CAUSE_NODES}
+    return {node: losses[node] / total for node in CAUSE_NODES}
+
+
+# ------------------------------------------------------------------------------ the refinement loop
+def _refine_model(
+    spectrum: _Spectrum,
+    image: FloatArray,
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    device: torch.device | str,
+) -> SpectralModel:
+    model = ctf_fit.spectral_model
+    grid = _model_on_grid(spectrum, ctf_fit)
+    fisher = _fisher(spectrum, grid, ctf_fit, microscope)
+    restored = wiener_denoise(image, ctf_fit, microscope, device=device).astype(np.float64)
+    n_pixels = float(image.size)
+    restored_ft = np.fft.rfft2(restored).ravel()
+    residual_ft = np.fft.rfft2(image - restored).ravel()
+    posterior_var = grid.signal_fraction * grid.background  # Var[CTF·X | Y] = H·B (Gaussian posterior)
+    expected_signal = np.abs(restored_ft) ** 2 / n_pixels + posterior_var
+    expected_noise = np.abs(residual_ft) ** 2 / n_pixels + posterior_var
+    modulated = grid.signal * grid.ctf2
+    informative = modulated > 1e-12 * np.maximum(grid.background, 1e-300)
+    score_s = np.divide(expected_signal, modulated, out=np.ones_like(modulated), where=informative) - 1.0
+    score_b = (
+        np.divide(expected_noise, grid.background, out=np.ones_like(modulated), where=grid.background > 0)
+        - 1.0
+    )
+    score = np.concatenate(
+        [
+            fisher.ring_signal_features @ _ring_sum(spectrum, score_s),
+            fisher.ring_basis @ _ring_sum(spectrum, score_b),
+        ]
+    )
+    damped = fisher.information + np.diag(_DAMPING * np.diag(fisher.information) + 1e-12)
+    step = np.linalg.solve(damped, score)
+
+    ring_k = spectrum.ring_k_per_angstrom
+    log_s = step[0] + step[1] * (ring_k * ctf_fit.fit_resolution_angstrom) ** 2
+    log_b = step[2:] @ _background_basis(ring_k, microscope.nyquist_per_angstrom)
+    largest = max(float(np.max(np.abs(log_s))), float(np.max(np.abs(log_b))))
+    if largest > _MAX_LOG_STEP:  # trust region: no profile changes by more than a factor 4 per pass
+        log_s, log_b = log_s * (_MAX_LOG_STEP / largest), log_b * (_MAX_LOG_STEP / largest)
+    signal_r, background_r = model.interpolate(ring_k)
+    signal_new = np.maximum(signal_r, 0.0) * np.exp(log_s)
+    background_new = np.maximum(background_r, 0.0) * np.exp(log_b)
+    signal_new[0], background_new[0] = signal_new[1], background_new[1]
+
+    floor_band = _floor_band(spectrum, microscope)
+    if floor_band.any():
+        counts = spectrum.ring_counts[floor_band]
+        floor = float(np.sum(counts * background_new[floor_band]) / np.sum(counts))
+    else:
+        floor = float(background_new[-1])
+    k_from, k_to = _band_indices(model)
+    last = ring_k.size - 1
+    from_index = int(np.clip(np.searchsorted(ring_k, k_from - 1e-12), 0, last))
+    to_index = int(np.clip(np.searchsorted(ring_k, k_to + 1e-12, side="right") - 1, from_index, last))
+    return SpectralModel(
+        frequency_per_angstrom=ring_k.copy(),
+        signal_power=signal_new,
+        background_power=background_new,
+        noise_floor_power=floor,
+        valid_from_index=from_index,
+        valid_to_index=to_index,
+    )
+
+
+def refine_spectral_model(
+    image: ImageLike, ctf_fit: CtfFit, microscope: MicroscopeSettings, device: torch.device | str = "cpu"
+) -> SpectralModel:
+    """One pass of the self-evaluation loop's spectrum update: restore, then re-fit S(k) and B(k).
+
+    1. Ĉ = :func:`~cryodecon_science.restore.wiener_denoise` (current model), residual R = Y − Ĉ.
+    2. Expected powers under the Gaussian posterior (the E-step of EM; Dempster, Laird & Rubin 1977,
+       JRSS B 39:1): E|CTF·X|² = |Ĉ|²/N + H·B from the restored image and E|noise|² = |R|²/N + H·B from
+       the residual.  Their ratios to the model, ρ_S = E|CTF·X|²/(CTF²·S) and ρ_B = E|noise|²/B, obey
+       ρ_S − 1 = H (P/μ − 1) and ρ_B − 1 = (1 − H)(P/μ − 1): the Whittle-likelihood scores of ln S and
+       ln B at each Fourier sample (P the periodogram, μ = S·CTF² + B).
+    3. One damped Fisher-scoring (Levenberg–Marquardt, 10 % of the diagonal) step in the parameters of
+       :class:`_Fisher`: ln S(k) += α + β (k·d_fit)² (amplitude and envelope, so Δβ is a change of the
+       B-factor, ΔB = −2 Δβ d_fit²) and ln B(k) += Σ γ_j φ_j(k) (a smooth background correction on 11
+       hat functions).  Signal and background separate because S is modulated by the CTF² rings and B
+       is not (as in CTFFIND4's background fit).  No profile changes by more than a factor 4 per pass.
+
+    The result lives on rings of width 1/(max(ny, nx)·pixel) from 0 to Nyquist; its floor is the
+    sample-weighted mean background over 0.75–1 Nyquist; its valid band is the input's.
+    """
+    spectrum = _spectrum(image, microscope, ctf_fit)
+    pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
+    return _refine_model(spectrum, pixels, ctf_fit, microscope, device)
+
+
+def _node_link(
+    estimates: Mapping[str, tuple[float, float]],
+    measured: Mapping[str, tuple[float, float]],
+    weights: Mapping[str, float],
+) -> dict[str, Any]:
+    graph = build_causal_graph()
+    for node in CAUSE_NODES:
+        graph.nodes[node]["value"] = float(estimates[node][0])
+        graph.nodes[node]["sigma"] = float(estimates[node][1])
+        graph.nodes[node]["measured_value"] = float(measured[node][0])
+        graph.nodes[node]["measured_sigma"] = float(measured[node][1])
+        graph.nodes[node]["weight"] = float(weights[node])
+    data: dict[str, Any] = nx.node_link_data(graph, edges="links")
+    return data
+
+
+def fit_priors(
+    image: ImageLike,
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    dose_e_per_angstrom2: float | None = None,
+    drift_total_px: float | None = None,
+    session_prior: SessionPrior | None = None,
+    max_iterations: int = 10,
+    device: torch.device | str = "cpu",
+) -> CausalPriors:
+    """Measure the causal nodes of one micrograph and refine them by the self-evaluation loop.
+
+    Iteration 0 measures the nodes (:func:`estimate_nodes`) with the CTF estimator's spectral model.
+    Each pass t = 1, 2, … then (i) restores the image with :func:`~cryodecon_science.restore.wiener_denoise`
+    under the current signal/background model, (ii) re-estimates the background from the residual
+    (image − restored) and the signal from the restored image (:func:`refine_spectral_model`) and (iii)
+    re-measures every node.  The loop stops when every node changed by less than its current 1σ since
+    the previous pass (``converged=True``), or after ``max_iterations`` passes (``converged=False``; it
+    never runs on silently).  The CTF geometry (defocus, astigmatism) is the estimator's and stays
+    fixed; the nodes read from the spectrum (B-factor, noise floor, ice, motion, heterogeneity) move.
+    Deterministic: no random numbers; the same input gives the same output.
+
+    Parameters
+    ----------
+    image : ndarray or Tensor, shape (ny, nx)
+        Micrograph [y, x] in electron counts.
+    ctf_fit : CtfFit
+        The CTF estimator's result for this micrograph (start of the loop).
+    microscope : MicroscopeSettings
+        Optics and pixel size (Å/px).
+    dose_e_per_angstrom2, drift_total_px : float or None
+        Header exposure (e/Å²) and motion-correction drift (px), when known.
+    session_prior : SessionPrior or None
+        Prior from earlier micrographs of the session (shrinks weakly measured nodes).
+    max_iterations : int
+        Maximum number of refinement passes (≥ 1).
+    device : torch.device or str
+        Device for the restorations.
+
+    Returns
+    -------
+    CausalPriors
+        Final estimates with weights (:func:`degradation_weights`), the unshrunk measurements, the value
+        of every node at every iteration, the convergence flag, the number of passes, the refined
+        spectral model and the annotated graph.
+    """
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+    spectrum = _spectrum(image, microscope, ctf_fit)
+    pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
+
+    def measure(fit: CtfFit) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+        raw = _estimate_raw(spectrum, pixels, fit, microscope, dose_e_per_angstrom2, drift_total_px)
+        return raw, shrink_towards_prior(raw, session_prior)
+
+    fit = ctf_fit
+    measured, current = measure(fit)
+    history: list[Mapping[str, float]] = [dict({n: current[n][0] for n in CAUSE_NODES})]
+    converged = False
+    passes = 0
+    while passes < max_iterations:
+        passes += 1
+        fit = replace(fit, spectral_model=_refine_model(spectrum, pixels, fit, microscope, device))
+        new_measured, new = measure(fit)
+        history.append(dict({n: new[n][0] for n in CAUSE_NODES}))
+        converged = all(abs(new[n][0] - current[n][0]) < new[n][1] for n in CAUSE_NODES)
+        measured, current = new_measured, new
+        if converged:
+            break
+
+    weights = degradation_weights(current, fit, microscope, spectrum.shape_px)
+
+    def records(values: Mapping[str, tuple[float, float]]) -> tuple[NodeEstimate, ...]:
+        return tuple(
+            NodeEstimate(n, float(values[n][0]), NODE_UNITS[n], float(values[n][1]), float(weights[n]))
+            for n in CAUSE_NODES
+        )
+
+    return CausalPriors(
+        estimates=records(current),
+        measurements=records(measured),
+        iterations=tuple(history),
+        converged=converged,
+        n_iterations=passes,
+        spectral_model=fit.spectral_model,
+        graph_node_link=_node_link(current, measured, weights),
+    )
+
+
+def refined_ctf_fit(ctf_fit: CtfFit, priors: CausalPriors) -> CtfFit:
+    """The CTF fit with its spectral model replaced by the one the self-evaluation loop converged to.
+
+    Restoration uses this: the CTF geometry is the estimator's, the signal and noise spectra are the
+    causal priors' (the loop never changes the CTF geometry, see :func:`fit_priors`).
+    """
+    return replace(ctf_fit, spectral_model=priors.spectral_model)

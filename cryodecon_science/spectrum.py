@@ -1,0 +1,319 @@
+"""Tile-averaged power spectra (Welch periodograms) and their rotational averages, in torch.
+
+A micrograph's power spectrum is estimated as in CTFFIND4 (Rohou & Grigorieff 2015, J. Struct. Biol.
+192:216, "Computation of the amplitude spectrum"): the image is cut into square tiles, each tile's
+periodogram is computed and the periodograms are averaged.  Here the tiles overlap by
+``overlap_fraction`` and each one is mean-subtracted and multiplied by a separable Hann window before its
+FFT (Welch 1967, IEEE Trans. Audio Electroacoust. 15:70): the window suppresses the leakage of the strong
+low-frequency power through the tile edges (the "+"-shaped streaks of an unwindowed tile) at the price
+of a spectral resolution of about two spectrum pixels.
+
+Normalisation (as stated in ``cryodecon_science.records``): for a tile x with window w,
+
+    P(k) = |FFT(w·x)|² / Σ w²,
+
+so that the mean of P over all frequencies equals the (windowed) tile variance, in counts² per pixel,
+and profiles measured on tiles apply to the whole micrograph's |FFT(x)|² / N.
+
+All spectra use the ``torch.fft.rfft2`` half-plane layout: shape (tile, tile // 2 + 1), ``k_y`` along
+axis 0 in FFT order, ``k_x ≥ 0`` along axis 1 (conventions in ``cryodecon_science.optics``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+_MIN_TILE_SIZE_PX = 8
+# Tiles per FFT batch: bounds the working memory (a batch of 16 tiles of 512² is 17 MB of float32).
+_TILES_PER_BATCH = 16
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of a micrograph lie.
+
+    Attributes
+    ----------
+    tile_size_px : int
+        Edge length L of the square tiles, pixels.
+    origins_y_px, origins_x_px : tuple[int, ...]
+        Row and column of the top-left corner of the tile rows and tile columns; tile (i, j) covers
+        ``image[origins_y_px[i] : origins_y_px[i] + L, origins_x_px[j] : origins_x_px[j] + L]``.  The grid
+        is centred on the image, so at most ``step - 1`` pixels are left out at the edges.
+    """
+
+    tile_size_px: int
+    origins_y_px: tuple[int, ...]
+    origins_x_px: tuple[int, ...]
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.origins_y_px) * len(self.origins_x_px)
+
+
+@dataclass(frozen=True)
+class HalfSetSpectra:
+    """Tile-averaged periodogram plus two independent half-set periodograms of the same micrograph.
+
+    The halves are built from the non-overlapping sub-grid of the tile grid (every tile whose pixels
+    no earlier selected tile in its row or column shares; with 50 % overlap, tiles (2p, 2q)), split as a
+    checkerboard by the parity of p + q.  Tiles of different halves share no pixel, so their
+    periodograms have independent noise; together the halves cover the image once.
+
+    Attributes
+    ----------
+    mean_power : torch.Tensor
+        Mean periodogram of all (overlapping) tiles, shape (L, L // 2 + 1), float32.
+    half_power : torch.Tensor
+        Mean periodograms of the two halves, shape (2, L, L // 2 + 1), float32 (zeros for an empty half).
+    n_tiles : int
+        Number of tiles in ``mean_power``.
+    n_half_tiles : tuple[int, int]
+        Number of tiles in each half.
+    """
+
+    mean_power: torch.Tensor
+    half_power: torch.Tensor
+    n_tiles: int
+    n_half_tiles: tuple[int, int]
+
+
+def fitting_tile_size_px(shape_px: tuple[int, int], tile_size_px: int = 512) -> int:
+    """Tile size to use on an image of ``shape_px`` = (ny, nx).
+
+    ``tile_size_px`` when the image holds it; otherwise the largest power of two that fits in the
+    shorter image side.
+
+    Raises
+    ------
+    ValueError
+        If the tile size is odd or below 8 px, or the image is smaller than 8 px.
+    """
+    if tile_size_px < _MIN_TILE_SIZE_PX or tile_size_px % 2:
+        raise ValueError(f"tile_size_px must be even and >= {_MIN_TILE_SIZE_PX}, got {tile_size_px}")
+    shortest = min(shape_px)
+    if shortest < _MIN_TILE_SIZE_PX:
+        raise ValueError(f"image {shape_px} is smaller than the smallest tile ({_MIN_TILE_SIZE_PX} px)")
+    if tile_size_px <= shortest:
+        return tile_size_px
+    return 1 << math.floor(math.log2(shortest))
+
+
+def tile_grid(shape_px: tuple[int, int], tile_size_px: int = 512, overlap_fraction: float = 0.5) -> TileGrid:
+    """Regular grid of square tiles overlapping by ``overlap_fraction``, centred on the image.
+
+    Parameters
+    ----------
+    shape_px : tuple[int, int]
+        Image shape (ny, nx).
+    tile_size_px : int
+        Requested tile edge L (pixels); reduced by ``fitting_tile_size_px`` when the image is smaller.
+    overlap_fraction : float
+        Fraction of a tile shared with its neighbour, in [0, 1); the step is round(L · (1 − overlap)).
+    """
+    if not 0.0 <= overlap_fraction < 1.0:
+        raise ValueError(f"overlap_fraction must lie in [0, 1), got {overlap_fraction}")
+    tile = fitting_tile_size_px(shape_px, tile_size_px)
+    step = max(1, round(tile * (1.0 - overlap_fraction)))
+
+    def origins(size: int) -> tuple[int, ...]:
+        n = (size - tile) // step + 1
+        start = (size - (tile + (n - 1) * step)) // 2
+        return tuple(start + i * step for i in range(n))
+
+    return TileGrid(tile, origins(shape_px[0]), origins(shape_px[1]))
+
+
+def hann_window_2d(
+    tile_size_px: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Separable Hann window w(y, x) = h(y) h(x), h(n) = sin²(π n / (L − 1)), shape (L, L).
+
+    The symmetric Hann (von Hann; Blackman & Tukey 1958) goes to zero at both tile edges, so no
+    discontinuity is left at the periodic boundary of the tile's FFT.
+    """
+    h = torch.hann_window(tile_size_px, periodic=False, dtype=torch.float64, device=device)
+    return (h[:, None] * h[None, :]).to(dtype)
+
+
+def _tile_power_rows(
+    image: npt.NDArray[np.floating], grid: TileGrid, device: str | torch.device
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (tile row i, first tile column j0, periodograms of tiles (i, j0), (i, j0 + 1), …)."""
+    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
+    tile = grid.tile_size_px
+    window = hann_window_2d(tile, device=device)
+    norm = float((window.double() ** 2).sum())
+    x0 = grid.origins_x_px[0]
+    step_x = grid.origins_x_px[1] - x0 if len(grid.origins_x_px) > 1 else tile
+    n_x = len(grid.origins_x_px)
+    width = (n_x - 1) * step_x + tile
+    for i, y0 in enumerate(grid.origins_y_px):
+        strip = tensor[y0 : y0 + tile, x0 : x0 + width]
+        tiles = strip.unfold(1, tile, step_x).permute(1, 0, 2)  # (n_x, L, L), a view
+        for j0 in range(0, n_x, _TILES_PER_BATCH):
+            batch = tiles[j0 : j0 + _TILES_PER_BATCH]
+            batch = (batch - batch.mean(dim=(1, 2), keepdim=True)) * window
+            spectrum = torch.fft.rfft2(batch)
+            yield i, j0, (spectrum.real.square() + spectrum.imag.square()) / norm
+
+
+def tile_power_spectra(
+    image: npt.NDArray[np.floating],
+    tile_size_px: int = 512,
+    overlap_fraction: float = 0.5,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Periodogram of every tile of a micrograph.
+
+    Each tile x (mean-subtracted) is multiplied by the Hann window w (``hann_window_2d``) and
+    P(k) = |FFT(w·x)|² / Σ w² (module docstring; Welch 1967).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx), float
+        Micrograph indexed [y, x], any intensity unit (P is in that unit squared per pixel).
+    tile_size_px : int
+        Tile edge L in pixels; if the image is smaller, the largest power of two that fits.
+    overlap_fraction : float
+        Overlap between neighbouring tiles, in [0, 1); 0.5 is Welch's choice for the Hann window.
+    device : str or torch.device
+        Where the FFTs run.
+
+    Returns
+    -------
+    torch.Tensor, shape (n_tiles, L, L // 2 + 1), float32
+        Periodograms in ``rfft2`` layout, tiles in raster order (row of tiles i, then column j).
+    """
+    image = _as_2d_image(image)
+    grid = tile_grid(image.shape, tile_size_px, overlap_fraction)
+    return torch.cat([power for _, _, power in _tile_power_rows(image, grid, device)], dim=0)
+
+
+def half_set_power_spectra(
+    image: npt.NDArray[np.floating],
+    tile_size_px: int = 512,
+    overlap_fraction: float = 0.5,
+    device: str | torch.device = "cpu",
+) -> HalfSetSpectra:
+    """Tile-averaged periodogram and two independent half-set periodograms (``HalfSetSpectra``).
+
+    Same tiles, window and normalisation as ``tile_power_spectra`` but accumulated on the fly, so the
+    memory needed does not grow with the number of tiles.
+    """
+    image = _as_2d_image(image)
+    grid = tile_grid(image.shape, tile_size_px, overlap_fraction)
+    tile = grid.tile_size_px
+    sub_y = _non_overlapping(grid.origins_y_px, tile)
+    sub_x = _non_overlapping(grid.origins_x_px, tile)
+    # Half of each tile (i, j): 0 or 1 on the non-overlapping sub-grid, -1 elsewhere.
+    half_of = torch.full((len(grid.origins_y_px), len(grid.origins_x_px)), -1, dtype=torch.long)
+    for p, i in enumerate(sub_y):
+        for q, j in enumerate(sub_x):
+            half_of[i, j] = (p + q) % 2
+    total = torch.zeros((tile, tile // 2 + 1), dtype=torch.float64, device=device)
+    halves = torch.zeros((2, tile, tile // 2 + 1), dtype=torch.float64, device=device)
+    n_half = [0, 0]
+    n_tiles = 0
+    for i, j0, power in _tile_power_rows(image, grid, device):
+        total += power.sum(dim=0, dtype=torch.float64)
+        n_tiles += power.shape[0]
+        row = half_of[i, j0 : j0 + power.shape[0]]
+        for half in (0, 1):
+            selected = (row == half).nonzero().flatten().to(power.device)
+            if selected.numel():
+                halves[half] += power.index_select(0, selected).sum(dim=0, dtype=torch.float64)
+                n_half[half] += int(selected.numel())
+    counts = torch.tensor([max(n, 1) for n in n_half], dtype=torch.float64, device=device)
+    return HalfSetSpectra(
+        mean_power=(total / n_tiles).float(),
+        half_power=(halves / counts[:, None, None]).float(),
+        n_tiles=n_tiles,
+        n_half_tiles=(n_half[0], n_half[1]),
+    )
+
+
+def _non_overlapping(origins: tuple[int, ...], tile_size_px: int) -> list[int]:
+    """Indices of a greedy run of origins at least one tile apart."""
+    chosen: list[int] = []
+    for index, origin in enumerate(origins):
+        if not chosen or origin >= origins[chosen[-1]] + tile_size_px:
+            chosen.append(index)
+    return chosen
+
+
+def radial_bin_index(
+    shape_px: tuple[int, int], device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ring index and half-plane multiplicity of every pixel of an ``rfft2`` spectrum.
+
+    Parameters
+    ----------
+    shape_px : tuple[int, int]
+        Shape (L, L // 2 + 1) of a square tile's ``rfft2`` spectrum.
+
+    Returns
+    -------
+    index : torch.Tensor, shape ``shape_px``, int64
+        round(|k| · L · pixel size): the ring of width one spectrum pixel the pixel falls in.
+    multiplicity : torch.Tensor, shape ``shape_px``, float64
+        How many pixels of the full (L, L) spectrum the half-plane pixel stands for: 2 for
+        0 < k_x < Nyquist (its Friedel mate −k has the same power), 1 on the k_x = 0 and Nyquist columns.
+    """
+    n_y, n_xr = shape_px
+    n_x = 2 * (n_xr - 1)
+    ky = torch.fft.fftfreq(n_y, device=device, dtype=torch.float64) * n_y
+    kx = torch.fft.rfftfreq(n_x, device=device, dtype=torch.float64) * n_x
+    radius = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+    multiplicity = torch.full(shape_px, 2.0, dtype=torch.float64, device=device)
+    multiplicity[:, 0] = 1.0
+    multiplicity[:, -1] = 1.0
+    return torch.round(radius).long(), multiplicity
+
+
+def radial_average(power_2d: torch.Tensor, pixel_size_angstrom: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotational average of an ``rfft2``-layout power spectrum, in rings one spectrum pixel wide.
+
+    Parameters
+    ----------
+    power_2d : torch.Tensor, shape (..., L, L // 2 + 1)
+        Periodogram(s) of square L × L tiles (any leading batch dimensions).
+    pixel_size_angstrom : float
+        Pixel size of the image, Å.
+
+    Returns
+    -------
+    frequency_per_angstrom : torch.Tensor, shape (L // 2 + 1,), float64
+        Ring centres k_i = i / (L · pixel size), from 0 to Nyquist.
+    profile : torch.Tensor, shape (..., L // 2 + 1), float64
+        Mean power in each ring (Friedel mates counted, pixels beyond Nyquist in the corners left out).
+    """
+    n_y, n_xr = power_2d.shape[-2:]
+    n_bins = n_y // 2 + 1
+    index, multiplicity = radial_bin_index((n_y, n_xr), device=power_2d.device)
+    keep = index < n_bins
+    flat_index = index[keep]
+    weight = multiplicity[keep]
+    counts = torch.zeros(n_bins, dtype=torch.float64, device=power_2d.device).index_add_(
+        0, flat_index, weight
+    )
+    values = power_2d[..., keep].double() * weight
+    sums = torch.zeros((*values.shape[:-1], n_bins), dtype=torch.float64, device=power_2d.device)
+    sums.index_add_(-1, flat_index, values)
+    frequency = torch.arange(n_bins, dtype=torch.float64, device=power_2d.device) / (
+        n_y * pixel_size_angstrom
+    )
+    return frequency, sums / counts
+
+
+def _as_2d_image(image: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+    array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f"expected a 2-D image [y, x], got shape {array.shape}")
+    return array

@@ -1,0 +1,138 @@
+"""End to end: a simulated batch through sensor -> run -> every asset -> warehouse, on a real instance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import mrcfile
+import numpy as np
+import pytest
+
+from cryodecon_assets.cli import prepare_instance_home
+from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library
+from cryodecon_assets.driver import drive
+from cryodecon_resources import resources_from_environment
+from cryodecon_science.io.session import write_simulated_session
+from cryodecon_science.simulate import SimulationConfig, simulate_session
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE = 512
+
+
+@pytest.fixture(scope="module")
+def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cryodecon_home")
+
+
+def _environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYODECON_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    monkeypatch.setenv("CRYODECON_SETTLE_SECONDS", "0")
+    monkeypatch.setenv("CRYODECON_BATCH_WINDOW_SECONDS", "0")
+    monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", "3")
+    monkeypatch.setenv("CRYODECON_DEVICE", "cpu")
+
+
+def seed_session(home: Path, n_micrographs: int = 3, n_movies: int = 1, seed: int = 3) -> None:
+    resources = resources_from_environment()
+    config = SimulationConfig(shape_px=(SIZE, SIZE), particles_per_micrograph=8, n_frames=8)
+    session = simulate_session(config, "grid", n_micrographs, n_movies, seed)
+    write_simulated_session(session, Path(resources["microscope_storage"].root))  # type: ignore[attr-defined]
+    ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=0, n_papers=300)  # type: ignore[attr-defined]
+    ensure_reference_library(resources["structure_library"], config, seed=seed, projections_per_structure=4)  # type: ignore[arg-type]
+
+
+def run_pipeline(instance: dg.DagsterInstance) -> dict[str, bool]:
+    from cryodecon_assets.definitions import build_definitions
+
+    return drive(instance, build_definitions(), settle_seconds=0.0, max_ticks=4).runs
+
+
+@pytest.mark.slow
+def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _environment(pipeline_home, monkeypatch)
+    seed_session(pipeline_home)
+    instance = dg.DagsterInstance.from_config(str(prepare_instance_home(pipeline_home)))
+    runs = run_pipeline(instance)
+    assert runs == {"grid-00001": True, "grid-00002": True}
+    warehouse = resources_from_environment()["warehouse"]
+    table = warehouse.query("SELECT * FROM micrograph_scores ORDER BY micrograph")  # type: ignore[attr-defined]
+    assert list(table["micrograph"]) == ["grid_mic_0000", "grid_mic_0001", "grid_mic_0002", "grid_mov_0000"]
+    assert table["hyperscore"].between(100.0, 200.0).all()
+    assert table["v"].between(0.0, 1.0).all()
+    for column in ("logic", "novelty", "impact", "repro", "meta"):
+        assert table[column].between(0.0, 1.0).all(), column
+    # Every asset of the lineage was materialised for both partitions.
+    for key in ("raw_micrographs", "ctf_estimates", "causal_priors", "restored_micrographs",
+                "deconvolved_micrographs", "evaluation_scores", "quality_scores", "hyperscores"):
+        assert instance.get_materialized_partitions(dg.AssetKey(key)) == {"grid-00001", "grid-00002"}, key
+    # Outputs RELION/cryoSPARC can read: MRC with the pixel size, and a STAR file per batch.
+    outputs = Path(resources_from_environment()["outputs"].root)  # type: ignore[attr-defined]
+    with mrcfile.open(outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc") as mrc:
+        assert mrc.data.dtype == np.float32 and mrc.data.shape == (SIZE, SIZE)
+        assert float(mrc.voxel_size.x) == pytest.approx(1.0)
+    assert (outputs / "star" / "grid-00001" / "micrographs_ctf.star").exists()
+    # The movie went through motion correction.
+    movies = warehouse.query("SELECT drift_total_px FROM micrographs WHERE kind = 'movie'")  # type: ignore[attr-defined]
+    assert len(movies) == 1 and movies["drift_total_px"][0] > 1.0
+    # A second pass reprocesses nothing.
+    assert run_pipeline(instance) == {}
+    assert len(warehouse.query("SELECT * FROM hyperscores")) == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_reprocessing_one_micrograph_and_a_file_changed_after_the_cut(
+    pipeline_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _environment(pipeline_home, monkeypatch)
+    from cryodecon_assets.definitions import build_definitions
+    from cryodecon_resources.io_manager import SELECTION_TAG
+
+    instance = dg.DagsterInstance.from_config(str(prepare_instance_home(pipeline_home)))
+    outputs = Path(resources_from_environment()["outputs"].root)  # type: ignore[attr-defined]
+    kept = outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0001.mrc"
+    redone = outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc"
+    kept_mtime, redone_mtime = kept.stat().st_mtime_ns, redone.stat().st_mtime_ns
+    job = build_definitions().resolve_job_def("process_batch")
+    result = job.execute_in_process(instance=instance, partition_key="grid-00001", tags={SELECTION_TAG: "grid_mic_0000"})
+    assert result.success
+    assert kept.stat().st_mtime_ns == kept_mtime and redone.stat().st_mtime_ns > redone_mtime
+    warehouse = resources_from_environment()["warehouse"]
+    assert len(warehouse.read_rows("hyperscores", "grid-00001")) == 3  # type: ignore[attr-defined]
+    # A file overwritten after its batch was cut is quarantined on rerun; the rest of the batch completes.
+    storage = Path(resources_from_environment()["microscope_storage"].root)  # type: ignore[attr-defined]
+    changed = storage / "grid" / "micrographs" / "grid_mic_0001.mrc"
+    with mrcfile.open(changed, mode="r+") as mrc:
+        mrc.data[0, 0] += 1.0
+    result = job.execute_in_process(instance=instance, partition_key="grid-00001")
+    assert result.success
+    quarantine = warehouse.read_rows("quarantine", "grid-00001.raw_micrographs")  # type: ignore[attr-defined]
+    assert list(quarantine["reason"]) == ["changed_since_cut"]
+    assert sorted(warehouse.read_rows("hyperscores", "grid-00001")["micrograph"]) == ["grid_mic_0000", "grid_mic_0002"]  # type: ignore[attr-defined]
+    checks = result.get_asset_check_evaluations()
+    assert any(c.check_name == "no_quarantined_exposures" and not c.passed for c in checks)
+
+
+def test_definitions_load_and_validate(tmp_path: Path) -> None:
+    from cryodecon_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    env = {**os.environ, "CRYODECON_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    job = defs.resolve_job_def("process_batch")
+    assert {n.name for n in job.nodes} >= {"raw_micrographs", "ctf_estimates", "causal_priors", "restored_micrographs",
+                                            "evaluation_scores", "quality_scores", "hyperscores"}
+
+
+def test_science_package_does_not_import_dagster() -> None:
+    code = "import sys, cryodecon_science, cryodecon_science.optics, cryodecon_science.io.mrc; print('dagster' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "False"

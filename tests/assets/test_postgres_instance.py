@@ -1,0 +1,72 @@
+"""The pipeline on a PostgreSQL-backed Dagster instance, over a real connection, in its own database.
+
+Turned on by ``CRYODECON_TEST_POSTGRES_URL`` (``.ci/run`` sets it to the local server); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import dagster as dg
+import pytest
+
+from cryodecon_assets.cli import prepare_instance_home
+from tests.assets.test_pipeline import _environment, run_pipeline, seed_session
+
+ADMIN_URL = os.environ.get("CRYODECON_TEST_POSTGRES_URL")
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.slow,
+    pytest.mark.skipif(not ADMIN_URL, reason="set CRYODECON_TEST_POSTGRES_URL to run against a real PostgreSQL"),
+]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    import psycopg2
+
+    assert ADMIN_URL
+    name = f"cryodecon_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    parsed = urlparse(ADMIN_URL)
+    try:
+        yield urlunparse(parsed._replace(path=f"/{name}"))
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+def test_pipeline_runs_on_a_postgres_instance(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psycopg2
+
+    _environment(tmp_path, monkeypatch)
+    monkeypatch.setenv("CRYODECON_POSTGRES_URL", postgres_url)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    home = prepare_instance_home(tmp_path)
+    assert "postgres" in (home / "dagster.yaml").read_text()
+    seed_session(tmp_path, n_micrographs=2, n_movies=0, seed=11)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert run_pipeline(instance) == {"grid-00001": True}
+        assert instance.get_materialized_partitions(dg.AssetKey("hyperscores")) == {"grid-00001"}
+    # The runs and their events are rows in this database, seen over a fresh connection.
+    with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
+        assert cursor.fetchone() == (1,)
+        cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
+        (materializations,) = cursor.fetchone()
+        assert materializations >= 8

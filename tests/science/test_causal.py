@@ -1,0 +1,244 @@
+"""The causal degradation graph, its node estimates, the session prior and the self-evaluation loop.
+
+Synthetic micrographs come from ``test_restore.synthesize_micrograph`` (known CTF, B-factor, drift,
+ice background and Poisson noise; its ``ctf_fit`` carries the true spectral model).  Where a test must
+show that the loop *learns* from the data, it starts from a deliberately wrong spectral model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import networkx as nx
+import numpy as np
+import pytest
+
+from cryodecon_science.causal import (
+    CAUSE_NODES,
+    EFFECT_NODES,
+    NodeEstimate,
+    SessionPrior,
+    build_causal_graph,
+    degradation_weights,
+    estimate_nodes,
+    fit_priors,
+    shrink_towards_prior,
+    update_session_prior,
+)
+from cryodecon_science.records import CtfFit
+from tests.science.test_restore import synthesize_micrograph
+
+
+def _wrong_start(fit: CtfFit, bfactor_angstrom2: float = 100.0, noise_factor: float = 1.5) -> CtfFit:
+    """The true model with its envelope replaced by exp(−B k²/2) and its background scaled."""
+    model = fit.spectral_model
+    k = model.frequency_per_angstrom
+    signal = model.signal_power[0] * np.exp(-bfactor_angstrom2 * k**2 / 2.0)
+    wrong = replace(
+        model,
+        signal_power=signal,
+        background_power=model.background_power * noise_factor,
+        noise_floor_power=model.noise_floor_power * noise_factor,
+    )
+    return replace(fit, spectral_model=wrong)
+
+
+def _weights(estimates: tuple[NodeEstimate, ...]) -> dict[str, float]:
+    return {e.node: e.weight for e in estimates}
+
+
+# ------------------------------------------------------------------------------------------ graph
+def test_graph_is_a_dag_with_the_physical_nodes() -> None:
+    graph = build_causal_graph()
+    assert nx.is_directed_acyclic_graph(graph)
+    assert set(graph.nodes) == set(CAUSE_NODES) | set(EFFECT_NODES)
+    for node in CAUSE_NODES:
+        assert graph.nodes[node]["kind"] == "cause"
+        assert nx.has_path(graph, node, "image_quality")
+    for node in EFFECT_NODES:
+        assert graph.nodes[node]["kind"] == "effect"
+    for _, attrs in graph.nodes(data=True):
+        assert attrs["unit"] and attrs["description"]
+    for _, _, attrs in graph.edges(data=True):
+        assert attrs["mechanism"]
+    assert graph.has_edge("dose", "detector_noise")
+    assert graph.has_edge("ice_thickness", "observed_power_spectrum")
+    assert graph.has_edge("sample_heterogeneity", "image_quality")
+
+
+# -------------------------------------------------------------------------------- node estimates
+def test_bfactor_is_learned_from_the_data() -> None:
+    estimates = {}
+    for b_true in (50.0, 150.0):
+        syn = synthesize_micrograph(bfactor_angstrom2=b_true, seed=0)
+        priors = fit_priors(syn.image, _wrong_start(syn.ctf_fit), syn.microscope)
+        estimates[b_true] = priors.values()["coherence_envelope"][0]
+        assert priors.iterations[0]["coherence_envelope"] == pytest.approx(100.0, rel=1e-3)
+        # 30 %: the Cramér–Rao σ of B on a 256² image is ≈ 8 % at B = 50 and ≈ 12 % at B = 150.
+        assert estimates[b_true] == pytest.approx(b_true, rel=0.3)
+    assert estimates[50.0] < estimates[150.0]
+
+
+def test_detector_index_is_one_for_pure_poisson_noise() -> None:
+    syn = synthesize_micrograph(seed=3)
+    rng = np.random.default_rng(3)
+    image = rng.poisson(40.0, size=syn.image.shape).astype(np.float32)
+    no_signal = replace(
+        syn.ctf_fit.spectral_model, signal_power=np.zeros_like(syn.ctf_fit.spectral_model.signal_power)
+    )
+    start = _wrong_start(replace(syn.ctf_fit, spectral_model=no_signal), noise_factor=1.5)
+    priors = fit_priors(image, start, syn.microscope)
+    index, sigma = priors.values()["detector_noise"]
+    assert priors.iterations[0]["detector_noise"] == pytest.approx(1.5, rel=0.01)
+    # σ ≈ 1 % from ~10⁴ floor-band samples (checked calibrated over 20 seeds); a 4σ bound fails for
+    # fewer than 1 in 10⁴ seeds.
+    assert abs(index - 1.0) < 4.0 * sigma
+    assert sigma < 0.02
+
+
+def test_ice_index_grows_with_the_low_frequency_background() -> None:
+    values = []
+    for ice in (0.0, 200.0, 800.0):
+        syn = synthesize_micrograph(ice_power=ice, seed=1)
+        values.append(fit_priors(syn.image, syn.ctf_fit, syn.microscope).values()["ice_thickness"])
+    (v0, s0), (v1, _), (v2, s2) = values
+    assert v0 < v1 < v2
+    assert v2 - v0 > 3.0 * math.hypot(s0, s2)
+
+
+def test_motion_blur_is_read_from_spectral_anisotropy() -> None:
+    blurred = synthesize_micrograph(drift_px=4.0, seed=2)
+    still = synthesize_micrograph(drift_px=0.0, seed=2)
+    d4, s4 = estimate_nodes(blurred.image, blurred.ctf_fit, blurred.microscope, None, None, None)[
+        "beam_induced_motion"
+    ]
+    d0, _ = estimate_nodes(still.image, still.ctf_fit, still.microscope, None, None, None)[
+        "beam_induced_motion"
+    ]
+    # 1 px: the harmonic fit sees ~0.3 px scatter at this SNR (σ reported alongside).
+    assert abs(d4 - 4.0) < 1.0 and s4 < 1.0
+    assert d0 < 1.5
+    given = estimate_nodes(still.image, still.ctf_fit, still.microscope, None, 3.0, None)[
+        "beam_induced_motion"
+    ]
+    assert given[0] == 3.0 and given[1] == pytest.approx(math.hypot(0.25, 0.3))
+
+
+def test_heterogeneity_detects_an_empty_half() -> None:
+    syn = synthesize_micrograph(seed=4)
+    uniform = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, None, None, None)["sample_heterogeneity"]
+    half = syn.image.copy()
+    half[:, : half.shape[1] // 2] = np.random.default_rng(4).poisson(
+        40.0, size=(half.shape[0], half.shape[1] // 2)
+    )
+    patchy = estimate_nodes(half, syn.ctf_fit, syn.microscope, None, None, None)["sample_heterogeneity"]
+    assert patchy[0] > uniform[0] + 2.0 * math.hypot(uniform[1], patchy[1])
+
+
+def test_geometry_and_dose_nodes() -> None:
+    syn = synthesize_micrograph(seed=5)
+    nodes = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, None, None, None)
+    assert nodes["defocus"] == (14500.0, 20.0)
+    assert nodes["astigmatism"] == (1000.0, 40.0)
+    assert nodes["spherical_aberration"][0] == 2.7
+    dose, dose_sigma = nodes["dose"]
+    assert dose == pytest.approx(float(syn.image.astype(np.float64).mean()) / 1.5**2)
+    with_header = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, dose + 1.0, None, None)["dose"]
+    assert with_header[1] == pytest.approx(math.hypot(dose_sigma, 1.0))
+
+
+def test_estimates_need_an_image_in_counts() -> None:
+    syn = synthesize_micrograph(shape_px=(128, 128))
+    with pytest.raises(ValueError, match="counts"):
+        estimate_nodes(syn.image - syn.image.mean(), syn.ctf_fit, syn.microscope, None, None, None)
+
+
+# ------------------------------------------------------------------------------- session prior
+def test_conjugate_update_by_hand() -> None:
+    prior = update_session_prior(None, {"coherence_envelope": (10.0, 2.0)})
+    assert prior.nodes["coherence_envelope"] == (10.0, 4.0, 1)
+    posterior = update_session_prior(prior, {"coherence_envelope": (16.0, 1.0)})
+    # precision 1/4 + 1/1 = 1.25 -> variance 0.8; mean 0.8 · (10/4 + 16/1) = 14.8
+    mean, variance, n = posterior.nodes["coherence_envelope"]
+    assert mean == pytest.approx(14.8) and variance == pytest.approx(0.8) and n == 2
+    with pytest.raises(TypeError):
+        posterior.nodes["coherence_envelope"] = (0.0, 1.0, 1)  # type: ignore[index]
+
+
+def test_shrinkage_only_for_weakly_measured_nodes() -> None:
+    prior = SessionPrior({"coherence_envelope": (60.0, 25.0, 4), "defocus": (15000.0, 100.0, 4)})
+    # 4 measurements gave variance 25 -> a typical single σ² of 100; σ² = 400 is weak, σ² = 25 strong.
+    weak = shrink_towards_prior({"coherence_envelope": (100.0, 20.0)}, prior)["coherence_envelope"]
+    assert weak[0] == pytest.approx((60.0 / 25.0 + 100.0 / 400.0) / (1 / 25.0 + 1 / 400.0))
+    assert weak[1] == pytest.approx(math.sqrt(1.0 / (1 / 25.0 + 1 / 400.0)))
+    strong = shrink_towards_prior({"coherence_envelope": (100.0, 5.0)}, prior)["coherence_envelope"]
+    assert strong == (100.0, 5.0)
+    defocus = shrink_towards_prior({"defocus": (20000.0, 500.0)}, prior)["defocus"]
+    assert defocus == (20000.0, 500.0)
+
+
+# --------------------------------------------------------------------------- loop and weights
+def test_loop_converges_and_records_every_iteration() -> None:
+    syn = synthesize_micrograph(seed=6)
+    priors = fit_priors(syn.image, _wrong_start(syn.ctf_fit), syn.microscope, max_iterations=10)
+    assert priors.converged
+    assert 1 <= priors.n_iterations <= 10
+    assert len(priors.iterations) == priors.n_iterations + 1
+    final = priors.values()
+    last, before = priors.iterations[-1], priors.iterations[-2]
+    for node in CAUSE_NODES:
+        assert last[node] == final[node][0]
+        assert abs(last[node] - before[node]) < final[node][1]
+    again = fit_priors(syn.image, _wrong_start(syn.ctf_fit), syn.microscope, max_iterations=10)
+    assert again.values() == priors.values()  # deterministic
+
+
+def test_loop_flags_non_convergence() -> None:
+    syn = synthesize_micrograph(seed=7)
+    bad = _wrong_start(syn.ctf_fit, noise_factor=5.0)
+    priors = fit_priors(syn.image, bad, syn.microscope, max_iterations=1)
+    assert not priors.converged
+    assert priors.n_iterations == 1 and len(priors.iterations) == 2
+    with pytest.raises(ValueError, match="max_iterations"):
+        fit_priors(syn.image, bad, syn.microscope, max_iterations=0)
+
+
+def test_weights_sum_to_one_and_follow_the_varied_factor() -> None:
+    weights = {}
+    for b_true in (50.0, 200.0):
+        syn = synthesize_micrograph(bfactor_angstrom2=b_true, seed=8)
+        priors = fit_priors(syn.image, syn.ctf_fit, syn.microscope, drift_total_px=1.0)
+        weights[b_true] = _weights(priors.estimates)
+        assert sum(weights[b_true].values()) == pytest.approx(1.0)
+        assert all(w >= 0.0 for w in weights[b_true].values())
+    change = {node: weights[200.0][node] - weights[50.0][node] for node in CAUSE_NODES}
+    assert max(change, key=lambda node: change[node]) == "coherence_envelope"
+
+    syn = synthesize_micrograph(seed=8)
+    nodes = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, None, 0.5, None)
+    moved = dict(nodes, beam_induced_motion=(4.0, 0.5))
+    w_small = degradation_weights(nodes, syn.ctf_fit, syn.microscope, syn.image.shape)
+    w_large = degradation_weights(moved, syn.ctf_fit, syn.microscope, syn.image.shape)
+    change = {node: w_large[node] - w_small[node] for node in CAUSE_NODES}
+    assert max(change, key=lambda node: change[node]) == "beam_induced_motion"
+
+
+def test_priors_are_json_ready_and_feed_the_session_prior() -> None:
+    syn = synthesize_micrograph(seed=9)
+    first = fit_priors(syn.image, syn.ctf_fit, syn.microscope, dose_e_per_angstrom2=17.8)
+    text = json.dumps(first.graph_node_link, allow_nan=False)
+    data = json.loads(text)
+    by_id = {node["id"]: node for node in data["nodes"]}
+    assert set(by_id) == set(CAUSE_NODES) | set(EFFECT_NODES)
+    assert by_id["coherence_envelope"]["weight"] == pytest.approx(
+        _weights(first.estimates)["coherence_envelope"]
+    )
+    assert len(data["links"]) == build_causal_graph().number_of_edges()
+
+    session = update_session_prior(None, first.measured_values())
+    second = fit_priors(syn.image, syn.ctf_fit, syn.microscope, session_prior=session)
+    assert set(second.values()) == set(CAUSE_NODES)
+    for node in ("defocus", "astigmatism"):
+        assert second.values()[node] == first.values()[node]

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from cryodecon_resources.storage import FileObservation
-from cryodecon_science.io.session import exposure_name
 from cryodecon_science.io.mrc import IncompleteFileError, InputFileError, check_complete
+from cryodecon_science.io.session import exposure_name
 
 MANIFESTS = "manifests"
 
@@ -174,11 +174,15 @@ def plan_batches(
                 pending[obs.relative_path] = seen
             continue
         except InputFileError as exc:
-            quarantined.append(Quarantined(obs.relative_path, obs.session, exc.reason, exc.detail, obs.size_bytes, now_s))
+            quarantined.append(
+                Quarantined(obs.relative_path, obs.session, exc.reason, exc.detail, obs.size_bytes, now_s)
+            )
             quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
             continue
         except OSError as exc:  # unreadable permissions, vanished file
-            quarantined.append(Quarantined(obs.relative_path, obs.session, "unreadable", str(exc), obs.size_bytes, now_s))
+            quarantined.append(
+                Quarantined(obs.relative_path, obs.session, "unreadable", str(exc), obs.size_bytes, now_s)
+            )
             quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
             continue
         ready[obs.session].append((seen["since"], obs, checksum(obs.relative_path)))
@@ -192,7 +196,11 @@ def plan_batches(
             oldest_wait = now_s - files[0][0]
             if not full and oldest_wait < batch_window_seconds:
                 for since, obs, _ in files:  # keep waiting for more exposures of this session
-                    pending[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s, "since": since}
+                    pending[obs.relative_path] = {
+                        "size": obs.size_bytes,
+                        "mtime": obs.mtime_s,
+                        "since": since,
+                    }
                 break
             chunk, files = files[:max_batch_size], files[max_batch_size:]
             manifest_files = tuple(

@@ -122,6 +122,7 @@ def prepare_instance_home(home: Path) -> Path:
 def _resolve_device(name: str) -> str:
     import torch
 
+    torch.set_num_threads(int(os.environ.get("CRYODECON_CPU_THREADS", "1")))  # see TorchDevice.cpu_threads
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -230,7 +231,11 @@ def print_scores(frame, fmt: str) -> None:  # type: ignore[no-untyped-def]
         with_format = frame.copy()
         for column in with_format.columns:
             if with_format[column].dtype.kind == "f":
-                digits = 0 if "angstrom" in column and "resolution" not in column else (2 if column == "hyperscore" or "resolution" in column else 3)
+                digits = (
+                    0
+                    if "angstrom" in column and "resolution" not in column
+                    else (2 if column == "hyperscore" or "resolution" in column else 3)
+                )
                 with_format[column] = with_format[column].map(lambda x, d=digits: f"{x:.{d}f}")
         print(with_format.to_string(index=False))
 
@@ -321,8 +326,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = SimulationConfig(shape_px=(args.size, args.size))
     session = simulate_session(config, DEMO_SESSION, args.micrographs, args.movies, args.seed)
     written = write_simulated_session(session, storage_root)
-    print(f"[demo] simulated session '{DEMO_SESSION}': {args.micrographs} micrographs + {args.movies} movies "
-          f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} ({len(written)} files written)")
+    print(
+        f"[demo] simulated session '{DEMO_SESSION}': {args.micrographs} micrographs + {args.movies} movies "
+        f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} ({len(written)} files written)"
+    )
     ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=args.seed)  # type: ignore[attr-defined]
     added = ensure_reference_library(resources["structure_library"], config, seed=args.seed)  # type: ignore[arg-type]
     if added:
@@ -332,15 +339,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = drive(instance, defs, settle_seconds=float(os.environ["CRYODECON_SETTLE_SECONDS"]))
     if report.runs:
         ok = sum(report.runs.values())
-        print(f"[demo] sensor cut {len(report.partitions_added)} batches; runs: {ok} succeeded, "
-              f"{len(report.runs) - ok} failed")
+        print(
+            f"[demo] sensor cut {len(report.partitions_added)} batches; runs: {ok} succeeded, "
+            f"{len(report.runs) - ok} failed"
+        )
     else:
         print("[demo] nothing new on storage: every exposure is already in a processed batch")
+    views = resources["warehouse"].export_views()  # type: ignore[attr-defined]
     frame = score_rows(DEMO_SESSION)
+    print(f"[demo] DuckDB views over the warehouse: {views}")
     print(f"[demo] HyperScores ({len(frame)} micrographs, from DuckDB over the warehouse):")
     print_scores(frame, "table")
-    print(f"[demo] done in {time.time() - started:.0f} s.  UI: DAGSTER_HOME={instance.root_directory} "
-          f".venv/bin/dagster dev -w workspace.yaml")
+    print(
+        f"[demo] done in {time.time() - started:.0f} s.  UI: DAGSTER_HOME={instance.root_directory} "
+        f".venv/bin/dagster dev -w workspace.yaml"
+    )
     return 0 if all(report.runs.values()) and len(frame) else 1
 
 

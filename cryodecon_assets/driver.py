@@ -49,14 +49,19 @@ def _save_cursor(instance: dg.DagsterInstance, cursor: str | None) -> None:
 
 def tick_once(instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveReport) -> dg.SensorResult:
     context = dg.build_sensor_context(
-        instance=instance, cursor=_load_cursor(instance), resources=dict(defs.resources or {}), definitions=defs
+        instance=instance,
+        cursor=_load_cursor(instance),
+        resources=dict(defs.resources or {}),
+        definitions=defs,
     )
     result = microscope_storage_sensor(context)
     assert isinstance(result, dg.SensorResult)
     report.ticks += 1
     for request in result.dynamic_partitions_requests or []:
         if isinstance(request, dg.AddDynamicPartitionsRequest):
-            new = [k for k in request.partition_keys if not instance.has_dynamic_partition(request.partitions_def_name, k)]
+            new = [
+                k for k in request.partition_keys if not instance.has_dynamic_partition(request.partitions_def_name, k)
+            ]
             if new:
                 instance.add_dynamic_partitions(request.partitions_def_name, new)
                 report.partitions_added.extend(new)
@@ -64,13 +69,19 @@ def tick_once(instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveR
     job = defs.resolve_job_def(PROCESS_JOB)
     for run_request in result.run_requests or []:
         existing = instance.get_runs(
-            filters=dg.RunsFilter(tags={"dagster/run_key": run_request.run_key or "", "dagster/sensor_name": SENSOR_NAME}),
+            filters=dg.RunsFilter(
+                tags={"dagster/run_key": run_request.run_key or "", "dagster/sensor_name": SENSOR_NAME}
+            ),
             limit=1,
         )
         if existing:
             report.skipped_run_keys.append(str(run_request.run_key))
             continue
-        tags = {**run_request.tags, "dagster/run_key": str(run_request.run_key), "dagster/sensor_name": SENSOR_NAME}
+        tags = {
+            **run_request.tags,
+            "dagster/run_key": str(run_request.run_key),
+            "dagster/sensor_name": SENSOR_NAME,
+        }
         outcome = job.execute_in_process(
             instance=instance, partition_key=run_request.partition_key, tags=tags, raise_on_error=False
         )

@@ -18,7 +18,12 @@ from cryodecon_resources import ScoringSettings, StructureLibrary
 from cryodecon_science.citations import generate_citation_graph
 from cryodecon_science.embedding import embed_particles
 from cryodecon_science.io.citations import read_citation_graph, write_citation_graph
-from cryodecon_science.simulate import SimulationConfig, make_structures, project_structure, random_euler_angles_deg
+from cryodecon_science.simulate import (
+    SimulationConfig,
+    make_structures,
+    project_structure,
+    random_euler_angles_deg,
+)
 
 EDGES = "edges.parquet"
 NODES = "nodes.parquet"

@@ -10,7 +10,6 @@ stopped), manifests whose partition was never registered (a crash between the tw
 whose HyperScores were never materialised with no run under way (a run that died).
 """
 
-
 import hashlib
 import time
 from collections.abc import Sequence
@@ -48,7 +47,11 @@ def ledger(warehouse: ScoreWarehouse) -> tuple[set[str], dict[str, int], list[Ba
 
 
 def cut_batches(
-    storage: MicroscopeStorage, warehouse: ScoreWarehouse, state: PlanState, now_s: float, settle_seconds: float
+    storage: MicroscopeStorage,
+    warehouse: ScoreWarehouse,
+    state: PlanState,
+    now_s: float,
+    settle_seconds: float,
 ) -> tuple[Plan, list[BatchManifest]]:
     """One planning pass over storage; writes new manifests (create-once) and quarantine rows."""
     assigned, next_sequence, _ = ledger(warehouse)
@@ -69,8 +72,14 @@ def cut_batches(
     for q in plan.quarantined:
         key = "sensor-" + hashlib.sha1(f"{q.relative_path}:{q.size_bytes}".encode()).hexdigest()[:16]
         row = asdict(q)
-        row.update({"micrograph": q.relative_path.rsplit("/", 1)[-1].split(".")[0], "batch": None, "stage": "sensor",
-                    "recorded_at": q.seen_at_s})
+        row.update(
+            {
+                "micrograph": q.relative_path.rsplit("/", 1)[-1].split(".")[0],
+                "batch": None,
+                "stage": "sensor",
+                "recorded_at": q.seen_at_s,
+            }
+        )
         warehouse.write_rows("quarantine", key, [row])
     return plan, created
 
@@ -81,7 +90,11 @@ def run_requests_for(manifests: Sequence[BatchManifest], source: str) -> list[dg
             run_key=m.batch_key,
             partition_key=m.batch_key,
             job_name=PROCESS_JOB,
-            tags={"cryodecon/session": m.session, "cryodecon/source": source, "cryodecon/exposures": str(len(m.files))},
+            tags={
+                "cryodecon/session": m.session,
+                "cryodecon/source": source,
+                "cryodecon/exposures": str(len(m.files)),
+            },
         )
         for m in manifests
     ]
@@ -124,7 +137,7 @@ def storage_sweep_schedule(
             for obs in microscope_storage.scan()
         }
     )
-    _, created = cut_batches(microscope_storage, warehouse, state, now, microscope_storage.settle_seconds)
+    cut_batches(microscope_storage, warehouse, state, now, microscope_storage.settle_seconds)
     _, _, manifests = ledger(warehouse)
     known = set(instance.get_dynamic_partitions(acquisition_batches.name))
     missing_partitions = [m.batch_key for m in manifests if m.batch_key not in known]
@@ -147,7 +160,9 @@ def storage_sweep_schedule(
     unfinished = [m for m in manifests if m.batch_key not in done and m.batch_key not in in_flight]
     if not unfinished:
         return dg.SkipReason("every batch has HyperScores or a run under way")
-    stamp = context.scheduled_execution_time.strftime("%Y%m%dT%H%M") if context.scheduled_execution_time else str(int(now))
+    stamp = (
+        context.scheduled_execution_time.strftime("%Y%m%dT%H%M") if context.scheduled_execution_time else str(int(now))
+    )
     return [
         dg.RunRequest(
             run_key=f"sweep-{m.batch_key}-{stamp}",

@@ -1,7 +1,6 @@
 """Daily summary of the facility's output: one row per session and day, from the warehouse."""
 
-
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
@@ -18,7 +17,7 @@ from cryodecon_resources import ScoreWarehouse
 )
 def daily_summary(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) -> dg.MaterializeResult:
     day = context.partition_key
-    start = datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp()
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()
     end = start + 86400.0
     scores = warehouse.read_rows("hyperscores")
     ctf = warehouse.read_rows("ctf")
@@ -38,16 +37,22 @@ def daily_summary(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) 
                 if not quarantine.empty
                 else quarantine
             )
-            n_quarantined = int((q_today["batch"].astype(str).str.startswith(f"{session}-")).sum()) if not q_today.empty else 0
+            n_quarantined = (
+                int((q_today["batch"].astype(str).str.startswith(f"{session}-")).sum()) if not q_today.empty else 0
+            )
             rows.append(
                 {
                     "day": day,
                     "session": session,
-                    "exposures_scored": int(len(group)),
+                    "exposures_scored": len(group),
                     "exposures_quarantined": n_quarantined,
                     "median_hyperscore": float(np.median(group["hyperscore"])),
-                    "median_defocus_u_angstrom": float(np.nanmedian(group["defocus_u_angstrom"])) if "defocus_u_angstrom" in group else float("nan"),
-                    "median_fit_resolution_angstrom": float(np.nanmedian(group["fit_resolution_angstrom"])) if "fit_resolution_angstrom" in group else float("nan"),
+                    "median_defocus_u_angstrom": float(np.nanmedian(group["defocus_u_angstrom"]))
+                    if "defocus_u_angstrom" in group
+                    else float("nan"),
+                    "median_fit_resolution_angstrom": float(np.nanmedian(group["fit_resolution_angstrom"]))
+                    if "fit_resolution_angstrom" in group
+                    else float("nan"),
                 }
             )
     warehouse.write_rows("daily_summary", day, rows)

@@ -13,6 +13,7 @@ CRYODECON_LIBRARY_URI           LanceDB structure library                   ``$C
 CRYODECON_OUTPUT_ROOT           MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
 CRYODECON_CITATION_GRAPH        citation graph Parquet folder               ``$CRYODECON_HOME/citations``
 CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
+CRYODECON_CPU_THREADS           torch threads for CPU steps                 1
 CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
 CRYODECON_MAX_BATCH_SIZE        exposures per acquisition batch             50
 CRYODECON_BATCH_WINDOW_SECONDS  cut a partial batch after this wait         300
@@ -63,7 +64,10 @@ def resources_from_environment() -> dict[str, object]:
         ),
         "warehouse": ScoreWarehouse(root=_env_path("CRYODECON_WAREHOUSE_ROOT", home / "warehouse")),
         "structure_library": StructureLibrary(uri=_env_path("CRYODECON_LIBRARY_URI", home / "library")),
-        "device": TorchDevice(device=os.environ.get("CRYODECON_DEVICE", "auto")),
+        "device": TorchDevice(
+            device=os.environ.get("CRYODECON_DEVICE", "auto"),
+            cpu_threads=int(os.environ.get("CRYODECON_CPU_THREADS", "1")),
+        ),
         "scoring": ScoringSettings(
             citation_graph_path=_env_path("CRYODECON_CITATION_GRAPH", home / "citations"),
         ),

@@ -19,13 +19,20 @@ class TorchDevice(dg.ConfigurableResource):
     device: str = "auto"
     dtype: str = "float32"
     batch_size: int = 8
+    # torch intra-op threads for CPU work.  One is fastest on a shared 2-core node: after the FFTs the
+    # work is on small tensors, and CTF estimation of a 1024² micrograph took 0.14 s with one thread vs
+    # 0.46 s with two (benchmarks/results/pipeline_cpu_1024_t*.json).  Parallelism comes from runs.
+    cpu_threads: int = 1
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
-            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        resolved = torch.device(self.device)
+            resolved = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        else:
+            resolved = torch.device(self.device)
         if resolved.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.device!r} requested but no CUDA device is visible")
+        if resolved.type == "cpu" and self.cpu_threads > 0:
+            torch.set_num_threads(self.cpu_threads)
         return resolved
 
     def torch_dtype(self) -> torch.dtype:

@@ -67,9 +67,7 @@ class MicroscopeStorage(dg.ConfigurableResource):
                         stat = path.stat()
                     except OSError:
                         continue  # vanished between listing and stat: seen again next tick if it returns
-                    yield FileObservation(
-                        str(path.relative_to(root)), session_dir.name, stat.st_size, stat.st_mtime
-                    )
+                    yield FileObservation(str(path.relative_to(root)), session_dir.name, stat.st_size, stat.st_mtime)
 
     def absolute(self, relative_path: str) -> Path:
         return Path(self.root) / relative_path

@@ -158,9 +158,7 @@ class StructureLibrary(dg.ConfigurableResource):
             table = self._retrying(create)
         stored = table.schema.field("vector").type.list_size
         if stored != dimension:
-            raise ValueError(
-                f"library {self.uri}/{self.table_name} holds {stored}-d vectors, got {dimension}-d"
-            )
+            raise ValueError(f"library {self.uri}/{self.table_name} holds {stored}-d vectors, got {dimension}-d")
         return table
 
     # --- writes ----------------------------------------------------------------------------------------
@@ -211,9 +209,7 @@ class StructureLibrary(dg.ConfigurableResource):
         matrix = _as_matrix(matrix)
         n, dimension = matrix.shape
         if len(structure_ids) != n or len(paper_ids) != n:
-            raise ValueError(
-                f"{n} embeddings but {len(structure_ids)} structure_ids and {len(paper_ids)} paper_ids"
-            )
+            raise ValueError(f"{n} embeddings but {len(structure_ids)} structure_ids and {len(paper_ids)} paper_ids")
         if not math.isfinite(registered_before_s):
             raise ValueError(f"registered_before_s must be finite, got {registered_before_s}")
         schema = _schema(dimension)
@@ -277,9 +273,7 @@ class StructureLibrary(dg.ConfigurableResource):
         table = self._open()
         if table is None:
             return False
-        self._retrying(
-            lambda: table.create_index("vector", config=IvfPq(distance_type="cosine"), replace=True)
-        )
+        self._retrying(lambda: table.create_index("vector", config=IvfPq(distance_type="cosine"), replace=True))
         return True
 
     # --- reads -------------------------------------------------------------------------------------------
@@ -350,9 +344,7 @@ class StructureLibrary(dg.ConfigurableResource):
         return distances, [tuple(h) for h in hits]
 
     @staticmethod
-    def _search(
-        table: Any, queries: npt.NDArray[np.float32], where: str | None, k: int
-    ) -> list[dict[str, Any]]:
+    def _search(table: Any, queries: npt.NDArray[np.float32], where: str | None, k: int) -> list[dict[str, Any]]:
         """Rows of a (multi-vector) search, each with ``query_index``, sorted by query then distance."""
         vectors = [q for q in queries]
         query = table.search(vectors if len(vectors) > 1 else vectors[0], vector_column_name="vector")
@@ -393,14 +385,8 @@ class StructureLibrary(dg.ConfigurableResource):
         if table is None or total < 2:
             return np.zeros(0)
         rng = np.random.default_rng(seed)
-        offsets = (
-            np.arange(total) if total <= sample else np.sort(rng.choice(total, size=sample, replace=False))
-        )
-        picked = (
-            table.take_offsets([int(o) for o in offsets])
-            .select(["entry_id", "batch_key", "vector"])
-            .to_arrow()
-        )
+        offsets = np.arange(total) if total <= sample else np.sort(rng.choice(total, size=sample, replace=False))
+        picked = table.take_offsets([int(o) for o in offsets]).select(["entry_id", "batch_key", "vector"]).to_arrow()
         entry_ids = picked.column("entry_id").to_pylist()
         batches = picked.column("batch_key").to_pylist()
         vectors = np.asarray(picked.column("vector").to_pylist(), dtype=np.float32)
@@ -414,8 +400,6 @@ class StructureLibrary(dg.ConfigurableResource):
                     if others:
                         out.append(float(others[0]["_distance"]))
             else:
-                rows = self._search(
-                    table, vectors[members], f"batch_key != '{_checked_key('batch_key', batch)}'", 1
-                )
+                rows = self._search(table, vectors[members], f"batch_key != '{_checked_key('batch_key', batch)}'", 1)
                 out.extend(float(r["_distance"]) for r in rows)
         return np.asarray(out, dtype=np.float64)

@@ -74,7 +74,7 @@ from cryodecon_science.optics import MicroscopeSettings, ctf_2d, frequency_grid_
 from cryodecon_science.records import CtfFit, SpectralModel
 from cryodecon_science.restore import (
     expected_ctf_squared,
-    wiener_denoise,
+    wiener_signal_estimate,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -295,9 +295,7 @@ class CausalPriors:
 
 
 # ---------------------------------------------------------------------------- the session prior
-def update_session_prior(
-    prior: SessionPrior | None, estimates: Mapping[str, tuple[float, float]]
-) -> SessionPrior:
+def update_session_prior(prior: SessionPrior | None, estimates: Mapping[str, tuple[float, float]]) -> SessionPrior:
     """Conjugate normal update of each node's prior with one measurement of known variance.
 
     With prior N(μ₀, τ₀²) and a measurement x of known variance σ², the posterior is normal with
@@ -509,9 +507,7 @@ def _signal_band_rings(spectrum: _Spectrum, ctf_fit: CtfFit) -> npt.NDArray[np.b
     return band
 
 
-def _fisher(
-    spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope: MicroscopeSettings
-) -> _Fisher:
+def _fisher(spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope: MicroscopeSettings) -> _Fisher:
     h = grid.signal_fraction
     g = 1.0 - h
     hh, hg, gg = (_ring_sum(spectrum, v) for v in (h * h, h * g, g * g))
@@ -700,9 +696,7 @@ def _heterogeneity_and_dose_se(
     px = microscope.pixel_size_angstrom
     cycles = 1.0 / (tile * px)
     k_lo = max(1.0 / HETEROGENEITY_BAND_ANGSTROM[0], 2.0 * cycles)
-    k_hi = min(
-        max(1.0 / HETEROGENEITY_BAND_ANGSTROM[1], k_lo + 2.0 * cycles), microscope.nyquist_per_angstrom
-    )
+    k_hi = min(max(1.0 / HETEROGENEITY_BAND_ANGSTROM[1], k_lo + 2.0 * cycles), microscope.nyquist_per_angstrom)
     ky, kx = frequency_grid_per_angstrom((tile, tile), px, rfft=True)
     k = np.hypot(ky, kx)
     band = (k >= k_lo) & (k <= k_hi)
@@ -981,11 +975,7 @@ def degradation_weights(
     cs_angstrom = microscope.spherical_aberration_mm * 1e7
     chi_defocus = math.pi * lam * ctf.mean_defocus_angstrom * k_b**2
     chi_astig = (
-        math.pi
-        * lam
-        * 0.5
-        * ctf.astigmatism_angstrom
-        * np.cos(2 * (theta_b - math.radians(ctf.astigmatism_angle_deg)))
+        math.pi * lam * 0.5 * ctf.astigmatism_angstrom * np.cos(2 * (theta_b - math.radians(ctf.astigmatism_angle_deg)))
     ) * k_b**2
     chi_cs = 0.5 * math.pi * cs_angstrom * lam**3 * k_b**4
     ctf2 = (ctf_2d(ctf, microscope, shape_px, rfft=True, dtype=torch.float64).numpy() ** 2).ravel()[band]
@@ -1023,7 +1013,7 @@ def _refine_model(
     model = ctf_fit.spectral_model
     grid = _model_on_grid(spectrum, ctf_fit)
     fisher = _fisher(spectrum, grid, ctf_fit, microscope)
-    restored = wiener_denoise(image, ctf_fit, microscope, device=device).astype(np.float64)
+    restored = wiener_signal_estimate(image, ctf_fit, microscope, device=device).astype(np.float64)
     n_pixels = float(image.size)
     restored_ft = np.fft.rfft2(restored).ravel()
     residual_ft = np.fft.rfft2(image - restored).ravel()
@@ -1033,10 +1023,7 @@ def _refine_model(
     modulated = grid.signal * grid.ctf2
     informative = modulated > 1e-12 * np.maximum(grid.background, 1e-300)
     score_s = np.divide(expected_signal, modulated, out=np.ones_like(modulated), where=informative) - 1.0
-    score_b = (
-        np.divide(expected_noise, grid.background, out=np.ones_like(modulated), where=grid.background > 0)
-        - 1.0
-    )
+    score_b = np.divide(expected_noise, grid.background, out=np.ones_like(modulated), where=grid.background > 0) - 1.0
     score = np.concatenate(
         [
             fisher.ring_signal_features @ _ring_sum(spectrum, score_s),
@@ -1082,7 +1069,7 @@ def refine_spectral_model(
 ) -> SpectralModel:
     """One pass of the self-evaluation loop's spectrum update: restore, then re-fit S(k) and B(k).
 
-    1. Ĉ = :func:`~cryodecon_science.restore.wiener_denoise` (current model), residual R = Y − Ĉ.
+    1. Ĉ = :func:`~cryodecon_science.restore.wiener_signal_estimate` (current model), residual R = Y − Ĉ.
     2. Expected powers under the Gaussian posterior (the E-step of EM; Dempster, Laird & Rubin 1977,
        JRSS B 39:1): E|CTF·X|² = |Ĉ|²/N + H·B from the restored image and E|noise|² = |R|²/N + H·B from
        the residual.  Their ratios to the model, ρ_S = E|CTF·X|²/(CTF²·S) and ρ_B = E|noise|²/B, obey
@@ -1131,7 +1118,7 @@ def fit_priors(
     """Measure the causal nodes of one micrograph and refine them by the self-evaluation loop.
 
     Iteration 0 measures the nodes (:func:`estimate_nodes`) with the CTF estimator's spectral model.
-    Each pass t = 1, 2, … then (i) restores the image with :func:`~cryodecon_science.restore.wiener_denoise`
+    Each pass t = 1, 2, … then (i) restores the image with :func:`~cryodecon_science.restore.wiener_signal_estimate`
     under the current signal/background model, (ii) re-estimates the background from the residual
     (image − restored) and the signal from the restored image (:func:`refine_spectral_model`) and (iii)
     re-measures every node.  The loop stops when every node changed by less than its current 1σ since

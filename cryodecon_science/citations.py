@@ -140,11 +140,7 @@ def citations_within_years(graph: nx.DiGraph, paper: str, years: int = 5) -> int
     if years < 0:
         raise ValueError(f"years must be >= 0, got {years}")
     published = _year(graph, paper)
-    return sum(
-        1
-        for citing in graph.predecessors(paper)
-        if 0 <= int(graph.nodes[citing]["year"]) - published <= years
-    )
+    return sum(1 for citing in graph.predecessors(paper) if 0 <= int(graph.nodes[citing]["year"]) - published <= years)
 
 
 def max_citations_within_years(graph: nx.DiGraph, years: int = 5) -> int:

@@ -92,9 +92,7 @@ def _polar_autocorrelation(boxes: torch.Tensor, n_rings: int) -> torch.Tensor:
     edges = torch.linspace(
         _INNER_RADIUS_PX, _OUTER_RADIUS_FRACTION_OF_BOX * box, n_rings + 1, device=device, dtype=torch.float64
     )
-    fractions = (
-        torch.arange(_RADIAL_SUBSAMPLES, device=device, dtype=torch.float64) + 0.5
-    ) / _RADIAL_SUBSAMPLES
+    fractions = (torch.arange(_RADIAL_SUBSAMPLES, device=device, dtype=torch.float64) + 0.5) / _RADIAL_SUBSAMPLES
     radii = edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * fractions[None, :]  # (rings, sub)
     phi = torch.arange(_N_ANGLES, device=device, dtype=torch.float64) * (2.0 * math.pi / _N_ANGLES)
     x = box + radii[..., None] * torch.cos(phi)  # (rings, sub, angles), pixel indices

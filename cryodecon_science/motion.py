@@ -100,9 +100,7 @@ def _crop_spectrum(spectrum: torch.Tensor, ny: int, ny_c: int, nx_c: int) -> tor
     if ny_c == ny:
         return spectrum[..., : nx_c // 2 + 1]
     half = ny_c // 2
-    return torch.cat(
-        [spectrum[..., :half, : nx_c // 2 + 1], spectrum[..., ny - half :, : nx_c // 2 + 1]], dim=-2
-    )
+    return torch.cat([spectrum[..., :half, : nx_c // 2 + 1], spectrum[..., ny - half :, : nx_c // 2 + 1]], dim=-2)
 
 
 def _edge_taper(ny: int, nx: int, device: torch.device) -> torch.Tensor:
@@ -211,14 +209,10 @@ def align_movie(
     if not np.all(np.isfinite(stack)):
         raise ValueError("frames contain NaN or Inf")
     if not pixel_size_angstrom > 0 or bfactor_angstrom2 < 0 or max_iterations < 1 or not tolerance_px > 0:
-        raise ValueError(
-            "need pixel_size_angstrom > 0, bfactor_angstrom2 >= 0, max_iterations >= 1, tolerance_px > 0"
-        )
+        raise ValueError("need pixel_size_angstrom > 0, bfactor_angstrom2 >= 0, max_iterations >= 1, tolerance_px > 0")
     n, ny, nx = (int(s) for s in stack.shape)
     if trajectory_polynomial_degree is not None and not 0 <= trajectory_polynomial_degree < n:
-        raise ValueError(
-            f"trajectory_polynomial_degree must lie in [0, {n - 1}], got {trajectory_polynomial_degree}"
-        )
+        raise ValueError(f"trajectory_polynomial_degree must lie in [0, {n - 1}], got {trajectory_polynomial_degree}")
     dev = torch.device(device)
 
     hot = _hot_pixel_mask(stack) if replace_hot_pixels else np.zeros((ny, nx), dtype=np.bool_)

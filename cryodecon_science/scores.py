@@ -117,9 +117,7 @@ class RuleInputs:
         if not self.particle_diameter_px > 0:
             raise ValueError(f"particle_diameter_px must be positive, got {self.particle_diameter_px}")
         if len(self.image_shape_px) != 2 or min(self.image_shape_px) < 1:
-            raise ValueError(
-                f"image_shape_px must be (ny, nx) with positive sizes, got {self.image_shape_px}"
-            )
+            raise ValueError(f"image_shape_px must be (ny, nx) with positive sizes, got {self.image_shape_px}")
 
 
 @dataclass(frozen=True)
@@ -162,26 +160,19 @@ def _mean_defocus_angstrom(x: RuleInputs) -> float:
 
 
 def _defocus_in_range(x: RuleInputs) -> bool:
-    return all(
-        DEFOCUS_MIN_ANGSTROM <= d <= DEFOCUS_MAX_ANGSTROM
-        for d in (x.defocus_u_angstrom, x.defocus_v_angstrom)
-    )
+    return all(DEFOCUS_MIN_ANGSTROM <= d <= DEFOCUS_MAX_ANGSTROM for d in (x.defocus_u_angstrom, x.defocus_v_angstrom))
 
 
 def _defocus_near_nominal(x: RuleInputs) -> bool | None:
     if x.nominal_defocus_angstrom is None:
         return None
     nominal = x.nominal_defocus_angstrom
-    allowed = max(
-        NOMINAL_DEFOCUS_RELATIVE_TOLERANCE * abs(nominal), NOMINAL_DEFOCUS_ABSOLUTE_TOLERANCE_ANGSTROM
-    )
+    allowed = max(NOMINAL_DEFOCUS_RELATIVE_TOLERANCE * abs(nominal), NOMINAL_DEFOCUS_ABSOLUTE_TOLERANCE_ANGSTROM)
     return abs(_mean_defocus_angstrom(x) - nominal) <= allowed
 
 
 def _astigmatism_limit_angstrom(x: RuleInputs) -> float:
-    return max(
-        ASTIGMATISM_ABSOLUTE_LIMIT_ANGSTROM, ASTIGMATISM_RELATIVE_LIMIT * abs(_mean_defocus_angstrom(x))
-    )
+    return max(ASTIGMATISM_ABSOLUTE_LIMIT_ANGSTROM, ASTIGMATISM_RELATIVE_LIMIT * abs(_mean_defocus_angstrom(x)))
 
 
 def _astigmatism_plausible(x: RuleInputs) -> bool:
@@ -483,9 +474,7 @@ def low_frequency_power_ratio(
     """
     d_low, d_high = band_angstrom
     if not d_low > d_high > 0:
-        raise ValueError(
-            f"band_angstrom must be (d_low, d_high) with d_low > d_high > 0, got {band_angstrom}"
-        )
+        raise ValueError(f"band_angstrom must be (d_low, d_high) with d_low > d_high > 0, got {band_angstrom}")
     k_low, k_high = 1.0 / d_low, 1.0 / d_high
     return _power_ratio(
         raw, restored, pixel_size_angstrom, lambda k: (k >= k_low) & (k <= k_high), f"{d_low}–{d_high} Å"
@@ -521,9 +510,7 @@ def power_beyond_ratio(
     if not cutoff_angstrom > 0:
         raise ValueError(f"cutoff_angstrom must be positive, got {cutoff_angstrom}")
     k_cut = 1.0 / cutoff_angstrom
-    return _power_ratio(
-        raw, restored, pixel_size_angstrom, lambda k: k > k_cut, f"finer than {cutoff_angstrom} Å"
-    )
+    return _power_ratio(raw, restored, pixel_size_angstrom, lambda k: k > k_cut, f"finer than {cutoff_angstrom} Å")
 
 
 # --- reproducibility and meta-stability ----------------------------------------------------------------
@@ -572,9 +559,7 @@ META_NOT_CONVERGED_FACTOR = 0.5
 META_SINGLE_ITERATION_SCORE = 0.5
 
 
-def meta_stability_score(
-    history: Sequence[Mapping[str, float]], sigmas: Mapping[str, float], converged: bool
-) -> float:
+def meta_stability_score(history: Sequence[Mapping[str, float]], sigmas: Mapping[str, float], converged: bool) -> float:
     """⋄Meta = f · exp(−(1/N) Σ_q |x_q⁽ᵀ⁾ − x_q⁽ᵀ⁻¹⁾| / σ_q).
 
     ``history[t]`` holds the quantities x_q the self-evaluation loop estimated at iteration t; the score

@@ -197,18 +197,14 @@ class SimulationConfig:
         if not 0.0 <= self.hot_pixel_fraction < 1.0:
             raise ValueError(f"hot_pixel_fraction must lie in [0, 1), got {self.hot_pixel_fraction}")
         if self.particles_per_micrograph < 0 or self.n_structures < 1 or self.structure_seed < 0:
-            raise ValueError(
-                "particles_per_micrograph >= 0, n_structures >= 1 and structure_seed >= 0 required"
-            )
+            raise ValueError("particles_per_micrograph >= 0, n_structures >= 1 and structure_seed >= 0 required")
         if self.n_frames < 2:
             raise ValueError(f"a movie needs n_frames >= 2, got {self.n_frames}")
         if self.target_snr is not None:
             if not self.target_snr > 0:
                 raise ValueError(f"target_snr must be positive, got {self.target_snr}")
             if self.particles_per_micrograph == 0:
-                raise ValueError(
-                    "target_snr scales the particle signal: particles_per_micrograph must be > 0"
-                )
+                raise ValueError("target_snr scales the particle signal: particles_per_micrograph must be > 0")
         # Validates voltage, amplitude contrast and pixel size once, here.
         self.microscope  # noqa: B018
 
@@ -808,9 +804,7 @@ def _expected_image(
         dtype=torch.float64,
     )
     ctf_b_np = np.asarray(ctf_b.numpy(), dtype=np.float64)
-    particle_contrast = 2.0 * np.asarray(
-        scipy.fft.irfft2(ctf_b_np * particle_phase_ft, s=padded), dtype=np.float64
-    )
+    particle_contrast = 2.0 * np.asarray(scipy.fft.irfft2(ctf_b_np * particle_phase_ft, s=padded), dtype=np.float64)
     specimen_contrast = 2.0 * np.asarray(
         scipy.fft.irfft2(ctf_b_np * (particle_phase_ft + ice_phase_ft), s=padded), dtype=np.float64
     )
@@ -837,9 +831,9 @@ def _expected_image(
         target = config.target_snr
         b_term = float(np.mean(base[crop])) + noise_floor_variance
         c_term = float(np.mean(elastic * specimen_contrast[crop]))
-        scale = (
-            target * c_term + math.sqrt((target * c_term) ** 2 + 4.0 * signal_variance * target * b_term)
-        ) / (2.0 * signal_variance)
+        scale = (target * c_term + math.sqrt((target * c_term) ** 2 + 4.0 * signal_variance * target * b_term)) / (
+            2.0 * signal_variance
+        )
     expected = np.maximum(base + scale * elastic * specimen_contrast, 0.0)
     return _ExpectedImage(
         expected=expected,
@@ -868,9 +862,7 @@ def _check_name(name: str) -> None:
         raise ValueError(f"names may hold only ASCII letters, digits, '_' and '-', got {name!r}")
 
 
-def _resolve_structures(
-    config: SimulationConfig, structures: Sequence[Structure3D] | None
-) -> tuple[Structure3D, ...]:
+def _resolve_structures(config: SimulationConfig, structures: Sequence[Structure3D] | None) -> tuple[Structure3D, ...]:
     if structures is None:
         return make_structures(config.n_structures, config.particle_diameter_angstrom, config.structure_seed)
     if len(structures) == 0:
@@ -1057,16 +1049,13 @@ def simulate_session(
     _check_name(session_name)
     if n_micrographs < 0 or n_movies < 0 or seed < 0:
         raise ValueError("n_micrographs, n_movies and seed must be >= 0")
-    structures = make_structures(
-        config.n_structures, config.particle_diameter_angstrom, config.structure_seed
-    )
+    structures = make_structures(config.n_structures, config.particle_diameter_angstrom, config.structure_seed)
     micrographs = tuple(
         simulate_micrograph(config, f"{session_name}_mic_{i:04d}", (seed, 0, i), structures)
         for i in range(n_micrographs)
     )
     movies = tuple(
-        simulate_movie(config, f"{session_name}_mov_{i:04d}", (seed, 1, i), structures)
-        for i in range(n_movies)
+        simulate_movie(config, f"{session_name}_mov_{i:04d}", (seed, 1, i), structures) for i in range(n_movies)
     )
     return SimulatedSession(
         session_name=session_name,

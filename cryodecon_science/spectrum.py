@@ -64,7 +64,8 @@ class HalfSetSpectra:
     The halves are built from the non-overlapping sub-grid of the tile grid (every tile whose pixels
     no earlier selected tile in its row or column shares; with 50 % overlap, tiles (2p, 2q)), split as a
     checkerboard by the parity of p + q.  Tiles of different halves share no pixel, so their
-    periodograms have independent noise; together the halves cover the image once.
+    periodograms have independent noise; together the halves tile the image once (up to the grid's
+    edge margin).
 
     Attributes
     ----------
@@ -146,7 +147,10 @@ def _tile_power_rows(
     image: npt.NDArray[np.floating], grid: TileGrid, device: str | torch.device
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield (tile row i, first tile column j0, periodograms of tiles (i, j0), (i, j0 + 1), …)."""
-    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32, device=device)
+    array = np.ascontiguousarray(image, dtype=np.float32)
+    if not array.flags.writeable:  # e.g. a memory-mapped MRC: torch wants a writable buffer
+        array = array.copy()
+    tensor = torch.as_tensor(array, device=device)
     tile = grid.tile_size_px
     window = hann_window_2d(tile, device=device)
     norm = float((window.double() ** 2).sum())
@@ -300,15 +304,11 @@ def radial_average(power_2d: torch.Tensor, pixel_size_angstrom: float) -> tuple[
     keep = index < n_bins
     flat_index = index[keep]
     weight = multiplicity[keep]
-    counts = torch.zeros(n_bins, dtype=torch.float64, device=power_2d.device).index_add_(
-        0, flat_index, weight
-    )
+    counts = torch.zeros(n_bins, dtype=torch.float64, device=power_2d.device).index_add_(0, flat_index, weight)
     values = power_2d[..., keep].double() * weight
     sums = torch.zeros((*values.shape[:-1], n_bins), dtype=torch.float64, device=power_2d.device)
     sums.index_add_(-1, flat_index, values)
-    frequency = torch.arange(n_bins, dtype=torch.float64, device=power_2d.device) / (
-        n_y * pixel_size_angstrom
-    )
+    frequency = torch.arange(n_bins, dtype=torch.float64, device=power_2d.device) / (n_y * pixel_size_angstrom)
     return frequency, sums / counts
 
 

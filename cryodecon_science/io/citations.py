@@ -110,9 +110,7 @@ def read_citation_graph(folder: str | os.PathLike[str]) -> nx.DiGraph:
     return read_citation_tables(Path(folder) / EDGES_FILENAME, Path(folder) / NODES_FILENAME)
 
 
-def read_citation_tables(
-    edges_path: str | os.PathLike[str], nodes_path: str | os.PathLike[str]
-) -> nx.DiGraph:
+def read_citation_tables(edges_path: str | os.PathLike[str], nodes_path: str | os.PathLike[str]) -> nx.DiGraph:
     """Read a citation graph written by :func:`write_citation_edges` and :func:`write_citation_nodes`.
 
     Raises
@@ -133,9 +131,7 @@ def read_citation_tables(
         citing, cited, year = row["citing"], row["cited"], row["year"]
         for paper in (citing, cited):
             if paper not in graph:
-                raise CitationTableError(
-                    edges_path, f"edge {citing} -> {cited} names unknown paper {paper!r}"
-                )
+                raise CitationTableError(edges_path, f"edge {citing} -> {cited} names unknown paper {paper!r}")
         if graph.nodes[citing]["year"] != year:
             raise CitationTableError(
                 edges_path,

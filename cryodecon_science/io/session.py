@@ -86,11 +86,7 @@ def _json_bytes(document: Any) -> bytes:
             return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
         if isinstance(value, list):
             if all(not isinstance(item, dict | list) for item in value):
-                return (
-                    "["
-                    + ", ".join(json.dumps(item, allow_nan=False, ensure_ascii=False) for item in value)
-                    + "]"
-                )
+                return "[" + ", ".join(json.dumps(item, allow_nan=False, ensure_ascii=False) for item in value) + "]"
             items = [f"{pad}{render(item, indent + 1)}" for item in value]
             return "[\n" + ",\n".join(items) + "\n" + "  " * indent + "]"
         return json.dumps(value, allow_nan=False, ensure_ascii=False)

@@ -208,9 +208,7 @@ def read_micrographs_ctf_star(path: str | os.PathLike[str]) -> list[MicrographCt
     """
     blocks = starfile.read(path, always_dict=True)
     if OPTICS_BLOCK not in blocks or MICROGRAPHS_BLOCK not in blocks:
-        raise StarFormatError(
-            f"{path}: needs data_{OPTICS_BLOCK} and data_{MICROGRAPHS_BLOCK}, has {list(blocks)}"
-        )
+        raise StarFormatError(f"{path}: needs data_{OPTICS_BLOCK} and data_{MICROGRAPHS_BLOCK}, has {list(blocks)}")
     optics, micrographs = blocks[OPTICS_BLOCK], blocks[MICROGRAPHS_BLOCK]
     if not isinstance(optics, pd.DataFrame) or not isinstance(micrographs, pd.DataFrame):
         raise StarFormatError(f"{path}: the optics and micrographs blocks must be loops")
@@ -225,11 +223,7 @@ def read_micrographs_ctf_star(path: str | os.PathLike[str]) -> list[MicrographCt
     group_settings: dict[int, tuple[MicroscopeSettings, str]] = {}
     for _, group in optics.iterrows():
         number = int(group["rlnOpticsGroup"])
-        name = (
-            str(group["rlnOpticsGroupName"])
-            if "rlnOpticsGroupName" in optics.columns
-            else f"opticsGroup{number}"
-        )
+        name = str(group["rlnOpticsGroupName"]) if "rlnOpticsGroupName" in optics.columns else f"opticsGroup{number}"
         settings = MicroscopeSettings(
             voltage_kv=float(group["rlnVoltage"]),
             spherical_aberration_mm=float(group["rlnSphericalAberration"]),
@@ -242,9 +236,7 @@ def read_micrographs_ctf_star(path: str | os.PathLike[str]) -> list[MicrographCt
     for _, row in micrographs.iterrows():
         number = int(row["rlnOpticsGroup"])
         if number not in group_settings:
-            raise StarFormatError(
-                f"{path}: micrograph {row['rlnMicrographName']} refers to optics group {number}"
-            )
+            raise StarFormatError(f"{path}: micrograph {row['rlnMicrographName']} refers to optics group {number}")
         settings, name = group_settings[number]
         phase_shift_deg = float(row["rlnPhaseShift"]) if "rlnPhaseShift" in micrographs.columns else 0.0
         records.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 
 from cryodecon_assets.cli import prepare_instance_home
-from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library
 from cryodecon_assets.driver import drive
+from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library
 from cryodecon_resources import resources_from_environment
 from cryodecon_science.io.session import write_simulated_session
 from cryodecon_science.simulate import SimulationConfig, simulate_session
@@ -67,8 +68,16 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     for column in ("logic", "novelty", "impact", "repro", "meta"):
         assert table[column].between(0.0, 1.0).all(), column
     # Every asset of the lineage was materialised for both partitions.
-    for key in ("raw_micrographs", "ctf_estimates", "causal_priors", "restored_micrographs",
-                "deconvolved_micrographs", "evaluation_scores", "quality_scores", "hyperscores"):
+    for key in (
+        "raw_micrographs",
+        "ctf_estimates",
+        "causal_priors",
+        "restored_micrographs",
+        "deconvolved_micrographs",
+        "evaluation_scores",
+        "quality_scores",
+        "hyperscores",
+    ):
         assert instance.get_materialized_partitions(dg.AssetKey(key)) == {"grid-00001", "grid-00002"}, key
     # Outputs RELION/cryoSPARC can read: MRC with the pixel size, and a STAR file per batch.
     outputs = Path(resources_from_environment()["outputs"].root)  # type: ignore[attr-defined]
@@ -79,6 +88,18 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     # The movie went through motion correction.
     movies = warehouse.query("SELECT drift_total_px FROM micrographs WHERE kind = 'movie'")  # type: ignore[attr-defined]
     assert len(movies) == 1 and movies["drift_total_px"][0] > 1.0
+    # `cryodecon scores` answers from the same warehouse.
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "cryodecon"), "scores", "--session", "grid", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+        check=True,
+    )
+    rows = json.loads(completed.stdout)
+    assert [r["micrograph"] for r in rows] == list(table["micrograph"])
+    assert all(r["hyperscore"] == pytest.approx(h) for r, h in zip(rows, table["hyperscore"], strict=True))
     # A second pass reprocesses nothing.
     assert run_pipeline(instance) == {}
     assert len(warehouse.query("SELECT * FROM hyperscores")) == 4  # type: ignore[attr-defined]
@@ -98,7 +119,9 @@ def test_reprocessing_one_micrograph_and_a_file_changed_after_the_cut(
     redone = outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc"
     kept_mtime, redone_mtime = kept.stat().st_mtime_ns, redone.stat().st_mtime_ns
     job = build_definitions().resolve_job_def("process_batch")
-    result = job.execute_in_process(instance=instance, partition_key="grid-00001", tags={SELECTION_TAG: "grid_mic_0000"})
+    result = job.execute_in_process(
+        instance=instance, partition_key="grid-00001", tags={SELECTION_TAG: "grid_mic_0000"}
+    )
     assert result.success
     assert kept.stat().st_mtime_ns == kept_mtime and redone.stat().st_mtime_ns > redone_mtime
     warehouse = resources_from_environment()["warehouse"]
@@ -112,7 +135,10 @@ def test_reprocessing_one_micrograph_and_a_file_changed_after_the_cut(
     assert result.success
     quarantine = warehouse.read_rows("quarantine", "grid-00001.raw_micrographs")  # type: ignore[attr-defined]
     assert list(quarantine["reason"]) == ["changed_since_cut"]
-    assert sorted(warehouse.read_rows("hyperscores", "grid-00001")["micrograph"]) == ["grid_mic_0000", "grid_mic_0002"]  # type: ignore[attr-defined]
+    assert sorted(warehouse.read_rows("hyperscores", "grid-00001")["micrograph"]) == [
+        "grid_mic_0000",
+        "grid_mic_0002",
+    ]  # type: ignore[attr-defined]
     checks = result.get_asset_check_evaluations()
     assert any(c.check_name == "no_quarantined_exposures" and not c.passed for c in checks)
 
@@ -124,15 +150,32 @@ def test_definitions_load_and_validate(tmp_path: Path) -> None:
     env = {**os.environ, "CRYODECON_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     job = defs.resolve_job_def("process_batch")
-    assert {n.name for n in job.nodes} >= {"raw_micrographs", "ctf_estimates", "causal_priors", "restored_micrographs",
-                                            "evaluation_scores", "quality_scores", "hyperscores"}
+    assert {n.name for n in job.nodes} >= {
+        "raw_micrographs",
+        "ctf_estimates",
+        "causal_priors",
+        "restored_micrographs",
+        "evaluation_scores",
+        "quality_scores",
+        "hyperscores",
+    }
 
 
 def test_science_package_does_not_import_dagster() -> None:
-    code = "import sys, cryodecon_science, cryodecon_science.optics, cryodecon_science.io.mrc; print('dagster' in sys.modules)"
+    """Every module of the science package imports without pulling in Dagster (the layering rule)."""
+    code = (
+        "import importlib, pkgutil, sys, cryodecon_science\n"
+        "for m in pkgutil.walk_packages(cryodecon_science.__path__, 'cryodecon_science.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(len(sys.modules) > 0 and 'dagster' in sys.modules)"
+    )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "False"

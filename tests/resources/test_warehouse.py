@@ -54,7 +54,9 @@ def test_concurrent_runs_lose_and_duplicate_nothing(tmp_path: Path) -> None:
         w.join(timeout=120)
         assert w.exitcode == 0
     warehouse = ScoreWarehouse(root=root)
-    frame = warehouse.query("SELECT count(*) AS n, count(DISTINCT micrograph) AS d, count(DISTINCT batch) AS b FROM scores")
+    frame = warehouse.query(
+        "SELECT count(*) AS n, count(DISTINCT micrograph) AS d, count(DISTINCT batch) AS b FROM scores"
+    )
     assert (int(frame["n"][0]), int(frame["d"][0]), int(frame["b"][0])) == (24 * 7, 24 * 7, 24)
     assert not list((tmp_path / "tables" / "scores").glob(".*part")), "temporary files left behind"
 
@@ -79,7 +81,10 @@ def test_exported_views_file_is_readable_while_another_process_holds_it(tmp_path
     warehouse = ScoreWarehouse(root=str(tmp_path))
     warehouse.write_rows("scores", "a-00001", _rows("a-00001", 3))
     path = warehouse.export_views()
-    with duckdb.connect(str(path), read_only=True) as first, duckdb.connect(str(path), read_only=True) as second:
+    with (
+        duckdb.connect(str(path), read_only=True) as first,
+        duckdb.connect(str(path), read_only=True) as second,
+    ):
         assert first.execute("SELECT count(*) FROM scores").fetchone() == (3,)
         assert second.execute("SELECT count(*) FROM scores").fetchone() == (3,)
 

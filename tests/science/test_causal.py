@@ -85,9 +85,7 @@ def test_detector_index_is_one_for_pure_poisson_noise() -> None:
     syn = synthesize_micrograph(seed=3)
     rng = np.random.default_rng(3)
     image = rng.poisson(40.0, size=syn.image.shape).astype(np.float32)
-    no_signal = replace(
-        syn.ctf_fit.spectral_model, signal_power=np.zeros_like(syn.ctf_fit.spectral_model.signal_power)
-    )
+    no_signal = replace(syn.ctf_fit.spectral_model, signal_power=np.zeros_like(syn.ctf_fit.spectral_model.signal_power))
     start = _wrong_start(replace(syn.ctf_fit, spectral_model=no_signal), noise_factor=1.5)
     priors = fit_priors(image, start, syn.microscope)
     index, sigma = priors.values()["detector_noise"]
@@ -111,18 +109,12 @@ def test_ice_index_grows_with_the_low_frequency_background() -> None:
 def test_motion_blur_is_read_from_spectral_anisotropy() -> None:
     blurred = synthesize_micrograph(drift_px=4.0, seed=2)
     still = synthesize_micrograph(drift_px=0.0, seed=2)
-    d4, s4 = estimate_nodes(blurred.image, blurred.ctf_fit, blurred.microscope, None, None, None)[
-        "beam_induced_motion"
-    ]
-    d0, _ = estimate_nodes(still.image, still.ctf_fit, still.microscope, None, None, None)[
-        "beam_induced_motion"
-    ]
+    d4, s4 = estimate_nodes(blurred.image, blurred.ctf_fit, blurred.microscope, None, None, None)["beam_induced_motion"]
+    d0, _ = estimate_nodes(still.image, still.ctf_fit, still.microscope, None, None, None)["beam_induced_motion"]
     # 1 px: the harmonic fit sees ~0.3 px scatter at this SNR (σ reported alongside).
     assert abs(d4 - 4.0) < 1.0 and s4 < 1.0
     assert d0 < 1.5
-    given = estimate_nodes(still.image, still.ctf_fit, still.microscope, None, 3.0, None)[
-        "beam_induced_motion"
-    ]
+    given = estimate_nodes(still.image, still.ctf_fit, still.microscope, None, 3.0, None)["beam_induced_motion"]
     assert given[0] == 3.0 and given[1] == pytest.approx(math.hypot(0.25, 0.3))
 
 
@@ -130,9 +122,7 @@ def test_heterogeneity_detects_an_empty_half() -> None:
     syn = synthesize_micrograph(seed=4)
     uniform = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, None, None, None)["sample_heterogeneity"]
     half = syn.image.copy()
-    half[:, : half.shape[1] // 2] = np.random.default_rng(4).poisson(
-        40.0, size=(half.shape[0], half.shape[1] // 2)
-    )
+    half[:, : half.shape[1] // 2] = np.random.default_rng(4).poisson(40.0, size=(half.shape[0], half.shape[1] // 2))
     patchy = estimate_nodes(half, syn.ctf_fit, syn.microscope, None, None, None)["sample_heterogeneity"]
     assert patchy[0] > uniform[0] + 2.0 * math.hypot(uniform[1], patchy[1])
 
@@ -232,9 +222,7 @@ def test_priors_are_json_ready_and_feed_the_session_prior() -> None:
     data = json.loads(text)
     by_id = {node["id"]: node for node in data["nodes"]}
     assert set(by_id) == set(CAUSE_NODES) | set(EFFECT_NODES)
-    assert by_id["coherence_envelope"]["weight"] == pytest.approx(
-        _weights(first.estimates)["coherence_envelope"]
-    )
+    assert by_id["coherence_envelope"]["weight"] == pytest.approx(_weights(first.estimates)["coherence_envelope"])
     assert len(data["links"]) == build_causal_graph().number_of_edges()
 
     session = update_session_prior(None, first.measured_values())

@@ -55,9 +55,7 @@ def simulate_micrograph(
     specimen = np.fft.rfft2(rng.standard_normal(shape_px)) * 1.5 / np.sqrt(1.0 + k2 / 0.1**2)
     transfer = ctf_2d(ctf, microscope, shape_px, bfactor_angstrom2=bfactor_angstrom2).numpy()
     phase_contrast = np.fft.irfft2(specimen * transfer, s=shape_px)
-    background = np.fft.irfft2(
-        np.fft.rfft2(rng.standard_normal(shape_px)) * np.exp(-k2 / (2 * 0.01**2)), s=shape_px
-    )
+    background = np.fft.irfft2(np.fft.rfft2(rng.standard_normal(shape_px)) * np.exp(-k2 / (2 * 0.01**2)), s=shape_px)
     background *= 0.3 / background.std()
     intensity = DOSE_COUNTS_PER_PX * (1.0 + contrast * phase_contrast + background)
     return rng.poisson(np.clip(intensity, 0.0, None)).astype(np.float32)
@@ -224,9 +222,7 @@ def test_fit_resolution_bounded_and_worse_for_stronger_bfactor() -> None:
     microscope = MicroscopeSettings(pixel_size_angstrom=1.0)
     truth = CtfParams(12300.0, 11700.0, 45.0)
     sharp = estimate_ctf(simulate_micrograph(truth, microscope, bfactor_angstrom2=40.0, seed=13), microscope)
-    blurred = estimate_ctf(
-        simulate_micrograph(truth, microscope, bfactor_angstrom2=300.0, seed=13), microscope
-    )
+    blurred = estimate_ctf(simulate_micrograph(truth, microscope, bfactor_angstrom2=300.0, seed=13), microscope)
     for fit in (sharp, blurred):
         assert 2.0 * microscope.pixel_size_angstrom <= fit.fit_resolution_angstrom <= 30.0
     # B = 300 Å² damps the ring power by exp(−150 k²): 1/e² at 8.7 Å, against 1/e² at 3.2 Å for

@@ -20,9 +20,7 @@ def rolled_movie(shifts_px: np.ndarray, dose_per_frame: float, seed: int) -> np.
     rng = np.random.default_rng(seed)
     specimen = scipy.ndimage.gaussian_filter(rng.standard_normal((192, 192)), 3.0, mode="wrap")
     specimen = dose_per_frame * (1.0 + 0.5 * specimen / specimen.std())
-    frames = [
-        rng.poisson(np.clip(np.roll(specimen, tuple(s), axis=(0, 1)), 0, None)) for s in shifts_px.astype(int)
-    ]
+    frames = [rng.poisson(np.clip(np.roll(specimen, tuple(s), axis=(0, 1)), 0, None)) for s in shifts_px.astype(int)]
     return np.asarray(frames, dtype=np.float32)
 
 
@@ -36,9 +34,7 @@ def test_sign_convention_on_exact_integer_shifts(device: str) -> None:
     # Periodic integer shifts of a well-sampled image: recovered to a small fraction of a pixel.
     assert np.abs(result.shifts_px - shifts).max() < 0.1
     assert result.converged
-    assert result.total_drift_px == pytest.approx(
-        np.linalg.norm(np.diff(shifts, axis=0), axis=1).sum(), abs=0.5
-    )
+    assert result.total_drift_px == pytest.approx(np.linalg.norm(np.diff(shifts, axis=0), axis=1).sum(), abs=0.5)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -65,9 +61,7 @@ def test_recovers_simulated_drift(seed: int) -> None:
 
     def correlation(image: np.ndarray) -> float:
         low = scipy.ndimage.gaussian_filter(image, 2.0)[interior]
-        return float(
-            np.corrcoef(low.ravel(), scipy.ndimage.gaussian_filter(clean, 2.0)[interior].ravel())[0, 1]
-        )
+        return float(np.corrcoef(low.ravel(), scipy.ndimage.gaussian_filter(clean, 2.0)[interior].ravel())[0, 1])
 
     assert correlation(result.aligned_sum.astype(np.float64)) > correlation(plain) + 0.05
 
@@ -85,9 +79,7 @@ def test_even_and_odd_halves() -> None:
 
 def test_polynomial_trajectory_is_smooth_and_anchored() -> None:
     shifts = np.array([[0, 0], [2, 1], [4, 2], [6, 3], [8, 4], [10, 5], [12, 6]], dtype=np.float64)
-    result = align_movie(
-        rolled_movie(shifts, 20.0, 1), 1.0, bfactor_angstrom2=50.0, trajectory_polynomial_degree=1
-    )
+    result = align_movie(rolled_movie(shifts, 20.0, 1), 1.0, bfactor_angstrom2=50.0, trajectory_polynomial_degree=1)
     assert np.array_equal(result.shifts_px[0], [0.0, 0.0])
     steps = np.diff(result.shifts_px, axis=0)
     assert np.allclose(steps, steps[0], atol=1e-9)  # a straight line in time

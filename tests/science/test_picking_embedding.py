@@ -186,10 +186,7 @@ def test_different_structures_are_clearly_further_apart() -> None:
     )
     same = max(cosine_distance(a, b) for a, b in zip(originals, rotated, strict=True))
     different = min(
-        cosine_distance(originals[i], rotated[j])
-        for i in range(len(names))
-        for j in range(len(names))
-        if i != j
+        cosine_distance(originals[i], rotated[j]) for i in range(len(names)) for j in range(len(names)) if i != j
     )
     # Measured: same-structure ≈ 3e-5, closest different pair (trimer/square) ≈ 7e-3.
     assert different > 20.0 * same
@@ -205,10 +202,7 @@ def test_large_boxes_are_resampled_to_a_fixed_fraction_of_the_box() -> None:
         centres, sigma = STRUCTURES[name]
         yy, xx = np.mgrid[0:128, 0:128] - 64
         large_images.append(
-            sum(
-                np.exp(-((yy - 2 * cy) ** 2 + (xx - 2 * cx) ** 2) / (2.0 * (2 * sigma) ** 2))
-                for cy, cx in centres
-            )
+            sum(np.exp(-((yy - 2 * cy) ** 2 + (xx - 2 * cx) ** 2) / (2.0 * (2 * sigma) ** 2)) for cy, cx in centres)
         )
     large = embed_particles(np.stack(large_images))
     for a, b in zip(small, large, strict=True):

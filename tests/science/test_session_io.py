@@ -95,9 +95,7 @@ def test_ground_truth_json_holds_the_truth(tmp_path: Path, session: SimulatedSes
     positions = [p["position_yx_px"] for p in entry["particles"]]
     assert np.array_equal(np.asarray(positions), micrograph.truth.particle_positions_px)
     movie_entry = document["exposures"][session.movies[0].name]
-    assert np.array_equal(
-        np.asarray(movie_entry["drift_shifts_dy_dx_px"]), session.movies[0].truth.drift_shifts_px
-    )
+    assert np.array_equal(np.asarray(movie_entry["drift_shifts_dy_dx_px"]), session.movies[0].truth.drift_shifts_px)
     assert document["config"]["structure_seed"] == CONFIG.structure_seed
     assert document["seed"] == 3
 

@@ -113,9 +113,7 @@ def test_poisson_statistics_in_an_empty_flat_field() -> None:
 
     262 144 pixels: the sample variance has relative standard error √(2/N) ≈ 0.3 %; 2 % is > 5 σ.
     """
-    config = replace(
-        SMALL, particles_per_micrograph=0, ice_thickness_range_nm=(0.0, 0.0), read_noise_std_counts=0.0
-    )
+    config = replace(SMALL, particles_per_micrograph=0, ice_thickness_range_nm=(0.0, 0.0), read_noise_std_counts=0.0)
     counts = simulate_micrograph(config, "flat", 11).counts.astype(np.float64)
     dose_px = config.dose_per_pixel_e
     assert counts.mean() == pytest.approx(dose_px, rel=0.01)
@@ -147,13 +145,9 @@ def test_particle_image_is_ctf_of_potential_image() -> None:
     micrograph = simulate_micrograph(SMALL, "ctf", 3)
     truth = micrograph.truth
     ctf = (
-        ctf_2d(truth.ctf, SMALL.microscope, SMALL.shape_px, bfactor_angstrom2=truth.bfactor_angstrom2)
-        .double()
-        .numpy()
+        ctf_2d(truth.ctf, SMALL.microscope, SMALL.shape_px, bfactor_angstrom2=truth.bfactor_angstrom2).double().numpy()
     )
-    predicted = scipy.fft.irfft2(
-        ctf * scipy.fft.rfft2(micrograph.potential_image.astype(np.float64)), s=SMALL.shape_px
-    )
+    predicted = scipy.fft.irfft2(ctf * scipy.fft.rfft2(micrograph.potential_image.astype(np.float64)), s=SMALL.shape_px)
     interior = (slice(64, -64), slice(64, -64))
     correlation = np.corrcoef(predicted[interior].ravel(), micrograph.particle_image[interior].ravel())[0, 1]
     assert correlation > 0.999
@@ -218,27 +212,19 @@ def test_reference_projection_matches_the_simulated_particle() -> None:
     config = replace(SMALL, particles_per_micrograph=3)
     micrograph = simulate_micrograph(config, "ref", 21)
     truth = micrograph.truth
-    structures = make_structures(
-        config.n_structures, config.particle_diameter_angstrom, config.structure_seed
-    )
+    structures = make_structures(config.n_structures, config.particle_diameter_angstrom, config.structure_seed)
     box = 128
     for i in range(truth.structure_ids.size):
         cy, cx = (round(float(v)) for v in truth.particle_positions_px[i])
         lo_y, lo_x = max(cy - box // 2, 0), max(cx - box // 2, 0)
         cut = micrograph.potential_image[lo_y : cy + box // 2, lo_x : cx + box // 2]
-        reference = project_structure(
-            structures[truth.structure_ids[i]], tuple(truth.euler_angles_deg[i]), box, 1.0
-        )
-        reference = reference[box // 2 - (cy - lo_y) :, box // 2 - (cx - lo_x) :][
-            : cut.shape[0], : cut.shape[1]
-        ]
+        reference = project_structure(structures[truth.structure_ids[i]], tuple(truth.euler_angles_deg[i]), box, 1.0)
+        reference = reference[box // 2 - (cy - lo_y) :, box // 2 - (cx - lo_x) :][: cut.shape[0], : cut.shape[1]]
         # Sub-pixel placement (≤ 0.5 px) costs a little correlation; a wrong orientation costs much more.
         assert np.corrcoef(cut.ravel(), reference.ravel())[0, 1] > 0.95
         wrong = project_structure(structures[truth.structure_ids[i]], (0.0, 90.0, 0.0), box, 1.0)
         wrong = wrong[box // 2 - (cy - lo_y) :, box // 2 - (cx - lo_x) :][: cut.shape[0], : cut.shape[1]]
-        assert (
-            np.corrcoef(cut.ravel(), wrong.ravel())[0, 1] < np.corrcoef(cut.ravel(), reference.ravel())[0, 1]
-        )
+        assert np.corrcoef(cut.ravel(), wrong.ravel())[0, 1] < np.corrcoef(cut.ravel(), reference.ravel())[0, 1]
 
 
 # ----------------------------------------------------------------------------------------- micrographs
@@ -276,11 +262,7 @@ def test_particles_do_not_overlap_and_stay_inside() -> None:
 def test_truth_parameters_lie_in_the_configured_ranges() -> None:
     for seed in range(3):
         truth = simulate_micrograph(SMALL, "ranges", seed).truth
-        assert (
-            SMALL.defocus_range_angstrom[0]
-            <= truth.ctf.mean_defocus_angstrom
-            <= SMALL.defocus_range_angstrom[1]
-        )
+        assert SMALL.defocus_range_angstrom[0] <= truth.ctf.mean_defocus_angstrom <= SMALL.defocus_range_angstrom[1]
         assert 0 <= truth.ctf.astigmatism_angstrom <= SMALL.max_astigmatism_angstrom
         assert 0 <= truth.ctf.astigmatism_angle_deg < 180
         assert SMALL.bfactor_range_angstrom2[0] <= truth.bfactor_angstrom2 <= SMALL.bfactor_range_angstrom2[1]
@@ -339,9 +321,7 @@ def test_movie_frames_drift_and_dose() -> None:
 def test_movie_shift_sign_convention() -> None:
     """frame_f(r) = frame_0(r − shift_f): the cross-correlation of the last frame with the first peaks at
     +shift (integer-pixel check, high dose so one frame pair is enough)."""
-    config = replace(
-        SMALL, shape_px=(256, 256), n_frames=4, dose_e_per_angstrom2=4000.0, drift_total_px_range=(20, 30)
-    )
+    config = replace(SMALL, shape_px=(256, 256), n_frames=4, dose_e_per_angstrom2=4000.0, drift_total_px_range=(20, 30))
     movie = simulate_movie(config, "sign", 9)
     first = movie.frames[0] - movie.frames[0].mean()
     last = movie.frames[-1] - movie.frames[-1].mean()

@@ -51,9 +51,7 @@ def test_round_trip(tmp_path: Path) -> None:
         # starfile writes floats with 6 decimals ('%.6f'): 1e-6 absolute on Å, degrees and ratios.
         assert record.ctf.defocus_u_angstrom == pytest.approx(row.ctf_fit.ctf.defocus_u_angstrom, abs=1e-6)
         assert record.ctf.defocus_v_angstrom == pytest.approx(row.ctf_fit.ctf.defocus_v_angstrom, abs=1e-6)
-        assert record.ctf.astigmatism_angle_deg == pytest.approx(
-            row.ctf_fit.ctf.astigmatism_angle_deg, abs=1e-6
-        )
+        assert record.ctf.astigmatism_angle_deg == pytest.approx(row.ctf_fit.ctf.astigmatism_angle_deg, abs=1e-6)
         # Phase shift goes through degrees in the file: 1e-6° is 2e-8 rad.
         assert record.ctf.phase_shift_rad == pytest.approx(row.ctf_fit.ctf.phase_shift_rad, abs=1e-7)
         assert record.fit_resolution_angstrom == pytest.approx(row.ctf_fit.fit_resolution_angstrom, abs=1e-6)
@@ -132,8 +130,6 @@ def test_rejects_partial_ctf_images_and_empty_tables(tmp_path: Path) -> None:
 
 def test_read_rejects_tables_without_optics(tmp_path: Path) -> None:
     path = tmp_path / "old.star"
-    starfile.write(
-        {"micrographs": pd.DataFrame({"rlnMicrographName": ["a.mrc"], "rlnDefocusU": [1.0]})}, path
-    )
+    starfile.write({"micrographs": pd.DataFrame({"rlnMicrographName": ["a.mrc"], "rlnDefocusU": [1.0]})}, path)
     with pytest.raises(StarFormatError, match="data_optics"):
         read_micrographs_ctf_star(path)

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=1024, help="micrograph edge in pixels (4096 for full size)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--batch-size", type=int, default=5)
+    demo.add_argument(
+        "--log-level", default="WARNING", help="Dagster console log level of the runs (DEBUG shows every event)"
+    )
 
     tick = sub.add_parser("tick", help="evaluate the storage sensor and run what it requests (no daemon)")
     tick.add_argument("--max-ticks", type=int, default=3)
@@ -336,7 +339,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[demo] seeded the structure library with {added} reference projections")
     instance, defs = _instance_and_defs()
     print(f"[demo] Dagster instance: {instance.root_directory}")
-    report = drive(instance, defs, settle_seconds=float(os.environ["CRYODECON_SETTLE_SECONDS"]))
+    report = drive(
+        instance, defs, settle_seconds=float(os.environ["CRYODECON_SETTLE_SECONDS"]), log_level=args.log_level
+    )
     if report.runs:
         ok = sum(report.runs.values())
         print(

@@ -47,7 +47,9 @@ def _save_cursor(instance: dg.DagsterInstance, cursor: str | None) -> None:
     os.replace(tmp, path)
 
 
-def tick_once(instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveReport) -> dg.SensorResult:
+def tick_once(
+    instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveReport, log_level: str = "INFO"
+) -> dg.SensorResult:
     context = dg.build_sensor_context(
         instance=instance,
         cursor=_load_cursor(instance),
@@ -83,19 +85,27 @@ def tick_once(instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveR
             "dagster/sensor_name": SENSOR_NAME,
         }
         outcome = job.execute_in_process(
-            instance=instance, partition_key=run_request.partition_key, tags=tags, raise_on_error=False
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            instance=instance,
+            partition_key=run_request.partition_key,
+            tags=tags,
+            raise_on_error=False,
         )
         report.runs[str(run_request.partition_key)] = outcome.success
     return result
 
 
 def drive(
-    instance: dg.DagsterInstance, defs: dg.Definitions, settle_seconds: float, max_ticks: int = 10
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    settle_seconds: float,
+    max_ticks: int = 10,
+    log_level: str = "INFO",
 ) -> DriveReport:
     """Tick until nothing is pending (every complete file batched and run) or ``max_ticks``."""
     report = DriveReport()
     for _ in range(max_ticks):
-        result = tick_once(instance, defs, report)
+        result = tick_once(instance, defs, report, log_level)
         pending = json.loads(result.cursor or "{}").get("pending", {})
         if not pending:
             break

@@ -6,5 +6,6 @@ import dagster as dg
 
 acquisition_batches = dg.DynamicPartitionsDefinition(name="acquisition_batches")
 
-# The daily summary is partitioned by calendar day (UTC), independent of the batches.
-summary_days = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+# The daily summary is partitioned by calendar day (UTC), independent of the batches.  end_offset=1 makes
+# today a partition too, so staff can summarise the day so far; the schedule summarises yesterday.
+summary_days = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)

@@ -1,6 +1,6 @@
 """Daily summary of the facility's output: one row per session and day, from the warehouse."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import numpy as np
@@ -12,6 +12,8 @@ from cryodecon_resources import ScoreWarehouse
 @dg.asset(
     partitions_def=summary_days,
     group_name="facility_reports",
+    # Reads every batch's HyperScores (filtered by cut time), so each day depends on all batches.
+    deps=[dg.AssetDep("hyperscores", partition_mapping=dg.AllPartitionMapping())],
     description="Per session and UTC day: exposures scored, quarantined, median HyperScore, defocus and "
     "CTF fit resolution (warehouse table `daily_summary`).",
 )
@@ -62,6 +64,15 @@ def daily_summary(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) 
 
 
 daily_summary_job = dg.define_asset_job("daily_summary_job", selection=[daily_summary])
-daily_summary_schedule = dg.build_schedule_from_partitioned_job(
-    daily_summary_job, hour_of_day=0, minute_of_hour=30, default_status=dg.DefaultScheduleStatus.RUNNING
+
+
+@dg.schedule(
+    cron_schedule="30 0 * * *",
+    job=daily_summary_job,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+def daily_summary_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """At 00:30 UTC, summarise the day that just ended."""
+    day = (context.scheduled_execution_time - timedelta(days=1)).strftime("%Y-%m-%d")
+    return dg.RunRequest(run_key=f"daily-summary-{day}", partition_key=day)

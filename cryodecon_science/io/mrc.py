@@ -149,7 +149,7 @@ def _read_array(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], 
             with mrcfile.open(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
                     raise CorruptHeaderError(path, "mrcfile read no data block")
-                data = np.asarray(mrc.data, dtype=np.float32)
+                data = np.array(mrc.data, dtype=np.float32)  # a writable copy (mrcfile gives read-only data)
     except InputFileError:
         raise
     except (OSError, ValueError, EOFError) as exc:

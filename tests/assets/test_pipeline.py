@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,20 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     rows = json.loads(completed.stdout)
     assert [r["micrograph"] for r in rows] == list(table["micrograph"])
     assert all(r["hyperscore"] == pytest.approx(h) for r, h in zip(rows, table["hyperscore"], strict=True))
+    # The daily summary of the day the batches were cut.
+    from cryodecon_assets.definitions import build_definitions
+
+    cut_at = float(warehouse.read_rows("hyperscores")["cut_at_s"].min())  # type: ignore[attr-defined]
+    day = datetime.fromtimestamp(cut_at, UTC).strftime("%Y-%m-%d")
+    summary_run = (
+        build_definitions()
+        .resolve_job_def("daily_summary_job")
+        .execute_in_process(instance=instance, partition_key=day)
+    )
+    assert summary_run.success
+    summary = warehouse.read_rows("daily_summary", day)  # type: ignore[attr-defined]
+    assert list(summary["session"]) == ["grid"] and list(summary["exposures_scored"]) == [4]
+    assert summary["median_hyperscore"][0] == pytest.approx(float(table["hyperscore"].median()))
     # A second pass reprocesses nothing.
     assert run_pipeline(instance) == {}
     assert len(warehouse.query("SELECT * FROM hyperscores")) == 4  # type: ignore[attr-defined]

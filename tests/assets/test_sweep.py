@@ -58,3 +58,15 @@ def _check_sweep(instance: dg.DagsterInstance, resources: dict[str, object], war
     assert sorted(r.partition_key for r in again) == ["grid01-00001", "other-00001"]
     assert {r.run_key for r in again}.isdisjoint({r.run_key for r in requests})
     assert warehouse.list_documents(MANIFESTS) == ["grid01-00001", "other-00001"]
+
+
+def test_daily_summary_schedule_targets_the_day_that_ended() -> None:
+    from cryodecon_assets.summary import daily_summary_schedule
+
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2026, 11, 23, 0, 30, tzinfo=UTC)
+        )
+        request = daily_summary_schedule(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.partition_key == "2026-11-22"

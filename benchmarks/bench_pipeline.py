@@ -44,6 +44,7 @@ def main() -> None:
         k: [] for k in ("simulate", "ctf", "priors", "denoise", "deconvolve", "pick_embed")
     }
     errors, angle_errors = [], []
+    picks_per_micrograph: list[int] = []
     torch.set_num_threads(args.threads)
     for i in range(args.count):
         t = time.perf_counter()
@@ -83,6 +84,7 @@ def main() -> None:
         if len(picks):
             embed_particles(extract_boxes(deconvolved, picks, 226), device=args.device)
         steps["pick_embed"].append(time.perf_counter() - t)
+        picks_per_micrograph.append(len(picks))
     result = {
         "size_px": args.size,
         "count": args.count,
@@ -90,6 +92,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "seconds_per_micrograph_median": {k: statistics.median(v) for k, v in steps.items()},
+        "picks_per_micrograph": picks_per_micrograph,
         "ctf_relative_defocus_error": {
             "median": float(np.median(errors)),
             "p95": float(np.percentile(errors, 95)),

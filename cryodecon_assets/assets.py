@@ -508,71 +508,52 @@ def _restore(
     return run_per_micrograph(context, warehouse, stage, items, step)
 
 
-@dg.asset(
-    partitions_def=acquisition_batches,
-    group_name=GROUP,
-    pool="gpu",
-    kinds={"torch", "mrc"},
-    description="Denoised micrographs (CTF kept): Wiener filter S·CTF²/(S·CTF²+N) built from the causal "
-    "priors' signal and noise spectra.  float32 MRC, pixel size in the header.",
-)
-def restored_micrographs(
-    context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
-    ctf_estimates: dict[str, CtfFit],
-    causal_priors: dict[str, causal.CausalPriors],
-    warehouse: ScoreWarehouse,
-    device: TorchDevice,
-) -> dg.Output[dict[str, Micrograph]]:
-    restored = _restore(
-        context,
-        "restored_micrographs",
-        raw_micrographs,
-        ctf_estimates,
-        causal_priors,
-        warehouse,
-        device,
-        wiener_denoise,
+def restoration_asset(name: str, restore: Callable[..., np.ndarray], description: str) -> dg.AssetsDefinition:
+    """One restoration target as an asset: same inputs, same GPU pool, its own Wiener filter."""
+
+    @dg.asset(
+        name=name,
+        partitions_def=acquisition_batches,
+        group_name=GROUP,
+        pool="gpu",
+        kinds={"torch", "mrc"},
+        description=description,
     )
-    return dg.Output(
-        restored,
-        metadata={
-            "restored": len(restored),
-            "pixel_size_angstrom": float(next(iter(restored.values())).pixel_size_angstrom)
-            if restored
-            else float("nan"),
-            "preview": dg.MetadataValue.md(thumbnail_markdown({k: v.data for k, v in restored.items()})),
-        },
-    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        raw_micrographs: dict[str, Micrograph],
+        ctf_estimates: dict[str, CtfFit],
+        causal_priors: dict[str, causal.CausalPriors],
+        warehouse: ScoreWarehouse,
+        device: TorchDevice,
+    ) -> dg.Output[dict[str, Micrograph]]:
+        result = _restore(context, name, raw_micrographs, ctf_estimates, causal_priors, warehouse, device, restore)
+        pixel_sizes = {m.pixel_size_angstrom for m in result.values()}
+        return dg.Output(
+            result,
+            metadata={
+                "micrographs": len(result),
+                "pixel_size_angstrom": float(pixel_sizes.pop()) if len(pixel_sizes) == 1 else float("nan"),
+                "preview": dg.MetadataValue.md(thumbnail_markdown({k: v.data for k, v in result.items()})),
+            },
+        )
+
+    return _asset
 
 
-@dg.asset(
-    partitions_def=acquisition_batches,
-    group_name=GROUP,
-    pool="gpu",
-    kinds={"torch", "mrc"},
-    description="CTF-corrected micrographs: Wiener deconvolution CTF·S/(S·CTF²+N), zero beyond the fit "
-    "resolution (never invents power there).",
+restored_micrographs = restoration_asset(
+    "restored_micrographs",
+    wiener_denoise,
+    "Denoised micrographs (CTF kept): Wiener filter (S·CTF² + G)/(S·CTF² + G + F) from the causal priors' "
+    "refined spectra: detector noise floor F removed, specimen signal S and ice background G kept.  "
+    "float32 MRC, pixel size in the header.",
 )
-def deconvolved_micrographs(
-    context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
-    ctf_estimates: dict[str, CtfFit],
-    causal_priors: dict[str, causal.CausalPriors],
-    warehouse: ScoreWarehouse,
-    device: TorchDevice,
-) -> dg.Output[dict[str, Micrograph]]:
-    result = _restore(
-        context,
-        "deconvolved_micrographs",
-        raw_micrographs,
-        ctf_estimates,
-        causal_priors,
-        warehouse,
-        device,
-        wiener_deconvolve,
-    )
-    return dg.Output(result, metadata={"deconvolved": len(result)})
+deconvolved_micrographs = restoration_asset(
+    "deconvolved_micrographs",
+    wiener_deconvolve,
+    "CTF-corrected micrographs: Wiener deconvolution CTF·S/(S·CTF² + B), zero beyond the fit resolution "
+    "(never invents power there).  float32 MRC, pixel size in the header.",
+)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ whose HyperScores were never materialised with no run under way (a run that died
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 
 import dagster as dg
@@ -32,12 +32,22 @@ from cryodecon_resources.storage import sha256_of_file
 PROCESS_JOB = "process_batch"
 
 
-def ledger(warehouse: ScoreWarehouse) -> tuple[set[str], dict[str, int], list[BatchManifest]]:
-    """Paths already assigned to a batch, next sequence number per session, and every manifest."""
+def ledger(
+    warehouse: ScoreWarehouse, sessions: Iterable[str] | None = None
+) -> tuple[set[str], dict[str, int], list[BatchManifest]]:
+    """Paths already assigned to a batch, next sequence number per session, and the manifests.
+
+    With ``sessions``, only the manifests of those sessions are read (keys ``<session>-<sequence>``):
+    a tick reads the ledger of the sessions on storage now, not of every batch ever cut.
+    """
     assigned: set[str] = set()
     next_sequence: dict[str, int] = {}
     manifests = []
-    for key in warehouse.list_documents(MANIFESTS):
+    keys = warehouse.list_documents(MANIFESTS)
+    if sessions is not None:
+        prefixes = tuple(f"{safe_session(s)}-" for s in set(sessions))
+        keys = [k for k in keys if k.startswith(prefixes)]
+    for key in keys:
         manifest = BatchManifest.from_document(warehouse.read_document(MANIFESTS, key))
         manifests.append(manifest)
         assigned.update(f.relative_path for f in manifest.files)
@@ -54,9 +64,10 @@ def cut_batches(
     settle_seconds: float,
 ) -> tuple[Plan, list[BatchManifest]]:
     """One planning pass over storage; writes new manifests (create-once) and quarantine rows."""
-    assigned, next_sequence, _ = ledger(warehouse)
+    observations = list(storage.scan())
+    assigned, next_sequence, _ = ledger(warehouse, {obs.session for obs in observations})
     plan = plan_batches(
-        storage.scan(),
+        observations,
         assigned,
         state,
         {safe_session(k): v for k, v in next_sequence.items()},

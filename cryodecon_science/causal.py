@@ -414,9 +414,9 @@ def _spectrum(image: ImageLike, microscope: MicroscopeSettings, ctf_fit: CtfFit)
 
 
 def _ring_sum(spectrum: _Spectrum, values: FloatArray) -> FloatArray:
-    valid = spectrum.ring >= 0
+    """Sum of ``values`` per ring; samples outside every ring (ring index −1) land in bin 0, dropped."""
     n = spectrum.ring_k_per_angstrom.size
-    return np.bincount(spectrum.ring[valid], weights=values[valid], minlength=n).astype(np.float64)
+    return np.bincount(spectrum.ring + 1, weights=values, minlength=n + 1)[1 : n + 1].astype(np.float64)
 
 
 @dataclass(frozen=True)

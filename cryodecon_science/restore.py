@@ -46,13 +46,14 @@ float32 on ``device`` and return a float32 numpy array of the same shape, in the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from cryodecon_science.optics import MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
+from cryodecon_science.optics import CtfParams, MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit
 
 Float32Image = npt.NDArray[np.float32]
@@ -105,11 +106,19 @@ def trust_band_rolloff(
     return 0.5 * (1.0 + torch.cos(math.pi * phase))
 
 
+@functools.lru_cache(maxsize=4)
+def _radial_grid(shape_px: tuple[int, int], pixel_size_angstrom: float) -> npt.NDArray[np.float64]:
+    """|k| (1/Å) on the rfft grid, cached: the self-evaluation loop builds filters for one shape many times."""
+    ky, kx = frequency_grid_per_angstrom(shape_px, pixel_size_angstrom, rfft=True)
+    grid = np.hypot(ky, kx)
+    grid.flags.writeable = False
+    return grid
+
+
 def _signal_and_background(
     shape_px: tuple[int, int], ctf_fit: CtfFit, microscope: MicroscopeSettings, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    ky, kx = frequency_grid_per_angstrom(shape_px, microscope.pixel_size_angstrom, rfft=True)
-    signal, background = ctf_fit.spectral_model.interpolate(np.hypot(ky, kx))
+    signal, background = ctf_fit.spectral_model.interpolate(_radial_grid(shape_px, microscope.pixel_size_angstrom))
     return (
         torch.as_tensor(np.maximum(signal, 0.0), device=device, dtype=torch.float32),
         torch.as_tensor(np.maximum(background, 0.0), device=device, dtype=torch.float32),
@@ -150,11 +159,27 @@ def expected_ctf_squared(
     """CTF²_eff(k) = r(k)·CTF²(k) + (1 − r(k))·½ on the rfft grid, float32 (module docstring).
 
     The 2-D CTF (astigmatism included, no envelope) inside the trusted band, its phase average ½ beyond
-    ``ctf_fit.fit_resolution_angstrom``, blended by :func:`trust_band_rolloff`.
+    ``ctf_fit.fit_resolution_angstrom``, blended by :func:`trust_band_rolloff`.  It depends only on the
+    CTF geometry, so it is cached: the causal self-evaluation loop changes the spectra, never the
+    geometry (at 4096² this removed ~0.8 s per filter).
     """
-    ctf = ctf_2d(ctf_fit.ctf, microscope, shape_px, rfft=True, device=device)
-    rolloff = trust_band_rolloff(shape_px, microscope, ctf_fit.fit_resolution_angstrom, device)
-    return rolloff * ctf**2 + (1.0 - rolloff) * 0.5
+    cached = _expected_ctf_squared_cached(
+        tuple(shape_px), ctf_fit.ctf, microscope, float(ctf_fit.fit_resolution_angstrom), str(torch.device(device))
+    )
+    return cached.clone()
+
+
+@functools.lru_cache(maxsize=4)
+def _expected_ctf_squared_cached(
+    shape_px: tuple[int, int],
+    ctf: CtfParams,
+    microscope: MicroscopeSettings,
+    fit_resolution_angstrom: float,
+    device: str,
+) -> torch.Tensor:
+    ctf_values = ctf_2d(ctf, microscope, shape_px, rfft=True, device=device)
+    rolloff = trust_band_rolloff(shape_px, microscope, fit_resolution_angstrom, device)
+    return rolloff * ctf_values**2 + (1.0 - rolloff) * 0.5
 
 
 def wiener_denoise_filter(

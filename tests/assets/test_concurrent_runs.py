@@ -25,6 +25,7 @@ from tests.assets.test_pipeline import _environment, seed_session
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Data array contains NaN values")  # the deliberately broken file
 def test_concurrent_runs_lose_and_duplicate_no_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _environment(tmp_path, monkeypatch)
     monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", "2")

@@ -23,6 +23,13 @@ import dagster as dg
 import numpy as np
 
 from cryodecon_assets.batching import MANIFESTS, BatchManifest
+from cryodecon_assets.figures import (
+    PREVIEW_LIMIT,
+    before_after_markdown,
+    causal_graph_markdown,
+    ctf_markdown,
+    thumbnails_markdown,
+)
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_assets.references import load_citation_graph, particle_box_px
 from cryodecon_resources import (
@@ -173,16 +180,6 @@ def _optional(value: Any) -> float | None:
     return None if np.isnan(number) else number
 
 
-def thumbnail_markdown(images: Mapping[str, np.ndarray], limit: int = 4) -> str:
-    """A small table of per-micrograph statistics (the UI renders Markdown)."""
-    lines = ["| micrograph | shape | mean | std |", "|---|---|---|---|"]
-    for name, data in list(images.items())[:limit]:
-        lines.append(
-            f"| {name} | {data.shape[1]}×{data.shape[0]} | {float(data.mean()):.3g} | {float(data.std()):.3g} |"
-        )
-    return "\n".join(lines)
-
-
 # ---- the assets -------------------------------------------------------------------------------------
 @dg.asset(
     partitions_def=acquisition_batches,
@@ -279,7 +276,7 @@ def raw_micrographs(
             "read": len(micrographs),
             "quarantined": len(failures),
             "movies_motion_corrected": sum(1 for r in rows if r["kind"] == "movie"),
-            "preview": dg.MetadataValue.md(thumbnail_markdown({k: v.data for k, v in micrographs.items()})),
+            "preview": dg.MetadataValue.md(thumbnails_markdown({k: v.data for k, v in micrographs.items()})),
         },
     )
     yield dg.AssetCheckResult(
@@ -368,6 +365,13 @@ def ctf_estimates(
                 float(np.median([r["fit_resolution_angstrom"] for r in rows])) if rows else float("nan")
             ),
             "star_file": dg.MetadataValue.path(str(star_path)),
+            "diagnostics": dg.MetadataValue.md(
+                ctf_markdown(
+                    {k: raw_micrographs[k].data for k in list(fits)[:PREVIEW_LIMIT]},
+                    fits,
+                    {k: info[k].microscope for k in fits},
+                )
+            ),
             "fits": dg.MetadataValue.md(
                 "| micrograph | ΔfU (Å) | ΔfV (Å) | angle (°) | fit res (Å) | CC |\n|---|---|---|---|---|---|\n"
                 + "\n".join(
@@ -482,6 +486,9 @@ def causal_priors(
             "converged": sum(1 for p in fitted_all.values() if p.converged),
             "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
             "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),
+            "causal_graph": dg.MetadataValue.md(
+                "\n\n".join(causal_graph_markdown(p, name) for name, p in list(fitted_all.items())[:PREVIEW_LIMIT])
+            ),
         },
     )
 
@@ -534,7 +541,13 @@ def restoration_asset(name: str, restore: Callable[..., np.ndarray], description
             metadata={
                 "micrographs": len(result),
                 "pixel_size_angstrom": float(pixel_sizes.pop()) if len(pixel_sizes) == 1 else float("nan"),
-                "preview": dg.MetadataValue.md(thumbnail_markdown({k: v.data for k, v in result.items()})),
+                "before_after": dg.MetadataValue.md(
+                    before_after_markdown(
+                        {k: raw_micrographs[k].data for k in list(result)[:PREVIEW_LIMIT]},
+                        {k: v.data for k, v in result.items()},
+                        name.removesuffix("_micrographs"),
+                    )
+                ),
             },
         )
 

@@ -1,0 +1,134 @@
+"""Small pictures for the Dagster UI: thumbnails, CTF diagnostics and the weighted causal graph.
+
+Asset metadata is Markdown, and Markdown can carry PNG images as ``data:`` URIs, so a materialisation shows
+what happened to its micrographs without leaving the UI.  Pictures are kept small (≤ 160 px, 8-bit gray)
+and only the first few micrographs of a batch get one, so the event log stays light; every micrograph's
+full-size outputs are MRC files anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from scipy import ndimage
+
+from cryodecon_science.causal import CausalPriors
+from cryodecon_science.optics import MicroscopeSettings, ctf_2d
+from cryodecon_science.records import CtfFit
+from cryodecon_science.spectrum import tile_power_spectra
+
+PREVIEW_PX = 160
+PREVIEW_LIMIT = 4
+
+
+def _to_uint8(image: npt.NDArray[np.floating], low_pct: float = 1.0, high_pct: float = 99.0) -> npt.NDArray[np.uint8]:
+    lo, hi = np.percentile(image, [low_pct, high_pct])
+    scaled = np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    return (255.0 * scaled).astype(np.uint8)
+
+
+def _downsample(image: npt.NDArray[np.floating], size_px: int) -> npt.NDArray[np.float64]:
+    factor = max(1, int(np.ceil(max(image.shape) / size_px)))
+    ny, nx = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    return image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))
+
+
+def png_data_uri(image: npt.NDArray[np.floating], size_px: int = PREVIEW_PX) -> str:
+    """Gray PNG (1–99 % percentile stretch, block-averaged to ≤ ``size_px``) as a ``data:`` URI."""
+    buffer = io.BytesIO()
+    Image.fromarray(_to_uint8(_downsample(np.asarray(image, dtype=np.float64), size_px))).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def before_after_markdown(
+    before: Mapping[str, npt.NDArray[np.floating]], after: Mapping[str, npt.NDArray[np.floating]], label: str
+) -> str:
+    """A Markdown table: micrograph | raw | ``label`` thumbnails, for the first few micrographs."""
+    lines = [f"| micrograph | raw | {label} |", "|---|---|---|"]
+    for name in list(after)[:PREVIEW_LIMIT]:
+        if name in before:
+            lines.append(f"| {name} | ![raw]({png_data_uri(before[name])}) | ![{label}]({png_data_uri(after[name])}) |")
+    return "\n".join(lines)
+
+
+def ctf_diagnostic(
+    image: npt.NDArray[np.floating], fit: CtfFit, microscope: MicroscopeSettings, tile_size_px: int = 512
+) -> npt.NDArray[np.float64]:
+    """CTFFIND-style diagnostic: left half the background-subtracted, amplitude-normalised tile-averaged
+    spectrum (PS − b)/a, right half the fitted CTF² — matching rings mean a good fit.  Centred, [y, x]."""
+    power = tile_power_spectra(np.asarray(image, dtype=np.float32), tile_size_px=tile_size_px).mean(dim=0).numpy()
+    tile = power.shape[0]
+    ky = np.fft.fftfreq(tile, d=microscope.pixel_size_angstrom)[:, None]
+    kx = np.fft.rfftfreq(tile, d=microscope.pixel_size_angstrom)[None, :]
+    k = np.hypot(ky, kx)
+    signal, background = fit.spectral_model.interpolate(k)
+    normalised = (power - background) / np.maximum(signal, 1e-12)
+    model = ctf_2d(fit.ctf, microscope, (tile, tile), rfft=True).double().numpy() ** 2
+    k_max = 1.0 / max(fit.fit_resolution_angstrom, 2 * microscope.pixel_size_angstrom)
+    band = (k >= 1.0 / 30.0) & (k <= k_max)
+    normalised = np.where(band, np.clip(normalised, -0.5, 1.5), np.nan)
+    model = np.where(band, model, np.nan)
+    half = tile // 2
+    # The k_x < 0 half is the point reflection of the stored k_x > 0 half (Hermitian symmetry).
+    data_side = np.flip(np.fft.fftshift(normalised, axes=0)[:, 1:], axis=(0, 1))
+    model_side = np.fft.fftshift(model, axes=0)[:, :-1]
+    # Light 3×3 smoothing of the data and a separate contrast stretch per half, so faint rings show.
+    data_side = ndimage.uniform_filter(np.nan_to_num(data_side, nan=0.0), size=3) * np.isfinite(data_side)
+    halves = []
+    for side in (data_side[:, :half], np.nan_to_num(model_side[:, :half], nan=0.0)):
+        lo, hi = np.percentile(side[side != 0], [2, 98]) if np.any(side != 0) else (0.0, 1.0)
+        halves.append(np.where(side != 0, np.clip((side - lo) / (hi - lo if hi > lo else 1.0), 0, 1), 0.5))
+    picture = np.concatenate(halves, axis=1)
+    radius = min(half, int(np.ceil(k_max * tile * microscope.pixel_size_angstrom)) + 2)  # zoom to the fit band
+    return picture[half - radius : half + radius, half - radius : half + radius]
+
+
+def ctf_markdown(
+    images: Mapping[str, npt.NDArray[np.floating]],
+    fits: Mapping[str, CtfFit],
+    microscopes: Mapping[str, MicroscopeSettings],
+) -> str:
+    lines = ["| micrograph | spectrum (left) vs fit (right) | ΔfU / ΔfV (Å) | fit res (Å) |", "|---|---|---|---|"]
+    for name in list(fits)[:PREVIEW_LIMIT]:
+        fit = fits[name]
+        picture = ctf_diagnostic(images[name], fit, microscopes[name])
+        lines.append(
+            f"| {name} | ![ctf]({png_data_uri(picture, size_px=256)}) | "
+            f"{fit.ctf.defocus_u_angstrom:.0f} / {fit.ctf.defocus_v_angstrom:.0f} | {fit.fit_resolution_angstrom:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def causal_graph_markdown(priors: CausalPriors, title: str) -> str:
+    """The weighted DAG as text: each cause with its estimate ± σ and a bar for its degradation weight,
+    then the edges with their mechanisms."""
+    lines = [
+        f"**{title}** — {'converged' if priors.converged else 'NOT converged'} after {priors.n_iterations} iterations",
+        "",
+        "| cause | estimate ± σ | weight |",
+        "|---|---|---|",
+    ]
+    for estimate in sorted(priors.estimates, key=lambda e: -e.weight):
+        bar = "█" * round(20 * estimate.weight)
+        value = f"{estimate.value:.4g} ± {estimate.sigma:.2g} {estimate.unit}"
+        lines.append(f"| {estimate.node} | {value} | {bar} {estimate.weight:.2f} |")
+    links = priors.graph_node_link.get("links", [])
+    lines += ["", "| cause → effect | mechanism |", "|---|---|"]
+    lines += [f"| {link['source']} → {link['target']} | {link.get('mechanism', '')} |" for link in links]
+    return "\n".join(lines)
+
+
+def thumbnails_markdown(images: Mapping[str, npt.NDArray[np.floating]]) -> str:
+    """A Markdown table: micrograph | thumbnail | size | mean | std, for the first few micrographs."""
+    lines = ["| micrograph | image | size (px) | mean | std |", "|---|---|---|---|---|"]
+    for name, data in list(images.items())[:PREVIEW_LIMIT]:
+        lines.append(
+            f"| {name} | ![{name}]({png_data_uri(data)}) | {data.shape[1]}×{data.shape[0]} | "
+            f"{float(data.mean()):.3g} | {float(data.std()):.3g} |"
+        )
+    return "\n".join(lines)

@@ -125,3 +125,16 @@ def test_corrupt_and_truncated_files_are_quarantined_and_the_rest_goes_on(
     later = _tick(instance, resources, result.cursor)
     assert len(ScoreWarehouse(root=str(warehouse)).read_rows("quarantine")) == 3
     assert not later.run_requests
+
+
+def test_a_file_waits_out_the_settle_window(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """Stable size is not enough on its own: it must stay stable for ``settle_seconds`` across ticks."""
+    storage, warehouse = tmp_path / "storage", tmp_path / "warehouse"
+    _write(storage, "fresh", 5)
+    resources = _resources(storage, warehouse, settle_seconds=3600.0)
+    cursor = None
+    for _ in range(3):
+        result = _tick(instance, resources, cursor)
+        cursor = result.cursor
+        assert not result.run_requests and not _added(result)
+    assert list(json.loads(cursor or "{}")["pending"]) == ["grid01/micrographs/fresh.mrc"]

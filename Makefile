@@ -31,8 +31,12 @@ lint: setup
 ui: setup
 	DAGSTER_HOME=$(CRYODECON_HOME)/dagster_home $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+## Benchmarks (results in benchmarks/results/; ASPIRE goes into its own venv, benchmarks/.venv-aspire).
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
+	bash benchmarks/setup_aspire.sh
+	$(BIN)/python benchmarks/bench_ctf.py
+	$(BIN)/python benchmarks/bench_attribution.py
 
 clean:
 	rm -rf $(CRYODECON_HOME)

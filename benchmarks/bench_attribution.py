@@ -1,0 +1,367 @@
+"""Attribution of the causal graph: does the varied factor's node move, and only it?
+
+    .venv/bin/python benchmarks/bench_attribution.py [--size 1024] [--replicates 3] [--seed 2026]
+
+Writes ``benchmarks/results/attribution.json`` and ``attribution.md`` and prints the Markdown tables.
+No network, deterministic seeds, one torch thread (``--threads``).
+
+Design.  One factor at a time, the others fixed at mid values: mean defocus 1.5 µm, no astigmatism
+(``max_astigmatism_angstrom = 0``), B = 80 Å², ice 40 nm, 40 e⁻/Å², read noise 0.5 counts, physical
+contrast (no ``target_snr``, so dose and ice act as they physically do).  Each ``SimulationConfig`` range is
+set to a single value.  Six levels per sweep; replicate r uses the seed (seed, r) at every level and in every
+sweep, so the levels of a sweep differ only in the varied factor.
+
+=================  ===============================  ===========================================
+sweep              levels                           node(s) expected to carry it
+=================  ===============================  ===========================================
+ice_thickness      10, 28, 46, 64, 82, 100 nm       ice_thickness
+bfactor            20, 50, 80, 110, 140, 170 Å²     coherence_envelope
+read_noise         0, 1, 2, 3, 4, 5 counts          detector_noise (or dose)
+dose               10, 20, 40, 60, 80, 100 e⁻/Å²    dose (or detector_noise)
+defocus            0.5, 1, 1.5, 2, 2.5, 3 µm        defocus
+drift              0, 4, 8, 12, 16, 20 px path      beam_induced_motion
+=================  ===============================  ===========================================
+
+Drift: ``simulate_movie`` (16 electron-counted frames, drift path length = the level) summed *without*
+alignment, i.e. the blur stays in the image.  ``fit_priors`` reads ``drift_total_px`` as the drift from
+motion correction: it sets beam_induced_motion to that value (σ assumed) and divides the sinc² blur out of
+the B-factor.  So the drift sweep runs twice on the same sums: ``drift`` with ``drift_total_px=None``
+(the node is *measured* from the spectrum's 2θ anisotropy: the test) and ``drift_given`` with the true
+path length passed (the node echoes the input; it shows what the weights and B do with it).
+
+Every case: ``estimate_ctf(image, microscope, nominal_defocus)`` then ``causal.fit_priors(image, fit,
+microscope, dose_e_per_angstrom2=<header dose>, drift_total_px=...)``; every node's value, σ and weight,
+``converged`` and ``n_iterations`` are recorded.
+
+Per sweep: (a) the node whose weight changed most between the lowest and highest level (replicate means)
+must be the varied factor's node; (b) Spearman ρ (``scipy.stats.spearmanr``, all levels × replicates)
+between the true level and the expected node's estimated value, goal ≥ 0.9 (ρ of its weight also given);
+(c) the loop stops within ``max_iterations`` on every case, non-converged fits counted and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.stats
+import torch
+
+from cryodecon_science import causal
+from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_SPEARMAN = 0.9
+MAX_ITERATIONS = 10
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    unit: str
+    levels: tuple[float, ...]
+    expected_nodes: tuple[str, ...]  # first = the node whose value is rank-correlated with the level
+    movie: bool = False
+    drift_given: bool = False
+
+    def config(self, base: SimulationConfig, level: float) -> SimulationConfig:
+        if self.name == "ice_thickness":
+            return replace(base, ice_thickness_range_nm=(level, level))
+        if self.name == "bfactor":
+            return replace(base, bfactor_range_angstrom2=(level, level))
+        if self.name == "read_noise":
+            return replace(base, read_noise_std_counts=level)
+        if self.name == "dose":
+            return replace(base, dose_e_per_angstrom2=level)
+        if self.name == "defocus":
+            return replace(base, defocus_range_angstrom=(level, level))
+        if self.name in ("drift", "drift_given"):
+            return replace(base, drift_total_px_range=(level, level))
+        raise ValueError(self.name)
+
+
+SWEEPS = (
+    Sweep("ice_thickness", "nm", (10.0, 28.0, 46.0, 64.0, 82.0, 100.0), ("ice_thickness",)),
+    Sweep("bfactor", "Å²", (20.0, 50.0, 80.0, 110.0, 140.0, 170.0), ("coherence_envelope",)),
+    Sweep("read_noise", "counts", (0.0, 1.0, 2.0, 3.0, 4.0, 5.0), ("detector_noise", "dose")),
+    Sweep("dose", "e/Å²", (10.0, 20.0, 40.0, 60.0, 80.0, 100.0), ("dose", "detector_noise")),
+    Sweep("defocus", "Å", (5000.0, 10000.0, 15000.0, 20000.0, 25000.0, 30000.0), ("defocus",)),
+    Sweep("drift", "px", (0.0, 4.0, 8.0, 12.0, 16.0, 20.0), ("beam_induced_motion",), movie=True),
+    Sweep(
+        "drift_given", "px", (0.0, 4.0, 8.0, 12.0, 16.0, 20.0), ("beam_induced_motion",), movie=True, drift_given=True
+    ),
+)
+
+
+def base_config(size: int) -> SimulationConfig:
+    """Every factor at its mid value, each range a single value (module docstring)."""
+    return SimulationConfig(
+        shape_px=(size, size),
+        defocus_range_angstrom=(15000.0, 15000.0),
+        max_astigmatism_angstrom=0.0,
+        bfactor_range_angstrom2=(80.0, 80.0),
+        ice_thickness_range_nm=(40.0, 40.0),
+        dose_e_per_angstrom2=40.0,
+        read_noise_std_counts=0.5,
+        drift_total_px_range=(0.0, 0.0),
+    )
+
+
+def run_case(
+    sweep: Sweep, config: SimulationConfig, level: float, seed: tuple[int, int], movies: dict[Any, Any]
+) -> dict[str, Any]:
+    """Simulate one level, estimate the CTF, fit the priors; everything recorded."""
+    name = f"{sweep.name}_{seed[1]}_{level:g}".replace(".", "p")
+    t = time.perf_counter()
+    if sweep.movie:
+        key = (level, seed)  # drift and drift_given share the same movies
+        if key not in movies:
+            movies[key] = simulate_movie(config, name, seed)
+        sim = movies[key]
+        image = sim.frames.sum(axis=0, dtype=np.float64).astype(np.float32)  # uncorrected: blur stays
+    else:
+        sim = simulate_micrograph(config, name, seed)
+        image = sim.counts
+    simulate_seconds = time.perf_counter() - t
+    microscope = config.microscope
+    t = time.perf_counter()
+    fit = estimate_ctf(image, microscope, nominal_defocus_angstrom=sim.truth.nominal_defocus_angstrom)
+    ctf_seconds = time.perf_counter() - t
+    drift = sim.truth.drift_total_px if sweep.drift_given else None
+    t = time.perf_counter()
+    priors = causal.fit_priors(
+        image,
+        fit,
+        microscope,
+        dose_e_per_angstrom2=config.dose_e_per_angstrom2,
+        drift_total_px=drift,
+        max_iterations=MAX_ITERATIONS,
+    )
+    priors_seconds = time.perf_counter() - t
+    return {
+        "name": name,
+        "level": level,
+        "seed": list(seed),
+        "truth": {
+            "mean_defocus_angstrom": sim.truth.ctf.mean_defocus_angstrom,
+            "bfactor_angstrom2": sim.truth.bfactor_angstrom2,
+            "ice_thickness_nm": sim.truth.ice_thickness_nm,
+            "dose_e_per_angstrom2": sim.truth.dose_e_per_angstrom2,
+            "drift_total_px": sim.truth.drift_total_px,
+            "drift_net_px": (
+                float(np.linalg.norm(sim.truth.drift_shifts_px[-1])) if sim.truth.drift_shifts_px is not None else 0.0
+            ),
+            "snr": sim.truth.snr,
+        },
+        "drift_total_px_passed": drift,
+        "ctf": {
+            "mean_defocus_angstrom": fit.ctf.mean_defocus_angstrom,
+            "astigmatism_angstrom": fit.ctf.astigmatism_angstrom,
+            "fit_resolution_angstrom": fit.fit_resolution_angstrom,
+        },
+        "nodes": {
+            e.node: {"value": e.value, "unit": e.unit, "sigma": e.sigma, "weight": e.weight} for e in priors.estimates
+        },
+        "converged": priors.converged,
+        "n_iterations": priors.n_iterations,
+        "seconds": {"simulate": simulate_seconds, "ctf": ctf_seconds, "priors": priors_seconds},
+    }
+
+
+def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """(a) largest weight change, (b) Spearman ρ, (c) convergence, for one sweep."""
+    nodes = list(causal.CAUSE_NODES)
+    low, high = min(sweep.levels), max(sweep.levels)
+
+    def mean_weight(level: float, node: str) -> float:
+        return statistics.fmean(c["nodes"][node]["weight"] for c in cases if c["level"] == level)
+
+    change = {n: mean_weight(high, n) - mean_weight(low, n) for n in nodes}
+    largest = max(nodes, key=lambda n: abs(change[n]))
+    primary = sweep.expected_nodes[0]
+    levels = [c["level"] for c in cases]
+    values = [c["nodes"][primary]["value"] for c in cases]
+    weights = [c["nodes"][primary]["weight"] for c in cases]
+    rho_value = float(scipy.stats.spearmanr(levels, values).statistic)
+    rho_weight = float(scipy.stats.spearmanr(levels, weights).statistic)
+    not_converged = [c["name"] for c in cases if not c["converged"]]
+    per_level = []
+    for level in sweep.levels:
+        at = [c for c in cases if c["level"] == level]
+        top = statistics.mode(max(nodes, key=lambda n, c=c: c["nodes"][n]["weight"]) for c in at)
+        per_level.append(
+            {
+                "level": level,
+                "value_mean": statistics.fmean(c["nodes"][primary]["value"] for c in at),
+                "sigma_mean": statistics.fmean(c["nodes"][primary]["sigma"] for c in at),
+                "weight_mean": statistics.fmean(c["nodes"][primary]["weight"] for c in at),
+                "top_weight_node": top,
+                "fit_resolution_angstrom_mean": statistics.fmean(c["ctf"]["fit_resolution_angstrom"] for c in at),
+                "drift_net_px_mean": statistics.fmean(c["truth"]["drift_net_px"] for c in at),
+                "n_iterations": [c["n_iterations"] for c in at],
+                "converged": [c["converged"] for c in at],
+            }
+        )
+    return {
+        "levels": list(sweep.levels),
+        "unit": sweep.unit,
+        "expected_nodes": list(sweep.expected_nodes),
+        "weight_change_low_to_high": change,
+        "largest_weight_change_node": largest,
+        "attribution_pass": largest in sweep.expected_nodes,
+        "spearman_node": primary,
+        "spearman_level_vs_value": rho_value,
+        "spearman_level_vs_weight": rho_weight,
+        "spearman_pass": bool(rho_value >= GOAL_SPEARMAN),
+        "n_cases": len(cases),
+        "max_n_iterations": max(c["n_iterations"] for c in cases),
+        "stopped_within_max_iterations": all(c["n_iterations"] <= MAX_ITERATIONS for c in cases),
+        "not_converged": len(not_converged),
+        "not_converged_cases": not_converged,
+        "per_level": per_level,
+    }
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float as None (strict JSON has no ∞ or NaN)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def fmt(x: float) -> str:
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    def mark(ok: bool) -> str:
+        return "pass" if ok else "FAIL"
+
+    lines = [
+        f"Attribution on simulated {result['size_px']}² exposures, {result['replicates']} replicate(s) per level, "
+        f"one factor at a time (fit_priors max_iterations = {MAX_ITERATIONS}).",
+        "",
+        "| sweep | levels | largest weight change (Δw) | expected node (Δw) | (a) | Spearman ρ (value / weight) "
+        "| (b) ρ ≥ 0.9 | not converged | max iterations |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["sweeps"].items():
+        node = s["largest_weight_change_node"]
+        levels = ", ".join(f"{v:g}" for v in s["levels"])
+        change = s["weight_change_low_to_high"]
+        expected = " / ".join(f"{n} ({change[n]:+.3f})" for n in s["expected_nodes"])
+        lines.append(
+            f"| {name} | {levels} {s['unit']} | {node} ({change[node]:+.3f}) | {expected} "
+            f"| {mark(s['attribution_pass'])} "
+            f"| {s['spearman_node']}: {s['spearman_level_vs_value']:.2f} / {s['spearman_level_vs_weight']:.2f} "
+            f"| {mark(s['spearman_pass'])} | {s['not_converged']}/{s['n_cases']} | {s['max_n_iterations']} |"
+        )
+    lines += ["", "Per level (replicate means of the expected node):", ""]
+    lines += [
+        "| sweep | level | node value ± σ | weight | top-weight node | fit res. (Å) | iterations |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["sweeps"].items():
+        for p in s["per_level"]:
+            its = ",".join(
+                str(n) + ("" if ok else "*") for n, ok in zip(p["n_iterations"], p["converged"], strict=True)
+            )
+            level = f"{p['level']:g} {s['unit']}"
+            if name.startswith("drift"):
+                level += f" (net {p['drift_net_px_mean']:.1f})"
+            lines.append(
+                f"| {name} | {level} | {s['spearman_node']} {fmt(p['value_mean'])} ± "
+                f"{fmt(p['sigma_mean'])} | {p['weight_mean']:.3f} | {p['top_weight_node']} "
+                f"| {p['fit_resolution_angstrom_mean']:.1f} | {its} |"
+            )
+    lines.append("")
+    lines.append("(* = not converged within max_iterations; drift levels are path lengths, net = end-to-end shift)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--replicates", type=int, default=3, help="seeds per level (same seeds at every level)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--sweeps", nargs="+", default=[s.name for s in SWEEPS], choices=[s.name for s in SWEEPS])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    base = base_config(args.size)
+    movies: dict[Any, Any] = {}
+    cases: dict[str, list[dict[str, Any]]] = {}
+    sweeps: dict[str, dict[str, Any]] = {}
+    for sweep in (s for s in SWEEPS if s.name in args.sweeps):
+        cases[sweep.name] = []
+        for level in sweep.levels:
+            config = sweep.config(base, level)
+            for r in range(args.replicates):
+                case = run_case(sweep, config, level, (args.seed, r), movies)
+                cases[sweep.name].append(case)
+                print(
+                    f"{case['name']}: {sweep.expected_nodes[0]} = {case['nodes'][sweep.expected_nodes[0]]['value']:.4g}"
+                    f" (w {case['nodes'][sweep.expected_nodes[0]]['weight']:.3f}), "
+                    f"{case['n_iterations']} it{'' if case['converged'] else ' NOT CONVERGED'}",
+                    flush=True,
+                )
+        if sweep.drift_given:
+            movies.clear()  # the drift sweeps share their movies; nothing after them needs them
+        sweeps[sweep.name] = analyse(sweep, cases[sweep.name])
+    all_cases = [c for per in cases.values() for c in per]
+    result: dict[str, Any] = {
+        "size_px": args.size,
+        "replicates": args.replicates,
+        "seed": args.seed,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "max_iterations": MAX_ITERATIONS,
+        "base_config": {
+            "mean_defocus_angstrom": 15000.0,
+            "astigmatism_angstrom": 0.0,
+            "bfactor_angstrom2": 80.0,
+            "ice_thickness_nm": 40.0,
+            "dose_e_per_angstrom2": 40.0,
+            "read_noise_std_counts": 0.5,
+            "target_snr": None,
+            "movie_frames": base.n_frames,
+        },
+        "goals": {"spearman_min": GOAL_SPEARMAN, "attribution": "largest |Δweight| low→high is the varied node"},
+        "sweeps": sweeps,
+        "totals": {
+            "cases": len(all_cases),
+            "not_converged": sum(1 for c in all_cases if not c["converged"]),
+            "max_n_iterations": max(c["n_iterations"] for c in all_cases),
+            "seconds_median": {
+                k: statistics.median(c["seconds"][k] for c in all_cases) for k in ("simulate", "ctf", "priors")
+            },
+        },
+        "cases": cases,
+    }
+    result["runtime_seconds"] = time.perf_counter() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "attribution.json"
+    out.write_text(json.dumps(json_ready(result), indent=1))
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {out}; runtime {result['runtime_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,10 +4,15 @@ MRC2014 (Cheng et al. 2015, J. Struct. Biol. 192:146): a 1024-byte header, ``nsy
 header, then nx·ny·nz values of the header's mode.  A file is *complete* when its size on disk equals
 that declared size; a file still being copied is shorter, so the check separates half-written files from
 finished ones without waiting for a timer.
+
+Every reader either returns usable data or raises ``InputFileError`` (or a subclass), whatever the bytes on
+disk; ``tests/science/test_mrc_fuzz.py`` checks this on 10,000 mutated files.  Compressed (gzip, bzip2) MRC
+files are not read: their size on disk never matches their header.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
@@ -17,12 +22,16 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import numpy.typing as npt
+from mrcfile.mrcfile import MrcFile
 
 HEADER_BYTES = 1024
 # Bytes per value for the MRC modes microscopes and packages write (mode 101 is 4-bit, two per byte).
 _BYTES_PER_VALUE: dict[int, float] = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2, 101: 0.5}
 MAX_DIMENSION_PX = 65536
 MAX_FRAMES = 4096
+# MRC2014: space groups 401-630 mark a stack of volumes, each mz sections deep (mrcfile reshapes by nz // mz).
+_VOLUME_STACK_SPACE_GROUPS = range(401, 631)
+_COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZ": "bzip2"}
 
 
 class InputFileError(Exception):
@@ -92,26 +101,55 @@ class Movie:
     pixel_size_angstrom: float
 
 
+class _BoundedMrcFile(MrcFile):  # type: ignore[misc]  # mrcfile ships no type hints
+    """An ``mrcfile`` reader that never allocates more than the file holds.
+
+    mrcfile allocates a buffer of the size the header declares (``nsymbt`` up to 2 GiB for the extended
+    header, nx·ny·nz values for the data) before reading into it.  Here each request is first clipped to
+    the bytes left in the file, so a corrupt header gives a short read, which mrcfile reports as one,
+    instead of a giant allocation.  Opening ``MrcFile`` directly (not ``mrcfile.open``) also skips the
+    gzip/bzip2 detection, whose decompressors raise errors of their own on corrupt input.
+    """
+
+    def _read_bytearray_from_stream(self, number_of_bytes: int) -> tuple[bytearray, int]:
+        remaining = int(self._get_file_size()) - int(self._iostream.tell())
+        result: tuple[bytearray, int] = super()._read_bytearray_from_stream(max(0, min(number_of_bytes, remaining)))
+        return result
+
+
+def _data_bytes(nx: int, ny: int, nz: int, mode: int) -> int:
+    """Size of the data block in bytes; mode 101 packs two 4-bit values per byte, each row padded to a byte."""
+    if mode == 101:
+        return (nx + 1) // 2 * ny * nz
+    return nx * ny * nz * int(_BYTES_PER_VALUE[mode])
+
+
 def read_geometry(path: str | os.PathLike[str]) -> MrcGeometry:
-    """Parse only the header and return what it declares; raises CorruptHeaderError on nonsense."""
+    """Parse only the header and return what it declares; raises CorruptHeaderError on nonsense.
+
+    The pixel size is 0.0 when the header does not give a positive, finite ``cella.x / mx``.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mrcfile.open(path, mode="r", header_only=True, permissive=True) as mrc:
+            with _BoundedMrcFile(path, mode="r", header_only=True, permissive=True) as mrc:
                 header = mrc.header
                 if header is None:
                     raise CorruptHeaderError(path, "no MRC header")
                 nx, ny, nz = (int(header.nx), int(header.ny), int(header.nz))
                 mode = int(header.mode)
                 nsymbt = int(header.nsymbt)
-                mx = int(header.mx)
+                mx, mz, ispg = (int(header.mx), int(header.mz), int(header.ispg))
                 cella_x = float(header.cella.x)
                 map_ok = bytes(header.map).startswith(b"MAP")
+                magic = header.tobytes()[:2]
     except InputFileError:
         raise
     except (OSError, ValueError, EOFError) as exc:
         raise CorruptHeaderError(path, f"header not readable by mrcfile ({exc})") from exc
     if not map_ok:
+        if magic in _COMPRESSION_MAGIC:
+            raise CorruptHeaderError(path, f"{_COMPRESSION_MAGIC[magic]}-compressed; decompress the MRC file first")
         raise CorruptHeaderError(path, "missing the 'MAP ' identifier of an MRC2014 header")
     if mode not in _BYTES_PER_VALUE:
         raise CorruptHeaderError(path, f"unsupported MRC mode {mode}")
@@ -119,9 +157,12 @@ def read_geometry(path: str | os.PathLike[str]) -> MrcGeometry:
         raise CorruptHeaderError(path, f"impossible dimensions nx={nx} ny={ny} nz={nz}")
     if nsymbt < 0:
         raise CorruptHeaderError(path, f"negative extended header size {nsymbt}")
-    pixel_size = cella_x / mx if mx > 0 and cella_x > 0 else 0.0
-    data_bytes = int(np.ceil(nx * ny * nz * _BYTES_PER_VALUE[mode]))
-    return MrcGeometry((nz, ny, nx), mode, pixel_size, HEADER_BYTES + nsymbt + data_bytes)
+    if ispg in _VOLUME_STACK_SPACE_GROUPS and (mz <= 0 or nz % mz != 0):
+        raise CorruptHeaderError(
+            path, f"space group {ispg} declares a volume stack, but mz={mz} does not divide nz={nz}"
+        )
+    pixel_size = cella_x / mx if mx > 0 and math.isfinite(cella_x) and cella_x > 0 else 0.0
+    return MrcGeometry((nz, ny, nx), mode, pixel_size, HEADER_BYTES + nsymbt + _data_bytes(nx, ny, nz, mode))
 
 
 def check_complete(path: str | os.PathLike[str]) -> MrcGeometry:
@@ -142,42 +183,44 @@ def check_complete(path: str | os.PathLike[str]) -> MrcGeometry:
 
 
 def _read_array(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], float]:
+    """Pixels of a complete file as float32 (nz, ny, nx), checked finite and non-constant, and the pixel size."""
     geometry = check_complete(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with mrcfile.open(path, mode="r", permissive=True) as mrc:
+            with _BoundedMrcFile(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
-                    raise CorruptHeaderError(path, "mrcfile read no data block")
+                    raise CorruptHeaderError(path, f"mrcfile cannot read the data block (mode {geometry.mode})")
                 data = np.array(mrc.data, dtype=np.float32)  # a writable copy (mrcfile gives read-only data)
     except InputFileError:
         raise
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, ZeroDivisionError) as exc:
         raise CorruptHeaderError(path, f"data not readable by mrcfile ({exc})") from exc
+    if data.size != math.prod(geometry.shape_zyx):
+        raise CorruptHeaderError(path, f"mrcfile read {data.size} values, header declares {geometry.shape_zyx}")
+    data = data.reshape(geometry.shape_zyx)  # mrcfile gives 2D for one image and 4D for a volume stack
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InvalidPixelDataError(path, f"{bad} NaN/Inf pixels")
-    if float(np.ptp(data)) == 0.0:
+    if data.max() == data.min():  # not np.ptp: max - min overflows float32 for extreme but valid values
         raise InvalidPixelDataError(path, "constant image (no variation)")
     if geometry.pixel_size_angstrom <= 0:
-        raise CorruptHeaderError(path, "pixel size missing from header (cella/mx)")
+        raise CorruptHeaderError(path, "pixel size missing from header (cella.x / mx not positive and finite)")
     return data, geometry.pixel_size_angstrom
 
 
 def read_micrograph(path: str | os.PathLike[str]) -> Micrograph:
     """Read a complete 2D MRC micrograph (a single-section stack is accepted) as float32."""
     data, pixel_size = _read_array(path)
-    if data.ndim == 3:
-        if data.shape[0] != 1:
-            raise CorruptHeaderError(path, f"expected one section, found {data.shape[0]} (a movie?)")
-        data = data[0]
-    return Micrograph(Path(path).name.split(".")[0], np.ascontiguousarray(data), pixel_size)
+    if data.shape[0] != 1:
+        raise CorruptHeaderError(path, f"expected one section, found {data.shape[0]} (a movie?)")
+    return Micrograph(Path(path).name.split(".")[0], np.ascontiguousarray(data[0]), pixel_size)
 
 
 def read_movie(path: str | os.PathLike[str]) -> Movie:
     """Read a complete MRC movie stack (n_frames >= 2) as float32 frames."""
     data, pixel_size = _read_array(path)
-    if data.ndim != 3 or data.shape[0] < 2:
+    if data.shape[0] < 2:
         raise CorruptHeaderError(path, f"a movie needs at least two frames, header gives shape {data.shape}")
     return Movie(Path(path).name.split(".")[0], np.ascontiguousarray(data), pixel_size)
 

@@ -162,7 +162,9 @@ def test_definitions_load_and_validate(tmp_path: Path) -> None:
     from cryodecon_assets.definitions import defs
 
     dg.Definitions.validate_loadable(defs)
-    env = {**os.environ, "CRYODECON_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    # No DAGSTER_HOME: `definitions validate` needs no persistent instance (an ephemeral one avoids sharing
+    # a SQLite file with anything else).
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | {"CRYODECON_HOME": str(tmp_path)}
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO,

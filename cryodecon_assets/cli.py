@@ -331,7 +331,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     written = write_simulated_session(session, storage_root)
     print(
         f"[demo] simulated session '{DEMO_SESSION}': {args.micrographs} micrographs + {args.movies} movies "
-        f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} ({len(written)} files written)"
+        f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} "
+        f"({len(written)} files; unchanged ones are not rewritten)"
     )
     ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=args.seed)  # type: ignore[attr-defined]
     added = ensure_reference_library(resources["structure_library"], config, seed=args.seed)  # type: ignore[arg-type]

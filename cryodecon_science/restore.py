@@ -150,6 +150,13 @@ def _even_on_nyquist_column(h: torch.Tensor, nx: int) -> torch.Tensor:
     return h
 
 
+def _finish_filter(h: torch.Tensor, shape_px: tuple[int, int]) -> torch.Tensor:
+    """Every filter's last step: even on the k_x = Nyquist column, and H(0) = 1 so the mean is kept."""
+    h = _even_on_nyquist_column(h, shape_px[1])
+    h[0, 0] = 1.0
+    return h
+
+
 def expected_ctf_squared(
     shape_px: tuple[int, int],
     ctf_fit: CtfFit,
@@ -221,9 +228,7 @@ def wiener_denoise_filter(
         min=0.0,
     )
     content = signal * ctf2 + (background - floor)
-    h = _even_on_nyquist_column(_safe_ratio(content, content + noise_power_scale * floor), shape_px[1])
-    h[0, 0] = 1.0
-    return h
+    return _finish_filter(_safe_ratio(content, content + noise_power_scale * floor), shape_px)
 
 
 def wiener_signal_filter(
@@ -243,9 +248,7 @@ def wiener_signal_filter(
     _check_scale(noise_power_scale)
     signal, background = _signal_and_background(shape_px, ctf_fit, microscope, device)
     modulated = signal * expected_ctf_squared(shape_px, ctf_fit, microscope, device)
-    h = _even_on_nyquist_column(_safe_ratio(modulated, modulated + noise_power_scale * background), shape_px[1])
-    h[0, 0] = 1.0
-    return h
+    return _finish_filter(_safe_ratio(modulated, modulated + noise_power_scale * background), shape_px)
 
 
 def wiener_deconvolution_filter(
@@ -264,10 +267,9 @@ def wiener_deconvolution_filter(
     signal, background = _signal_and_background(shape_px, ctf_fit, microscope, device)
     ctf = ctf_2d(ctf_fit.ctf, microscope, shape_px, rfft=True, device=device)
     rolloff = trust_band_rolloff(shape_px, microscope, ctf_fit.fit_resolution_angstrom, device)
-    h = rolloff * _safe_ratio(ctf * signal, signal * ctf**2 + noise_power_scale * background)
-    h = _even_on_nyquist_column(h, shape_px[1])
-    h[0, 0] = 1.0
-    return h
+    return _finish_filter(
+        rolloff * _safe_ratio(ctf * signal, signal * ctf**2 + noise_power_scale * background), shape_px
+    )
 
 
 def phase_flip_filter(
@@ -281,10 +283,7 @@ def phase_flip_filter(
     On the k_x = Nyquist column of an even-width image the sign is averaged with its conjugate partner's
     (0 where an astigmatic CTF gives them opposite signs).
     """
-    h = torch.sign(ctf_2d(ctf_fit.ctf, microscope, shape_px, rfft=True, device=device))
-    h = _even_on_nyquist_column(h, shape_px[1])
-    h[0, 0] = 1.0
-    return h
+    return _finish_filter(torch.sign(ctf_2d(ctf_fit.ctf, microscope, shape_px, rfft=True, device=device)), shape_px)
 
 
 def apply_fourier_filter(image: ImageLike, transfer: torch.Tensor, device: torch.device | str = "cpu") -> Float32Image:

@@ -138,3 +138,19 @@ def test_a_file_waits_out_the_settle_window(tmp_path: Path, instance: dg.Dagster
         cursor = result.cursor
         assert not result.run_requests and not _added(result)
     assert list(json.loads(cursor or "{}")["pending"]) == ["grid01/micrographs/fresh.mrc"]
+
+
+def test_a_fixed_file_is_picked_up_after_quarantine(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """Quarantine is not a dead end: once the file is rewritten correctly it is batched like any other."""
+    storage, warehouse = tmp_path / "storage", tmp_path / "warehouse"
+    good = _write(storage, "repaired", 11)
+    content = good.read_bytes()
+    good.write_bytes(b"\x00" * 2048)  # garbage header
+    resources = _resources(storage, warehouse)
+    first = _tick(instance, resources, _tick(instance, resources, None).cursor)
+    assert not _added(first)
+    rows = ScoreWarehouse(root=str(warehouse)).read_rows("quarantine")
+    assert list(rows["reason"]) == ["corrupt_header"]
+    good.write_bytes(content)  # the facility re-copies the exposure
+    fixed = _tick(instance, resources, _tick(instance, resources, first.cursor).cursor)
+    assert _added(fixed) == ["grid01-00001"]

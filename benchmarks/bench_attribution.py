@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -55,6 +54,7 @@ from typing import Any
 import numpy as np
 import scipy.stats
 import torch
+from _common import json_ready
 
 from cryodecon_science import causal
 from cryodecon_science.ctf_estimate import estimate_ctf
@@ -230,17 +230,6 @@ def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:
         "not_converged_cases": not_converged,
         "per_level": per_level,
     }
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every non-finite float as None (strict JSON has no ∞ or NaN)."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def fmt(x: float) -> str:

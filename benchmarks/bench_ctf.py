@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import json_ready
 
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.io.mrc import write_mrc
@@ -259,17 +260,6 @@ def score(truth: CtfParams, estimate: CtfParams | None, seconds: float, error: s
         "error": None,
         "seconds": seconds,
     }
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with every non-finite float as None (strict JSON has no ∞ or NaN)."""
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    return value
 
 
 def fmt_pct(x: float) -> str:

@@ -37,6 +37,9 @@ bench: setup
 	bash benchmarks/setup_aspire.sh
 	$(BIN)/python benchmarks/bench_ctf.py
 	$(BIN)/python benchmarks/bench_attribution.py
+	$(BIN)/python benchmarks/bench_quality_v.py
+	$(BIN)/python benchmarks/bench_library_ann.py
+	$(BIN)/python benchmarks/bench_impact.py
 
 clean:
 	rm -rf $(CRYODECON_HOME)

@@ -11,11 +11,13 @@ Reprocessing one micrograph: launch the ``process_batch`` job for its partition 
 micrographs and replaces only their rows and files.
 """
 
+import hashlib
 import json
 import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +33,7 @@ from cryodecon_assets.figures import (
     thumbnails_markdown,
 )
 from cryodecon_assets.partitions import acquisition_batches
-from cryodecon_assets.references import load_citation_graph, particle_box_px
+from cryodecon_assets.references import load_citation_graph, load_or_train_impact_model, particle_box_px
 from cryodecon_resources import (
     MicroscopeStorage,
     OutputStore,
@@ -41,18 +43,27 @@ from cryodecon_resources import (
     TorchDevice,
 )
 from cryodecon_resources.io_manager import SELECTION_TAG
+from cryodecon_resources.scoring import WEIGHTS_TABLE
 from cryodecon_resources.storage import sha256_of_file
 from cryodecon_science import causal, scores
-from cryodecon_science.citations import forecast_impact, max_citations_within_years
+from cryodecon_science.citations import max_citations_within_years
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.embedding import embed_particles, novelty_score
+from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
 from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph, read_movie
 from cryodecon_science.io.session import SessionMetadataError, exposure_name, read_session_metadata
 from cryodecon_science.motion import align_movie
 from cryodecon_science.optics import MicroscopeSettings
-from cryodecon_science.picking import extract_boxes, pick_particles
+from cryodecon_science.picking import excluded_area_mask, extract_boxes, pick_particles
 from cryodecon_science.records import CtfFit
-from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
+from cryodecon_science.reproducibility import (
+    binomial_split_counts,
+    defocus_phase_error_rad,
+    filtered_half_correlation,
+    predict_seconds,
+    relative_cost_deviation,
+)
+from cryodecon_science.restore import wiener_deconvolve, wiener_denoise, wiener_denoise_filter
 
 GROUP = "batch_pipeline"
 # DoG peak threshold in robust σ of the filtered map.  2.0 measured on the demo session (demo seed 0,
@@ -99,17 +110,36 @@ def run_per_micrograph(
     items: Mapping[str, Any],
     step: Callable[[str, Any], T],
 ) -> dict[str, T]:
-    """Apply ``step`` to each micrograph; a science error quarantines that micrograph, not the batch."""
+    """Apply ``step`` to each micrograph; a science error quarantines that micrograph, not the batch.
+
+    Each successful step's wall time goes to the warehouse table ``step_times`` (partition
+    ``<batch>.<stage>``): staff see where time goes, and the cost model of ΔRepro calibrates on it.
+    """
     batch = context.partition_key
     results: dict[str, T] = {}
     failures: list[dict[str, Any]] = []
+    times: list[dict[str, Any]] = []
     for name, item in items.items():
+        started = time.perf_counter()
         try:
             results[name] = step(name, item)
         except (ValueError, InputFileError, FloatingPointError, np.linalg.LinAlgError) as exc:
             context.log.warning(f"{stage}: {name} quarantined: {exc}")
             failures.append(quarantine_row(name, batch, stage, type(exc).__name__, str(exc)))
+            continue
+        data = getattr(item, "data", None)
+        times.append(
+            {
+                "micrograph": name,
+                "batch": batch,
+                "stage": stage,
+                "seconds": time.perf_counter() - started,
+                "n_pixels": int(data.size) if data is not None else None,
+                "run_id": context.run.run_id,
+            }
+        )
     quarantine(warehouse, batch, stage, failures, selection(context))
+    warehouse.write_rows("step_times", f"{batch}.{stage}", times, replace_micrographs=selection(context))
     return results
 
 
@@ -569,6 +599,71 @@ deconvolved_micrographs = restoration_asset(
 )
 
 
+# τ of each ΔRepro deviation (scores.reproducibility_score: a deviation of τ scores e⁻¹ ≈ 0.37).
+REPRO_TOLERANCES = {
+    # CTF phase error at the fit resolution from the defocus spread between independent sub-crops
+    # (reproducibility.defocus_phase_error_rad): at 1 rad a CTF correction keeps cos(1) ≈ 54 % of the
+    # signal at the fit resolution.
+    "defocus_subcrops_phase": 1.0,
+    # NRMSD of the restoration of a one-pixel-shifted input: a shift-invariant filter moves by round-off only.
+    "restoration_shift": 0.05,
+    # 1 − correlation of the restored independent noise halves above 1/200 Å⁻¹.  Measured half-set
+    # correlations of simulated 1k micrographs span 0.02–0.65; τ = 0.5 maps that to e^-2 … e^-0.7, using
+    # the score's range instead of crowding near 0.
+    "noise_split": 0.5,
+    # NRMSD between CPU and GPU restorations: float32 FFT round-off is ~1e-6; 1e-3 means a real difference.
+    "cpu_vs_device": 1e-3,
+    # |t − t̂|/t̂ of the compute time against the cost model; 2.0 because timings on a shared machine
+    # scatter by tens of per cent without anything being wrong, while a step taking 3× its prediction
+    # (δ = 2, a self-evaluation loop that needed every iteration, a silent CPU fallback) should register.
+    "compute_cost": 2.0,
+}
+COST_MODEL_STAGES = ("ctf_estimates", "causal_priors", "restored_micrographs", "deconvolved_micrographs")
+
+
+def _nrmsd(a: np.ndarray, b: np.ndarray) -> float:
+    """‖a − b‖_rms / std(b): image deviation relative to the image's own contrast."""
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2)) / (float(np.std(b)) + 1e-12))
+
+
+def _stable_seed(name: str) -> int:
+    """A seed derived from the micrograph name, so the noise split is the same on every rerun."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+def compute_cost_deviations(warehouse: ScoreWarehouse, batch: str) -> dict[str, float]:
+    """δ_cost per micrograph: measured time of the FFT-bound steps vs the cost model (leave one out).
+
+    For each stage in ``COST_MODEL_STAGES`` the model t̂ = c·n·log₂ n is calibrated on the batch's other
+    micrographs (``reproducibility.predict_seconds``); the stage times and predictions are summed and
+    compared.  Micrographs missing a stage's time, or alone in their batch, get no cost deviation.
+    """
+    measured: dict[str, float] = {}
+    predicted: dict[str, float] = {}
+    complete: set[str] | None = None
+    for stage in COST_MODEL_STAGES:
+        frame = warehouse.read_rows("step_times", f"{batch}.{stage}")
+        if frame.empty:
+            return {}
+        rows = frame.dropna(subset=["n_pixels"]).to_dict("records")
+        names = {r["micrograph"] for r in rows}
+        complete = names if complete is None else complete & names
+        for row in rows:
+            others = [r for r in rows if r["micrograph"] != row["micrograph"]]
+            guess = predict_seconds(
+                [float(r["seconds"]) for r in others], [int(r["n_pixels"]) for r in others], int(row["n_pixels"])
+            )
+            if guess is None:
+                continue
+            measured[row["micrograph"]] = measured.get(row["micrograph"], 0.0) + float(row["seconds"])
+            predicted[row["micrograph"]] = predicted.get(row["micrograph"], 0.0) + guess
+    return {
+        name: relative_cost_deviation(measured[name], predicted[name])
+        for name in sorted(complete or set())
+        if name in predicted and predicted[name] > 0
+    }
+
+
 @dataclass(frozen=True)
 class EvaluationRecord:
     components: scores.ScoreComponents
@@ -576,6 +671,7 @@ class EvaluationRecord:
     n_particles: int
     impact_citations: float
     details: Mapping[str, float]
+    repro_limited_by: str
 
 
 EVALUATION_CHECKS = [
@@ -593,8 +689,10 @@ EVALUATION_CHECKS = [
     group_name=GROUP,
     kinds={"lancedb", "torch"},
     check_specs=EVALUATION_CHECKS,
+    deps=["impact_model"],
     description="The five components of V per micrograph: LogicScore (consistency rules, one asset check "
-    "each), Novelty (LanceDB structure library), ImpactFore (citation graph), ΔRepro (perturbations), "
+    "each), Novelty (LanceDB structure library), ImpactFore (citation-graph GNN, `impact_model`), ΔRepro "
+    "(weakest link of perturbations: noise split, sub-crops, shift, CPU vs GPU, compute cost), "
     "⋄Meta (stability of the self-evaluation loop).",
 )
 def evaluation_scores(
@@ -608,6 +706,7 @@ def evaluation_scores(
     structure_library: StructureLibrary,
     scoring: ScoringSettings,
     device: TorchDevice,
+    outputs: OutputStore,
 ) -> Iterable[dg.Output[dict[str, EvaluationRecord]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
@@ -615,6 +714,9 @@ def evaluation_scores(
     torch_device = device.torch_device()
     graph = load_citation_graph(scoring)
     max_citations = max_citations_within_years(graph, 5) if graph is not None else 0
+    model = load_or_train_impact_model(outputs, graph) if graph is not None else None
+    prepared_graph = prepare_impact_graph(graph) if graph is not None else None
+    publication_year = datetime.fromtimestamp(manifest.cut_at_s, UTC).year
     library_distances = structure_library.library_nn_distances()
     items = {
         k: v
@@ -622,6 +724,7 @@ def evaluation_scores(
         if k in restored_micrographs and k in deconvolved_micrographs and k in causal_priors
     }
     embeddings_by_name: dict[str, np.ndarray] = {}
+    cost_deviations = compute_cost_deviations(warehouse, batch)
 
     def step(name: str, raw: Micrograph) -> EvaluationRecord:
         exposure = info[name]
@@ -655,6 +758,7 @@ def evaluation_scores(
             particle_positions_px=picks,
             particle_diameter_px=diameter_px,
             image_shape_px=(int(raw.data.shape[0]), int(raw.data.shape[1])),
+            excluded_area_mask=excluded_area_mask(raw.data, pixel),
         )
         rule_results = scores.evaluate_rules(inputs)
         logic = scores.logic_score(rule_results)
@@ -676,23 +780,37 @@ def evaluation_scores(
                 for hits in neighbours
                 if hits and hits[0].paper_id and hits[0].distance < 1.0
             ]
-            if graph is not None and cited:
-                impact_citations = forecast_impact(graph, [str(p) for p, _ in cited], [w for _, w in cited])
+            if model is not None and prepared_graph is not None and cited:
+                # A new structure enters the citation graph as a paper citing the papers of the known
+                # structures it resembles (impact_gnn.forecast_new_paper).
+                impact_citations = forecast_new_paper(
+                    model, prepared_graph, [str(p) for p, _ in cited], publication_year, [w for _, w in cited]
+                )
         else:
             novelty = 0.0  # no particle found: empty ice or contamination is not a novel structure
         impact = scores.impact_normalised(impact_citations, float(max_citations)) if max_citations > 0 else 0.0
         embeddings_by_name[name] = embeddings
-        # ΔRepro: independent tile halves for the CTF, a one-pixel shift for the restoration
+        # ΔRepro: the CTF on independent sub-crops (tile halves), the restoration on an independent
+        # noise split and on a one-pixel shift, CPU vs GPU when on a GPU, and the compute-cost deviation.
         fit_used = causal.refined_ctf_fit(fit, priors)
         shifted = wiener_denoise(np.roll(raw.data, 1, axis=1), fit_used, exposure.microscope, device=torch_device)
-        restoration_dev = float(
-            np.sqrt(np.mean((np.roll(shifted, -1, axis=1) - restored) ** 2)) / (float(np.std(restored)) + 1e-12)
-        )
-        defocus_dev = fit.defocus_sigma_angstrom / max(fit.ctf.mean_defocus_angstrom, 1.0)
-        repro = scores.reproducibility_score(
-            {"defocus": defocus_dev, "restoration_shift": restoration_dev},
-            {"defocus": 0.01, "restoration_shift": 0.05},
-        )
+        deviations = {
+            "defocus_subcrops_phase": defocus_phase_error_rad(
+                fit.defocus_sigma_angstrom, fit.fit_resolution_angstrom, exposure.microscope.voltage_kv
+            ),
+            "restoration_shift": _nrmsd(np.roll(shifted, -1, axis=1), restored),
+        }
+        half_a, half_b = binomial_split_counts(raw.data, seed=_stable_seed(name))
+        denoise_filter = wiener_denoise_filter(raw.data.shape, fit_used, exposure.microscope, device=torch_device)
+        half_correlation = filtered_half_correlation(half_a, half_b, denoise_filter, pixel)
+        deviations["noise_split"] = max(0.0, 1.0 - half_correlation)
+        if torch_device.type != "cpu":
+            on_cpu = wiener_denoise(raw.data, fit_used, exposure.microscope, device="cpu")
+            deviations["cpu_vs_device"] = _nrmsd(restored, on_cpu)
+        if name in cost_deviations:
+            deviations["compute_cost"] = cost_deviations[name]
+        repro = scores.reproducibility_score(deviations, REPRO_TOLERANCES)
+        limiting = scores.limiting_quantity(deviations, REPRO_TOLERANCES)
         sigmas = {e.node: e.sigma for e in priors.estimates}
         meta = scores.meta_stability_score(priors.iterations, sigmas, priors.converged)
         components = scores.ScoreComponents(logic=logic, novelty=novelty, impact=impact, repro=repro, meta=meta)
@@ -701,7 +819,8 @@ def evaluation_scores(
             rule_results,
             len(picks),
             impact_citations,
-            {"defocus_relative_deviation": defocus_dev, "restoration_shift_nrmsd": restoration_dev},
+            {**{f"repro_{k}": v for k, v in deviations.items()}, "half_set_correlation": half_correlation},
+            limiting,
         )
 
     records = run_per_micrograph(context, warehouse, "evaluation_scores", items, step)
@@ -729,7 +848,10 @@ def evaluation_scores(
                 "novelty": c.novelty,
                 "impact": c.impact,
                 "impact_citations": record.impact_citations,
+                # ImpactFore from a generated citation graph must never pass for bibliometrics.
+                "impact_graph_synthetic": bool(graph.graph.get("synthetic", False)) if graph is not None else None,
                 "repro": c.repro,
+                "repro_limited_by": record.repro_limited_by,
                 "meta": c.meta,
                 "n_particles": record.n_particles,
                 "details": json.dumps(dict(record.details), sort_keys=True),
@@ -775,7 +897,10 @@ def evaluation_scores(
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    description="Research Quality Score V = Σ wᵢ·componentᵢ ∈ [0, 1], with the weights version recorded.",
+    deps=["score_weights"],
+    description="Research Quality Score V = Σ wᵢ·componentᵢ ∈ [0, 1] with the weights in force (configured, "
+    "learned from curation labels by `score_weights`, or the shipped simulation-learned ones), their version "
+    "recorded on every row.",
 )
 def quality_scores(
     context: dg.AssetExecutionContext,
@@ -784,7 +909,8 @@ def quality_scores(
     scoring: ScoringSettings,
 ) -> dg.Output[dict[str, float]]:
     batch = context.partition_key
-    weights = scores.ScoreWeights(*scoring.weights, version=scoring.weights_version)
+    learned = warehouse.read_rows(WEIGHTS_TABLE)
+    weights, source = scoring.resolve_weights(learned.to_dict("records") if not learned.empty else [])
     values = {
         name: scores.quality_v(record.components, weights)
         for name, record in selected(context, evaluation_scores).items()
@@ -795,12 +921,21 @@ def quality_scores(
             "batch": batch,
             "v": v,
             "weights_version": weights.version,
-            "weights": json.dumps({k: getattr(weights, k) for k in ("logic", "novelty", "impact", "repro", "meta")}),
+            "weights_source": source,
+            "weights": json.dumps({k: getattr(weights, k) for k in scores.COMPONENT_NAMES}),
         }
         for n, v in values.items()
     ]
     warehouse.write_rows("quality", batch, rows, replace_micrographs=selection(context))
-    return dg.Output(values, metadata={"mean_v": float(np.mean(list(values.values()))) if values else float("nan")})
+    return dg.Output(
+        values,
+        metadata={
+            "mean_v": float(np.mean(list(values.values()))) if values else float("nan"),
+            "weights_version": weights.version,
+            "weights_source": source,
+            "weights": dg.MetadataValue.json({k: round(getattr(weights, k), 4) for k in scores.COMPONENT_NAMES}),
+        },
+    )
 
 
 @dg.asset(
@@ -816,6 +951,8 @@ def hyperscores(
 ) -> dg.Output[dict[str, float]]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
+    quality_rows = warehouse.read_rows("quality", batch)
+    versions = dict(zip(quality_rows["micrograph"], quality_rows["weights_version"], strict=True))
     values = {
         name: scores.hyperscore(v, beta=scoring.beta, gamma=scoring.gamma, kappa=scoring.kappa)
         for name, v in selected(context, quality_scores).items()
@@ -830,7 +967,7 @@ def hyperscores(
             "beta": scoring.beta,
             "gamma": scoring.gamma,
             "kappa": scoring.kappa,
-            "weights_version": scoring.weights_version,
+            "weights_version": versions[n],
             "cut_at_s": manifest.cut_at_s,
         }
         for n, h in values.items()

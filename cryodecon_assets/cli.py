@@ -10,7 +10,21 @@ Stable contracts (other tools call them):
   micrograph, defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_degrees, fit_resolution_angstrom
   (RELION/CTFFIND convention: U ≥ V, angle from the x axis to U, counter-clockwise).
 * ``cryodecon scores [--session S] [--format table|csv|json]`` — per-micrograph rows from the warehouse
-  with at least micrograph, batch, defocus_u_angstrom, fit_resolution_angstrom, v, hyperscore.
+  with at least micrograph, batch, defocus_u_angstrom, fit_resolution_angstrom, v, hyperscore;
+  ``--summary`` one row per session (count, mean V and HyperScore, median fit resolution), ``--rules``
+  one row per consistency rule (passed, failed, not applicable), ``--weights`` every weights version of V
+  and which one new scores use.
+* ``cryodecon label BATCH MICROGRAPH... (--accept | --reject) [--by NAME]`` — records curation labels
+  (warehouse table ``curation``; relabelling replaces), from which ``score_weights`` learns the weights of V.
+* ``cryodecon export DIR`` — every warehouse view as ``DIR/<view>.parquet``.
+* ``cryodecon library seed --map A.mrc [--map B.mrc ...] [--structure-id ID ...] [--paper-id P ...]
+  [--projections N] [--pixel-size-angstrom X] [--particle-diameter-angstrom D] [--seed S] [--device D]`` —
+  registers reference maps in the structure library (``$CRYODECON_LIBRARY_URI``, default
+  ``$CRYODECON_HOME/library``) as embeddings of N projections each, in batch ``reference-<ID>`` (re-seeding
+  a map replaces its rows).  IDs default to the map file stems; paper ids, when given, one per map.
+  Prints ``seeded <rows> rows from <maps> maps; library holds <count> rows``.
+* ``cryodecon library status`` — prints ``rows: <count>`` (and ``index: <info>`` where the library reports
+  index information).
 
 Exit codes: 0 success, 1 a processing failure (e.g. a run failed), 2 bad usage or unreadable input.
 """
@@ -93,6 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     scores = sub.add_parser("scores", help="per-micrograph scores from the warehouse")
     scores.add_argument("--session", default=None)
     scores.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    question = scores.add_mutually_exclusive_group()
+    question.add_argument("--summary", action="store_true", help="one row per session")
+    question.add_argument("--rules", action="store_true", help="pass/fail counts per consistency rule")
+    question.add_argument("--weights", action="store_true", help="weights versions of V, and the one in use")
+
+    label = sub.add_parser("label", help="record curation labels (accepted/rejected exposures)")
+    label.add_argument("batch")
+    label.add_argument("micrographs", nargs="+")
+    verdict = label.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--accept", action="store_true")
+    verdict.add_argument("--reject", action="store_true")
+    label.add_argument("--by", default=os.environ.get("USER", "staff"), help="who labelled (default $USER)")
+
+    export = sub.add_parser("export", help="write every warehouse view as a Parquet file")
+    export.add_argument("directory")
 
     sql = sub.add_parser("sql", help="run a DuckDB query over the warehouse views")
     sql.add_argument("query")
@@ -100,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess = sub.add_parser("reprocess", help="rerun one batch, or selected micrographs of it")
     reprocess.add_argument("batch")
     reprocess.add_argument("--micrograph", action="append", default=[])
+
+    library = sub.add_parser("library", help="the structure library of known structures (novelty, impact)")
+    library_sub = library.add_subparsers(dest="library_command", required=True)
+    seed = library_sub.add_parser("seed", help="register reference maps (MRC volumes) as projection embeddings")
+    seed.add_argument("--map", dest="maps", action="append", required=True, help="cubic MRC map (repeatable)")
+    seed.add_argument("--structure-id", dest="structure_ids", action="append", default=[], help="one per map")
+    seed.add_argument("--paper-id", dest="paper_ids", action="append", default=[], help="one per map")
+    seed.add_argument("--projections", type=int, default=50, help="projections per map")
+    seed.add_argument(
+        "--pixel-size-angstrom",
+        type=float,
+        default=None,
+        help="projection sampling (default: the embedding's working sampling, 1.5 x diameter / 64, at most 4 Å)",
+    )
+    seed.add_argument(
+        "--particle-diameter-angstrom", type=float, default=None, help="default: the scoring settings' diameter"
+    )
+    seed.add_argument("--seed", type=int, default=0, help="seed of the projection orientations")
+    seed.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    library_sub.add_parser("status", help="row count (and index information) of the structure library")
     return parser
 
 
@@ -244,7 +293,62 @@ def print_scores(frame, fmt: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def cmd_scores(args: argparse.Namespace) -> int:
-    print_scores(score_rows(args.session), args.format)
+    if not (args.summary or args.rules or args.weights):
+        print_scores(score_rows(args.session), args.format)
+        return 0
+    import pandas as pd
+
+    warehouse = _warehouse()
+    views = set(warehouse.views())
+    where, parameters = ("WHERE session = ?", [args.session]) if args.session else ("", [])
+    if args.summary:
+        frame = (
+            warehouse.query(f"SELECT * FROM session_summary {where} ORDER BY session", parameters)
+            if "session_summary" in views
+            else pd.DataFrame()
+        )
+    elif args.rules:
+        frame = (
+            warehouse.query("SELECT * FROM rule_summary ORDER BY failed DESC, rule")
+            if "rule_summary" in views
+            else pd.DataFrame()
+        )
+    else:
+        from cryodecon_resources import resources_from_environment
+        from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, weights_row
+
+        learned = warehouse.read_rows(WEIGHTS_TABLE)
+        records = learned.to_dict("records") if not learned.empty else []
+        in_use, _ = resources_from_environment()["scoring"].resolve_weights(records)  # type: ignore[attr-defined]
+        if not any(r["version"] == shipped_weights().version for r in records):
+            records.append(weights_row(shipped_weights(), "simulated", 0.0, {}))
+        frame = pd.DataFrame(records).drop(columns=["details"], errors="ignore")
+        frame["in_use"] = frame["version"] == in_use.version
+    print_scores(frame, args.format)
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from cryodecon_assets.maintenance import CURATION_TABLE, curation_row
+
+    warehouse = _warehouse()
+    known = warehouse.read_rows("scores", args.batch)
+    names = set(known["micrograph"]) if not known.empty else set()
+    unknown = [m for m in args.micrographs if m not in names]
+    if unknown:
+        print(f"cryodecon label: not scored in batch {args.batch!r}: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    for micrograph in args.micrographs:
+        row = curation_row(args.batch, micrograph, accepted=args.accept, labelled_by=args.by)
+        warehouse.write_rows(CURATION_TABLE, f"{args.batch}.{micrograph}", [row])
+    verdict = "accepted" if args.accept else "rejected"
+    print(f"labelled {len(args.micrographs)} micrographs of {args.batch} as {verdict}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    written = _warehouse().export_parquet(args.directory)
+    print(f"wrote {len(written)} Parquet files to {args.directory}: {', '.join(p.stem for p in written)}")
     return 0
 
 
@@ -295,6 +399,55 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
+def cmd_library(args: argparse.Namespace) -> int:
+    from cryodecon_resources import resources_from_environment
+
+    resources = resources_from_environment()
+    library = resources["structure_library"]
+    if args.library_command == "status":
+        print(f"rows: {library.count()}")  # type: ignore[attr-defined]
+        index_info = getattr(library, "index_info", None)
+        if callable(index_info):
+            print(f"index: {index_info()}")
+        return 0
+    return _library_seed(args, library, resources["scoring"].particle_diameter_angstrom)  # type: ignore[attr-defined]
+
+
+def _library_seed(args: argparse.Namespace, library, default_diameter_angstrom: float) -> int:  # type: ignore[no-untyped-def]
+    from cryodecon_assets.references import REFERENCE_RESOLUTION_ANGSTROM, seed_library_from_maps
+    from cryodecon_science.embedding import WORK_BOX_PX
+    from cryodecon_science.io.mrc import InputFileError
+
+    maps = [Path(m) for m in args.maps]
+    structure_ids = args.structure_ids or [m.name.split(".")[0] for m in maps]
+    paper_ids = args.paper_ids or [None] * len(maps)
+    if len(structure_ids) != len(maps) or len(paper_ids) != len(maps):
+        print(
+            f"cryodecon library seed: {len(maps)} maps need as many --structure-id and --paper-id "
+            f"(got {len(args.structure_ids)} and {len(args.paper_ids)})",
+            file=sys.stderr,
+        )
+        return 2
+    diameter = (
+        args.particle_diameter_angstrom if args.particle_diameter_angstrom is not None else default_diameter_angstrom
+    )
+    # The embedding resamples every box to WORK_BOX_PX pixels, so a finer sampling gives the same
+    # embeddings, only slower; 4 Å keeps the 8 Å references' content.
+    pixel = args.pixel_size_angstrom
+    if pixel is None:
+        pixel = min(1.5 * diameter / WORK_BOX_PX, 0.5 * REFERENCE_RESOLUTION_ANGSTROM)
+    device = _resolve_device(args.device)
+    try:
+        added = seed_library_from_maps(
+            library, maps, structure_ids, paper_ids, pixel, diameter, args.projections, args.seed, device=device
+        )
+    except (InputFileError, ValueError, OSError) as exc:
+        print(f"cryodecon library seed: {exc}", file=sys.stderr)
+        return 2
+    print(f"seeded {added} rows from {len(maps)} maps; library holds {library.count()} rows")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from cryodecon_science.io.session import write_simulated_session
     from cryodecon_science.simulate import SimulationConfig, simulate_session
@@ -309,7 +462,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library
+    from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
+    from cryodecon_science.io.citations import read_citation_graph
     from cryodecon_science.io.session import write_simulated_session
     from cryodecon_science.simulate import SimulationConfig, simulate_session
 
@@ -334,8 +488,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} "
         f"({len(written)} files; unchanged ones are not rewritten)"
     )
-    ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=args.seed)  # type: ignore[attr-defined]
-    added = ensure_reference_library(resources["structure_library"], config, seed=args.seed)  # type: ignore[arg-type]
+    graph_folder = ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=args.seed)  # type: ignore[attr-defined]
+    papers = established_papers(read_citation_graph(graph_folder))
+    added = ensure_reference_library(resources["structure_library"], config, seed=args.seed, papers=papers)  # type: ignore[arg-type]
     if added:
         print(f"[demo] seeded the structure library with {added} reference projections")
     instance, defs = _instance_and_defs()
@@ -372,6 +527,9 @@ COMMANDS = {
     "reprocess": cmd_reprocess,
     "simulate": cmd_simulate,
     "demo": cmd_demo,
+    "library": cmd_library,
+    "label": cmd_label,
+    "export": cmd_export,
 }
 
 

@@ -5,6 +5,17 @@ from __future__ import annotations
 import dagster as dg
 
 from cryodecon_assets.assets import BATCH_ASSETS
+from cryodecon_assets.maintenance import (
+    impact_model,
+    impact_model_job,
+    impact_model_schedule,
+    library_maintenance_job,
+    library_maintenance_schedule,
+    score_weights,
+    score_weights_job,
+    score_weights_schedule,
+    structure_library_index,
+)
 from cryodecon_assets.sensors import PROCESS_JOB, microscope_storage_sensor, storage_sweep_schedule
 from cryodecon_assets.summary import daily_summary, daily_summary_job, daily_summary_schedule
 from cryodecon_resources import resources_from_environment
@@ -21,10 +32,16 @@ process_batch = dg.define_asset_job(
 
 def build_definitions() -> dg.Definitions:
     return dg.Definitions(
-        assets=[*BATCH_ASSETS, daily_summary],
-        jobs=[process_batch, daily_summary_job],
+        assets=[*BATCH_ASSETS, daily_summary, score_weights, structure_library_index, impact_model],
+        jobs=[process_batch, daily_summary_job, score_weights_job, library_maintenance_job, impact_model_job],
         sensors=[microscope_storage_sensor],
-        schedules=[storage_sweep_schedule, daily_summary_schedule],
+        schedules=[
+            storage_sweep_schedule,
+            daily_summary_schedule,
+            score_weights_schedule,
+            library_maintenance_schedule,
+            impact_model_schedule,
+        ],
         resources=resources_from_environment(),
     )
 

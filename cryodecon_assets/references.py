@@ -4,20 +4,31 @@ For the demo and the tests both are generated: a SYNTHETIC citation graph (``cit
 graph``, labelled synthetic in every table it reaches) and reference projections of the simulator's
 structures, all but the last one, so the demo session holds known structures and one unseen structure.
 A facility points ``CRYODECON_CITATION_GRAPH`` at a real export (``edges.parquet`` + ``nodes.parquet``) and
-seeds the library from its own reference maps instead.
+seeds the library from its own reference maps instead (``seed_library_from_maps``, the ``cryodecon library
+seed`` command): each map is resampled, projected at random orientations and embedded like a particle.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import networkx as nx
 import numpy as np
+import torch
 
-from cryodecon_resources import ScoringSettings, StructureLibrary
+from cryodecon_resources import OutputStore, ScoringSettings, StructureLibrary
+from cryodecon_resources.structure_library import REFERENCE_BATCH_KEY
 from cryodecon_science.citations import generate_citation_graph
 from cryodecon_science.embedding import embed_particles
+from cryodecon_science.impact_gnn import ImpactModel, prepare_impact_graph, train_impact_model
 from cryodecon_science.io.citations import read_citation_graph, write_citation_graph
+from cryodecon_science.io.impact_model import load_impact_model, save_impact_model
+from cryodecon_science.io.mrc import CorruptHeaderError, check_complete, read_volume
+from cryodecon_science.projection import project_volume, resample_volume, soft_spherical_mask
 from cryodecon_science.simulate import (
     SimulationConfig,
     make_structures,
@@ -30,6 +41,12 @@ NODES = "nodes.parquet"
 # Resolution the reference projections are low-passed to, matching what CTF-corrected particle boxes of
 # a typical micrograph hold (fit resolutions of 4–8 Å at 1 Å/px).
 REFERENCE_RESOLUTION_ANGSTROM = 8.0
+# Reference maps are masked to the disc the embedding sees (``embedding``'s soft mask: 1 inside 0.40 of the
+# box, raised-cosine edge to 0.48), as a sphere, so solvent and the corners of the map's cube stay out.
+_MASK_INNER_FRACTION = 0.40
+_MASK_EDGE_FRACTION = 0.08
+# Library batch keys are used in filters (``StructureLibrary``'s rule).
+_SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def particle_box_px(diameter_px: float) -> int:
@@ -37,11 +54,44 @@ def particle_box_px(diameter_px: float) -> int:
     return int(2 * round(0.75 * diameter_px))
 
 
-def ensure_citation_graph(folder: Path, seed: int = 0, n_papers: int = 2000) -> Path:
+# The demo graph spans 1985–2025: the ImpactFore model skips a generated graph's first ten years (its
+# start-up transient, ``impact_gnn.DEFAULT_BURN_IN_YEARS``) and needs complete 5-year windows to train on.
+CITATION_GRAPH_START_YEAR = 1985
+
+
+def ensure_citation_graph(folder: Path, seed: int = 0, n_papers: int = 5000) -> Path:
     """Write the synthetic citation graph into ``folder`` unless one is already there."""
     if not (folder / EDGES).exists() or not (folder / NODES).exists():
-        write_citation_graph(generate_citation_graph(n_papers=n_papers, seed=seed), folder)
+        graph = generate_citation_graph(n_papers=n_papers, start_year=CITATION_GRAPH_START_YEAR, seed=seed)
+        write_citation_graph(graph, folder)
     return folder
+
+
+IMPACT_MODEL_FILENAME = "impact_model.pt"
+
+
+def impact_model_path(outputs: OutputStore) -> Path:
+    """Where the trained ImpactFore model lives (``<outputs>/impact_model/latest/impact_model.pt``)."""
+    return outputs.asset_path("impact_model", "latest") / IMPACT_MODEL_FILENAME
+
+
+def train_and_store_impact_model(outputs: OutputStore, graph: nx.DiGraph) -> ImpactModel:
+    """Train the ImpactFore GNN on every paper whose 5-year window the graph completes, and store it.
+
+    Deterministic (seed 0), so the asset and the evaluation's first-use path store the same model.
+    """
+    prepared = prepare_impact_graph(graph)
+    model = train_impact_model(prepared, train_cutoff_year=prepared.last_year, seed=0)
+    save_impact_model(model, impact_model_path(outputs))
+    return model
+
+
+def load_or_train_impact_model(outputs: OutputStore, graph: nx.DiGraph) -> ImpactModel:
+    """The stored ImpactFore model; trained and stored first if the ``impact_model`` asset has not run yet."""
+    path = impact_model_path(outputs)
+    if path.exists():
+        return load_impact_model(path)
+    return train_and_store_impact_model(outputs, graph)
 
 
 def load_citation_graph(scoring: ScoringSettings) -> nx.DiGraph | None:
@@ -59,14 +109,58 @@ def _low_pass(image: np.ndarray, pixel_size_angstrom: float, resolution_angstrom
     return np.fft.irfft2(np.fft.rfft2(image) * transfer, s=image.shape)
 
 
+def _centred_boxes(images: np.ndarray, box_px: int) -> np.ndarray:
+    """Crop or zero-pad images (m, n, n) about their centre pixel n//2 to (m, box_px, box_px), centre box_px//2."""
+    n = images.shape[-1]
+    out = np.zeros((images.shape[0], box_px, box_px), dtype=np.float64)
+    # Source rows/columns n//2 − box//2 … kept where both grids overlap.
+    offset = n // 2 - box_px // 2
+    src_lo, src_hi = max(0, offset), min(n, offset + box_px)
+    out[:, src_lo - offset : src_hi - offset, src_lo - offset : src_hi - offset] = images[
+        :, src_lo:src_hi, src_lo:src_hi
+    ]
+    return out
+
+
+def reference_embeddings(
+    projections: np.ndarray, pixel_size_angstrom: float, box_px: int, device: torch.device | str = "cpu"
+) -> np.ndarray:
+    """Embeddings of reference projections as the library stores them.
+
+    Each projection (m, n, n), centred at pixel n//2, is cut or padded to the particle box, low-passed
+    to ``REFERENCE_RESOLUTION_ANGSTROM`` (what a CTF-corrected particle box holds) and embedded with
+    ``embed_particles``.
+    """
+    boxes = _centred_boxes(np.asarray(projections, dtype=np.float64), box_px)
+    filtered = np.stack([_low_pass(b, pixel_size_angstrom, REFERENCE_RESOLUTION_ANGSTROM) for b in boxes])
+    return embed_particles(np.asarray(filtered, dtype=np.float32), device=device)
+
+
+def established_papers(graph: nx.DiGraph, min_age_years: int = 5, max_age_years: int = 15) -> list[str]:
+    """Papers published 5–15 years before the graph's last year: established work with complete windows.
+
+    The synthetic demo ties each known reference structure to one of these, as a real library ties a PDB
+    entry to its primary citation.
+    """
+    last = max(int(year) for _, year in graph.nodes(data="year"))
+    return sorted(str(p) for p, year in graph.nodes(data="year") if min_age_years <= last - int(year) <= max_age_years)
+
+
 def ensure_reference_library(
-    library: StructureLibrary, config: SimulationConfig, seed: int = 0, projections_per_structure: int = 12
+    library: StructureLibrary,
+    config: SimulationConfig,
+    seed: int = 0,
+    projections_per_structure: int = 12,
+    papers: Sequence[str] | None = None,
 ) -> int:
     """Seed the library with projections of every simulated structure but the last (the unseen one).
 
-    Each reference structure is tied to one paper of the synthetic citation graph (paper ids
-    ``synthetic-<k>`` resolve in ``generate_citation_graph``'s numbering).  Returns the number of
-    entries added (0 when the library already holds references).
+    Each reference structure is tied to one paper drawn from ``papers`` (e.g. :func:`established_papers`
+    of the citation graph); without them, to one of the synthetic graph's first 200 papers (ids
+    ``synthetic-<k>`` in ``generate_citation_graph``'s numbering).  Returns the number of
+    entries added (0 when the library already holds references).  The projections are rendered from the
+    pseudo-atoms directly (``project_structure``), not through a map; ``seed_library_from_maps`` is the
+    route for real reference maps.
     """
     if library.count() > 0:
         return 0
@@ -74,13 +168,132 @@ def ensure_reference_library(
     rng = np.random.default_rng(seed)
     diameter_px = config.particle_diameter_angstrom / config.pixel_size_angstrom
     box = particle_box_px(diameter_px)
-    boxes, structure_ids, paper_ids = [], [], []
+    projections, structure_ids, paper_ids = [], [], []
     for structure in structures[:-1]:
-        paper = f"synthetic-{int(rng.integers(0, 200)):05d}"  # early papers: their 5-year window is complete
+        paper = (
+            str(papers[int(rng.integers(0, len(papers)))]) if papers else f"synthetic-{int(rng.integers(0, 200)):05d}"
+        )
         for angles in random_euler_angles_deg(rng, projections_per_structure):
-            projection = project_structure(structure, tuple(float(a) for a in angles), box, config.pixel_size_angstrom)
-            boxes.append(_low_pass(projection, config.pixel_size_angstrom, REFERENCE_RESOLUTION_ANGSTROM))
+            projections.append(project_structure(structure, angles, box, config.pixel_size_angstrom))
             structure_ids.append(f"structure-{structure.structure_id}")
             paper_ids.append(paper)
-    embeddings = embed_particles(np.asarray(boxes, dtype=np.float32))
+    if not projections:
+        return 0
+    embeddings = reference_embeddings(np.stack(projections), config.pixel_size_angstrom, box)
     return library.seed_reference_structures(embeddings, structure_ids, paper_ids)
+
+
+def reference_batch_key(structure_id: str) -> str:
+    """Library batch of one reference map's projections: ``reference-<structure_id>``."""
+    key = f"{REFERENCE_BATCH_KEY}-{structure_id}"
+    if not _SIMPLE_KEY.match(key):
+        raise ValueError(f"structure id {structure_id!r} must use only the characters [A-Za-z0-9_.:-]")
+    return key
+
+
+def seed_library_from_maps(
+    library: StructureLibrary,
+    maps: Sequence[Path],
+    structure_ids: Sequence[str],
+    paper_ids: Sequence[str | None],
+    pixel_size_angstrom: float,
+    particle_diameter_angstrom: float,
+    projections_per_map: int = 50,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Register reference maps (MRC volumes) in the structure library as embeddings of their projections.
+
+    For each map: read it (``read_volume``, voxel size from the header), resample it to
+    ``pixel_size_angstrom`` (``resample_volume``), subtract its solvent level and mask it softly to the
+    sphere the embedding sees (radius 0.40 of the particle box, raised-cosine edge to 0.48,
+    ``soft_spherical_mask``), project it at ``projections_per_map`` orientations drawn uniformly on SO(3)
+    (``random_euler_angles_deg``, ``project_volume``), then cut particle boxes of ``particle_box_px``,
+    low-pass them to ``REFERENCE_RESOLUTION_ANGSTROM`` and embed them (``reference_embeddings``) — the
+    same path as the particles of a micrograph, so a particle of a known structure lands among its map's
+    projections.
+
+    Each map is its own library batch, ``reference-<structure_id>`` (session ``"reference"``, registered
+    at time 0, i.e. known at any time): re-seeding a map replaces exactly its rows (no duplicates, no
+    stale rows), and maps seeded at different times never overwrite each other or the simulated
+    references of ``ensure_reference_library`` (batch ``"reference"``).  The orientations depend only on
+    (``seed``, structure id), so re-seeding a map reproduces its rows.
+
+    All maps' headers are checked (complete, cubic) before anything is written.
+
+    Parameters
+    ----------
+    library : StructureLibrary
+    maps : sequence of Path
+        MRC maps, cubic, voxel size in the header.
+    structure_ids : sequence of str
+        One id per map (e.g. ``EMD-1234``), unique, characters [A-Za-z0-9_.:-].
+    paper_ids : sequence of (str or None)
+        Paper describing each map (for ImpactFore), None when unknown.
+    pixel_size_angstrom : float
+        Sampling of the projections, Å/pixel: the pipeline's pixel size, or coarser down to the
+        embedding's working sampling 1.5 · diameter / ``WORK_BOX_PX`` (boxes are resampled to 64 pixels
+        before embedding), but at most REFERENCE_RESOLUTION_ANGSTROM / 2.
+    particle_diameter_angstrom : float
+        Expected particle diameter, Å (sets the box, as for picked particles).
+    projections_per_map : int
+        Orientations per map, ≥ 1.
+    seed : int
+        Seed of the orientations.
+    device : torch.device or str
+        Where projection and embedding run.
+
+    Returns
+    -------
+    int
+        Rows registered over all maps.
+
+    Raises
+    ------
+    InputFileError
+        A map is unreadable, incomplete, not cubic, holds NaN, or has no voxel size.
+    ValueError
+        Inconsistent argument lengths, duplicate or invalid structure ids, or non-positive sizes.
+    """
+    paths = [Path(m) for m in maps]
+    if not paths:
+        raise ValueError("no maps given")
+    if len(structure_ids) != len(paths) or len(paper_ids) != len(paths):
+        raise ValueError(f"{len(paths)} maps but {len(structure_ids)} structure ids and {len(paper_ids)} paper ids")
+    if len(set(structure_ids)) != len(structure_ids):
+        raise ValueError(f"structure ids must be unique, got {list(structure_ids)}")
+    if projections_per_map < 1:
+        raise ValueError(f"projections_per_map must be >= 1, got {projections_per_map}")
+    for name, value in (("pixel_size_angstrom", pixel_size_angstrom), ("diameter", particle_diameter_angstrom)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive and finite, got {value}")
+    if pixel_size_angstrom > REFERENCE_RESOLUTION_ANGSTROM / 2:
+        raise ValueError(
+            f"pixel_size_angstrom {pixel_size_angstrom} cannot hold the {REFERENCE_RESOLUTION_ANGSTROM} Å references"
+        )
+    batch_keys = [reference_batch_key(s) for s in structure_ids]
+    for path in paths:  # cheap header checks first: fail before writing anything
+        shape = check_complete(path).shape_zyx
+        if not shape[0] == shape[1] == shape[2]:
+            raise CorruptHeaderError(path, f"not a cubic map: shape (z, y, x) = {shape}")
+    box = particle_box_px(particle_diameter_angstrom / pixel_size_angstrom)
+    added = 0
+    for path, structure_id, paper_id, batch_key in zip(paths, structure_ids, paper_ids, batch_keys, strict=True):
+        volume = read_volume(path)
+        resampled = resample_volume(volume.data_density, volume.voxel_size_angstrom, pixel_size_angstrom)
+        half = resampled.shape[0] // 2 - 1  # largest sphere inside the map, voxels
+        edge = min(_MASK_EDGE_FRACTION * box, max(1.0, 0.1 * half))
+        masked = soft_spherical_mask(resampled, min(_MASK_INNER_FRACTION * box, half - edge), edge)
+        rng = np.random.default_rng([seed, zlib.crc32(structure_id.encode())])
+        angles = random_euler_angles_deg(rng, projections_per_map)
+        projections = project_volume(masked, angles, device=device) * pixel_size_angstrom
+        embeddings = reference_embeddings(projections, pixel_size_angstrom, box, device=device)
+        added += library.add_embeddings(
+            embeddings,
+            [structure_id] * projections_per_map,
+            batch_key,
+            REFERENCE_BATCH_KEY,
+            [paper_id] * projections_per_map,
+            registered_before_s=0.0,
+        )
+    return added

@@ -12,6 +12,9 @@ CRYODECON_WAREHOUSE_ROOT        Parquet tables + DuckDB views               ``$C
 CRYODECON_LIBRARY_URI           LanceDB structure library                   ``$CRYODECON_HOME/library``
 CRYODECON_OUTPUT_ROOT           MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
 CRYODECON_CITATION_GRAPH        citation graph Parquet folder               ``$CRYODECON_HOME/citations``
+CRYODECON_WEIGHTS               w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
+                                repro, meta), pinning the weights
+CRYODECON_WEIGHTS_VERSION       version recorded with pinned weights        ``configured``
 CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
 CRYODECON_CPU_THREADS           torch threads for CPU steps                 1
 CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
@@ -70,6 +73,8 @@ def resources_from_environment() -> dict[str, object]:
         ),
         "scoring": ScoringSettings(
             citation_graph_path=_env_path("CRYODECON_CITATION_GRAPH", home / "citations"),
+            weights=[float(w) for w in os.environ.get("CRYODECON_WEIGHTS", "").split(",") if w.strip()],
+            weights_version=os.environ.get("CRYODECON_WEIGHTS_VERSION", ""),
         ),
         "outputs": OutputStore(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
         "io_manager": BatchIOManager(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),

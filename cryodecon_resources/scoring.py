@@ -1,25 +1,78 @@
-"""Scoring settings: the weights of V, the HyperScore shape, and where the citation graph lives."""
+"""Scoring settings: the weights of V, the HyperScore shape, and where the citation graph lives.
+
+Which weights V uses, in order:
+
+1. weights given in the configuration (``weights`` + ``weights_version``), e.g. to reproduce an old run;
+2. the newest weights learned from the facility's curation labels (the ``score_weights`` asset writes them
+   to the warehouse table ``weights`` with ``source = 'curation'``);
+3. the weights shipped with cryodecon, learned on simulated sessions against the true restored quality
+   (``cryodecon_resources/data/score_weights.json``, written by ``benchmarks/bench_quality_v.py
+   --install``).
+
+Every V and HyperScore row records the version of the weights that produced it.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
+
+from cryodecon_science.scores import COMPONENT_NAMES, ScoreWeights
+
+SHIPPED_WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "score_weights.json"
+WEIGHTS_TABLE = "weights"
+
+
+def weights_row(weights: ScoreWeights, source: str, learned_at_s: float, details: dict[str, Any]) -> dict[str, Any]:
+    """One row of the warehouse table ``weights`` (partition = version)."""
+    return {
+        "version": weights.version,
+        "source": source,
+        "learned_at_s": learned_at_s,
+        **{f"w_{name}": getattr(weights, name) for name in COMPONENT_NAMES},
+        "details": json.dumps(details, sort_keys=True, default=float),
+    }
+
+
+def shipped_weights() -> ScoreWeights:
+    """The weights learned on simulated sessions that ship with the package (module docstring, 3)."""
+    document = json.loads(SHIPPED_WEIGHTS_FILE.read_text())
+    return ScoreWeights(*(float(document["weights"][name]) for name in COMPONENT_NAMES), version=document["version"])
 
 
 class ScoringSettings(dg.ConfigurableResource):
     """Configuration of the evaluation pipeline.
 
     ``weights`` are w₁…w₅ of V = w₁·LogicScore + w₂·Novelty + w₃·log-normalised ImpactFore + w₄·ΔRepro
-    + w₅·⋄Meta (normalised to sum 1 before use); ``weights_version`` is recorded on every score row.
-    Equal weights are the documented starting point until weights are learned (the scoring issue).
+    + w₅·⋄Meta (normalised to sum 1 before use); empty means "learned" (module docstring).
     HyperScore = 100 × [1 + σ(β·ln V + γ)^κ] with β = ``beta``, γ = ``gamma``, κ = ``kappa``.
     """
 
-    weights: list[float] = [0.2, 0.2, 0.2, 0.2, 0.2]
-    weights_version: str = "equal-v1"
+    weights: list[float] = []
+    weights_version: str = ""
     beta: float = 5.0
     gamma: float = -math.log(2.0)
     kappa: float = 2.0
     particle_diameter_angstrom: float = 150.0
     citation_graph_path: str = ""
+
+    def resolve_weights(self, learned_rows: list[dict[str, Any]]) -> tuple[ScoreWeights, str]:
+        """The weights to use and their source (``configured``, ``curation`` or ``simulated``).
+
+        ``learned_rows`` are rows of the warehouse table ``weights``; the newest ``curation`` row (by
+        ``learned_at_s``) wins over the shipped weights.
+        """
+        if self.weights:
+            if len(self.weights) != len(COMPONENT_NAMES):
+                raise ValueError(f"weights must have {len(COMPONENT_NAMES)} entries, got {len(self.weights)}")
+            return ScoreWeights(*self.weights, version=self.weights_version or "configured"), "configured"
+        curated = [r for r in learned_rows if r.get("source") == "curation"]
+        if curated:
+            newest = max(curated, key=lambda r: float(r.get("learned_at_s", 0.0)))
+            weights = ScoreWeights(*(float(newest[f"w_{n}"]) for n in COMPONENT_NAMES), version=newest["version"])
+            return weights, "curation"
+        return shipped_weights(), "simulated"

@@ -28,15 +28,38 @@ import pandas as pd
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 # Views over the base tables that answer the common questions (README "Querying the warehouse").
-_DERIVED_VIEWS = {
-    "micrograph_scores": """
+# Each view lists the base tables it needs; it is created only when they all hold data.
+_DERIVED_VIEWS: dict[str, tuple[frozenset[str], str]] = {
+    "micrograph_scores": (
+        frozenset({"hyperscores", "ctf", "scores"}),
+        """
         SELECT h.micrograph, h.batch, h.session, c.defocus_u_angstrom, c.defocus_v_angstrom,
                c.astigmatism_angle_degrees, c.fit_resolution_angstrom, s.logic, s.novelty, s.impact,
                s.repro, s.meta, h.v, h.hyperscore, h.weights_version
         FROM hyperscores h
         LEFT JOIN ctf c USING (micrograph, batch)
         LEFT JOIN scores s USING (micrograph, batch)
-    """,
+        """,
+    ),
+    "session_summary": (
+        frozenset({"hyperscores", "ctf"}),
+        """
+        SELECT h.session, count(*) AS micrographs, avg(h.v) AS mean_v, avg(h.hyperscore) AS mean_hyperscore,
+               median(c.fit_resolution_angstrom) AS median_fit_resolution_angstrom,
+               min(h.hyperscore) AS min_hyperscore, max(h.hyperscore) AS max_hyperscore
+        FROM hyperscores h LEFT JOIN ctf c USING (micrograph, batch)
+        GROUP BY h.session
+        """,
+    ),
+    "rule_summary": (
+        frozenset({"rules"}),
+        """
+        SELECT rule, count(*) FILTER (WHERE status = 'pass') AS passed,
+               count(*) FILTER (WHERE status = 'fail') AS failed,
+               count(*) FILTER (WHERE status = 'not_applicable') AS not_applicable
+        FROM rules GROUP BY rule
+        """,
+    ),
 }
 
 
@@ -161,10 +184,36 @@ class ScoreWarehouse(dg.ConfigurableResource):
             statements.append(
                 f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
             )
-        for name, sql in _DERIVED_VIEWS.items():
-            if {"hyperscores", "ctf", "scores"} <= present:
+        for name, (needs, sql) in _DERIVED_VIEWS.items():
+            if needs <= present:
                 statements.append(f"CREATE OR REPLACE VIEW {name} AS {sql}")
         return statements
+
+    def views(self) -> list[str]:
+        """Names of the views a connection holds now: one per base table, plus the derived views."""
+        with self.connect() as connection:
+            return sorted(
+                r[0] for r in connection.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+            )
+
+    def export_parquet(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write every view (base tables and derived views) as one Parquet file ``<directory>/<view>.parquet``.
+
+        Each file is written to a temporary name and renamed, so a reader never sees half a file.
+        """
+        target_dir = Path(directory)
+        written = []
+        with self.connect() as connection:
+            for view in self.views():
+                target = target_dir / f"{view}.parquet"
+
+                def write(tmp: str, view: str = view) -> None:
+                    escaped = tmp.replace("'", "''")
+                    connection.execute(f"COPY (SELECT * FROM {view}) TO '{escaped}' (FORMAT parquet)")
+
+                _atomic_write_bytes(target, write)
+                written.append(target)
+        return written
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per table (never locks any file)."""

@@ -46,6 +46,15 @@ _INITIAL_ATTRACTIVENESS = 5.0
 _CROSS_TOPIC_AFFINITY = 0.15
 # Log-normal spread of paper fitness η (Wang, Song & Barabási 2013).
 _FITNESS_SIGMA = 0.5
+# How a paper's own fitness shapes its reference list, with z_i = ln η_i / σ (a standard normal score):
+# fitter papers lean towards fitter references, Π_j ∝ η_j^max(0, 1 + λ z_i) (the citation impact of a
+# paper's references predicts its own; Didegah & Thelwall 2013, J. Informetr. 7:861), and towards more recent
+# ones, the ageing peak moving to μ_i = ln 3 − κ z_i (hit papers cite younger work; Mukherjee, Romero,
+# Jones & Uzzi 2017, Sci. Adv. 3:e1601315).  Without this coupling nothing observable at publication
+# predicts a paper's citations (measured: Spearman |ρ| < 0.05 for reference impact, reference age, reference
+# count and year on 5000 papers), unlike real bibliometrics; moderate values, not tuned to any forecaster.
+_CITER_FITNESS_ASSORTATIVITY = 0.5
+_CITER_RECENCY = 0.15
 
 
 def generate_citation_graph(
@@ -56,13 +65,20 @@ def generate_citation_graph(
     Papers are numbered in publication order; the yearly count grows by 4 %/yr.  Paper i draws
     m_i ~ Poisson(12) references (at most i) without replacement from papers j < i with probability
 
-        Π_j ∝ η_j · (c_j + 5) · A(t_i − t_j) · a(topic_i, topic_j)
+        Π_j ∝ η_j^max(0, 1 + 0.5 z_i) · (c_j + 5) · A_i(t_i − t_j) · a(topic_i, topic_j)
 
     (Wang, Song & Barabási 2013, Science 342:127: fitness η_j ~ LogNormal(0, 0.5), preferential
     attachment on the current citation count c_j plus an initial attractiveness of 5 so uncited papers
-    can be found, log-normal ageing A(Δt) = exp(−(ln(Δt + 1) − ln 3)² / (2 · 0.7²)) peaking ~2 years
+    can be found, log-normal ageing A_i(Δt) = exp(−(ln(Δt + 1) − μ_i)² / (2 · 0.7²)) peaking ~2 years
     after publication; a = 1 within a topic, 0.15 across topics).  Because a
     paper only cites earlier-numbered papers, the graph is a DAG and cited.year ≤ citing.year.
+
+    The citing paper's own fitness, through z_i = ln η_i / 0.5, shapes its reference list as real
+    reference lists carry information about the paper's eventual impact: fitter papers favour fitter
+    references (exponent 1 + 0.5 z_i on η_j, floored at 0; Didegah & Thelwall 2013, J. Informetr. 7:861)
+    and younger ones (ageing peak μ_i = ln 3 − 0.15 z_i; Mukherjee et al. 2017, Sci. Adv. 3:e1601315).
+    With z_i = 0 this is the plain model above.  The fitness itself stays hidden: only the reference list,
+    year and topic are observable when a paper is published, as in real data.
 
     Parameters
     ----------
@@ -91,11 +107,12 @@ def generate_citation_graph(
     topics = rng.integers(0, len(TOPICS), size=n_papers)
     fitness = rng.lognormal(0.0, _FITNESS_SIGMA, size=n_papers)
     n_references = rng.poisson(_MEAN_REFERENCES, size=n_papers)
+    fitness_score = np.log(fitness) / _FITNESS_SIGMA
 
     graph = nx.DiGraph(
         synthetic=True,
         generator="preferential attachment with fitness, log-normal ageing and topic affinity "
-        "(Wang, Song & Barabasi 2013)",
+        "(Wang, Song & Barabasi 2013); reference choice shaped by the citing paper's fitness",
         seed=seed,
     )
     ids = [f"synthetic-{i:05d}" for i in range(n_papers)]
@@ -110,9 +127,11 @@ def generate_citation_graph(
         if m == 0:
             continue
         age = (years[i] - years[:i]).astype(np.float64)
-        ageing = np.exp(-((np.log(age + 1.0) - _AGEING_MU) ** 2) / (2.0 * _AGEING_SIGMA**2))
+        peak = _AGEING_MU - _CITER_RECENCY * fitness_score[i]
+        ageing = np.exp(-((np.log(age + 1.0) - peak) ** 2) / (2.0 * _AGEING_SIGMA**2))
         affinity = np.where(topics[:i] == topics[i], 1.0, _CROSS_TOPIC_AFFINITY)
-        weights = fitness[:i] * (citation_counts[:i] + _INITIAL_ATTRACTIVENESS) * ageing * affinity
+        fitness_exponent = max(0.0, 1.0 + _CITER_FITNESS_ASSORTATIVITY * float(fitness_score[i]))
+        weights = fitness[:i] ** fitness_exponent * (citation_counts[:i] + _INITIAL_ATTRACTIVENESS) * ageing * affinity
         cited = rng.choice(i, size=m, replace=False, p=weights / weights.sum())
         for j in cited:
             graph.add_edge(ids[i], ids[int(j)])

@@ -87,6 +87,8 @@ class RuleInputs:
         Particle diameter d in pixels.
     image_shape_px : tuple of int
         (ny, nx) of the micrograph.
+    excluded_area_mask : ndarray of bool, shape (ny, nx), or None
+        True on carbon film or contamination (``picking.excluded_area_mask``); None when not measured.
 
     A non-finite measured value (NaN power ratio, …) makes the rule that reads it fail: a measurement
     that could not be made consistently is itself an inconsistency.
@@ -104,6 +106,7 @@ class RuleInputs:
     particle_positions_px: FloatArray = field(compare=False)
     particle_diameter_px: float
     image_shape_px: tuple[int, int]
+    excluded_area_mask: npt.NDArray[np.bool_] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         positions = np.asarray(self.particle_positions_px, dtype=np.float64)
@@ -118,6 +121,11 @@ class RuleInputs:
             raise ValueError(f"particle_diameter_px must be positive, got {self.particle_diameter_px}")
         if len(self.image_shape_px) != 2 or min(self.image_shape_px) < 1:
             raise ValueError(f"image_shape_px must be (ny, nx) with positive sizes, got {self.image_shape_px}")
+        if self.excluded_area_mask is not None:
+            mask = np.asarray(self.excluded_area_mask, dtype=bool)
+            if mask.shape != tuple(self.image_shape_px):
+                raise ValueError(f"excluded_area_mask must have shape {self.image_shape_px}, got {mask.shape}")
+            object.__setattr__(self, "excluded_area_mask", mask)
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,26 @@ def _particles_inside(x: RuleInputs) -> bool | None:
     if edge is None:
         return None
     return edge >= 0.5 * x.particle_diameter_px
+
+
+def _particles_on_excluded_area(x: RuleInputs) -> int | None:
+    """Number of picked centres on carbon/contamination; None without a mask or without particles."""
+    if x.excluded_area_mask is None or x.particle_positions_px.shape[0] == 0:
+        return None
+    ny, nx = x.image_shape_px
+    rows = np.clip(np.rint(x.particle_positions_px[:, 0]).astype(np.int64), 0, ny - 1)
+    cols = np.clip(np.rint(x.particle_positions_px[:, 1]).astype(np.int64), 0, nx - 1)
+    return int(np.count_nonzero(x.excluded_area_mask[rows, cols]))
+
+
+def _excluded_fraction(x: RuleInputs) -> float:
+    mask = x.excluded_area_mask
+    return 0.0 if mask is None else float(np.count_nonzero(mask)) / mask.size
+
+
+def _particles_outside_excluded_areas(x: RuleInputs) -> bool | None:
+    on_excluded = _particles_on_excluded_area(x)
+    return None if on_excluded is None else on_excluded == 0
 
 
 def _text_or_none(value: float | None, fmt: str) -> str:
@@ -355,6 +383,23 @@ LOGIC_RULES: tuple[Rule, ...] = (
         observe=lambda x: _text_or_none(
             None if (e := _min_edge_distance_px(x)) is None else e / (0.5 * x.particle_diameter_px),
             "closest centre {:.2f} radii from an edge",
+        ),
+    ),
+    Rule(
+        name="particles_outside_carbon_and_contamination",
+        statement="No picked centre lies where the 250 Å-smoothed counts are ≥ 15 % below the field's median.",
+        physical_reason=(
+            "Carbon film and contamination are thicker than the vitreous ice over the hole and let fewer "
+            "electrons through (Beer–Lambert; 15 % fewer ⇔ ≈ 57 nm more material at λ_in ≈ 350 nm): "
+            "blobs found there are film texture, frost or particles adsorbed to carbon, not single "
+            "particles in thin ice.  Not applicable without particles or without a thickness map."
+        ),
+        predicate=_particles_outside_excluded_areas,
+        observe=lambda x: (
+            "not measured"
+            if (n := _particles_on_excluded_area(x)) is None
+            else f"{n} of {x.particle_positions_px.shape[0]} centres on carbon/contamination "
+            f"({100.0 * _excluded_fraction(x):.1f} % of the field excluded)"
         ),
     ),
 )
@@ -522,12 +567,17 @@ def _finite_nonnegative(name: str, value: float) -> float:
 
 
 def reproducibility_score(relative_deviations: Mapping[str, float], tolerances: Mapping[str, float]) -> float:
-    """ΔRepro = (1/N) Σ_q exp(−δ_q / τ_q).
+    """ΔRepro = min_q exp(−δ_q / τ_q) = exp(−max_q δ_q / τ_q): the least reproducible quantity sets it.
 
-    Each quantity q (defocus, fit resolution, particle count, …) is re-measured under a perturbation
-    (another half of the frames, a shifted tile grid, a different seed); δ_q ≥ 0 is its relative
-    deviation |q' − q| / |q| and τ_q the deviation regarded as typical.  δ = 0 scores 1, δ = τ scores
-    e⁻¹ ≈ 0.37, and the score decays smoothly without a hard cut-off, so every quantity contributes.
+    Each quantity q (defocus on independent sub-crops, the restoration on an independent noise split,
+    the compute cost, …) is re-measured under a perturbation; δ_q ≥ 0 is its deviation and τ_q the
+    deviation regarded as typical.  δ = 0 scores 1, δ = τ scores e⁻¹ ≈ 0.37, smoothly.  A result is
+    reproducible only if every part of it reproduces — a restoration that is mostly noise is not redeemed
+    by a CTF fit that repeats, nor a perfect image by a defocus that changes between sub-crops — so the
+    weakest link sets the score (:func:`limiting_quantity` names it).  An average would let quantities
+    that barely vary between exposures dilute the one that does: on simulated sessions the mean of the
+    terms ranked 160 exposures by true restored quality with Spearman 0.55, the weakest link with 0.93
+    (``benchmarks/bench_quality_v.py``).
 
     Parameters
     ----------
@@ -541,9 +591,19 @@ def reproducibility_score(relative_deviations: Mapping[str, float], tolerances: 
     ScoreDomainError
         With no deviations, a deviation that is NaN/negative, or a missing or non-positive tolerance.
     """
+    return math.exp(-max(_scaled_deviations(relative_deviations, tolerances).values()))
+
+
+def limiting_quantity(relative_deviations: Mapping[str, float], tolerances: Mapping[str, float]) -> str:
+    """The quantity q with the largest δ_q/τ_q: the one that sets :func:`reproducibility_score`."""
+    scaled = _scaled_deviations(relative_deviations, tolerances)
+    return max(scaled, key=scaled.__getitem__)
+
+
+def _scaled_deviations(relative_deviations: Mapping[str, float], tolerances: Mapping[str, float]) -> dict[str, float]:
     if not relative_deviations:
         raise ScoreDomainError("no relative deviations: reproducibility is undefined")
-    terms = []
+    scaled = {}
     for name, deviation in relative_deviations.items():
         delta = _finite_nonnegative(f"relative deviation of {name!r}", deviation)
         if name not in tolerances:
@@ -551,8 +611,8 @@ def reproducibility_score(relative_deviations: Mapping[str, float], tolerances: 
         tau = float(tolerances[name])
         if not (math.isfinite(tau) and tau > 0):
             raise ScoreDomainError(f"tolerance of {name!r} must be finite and > 0, got {tau}")
-        terms.append(math.exp(-delta / tau))
-    return sum(terms) / len(terms)
+        scaled[name] = delta / tau
+    return scaled
 
 
 META_NOT_CONVERGED_FACTOR = 0.5
@@ -656,7 +716,7 @@ class ScoreComponents:
             object.__setattr__(self, f.name, _unit_interval(f.name, getattr(self, f.name)))
 
 
-_COMPONENT_NAMES = ("logic", "novelty", "impact", "repro", "meta")
+COMPONENT_NAMES = ("logic", "novelty", "impact", "repro", "meta")
 
 
 @dataclass(frozen=True)
@@ -681,8 +741,8 @@ class ScoreWeights:
     version: str
 
     def __post_init__(self) -> None:
-        raw = [float(getattr(self, name)) for name in _COMPONENT_NAMES]
-        for name, w in zip(_COMPONENT_NAMES, raw, strict=True):
+        raw = [float(getattr(self, name)) for name in COMPONENT_NAMES]
+        for name, w in zip(COMPONENT_NAMES, raw, strict=True):
             if not (math.isfinite(w) and w >= 0):
                 raise ScoreDomainError(f"weight {name} must be finite and >= 0, got {w}")
         total = math.fsum(raw)
@@ -690,7 +750,7 @@ class ScoreWeights:
             raise ScoreDomainError("at least one weight must be positive")
         if not self.version:
             raise ScoreDomainError("ScoreWeights.version must be a non-empty string")
-        for name, w in zip(_COMPONENT_NAMES, raw, strict=True):
+        for name, w in zip(COMPONENT_NAMES, raw, strict=True):
             object.__setattr__(self, name, w / total)
 
     @classmethod
@@ -704,7 +764,7 @@ def quality_v(components: ScoreComponents, weights: ScoreWeights) -> float:
 
     The sum is clipped to [0, 1] only to absorb floating-point rounding of Σ wᵢ = 1.
     """
-    v = math.fsum(getattr(weights, name) * getattr(components, name) for name in _COMPONENT_NAMES)
+    v = math.fsum(getattr(weights, name) * getattr(components, name) for name in COMPONENT_NAMES)
     return min(1.0, max(0.0, v))
 
 

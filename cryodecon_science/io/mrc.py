@@ -101,6 +101,23 @@ class Movie:
     pixel_size_angstrom: float
 
 
+@dataclass(frozen=True)
+class Volume:
+    """A cubic 3D density map (e.g. a reference structure from EMDB) in float32.
+
+    Attributes
+    ----------
+    data_density : ndarray, shape (n, n, n), float32
+        Density values indexed [z, y, x] (the map's own units, e.g. arbitrary or V), voxel (n//2, n//2,
+        n//2) at the centre as in RELION.
+    voxel_size_angstrom : float
+        Edge of a (cubic) voxel, Å.
+    """
+
+    data_density: npt.NDArray[np.float32]
+    voxel_size_angstrom: float
+
+
 class _BoundedMrcFile(MrcFile):  # type: ignore[misc]  # mrcfile ships no type hints
     """An ``mrcfile`` reader that never allocates more than the file holds.
 
@@ -182,8 +199,8 @@ def check_complete(path: str | os.PathLike[str]) -> MrcGeometry:
     return geometry
 
 
-def _read_array(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], float]:
-    """Pixels of a complete file as float32 (nz, ny, nx), checked finite and non-constant, and the pixel size."""
+def _read_values(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], MrcGeometry]:
+    """Values of a complete file as float32 (nz, ny, nx), checked finite and non-constant, and its geometry."""
     geometry = check_complete(path)
     try:
         with warnings.catch_warnings():
@@ -204,6 +221,12 @@ def _read_array(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], 
         raise InvalidPixelDataError(path, f"{bad} NaN/Inf pixels")
     if data.max() == data.min():  # not np.ptp: max - min overflows float32 for extreme but valid values
         raise InvalidPixelDataError(path, "constant image (no variation)")
+    return data, geometry
+
+
+def _read_array(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], float]:
+    """Pixels of a complete file as float32 (nz, ny, nx), checked finite and non-constant, and the pixel size."""
+    data, geometry = _read_values(path)
     if geometry.pixel_size_angstrom <= 0:
         raise CorruptHeaderError(path, "pixel size missing from header (cella.x / mx not positive and finite)")
     return data, geometry.pixel_size_angstrom
@@ -223,6 +246,70 @@ def read_movie(path: str | os.PathLike[str]) -> Movie:
     if data.shape[0] < 2:
         raise CorruptHeaderError(path, f"a movie needs at least two frames, header gives shape {data.shape}")
     return Movie(Path(path).name.split(".")[0], np.ascontiguousarray(data), pixel_size)
+
+
+def _axis_order(path: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """(mapc, mapr, maps): which spatial axis (1 = x, 2 = y, 3 = z) columns, rows and sections hold."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _BoundedMrcFile(path, mode="r", header_only=True, permissive=True) as mrc:
+                header = mrc.header
+                order = (int(header.mapc), int(header.mapr), int(header.maps))
+    except (OSError, ValueError, EOFError, AttributeError) as exc:
+        raise CorruptHeaderError(path, f"header not readable by mrcfile ({exc})") from exc
+    if sorted(order) != [1, 2, 3]:
+        raise CorruptHeaderError(path, f"mapc/mapr/maps = {order} is not a permutation of 1, 2, 3")
+    return order
+
+
+def read_volume(path: str | os.PathLike[str], voxel_size_angstrom: float | None = None) -> Volume:
+    """Read a complete cubic 3D map (n, n, n) as float32 [z, y, x], with its voxel size.
+
+    The axes are reordered to [z, y, x] when the header's mapc/mapr/maps declare another order (MRC2014
+    allows any permutation; EMDB maps use 1, 2, 3).  The voxel size is ``cella.x / mx`` from the header
+    (voxels are taken as cubic), or ``voxel_size_angstrom`` when given, which overrides the header.
+
+    Parameters
+    ----------
+    path : path-like
+        The MRC file.
+    voxel_size_angstrom : float or None
+        Voxel edge in Å overriding the header; needed when the header gives none (cella or mx zero).
+
+    Returns
+    -------
+    Volume
+
+    Raises
+    ------
+    IncompleteFileError
+        The file is shorter than its header declares.
+    CorruptHeaderError
+        Invalid header, a 2D image or a non-cubic volume, an invalid axis order, or no voxel size in the
+        header and none given.
+    InvalidPixelDataError
+        NaN/Inf voxels, or a constant map.
+    ValueError
+        ``voxel_size_angstrom`` given but not positive and finite.
+    """
+    if voxel_size_angstrom is not None and not (math.isfinite(voxel_size_angstrom) and voxel_size_angstrom > 0):
+        raise ValueError(f"voxel_size_angstrom must be positive and finite, got {voxel_size_angstrom}")
+    data, geometry = _read_values(path)
+    nz, ny, nx = data.shape
+    if nz == 1:
+        raise CorruptHeaderError(path, f"a 2D image ({ny} x {nx}), not a 3D map")
+    if not nz == ny == nx:
+        raise CorruptHeaderError(path, f"not a cubic map: shape (z, y, x) = {data.shape}")
+    voxel = voxel_size_angstrom if voxel_size_angstrom is not None else geometry.pixel_size_angstrom
+    if voxel <= 0:
+        raise CorruptHeaderError(path, "voxel size missing from header (cella.x / mx not positive); give one")
+    order = _axis_order(path)
+    # data is indexed [section, row, column]; spatial axis a (1 = x, 2 = y, 3 = z) lies along data axis
+    # 2 − order.index(a) (columns are the last data axis).
+    data_axis = {axis: 2 - position for position, axis in enumerate(order)}
+    data = np.transpose(data, (data_axis[3], data_axis[2], data_axis[1]))
+    return Volume(np.ascontiguousarray(data, dtype=np.float32), float(voxel))
 
 
 def write_mrc(path: str | os.PathLike[str], data: npt.NDArray[np.generic], pixel_size_angstrom: float) -> None:

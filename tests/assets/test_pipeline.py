@@ -16,8 +16,9 @@ import pytest
 
 from cryodecon_assets.cli import prepare_instance_home
 from cryodecon_assets.driver import drive
-from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library
+from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
 from cryodecon_resources import resources_from_environment
+from cryodecon_science.io.citations import read_citation_graph
 from cryodecon_science.io.session import write_simulated_session
 from cryodecon_science.simulate import SimulationConfig, simulate_session
 
@@ -44,8 +45,11 @@ def seed_session(home: Path, n_micrographs: int = 3, n_movies: int = 1, seed: in
     config = SimulationConfig(shape_px=(SIZE, SIZE), particles_per_micrograph=8, n_frames=8)
     session = simulate_session(config, "grid", n_micrographs, n_movies, seed)
     write_simulated_session(session, Path(resources["microscope_storage"].root))  # type: ignore[attr-defined]
-    ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=0, n_papers=300)  # type: ignore[attr-defined]
-    ensure_reference_library(resources["structure_library"], config, seed=seed, projections_per_structure=4)  # type: ignore[arg-type]
+    folder = ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=0, n_papers=1500)  # type: ignore[attr-defined]
+    papers = established_papers(read_citation_graph(folder))
+    ensure_reference_library(
+        resources["structure_library"], config, seed=seed, projections_per_structure=4, papers=papers
+    )  # type: ignore[arg-type]
 
 
 def run_pipeline(instance: dg.DagsterInstance) -> dict[str, bool]:
@@ -115,6 +119,18 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     summary = warehouse.read_rows("daily_summary", day)  # type: ignore[attr-defined]
     assert list(summary["session"]) == ["grid"] and list(summary["exposures_scored"]) == [4]
     assert summary["median_hyperscore"][0] == pytest.approx(float(table["hyperscore"].median()))
+    # V records the weights that produced it: the shipped, simulation-learned ones (no curation labels yet).
+    from cryodecon_resources.scoring import shipped_weights
+
+    assert set(table["weights_version"]) == {shipped_weights().version}
+    # ΔRepro's perturbations are recorded per micrograph, and every step's time for the cost model.
+    details = [json.loads(d) for d in warehouse.read_rows("scores")["details"]]  # type: ignore[attr-defined]
+    for record in details:
+        assert {"repro_noise_split", "repro_defocus_subcrops_phase", "repro_restoration_shift"} <= set(record)
+        assert 0.0 < record["half_set_correlation"] < 1.0
+    assert any("repro_compute_cost" in record for record in details)
+    stages = set(warehouse.query("SELECT DISTINCT stage FROM step_times")["stage"])  # type: ignore[attr-defined]
+    assert {"ctf_estimates", "causal_priors", "restored_micrographs", "evaluation_scores"} <= stages
     # A second pass reprocesses nothing.
     assert run_pipeline(instance) == {}
     assert len(warehouse.query("SELECT * FROM hyperscores")) == 4  # type: ignore[attr-defined]
@@ -196,3 +212,39 @@ def test_science_package_does_not_import_dagster() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_curation_labels_and_the_common_questions(pipeline_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _environment(pipeline_home, monkeypatch)
+    cli = str(Path(sys.executable).parent / "cryodecon")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cli, *args], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+
+    warehouse = resources_from_environment()["warehouse"]
+    scored = warehouse.query("SELECT batch, micrograph FROM scores ORDER BY batch, micrograph")  # type: ignore[attr-defined]
+    batch = str(scored["batch"][0])
+    names = [str(m) for m in scored[scored["batch"] == batch]["micrograph"]]
+    assert len(names) >= 2
+    assert run("label", batch, names[0], "--reject", "--by", "test").returncode == 0
+    assert run("label", batch, *names[1:], "--accept").returncode == 0
+    assert run("label", batch, names[0], "--accept").returncode == 0  # relabelling replaces
+    assert run("label", batch, "not_a_micrograph", "--accept").returncode == 2
+    labels = warehouse.query("SELECT micrograph, accepted, labelled_by FROM curation ORDER BY micrograph")  # type: ignore[attr-defined]
+    assert list(labels["micrograph"]) == names
+    assert labels["accepted"].all()
+    rules = json.loads(run("scores", "--rules", "--format", "json").stdout)
+    assert {r["rule"] for r in rules} >= {"defocus_in_range", "particles_outside_carbon_and_contamination"}
+    assert all(r["passed"] + r["failed"] + r["not_applicable"] == len(scored) for r in rules)
+    summary = json.loads(run("scores", "--summary", "--format", "json").stdout)
+    n_scored = len(warehouse.query("SELECT * FROM hyperscores"))  # type: ignore[attr-defined]
+    assert [(r["session"], r["micrographs"]) for r in summary] == [("grid", n_scored)]
+    weights = json.loads(run("scores", "--weights", "--format", "json").stdout)
+    assert [w["in_use"] for w in weights] == [True]
+    exported = pipeline_home / "export"
+    assert run("export", str(exported)).returncode == 0
+    import pandas as pd
+
+    assert len(pd.read_parquet(exported / "micrograph_scores.parquet")) == n_scored
+    assert len(pd.read_parquet(exported / "curation.parquet")) == len(names)

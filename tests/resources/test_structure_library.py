@@ -153,3 +153,98 @@ def test_retry_only_on_commit_conflicts(library: StructureLibrary) -> None:
     with pytest.raises(RuntimeError, match="disk full"):
         library._retrying(broken)
     assert len(calls) == 1
+
+
+# --- ANN index and maintenance -------------------------------------------------------------------------------
+
+
+def clustered_vectors(n: int, n_clusters: int, seed: int) -> npt.NDArray[np.float32]:
+    """Unit vectors around ``n_clusters`` random centres (cosine distance to the centre ≈ 0.02)."""
+    rng = np.random.default_rng(seed)
+    centres = unit_vectors(n_clusters, seed + 1000)
+    vectors = centres[rng.integers(0, n_clusters, n)] + 0.05 * rng.normal(size=(n, DIMENSION))
+    return np.asarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), dtype=np.float32)
+
+
+@pytest.fixture
+def indexed_library(tmp_path: Path) -> tuple[StructureLibrary, dict[str, npt.NDArray[np.float32]]]:
+    """3000 clustered rows in three batches (registered at 100, 200, 300 s) with an IVF-PQ index (6 partitions)."""
+    library = StructureLibrary(uri=str(tmp_path / "library"), index_partition_rows=500, nprobes=3)
+    batches = {f"b{i}": clustered_vectors(1000, 40, seed=i) for i in range(3)}
+    for i, (batch, vectors) in enumerate(batches.items()):
+        add(library, batch, vectors, 100.0 * (i + 1))
+    assert library.index_info() == {"indexed": False, "rows": 3000}
+    assert library.build_index(min_rows=5000) is False
+    assert library.build_index(min_rows=1000) is True
+    return library, batches
+
+
+def test_index_is_built_and_reported(
+    indexed_library: tuple[StructureLibrary, dict[str, npt.NDArray[np.float32]]],
+) -> None:
+    library, _ = indexed_library
+    info = library.index_info()
+    assert info["indexed"] is True and info["index_type"] == "IVF_PQ" and info["distance_type"] == "cosine"
+    assert info["rows"] == info["indexed_rows"] == 3000 and info["unindexed_rows"] == 0
+    assert info["num_sub_vectors"] == DIMENSION // 4 and info["nprobes"] == 3
+    assert library.index_parameters(3000, DIMENSION)["num_partitions"] == 6
+    defaults = StructureLibrary(uri=library.uri)  # 4096 rows per partition, d/4 codes, 20 probes, refine ×10
+    assert defaults.index_parameters(10**6, 64) == {
+        "num_partitions": 245,
+        "num_sub_vectors": 16,
+        "nprobes": 20,
+        "refine_factor": 10,
+    }
+    assert defaults.index_parameters(10**6, 12)["num_sub_vectors"] == 3
+
+
+def test_indexed_search_finds_duplicates_and_keeps_filters(
+    indexed_library: tuple[StructureLibrary, dict[str, npt.NDArray[np.float32]]],
+) -> None:
+    library, batches = indexed_library
+    queries = batches["b1"][:20]
+    distances, rows = library.nearest(queries, k=5)
+    assert [hits[0].entry_id for hits in rows] == [f"b1/{i}" for i in range(20)]
+    np.testing.assert_allclose(distances[:, 0], 0.0, atol=1e-5)  # refine: exact distances
+    assert np.all(np.diff(distances, axis=1) >= -1e-7)
+    # Recall against exact search over all rows.
+    everything = np.concatenate(list(batches.values())).astype(np.float64)
+    exact = np.sort(1.0 - queries.astype(np.float64) @ everything.T, axis=1)[:, :5]
+    assert np.mean(np.abs(distances - exact) < 1e-5) >= 0.95
+    _, rows = library.nearest(queries, k=5, exclude_batch="b1")
+    assert all(hit.batch_key != "b1" for hits in rows for hit in hits) and all(len(h) == 5 for h in rows)
+    _, rows = library.nearest(queries, k=5, before_s=150.0)
+    assert all(hit.batch_key == "b0" for hits in rows for hit in hits) and all(len(h) == 5 for h in rows)
+    assert library.library_nn_distances(sample=200).size == 200
+
+
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than=0\\)")
+def test_rows_added_after_the_index_are_found_and_compact_indexes_them(
+    indexed_library: tuple[StructureLibrary, dict[str, npt.NDArray[np.float32]]],
+) -> None:
+    library, batches = indexed_library
+    fresh = clustered_vectors(50, 5, seed=77)
+    library.bulk_append(fresh, [f"new-{i}" for i in range(50)], "b_new", "session_02", [None] * 50, 400.0)
+    with pytest.raises(ValueError, match="already has rows"):
+        library.bulk_append(fresh, [f"new-{i}" for i in range(50)], "b_new", "session_02", [None] * 50, 400.0)
+    assert library.index_info()["unindexed_rows"] == 50
+    probe = np.concatenate([fresh[:5], batches["b2"][:5]])
+    before_distances, before_rows = library.nearest(probe, k=3)
+    assert [hits[0].entry_id for hits in before_rows[:5]] == [f"b_new/{i}" for i in range(5)]
+    stats = library.compact(cleanup_older_than_s=0.0)
+    assert stats["rows"] == 3050 == library.count()
+    assert stats["fragments_after"] < stats["fragments_before"]
+    assert stats["versions_pruned"] > 0 and stats["unindexed_rows"] == 0
+    assert library.index_info()["indexed_rows"] == 3050
+    after_distances, after_rows = library.nearest(probe, k=3)
+    assert [[h.entry_id for h in hits] for hits in after_rows] == [[h.entry_id for h in hits] for hits in before_rows]
+    np.testing.assert_allclose(after_distances, before_distances, atol=1e-6)
+
+
+def test_compact_without_table_and_without_index(library: StructureLibrary) -> None:
+    assert library.compact()["rows"] == 0
+    add(library, "b1", unit_vectors(5, 1), 100.0)
+    add(library, "b1", unit_vectors(5, 2), 100.0)
+    stats = library.compact()
+    assert stats["rows"] == 5 and stats["unindexed_rows"] == 0 and stats["versions_pruned"] == 0
+    assert library.index_info() == {"indexed": False, "rows": 5}

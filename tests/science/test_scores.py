@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cryodecon_science.picking import excluded_area_mask
 from cryodecon_science.scores import (
     LOGIC_RULES,
     RuleInputs,
@@ -19,6 +20,7 @@ from cryodecon_science.scores import (
     evaluate_rules,
     hyperscore,
     impact_normalised,
+    limiting_quantity,
     logic_score,
     low_frequency_power_ratio,
     meta_stability_score,
@@ -129,8 +131,11 @@ def test_impact_normalised() -> None:
 
 
 def test_reproducibility_score_arithmetic() -> None:
-    score = reproducibility_score({"defocus": 0.0, "resolution": 0.1}, {"defocus": 0.1, "resolution": 0.1})
-    assert score == pytest.approx((1.0 + math.exp(-1.0)) / 2.0)
+    deviations, tolerances = {"defocus": 0.0, "resolution": 0.1}, {"defocus": 0.1, "resolution": 0.1}
+    assert reproducibility_score(deviations, tolerances) == pytest.approx(math.exp(-1.0))  # weakest link
+    assert limiting_quantity(deviations, tolerances) == "resolution"
+    assert reproducibility_score({"a": 0.3, "b": 0.5}, {"a": 0.1, "b": 1.0}) == pytest.approx(math.exp(-3.0))
+    assert limiting_quantity({"a": 0.3, "b": 0.5}, {"a": 0.1, "b": 1.0}) == "a"
     assert reproducibility_score({"a": 0.2}, {"a": 0.1, "unused": 1.0}) == pytest.approx(math.exp(-2.0))
 
 
@@ -240,7 +245,13 @@ def _good_inputs() -> RuleInputs:
         particle_positions_px=np.array([[100.0, 100.0], [100.0, 250.0], [300.0, 200.0]]),
         particle_diameter_px=150.0,
         image_shape_px=(512, 512),
+        excluded_area_mask=_CARBON_ON_THE_RIGHT,
     )
+
+
+# Carbon film over the right quarter of a 512 × 512 field (columns ≥ 384).
+_CARBON_ON_THE_RIGHT = np.zeros((512, 512), dtype=bool)
+_CARBON_ON_THE_RIGHT[:, 384:] = True
 
 
 def _statuses(inputs: RuleInputs) -> dict[str, str]:
@@ -260,6 +271,7 @@ def test_rule_catalogue_is_complete_and_documented() -> None:
         "no_power_beyond_fit_resolution",
         "particles_do_not_overlap",
         "particles_inside_micrograph",
+        "particles_outside_carbon_and_contamination",
     }
     for rule in LOGIC_RULES:
         assert rule.statement and "\n" not in rule.statement
@@ -299,6 +311,10 @@ FAILURES = [
     ("particles_do_not_overlap", {"particle_positions_px": np.array([[100.0, 100.0], [100.0, 219.0]])}),
     ("particles_inside_micrograph", {"particle_positions_px": np.array([[74.0, 200.0]])}),  # radius 75
     ("particles_inside_micrograph", {"particle_positions_px": np.array([[200.0, 512.0 - 1.0 - 74.0]])}),
+    (
+        "particles_outside_carbon_and_contamination",
+        {"particle_positions_px": np.array([[100.0, 100.0], [300.0, 390.0]])},  # second one on the carbon
+    ),
 ]
 
 
@@ -351,7 +367,8 @@ def test_logic_score_ignores_not_applicable() -> None:
     with pytest.raises(ScoreDomainError):
         logic_score([RuleResult("e", "not_applicable", "")])
     inputs = dataclasses.replace(_good_inputs(), nominal_defocus_angstrom=None, beyond_fit_power_ratio=2.0)
-    assert logic_score(evaluate_rules(inputs)) == pytest.approx(7.0 / 8.0)
+    # 10 rules: one not applicable, one failed, eight passed.
+    assert logic_score(evaluate_rules(inputs)) == pytest.approx(8.0 / 9.0)
 
 
 def test_rule_inputs_validate_shapes() -> None:
@@ -359,3 +376,24 @@ def test_rule_inputs_validate_shapes() -> None:
         dataclasses.replace(_good_inputs(), particle_positions_px=np.zeros((3, 3)))
     with pytest.raises(ValueError, match="pixel_size"):
         dataclasses.replace(_good_inputs(), pixel_size_angstrom=0.0)
+
+
+def test_excluded_area_mask_finds_a_carbon_edge_and_ignores_shot_noise() -> None:
+    # Vitreous ice at 40 counts/px; carbon with ≈ 150 nm more material (exp(−150/350) = 0.65) from x = 700.
+    rng = np.random.default_rng(0)
+    expected = np.full((1024, 1024), 40.0)
+    expected[:, 700:] *= math.exp(-150.0 / 350.0)
+    mask = excluded_area_mask(rng.poisson(expected).astype(np.float32), pixel_size_angstrom=1.0)
+    assert mask[:, 800:].all()  # inside the carbon, beyond the smoothing length
+    assert not mask[:, :600].any()  # inside the hole
+    uniform = excluded_area_mask(rng.poisson(40.0, (512, 512)).astype(np.float32), pixel_size_angstrom=1.0)
+    assert not uniform.any()
+    with pytest.raises(ValueError):
+        excluded_area_mask(np.zeros((64, 64)), 1.0)
+
+
+def test_contamination_rule_without_a_mask_is_not_applicable() -> None:
+    statuses = _statuses(dataclasses.replace(_good_inputs(), excluded_area_mask=None))
+    assert statuses["particles_outside_carbon_and_contamination"] == "not_applicable"
+    with pytest.raises(ValueError, match="excluded_area_mask"):
+        dataclasses.replace(_good_inputs(), excluded_area_mask=np.zeros((10, 10), dtype=bool))

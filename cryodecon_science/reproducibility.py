@@ -1,0 +1,226 @@
+"""ΔRepro measurements: how far a result moves when the input is perturbed, and the compute-cost deviation.
+
+The evaluation module's verification sandbox re-runs estimation and restoration on perturbed inputs and
+scores how little the results move (``scores.reproducibility_score`` turns each relative deviation δ_q
+into exp(−δ_q/τ_q)).  This module holds the perturbations and the deviations that need more than one
+line:
+
+* **Independent noise split** (:func:`binomial_split_counts`, :func:`filtered_half_correlation`).  Counts
+  N ~ Poisson(λ) split by binomial thinning, A ~ Binomial(N, ½) and B = N − A, are two *independent*
+  Poisson(λ/2) images of the same specimen (the thinning property of the Poisson distribution; Rényi
+  1956, and e.g. Papoulis & Pillai, *Probability, Random Variables and Stochastic Processes*, §10).  The
+  same holds for any counts whose variance equals their mean, since Cov(A, B) = (Var N − E N)/4; read
+  noise of variance r² leaves a small positive covariance r²/4 per pixel.  Restoring both halves with
+  one linear filter H and correlating them is the single-exposure analogue of the even/odd-frame
+  half-set test: the specimen signal is common to both halves, the shot noise is not, so the
+  correlation of the restored halves is the restoration's signal fraction S/(S + N) in the band.
+* **Compute-cost deviation** (:func:`predict_seconds`, :func:`relative_cost_deviation`): a cost model
+  predicts each step's time from micrographs already processed, t̂ = c·n·log₂ n for an n-pixel image
+  (FFT-bound work), c the median of tⱼ/(nⱼ·log₂ nⱼ); the deviation |t − t̂|/t̂ flags a micrograph whose
+  processing behaved differently (an iterative fit that struggled, a device that fell back to CPU).
+
+Every function is pure; the caller supplies seeds, filters and timings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from cryodecon_science.optics import electron_wavelength_angstrom, frequency_grid_per_angstrom
+
+FloatArray = npt.NDArray[np.float64]
+Float32Image = npt.NDArray[np.float32]
+
+# Frequencies coarser than this are left out of the half-set correlation: the slow inelastic background
+# (correlation length ~300 Å) is common to both halves and would make any exposure look reproducible.
+HALF_SET_LOW_RESOLUTION_ANGSTROM = 200.0
+
+
+def binomial_split_counts(counts: npt.ArrayLike, seed: int) -> tuple[Float32Image, Float32Image]:
+    """Split an image of counts into two independent half-dose images by binomial thinning.
+
+    Nᵢ = max(round(yᵢ), 0);  Aᵢ ~ Binomial(Nᵢ, ½);  Bᵢ = Nᵢ − Aᵢ   (module docstring).
+
+    For Poisson counts, A and B are independent Poisson images with half the mean, and A + B = N.  Values
+    are rounded to whole counts first (a motion-corrected sum is interpolated, an integrating detector adds
+    read noise), which is why the data should be in electron counts, gain-normalised.
+
+    Parameters
+    ----------
+    counts : array, shape (ny, nx)
+        Raw micrograph in electron counts per pixel (frame sum), finite.
+    seed : int
+        Seed of the ``numpy`` generator; the split is a deterministic function of (counts, seed).
+
+    Returns
+    -------
+    (ndarray, ndarray) of float32, shape (ny, nx)
+        The halves A and B.
+
+    Raises
+    ------
+    ValueError
+        For a non-2-D or non-finite image, or one whose counts are all zero.
+    """
+    data = np.asarray(counts, dtype=np.float64)
+    if data.ndim != 2:
+        raise ValueError(f"counts must be 2-D [y, x], got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError("counts contain NaN or Inf")
+    whole = np.clip(np.rint(data), 0, None).astype(np.int64)
+    if not whole.any():
+        raise ValueError("counts are all zero: there is nothing to split")
+    half_a = np.random.default_rng(seed).binomial(whole, 0.5)
+    return half_a.astype(np.float32), (whole - half_a).astype(np.float32)
+
+
+def filtered_half_correlation(
+    half_a: npt.ArrayLike,
+    half_b: npt.ArrayLike,
+    filter_rfft: torch.Tensor | npt.ArrayLike,
+    pixel_size_angstrom: float,
+    low_resolution_angstrom: float = HALF_SET_LOW_RESOLUTION_ANGSTROM,
+) -> float:
+    """Correlation of two independently noisy halves after the same real filter H, above a frequency.
+
+    ρ = Σ_k w_k H_k² Re(A_k B_k*) / √(Σ_k w_k H_k² |A_k|² · Σ_k w_k H_k² |B_k|²),  |k| ≥ 1/d_low,
+
+    A, B the rfft2 of the halves, w_k the Hermitian weights (2 for interior columns, 1 for the first and,
+    for even nx, the last) so the sums equal full-plane sums (Parseval).  Restoring each half with H and
+    correlating the results gives the same ρ, since H is real and linear.  With signal power S and
+    independent noise power N per half in the band, E[ρ] ≈ S/(S + N) (the Fourier ring correlation of
+    half-sets, Saxton & Baumeister 1982, J. Microsc. 127:127, integrated over the band).
+
+    Parameters
+    ----------
+    half_a, half_b : array, shape (ny, nx)
+        The two halves (:func:`binomial_split_counts` or even/odd frame sums).
+    filter_rfft : Tensor or array, shape (ny, nx//2 + 1)
+        Real, non-negative filter H on the rfft2 grid (e.g. ``restore.wiener_denoise_filter``).
+    pixel_size_angstrom : float
+        Å per pixel.
+    low_resolution_angstrom : float
+        d_low: frequencies below 1/d_low are excluded (default 200 Å, module constant's reason).
+
+    Returns
+    -------
+    float
+        ρ ∈ [−1, 1].
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, a filter of the wrong shape or with negative/non-finite values, or a band
+        with no power in one half.
+    """
+    a = np.asarray(half_a, dtype=np.float64)
+    b = np.asarray(half_b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"halves must be 2-D with equal shapes, got {a.shape} and {b.shape}")
+    if not pixel_size_angstrom > 0 or not low_resolution_angstrom > 0:
+        raise ValueError("pixel_size_angstrom and low_resolution_angstrom must be positive")
+    if isinstance(filter_rfft, torch.Tensor):
+        h = filter_rfft.detach().to("cpu", torch.float64).numpy()
+    else:
+        h = np.asarray(filter_rfft, dtype=np.float64)
+    expected_shape = (a.shape[0], a.shape[1] // 2 + 1)
+    if h.shape != expected_shape:
+        raise ValueError(f"filter must have the rfft2 shape {expected_shape}, got {h.shape}")
+    if not np.all(np.isfinite(h)) or np.any(h < 0):
+        raise ValueError("filter values must be finite and >= 0")
+    fa = np.fft.rfft2(a - a.mean())
+    fb = np.fft.rfft2(b - b.mean())
+    ky, kx = frequency_grid_per_angstrom(a.shape, pixel_size_angstrom, rfft=True)
+    weight = np.full(fa.shape, 2.0)
+    weight[:, 0] = 1.0
+    if a.shape[1] % 2 == 0:
+        weight[:, -1] = 1.0
+    weight = weight * h**2 * (np.hypot(ky, kx) >= 1.0 / low_resolution_angstrom)
+    cross = float(np.sum(weight * np.real(fa * np.conj(fb))))
+    power_a = float(np.sum(weight * np.abs(fa) ** 2))
+    power_b = float(np.sum(weight * np.abs(fb) ** 2))
+    if not (power_a > 0 and power_b > 0):
+        raise ValueError("a half has no power in the filtered band")
+    return max(-1.0, min(1.0, cross / math.sqrt(power_a * power_b)))
+
+
+def defocus_phase_error_rad(defocus_sigma_angstrom: float, fit_resolution_angstrom: float, voltage_kv: float) -> float:
+    """CTF phase error at the fit resolution caused by a defocus uncertainty: φ = π·λ·σ_Δz·k_fit².
+
+    The defocus term of the CTF phase is χ(k) = π·λ·Δz·k² (e.g. Rohou & Grigorieff 2015, J. Struct.
+    Biol. 192:216, eq. 1), so an error σ_Δz moves the phase by π·λ·σ_Δz·k² at frequency k; at the fit
+    resolution (k_fit = 1/d_fit, the finest frequency the restoration corrects) that is where it matters
+    most.  A relative defocus spread says little by itself: 1 % of 3 µm is harmless at 8 Å and ruinous
+    at 3 Å; the phase error says how much the CTF correction degrades (cos φ is the fraction of signal a
+    phase flip or Wiener filter keeps at k_fit).
+
+    Parameters
+    ----------
+    defocus_sigma_angstrom : float
+        σ_Δz ≥ 0, e.g. the spread of defocus between independent sub-crops (``CtfFit``), Å.
+    fit_resolution_angstrom : float
+        d_fit > 0, Å.
+    voltage_kv : float
+        Acceleration voltage, kV (sets λ).
+    """
+    if not (math.isfinite(defocus_sigma_angstrom) and defocus_sigma_angstrom >= 0):
+        raise ValueError(f"defocus_sigma_angstrom must be finite and >= 0, got {defocus_sigma_angstrom}")
+    if not (math.isfinite(fit_resolution_angstrom) and fit_resolution_angstrom > 0):
+        raise ValueError(f"fit_resolution_angstrom must be finite and > 0, got {fit_resolution_angstrom}")
+    wavelength = electron_wavelength_angstrom(voltage_kv)
+    return math.pi * wavelength * defocus_sigma_angstrom / fit_resolution_angstrom**2
+
+
+def fft_cost_units(n_pixels: int) -> float:
+    """n·log₂ n for an n-pixel image: the operation count of its 2-D FFT up to a constant."""
+    if n_pixels < 2:
+        raise ValueError(f"n_pixels must be >= 2, got {n_pixels}")
+    return n_pixels * math.log2(n_pixels)
+
+
+def predict_seconds(reference_seconds: Sequence[float], reference_pixels: Sequence[int], n_pixels: int) -> float | None:
+    """Cost-model prediction t̂ = c·n·log₂ n, c = median_j tⱼ/(nⱼ·log₂ nⱼ) over reference runs.
+
+    Parameters
+    ----------
+    reference_seconds : sequence of float
+        Measured wall times tⱼ (s) of the same step on other micrographs, finite and > 0.
+    reference_pixels : sequence of int
+        Their sizes nⱼ in pixels (ny·nx).
+    n_pixels : int
+        Size of the micrograph to predict.
+
+    Returns
+    -------
+    float or None
+        t̂ in seconds; None without references (nothing to calibrate on).
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths or a non-positive/non-finite reference time.
+    """
+    if len(reference_seconds) != len(reference_pixels):
+        raise ValueError("reference_seconds and reference_pixels must have the same length")
+    if len(reference_seconds) == 0:
+        return None
+    rates = []
+    for seconds, pixels in zip(reference_seconds, reference_pixels, strict=True):
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"reference times must be finite and > 0, got {seconds}")
+        rates.append(seconds / fft_cost_units(int(pixels)))
+    return float(np.median(rates)) * fft_cost_units(n_pixels)
+
+
+def relative_cost_deviation(measured_seconds: float, predicted_seconds: float) -> float:
+    """δ_cost = |t − t̂| / t̂ (≥ 0), the seed's cost deviation of measured vs predicted compute time."""
+    if not (math.isfinite(measured_seconds) and measured_seconds >= 0):
+        raise ValueError(f"measured_seconds must be finite and >= 0, got {measured_seconds}")
+    if not (math.isfinite(predicted_seconds) and predicted_seconds > 0):
+        raise ValueError(f"predicted_seconds must be finite and > 0, got {predicted_seconds}")
+    return abs(measured_seconds - predicted_seconds) / predicted_seconds

@@ -150,28 +150,51 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--home", default=None, help="keep the pipeline's files here (default: a temp folder)")
     parser.add_argument("--install", action="store_true", help=f"write the learned weights to {WEIGHTS_FILE}")
+    parser.add_argument(
+        "--reuse-results",
+        action="store_true",
+        help="learn from the micrograph rows of the last results file instead of re-running the pipeline",
+    )
     args = parser.parse_args()
 
     import optuna
     import torch
 
     from cryodecon_science.scores import COMPONENT_NAMES, ScoreWeights
-    from cryodecon_science.weight_learning import learn_score_weights, quality_v_matrix, spearman_rho
+    from cryodecon_science.weight_learning import (
+        calibrate_hyperscore_shape,
+        learn_score_weights,
+        quality_v_matrix,
+        spearman_rho,
+    )
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench_quality_v_") as tmp:
-        home = Path(args.home) if args.home else Path(tmp)
-        rows = run_pipeline(home, args.sessions, args.per_session, args.movies, args.size)
+    if args.reuse_results:
+        previous = json.loads((RESULTS / "quality_v.json").read_text())
+        rows, pipeline_command = previous["rows"], previous["command"]
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench_quality_v_") as tmp:
+            home = Path(args.home) if args.home else Path(tmp)
+            rows = run_pipeline(home, args.sessions, args.per_session, args.movies, args.size)
+        pipeline_command = " ".join([Path(sys.executable).name, *sys.argv])
     x = np.asarray([[r[c] for c in COMPONENT_NAMES] for r in rows], dtype=np.float64)
     y = np.asarray([r["true_quality"] for r in rows])
     train = np.asarray([r["session_index"] % 2 == 0 for r in rows])
     test = ~train
     learned = learn_score_weights(x[train], y[train], version="simulated-v1", n_trials=args.trials, seed=0)
     equal = ScoreWeights.equal()
+    shape = calibrate_hyperscore_shape(quality_v_matrix(x[train], learned.weights))
     result = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": pipeline_command,
+        "learning_command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "hyperscore_shape": {
+            "beta": shape.beta,
+            "gamma": shape.gamma,
+            "kappa": 2.0,
+            "v_quantiles_5_50_95": [shape.v_low, shape.v_mid, shape.v_high],
+        },
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": 1},
         "micrographs": len(rows),
         "train_micrographs": int(train.sum()),
@@ -238,6 +261,9 @@ def main() -> int:
         "",
         f"Goal ρ_s ≥ 0.8 on held-out sessions: {'met' if result['goal_met'] else 'NOT met'}.",
         "",
+        f"HyperScore shape calibrated on the training V (5/50/95 % = {shape.v_low:.3f}/{shape.v_mid:.3f}/"
+        f"{shape.v_high:.3f}): β = {shape.beta:.2f}, γ = {shape.gamma:.2f}, κ = 2.",
+        "",
         "ΔRepro aggregation (all micrographs, Spearman with true quality): "
         + ", ".join(f"{k} {v:.3f}" for k, v in result["repro_aggregation_spearman_all"].items())
         + f"; ΔRepro limited by: {result['repro_limited_by']}.",
@@ -255,7 +281,13 @@ def main() -> int:
             "train_sessions": result["train_sessions"],
             "held_out_sessions": result["test_sessions"],
             "uninformative_in_training": list(learned.uninformative),
+            "hyperscore": {
+                "beta": shape.beta,
+                "gamma": shape.gamma,
+                "calibration": "median training V at the logistic's midpoint, central 90 % of V over σ ∈ [0.1, 0.9]",
+            },
             "command": result["command"],
+            "learning_command": result["learning_command"],
         }
         WEIGHTS_FILE.write_text(json.dumps(json_ready(document), indent=1) + "\n")
         print(f"installed {WEIGHTS_FILE}")

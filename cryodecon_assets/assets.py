@@ -953,10 +953,13 @@ def hyperscores(
     manifest = load_manifest(warehouse, batch)
     quality_rows = warehouse.read_rows("quality", batch)
     versions = dict(zip(quality_rows["micrograph"], quality_rows["weights_version"], strict=True))
-    values = {
-        name: scores.hyperscore(v, beta=scoring.beta, gamma=scoring.gamma, kappa=scoring.kappa)
-        for name, v in selected(context, quality_scores).items()
-    }
+    learned = warehouse.read_rows(WEIGHTS_TABLE)
+    learned_rows = learned.to_dict("records") if not learned.empty else []
+    shapes = {version: scoring.resolve_shape(learned_rows, version) for version in set(versions.values())}
+    values = {}
+    for name, v in selected(context, quality_scores).items():
+        beta, gamma, kappa = shapes[versions[name]]
+        values[name] = scores.hyperscore(v, beta=beta, gamma=gamma, kappa=kappa)
     rows = [
         {
             "micrograph": n,
@@ -964,9 +967,9 @@ def hyperscores(
             "session": manifest.session,
             "v": quality_scores[n],
             "hyperscore": h,
-            "beta": scoring.beta,
-            "gamma": scoring.gamma,
-            "kappa": scoring.kappa,
+            "beta": shapes[versions[n]][0],
+            "gamma": shapes[versions[n]][1],
+            "kappa": shapes[versions[n]][2],
             "weights_version": versions[n],
             "cut_at_s": manifest.cut_at_s,
         }

@@ -315,13 +315,13 @@ def cmd_scores(args: argparse.Namespace) -> int:
         )
     else:
         from cryodecon_resources import resources_from_environment
-        from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, weights_row
+        from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, shipped_weights_row
 
         learned = warehouse.read_rows(WEIGHTS_TABLE)
         records = learned.to_dict("records") if not learned.empty else []
         in_use, _ = resources_from_environment()["scoring"].resolve_weights(records)  # type: ignore[attr-defined]
         if not any(r["version"] == shipped_weights().version for r in records):
-            records.append(weights_row(shipped_weights(), "simulated", 0.0, {}))
+            records.append(shipped_weights_row())
         frame = pd.DataFrame(records).drop(columns=["details"], errors="ignore")
         frame["in_use"] = frame["version"] == in_use.version
     print_scores(frame, args.format)

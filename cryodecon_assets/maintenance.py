@@ -20,10 +20,15 @@ import pandas as pd
 
 from cryodecon_assets.references import load_citation_graph, train_and_store_impact_model
 from cryodecon_resources import OutputStore, ScoreWarehouse, ScoringSettings, StructureLibrary
-from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, weights_row
+from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, shipped_weights_row, weights_row
 from cryodecon_science.impact_gnn import evaluate_temporal_split, prepare_impact_graph
 from cryodecon_science.scores import COMPONENT_NAMES
-from cryodecon_science.weight_learning import MIN_SAMPLES, learn_score_weights
+from cryodecon_science.weight_learning import (
+    MIN_SAMPLES,
+    calibrate_hyperscore_shape,
+    learn_score_weights,
+    quality_v_matrix,
+)
 
 GROUP = "facility"
 CURATION_TABLE = "curation"
@@ -61,7 +66,7 @@ def labelled_components(warehouse: ScoreWarehouse) -> pd.DataFrame:
 )
 def score_weights(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) -> dg.MaterializeResult:
     shipped = shipped_weights()
-    warehouse.write_rows(WEIGHTS_TABLE, shipped.version, [weights_row(shipped, "simulated", 0.0, {})])
+    warehouse.write_rows(WEIGHTS_TABLE, shipped.version, [shipped_weights_row()])
     data = labelled_components(warehouse)
     accepted = int(data["accepted"].sum()) if not data.empty else 0
     rejected = len(data) - accepted
@@ -89,9 +94,13 @@ def score_weights(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) 
         "spearman_equal_train": learned.spearman_equal_train,
         "trials": learned.n_trials,
     }
-    warehouse.write_rows(
-        WEIGHTS_TABLE, learned.weights.version, [weights_row(learned.weights, "curation", time.time(), details)]
+    # The HyperScore's shape follows the new weights: calibrated on V of every scored micrograph.
+    scored = warehouse.read_rows("scores")
+    shape = calibrate_hyperscore_shape(
+        quality_v_matrix(scored[list(COMPONENT_NAMES)].to_numpy(dtype=np.float64), learned.weights)
     )
+    row = weights_row(learned.weights, "curation", time.time(), details, shape.beta, shape.gamma)
+    warehouse.write_rows(WEIGHTS_TABLE, learned.weights.version, [row])
     return dg.MaterializeResult(
         metadata={
             **metadata,

@@ -27,21 +27,49 @@ SHIPPED_WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "score_weights
 WEIGHTS_TABLE = "weights"
 
 
-def weights_row(weights: ScoreWeights, source: str, learned_at_s: float, details: dict[str, Any]) -> dict[str, Any]:
-    """One row of the warehouse table ``weights`` (partition = version)."""
+# The proposal's example shape, used only when neither the configuration nor the weights record has one.
+DEFAULT_BETA = 5.0
+DEFAULT_GAMMA = -math.log(2.0)
+DEFAULT_KAPPA = 2.0
+
+
+def weights_row(
+    weights: ScoreWeights,
+    source: str,
+    learned_at_s: float,
+    details: dict[str, Any],
+    beta: float | None = None,
+    gamma: float | None = None,
+) -> dict[str, Any]:
+    """One row of the warehouse table ``weights`` (partition = version), with its calibrated β, γ."""
     return {
         "version": weights.version,
         "source": source,
         "learned_at_s": learned_at_s,
         **{f"w_{name}": getattr(weights, name) for name in COMPONENT_NAMES},
+        "beta": beta,
+        "gamma": gamma,
         "details": json.dumps(details, sort_keys=True, default=float),
     }
 
 
+def shipped_document() -> dict[str, Any]:
+    """The shipped weights record (``data/score_weights.json``)."""
+    document: dict[str, Any] = json.loads(SHIPPED_WEIGHTS_FILE.read_text())
+    return document
+
+
 def shipped_weights() -> ScoreWeights:
     """The weights learned on simulated sessions that ship with the package (module docstring, 3)."""
-    document = json.loads(SHIPPED_WEIGHTS_FILE.read_text())
+    document = shipped_document()
     return ScoreWeights(*(float(document["weights"][name]) for name in COMPONENT_NAMES), version=document["version"])
+
+
+def shipped_weights_row() -> dict[str, Any]:
+    """The shipped weights as a row of the ``weights`` table."""
+    document = shipped_document()
+    shape = document.get("hyperscore", {})
+    return weights_row(shipped_weights(), "simulated", 0.0, {}, shape.get("beta"), shape.get("gamma"))
 
 
 class ScoringSettings(dg.ConfigurableResource):
@@ -49,14 +77,17 @@ class ScoringSettings(dg.ConfigurableResource):
 
     ``weights`` are w₁…w₅ of V = w₁·LogicScore + w₂·Novelty + w₃·log-normalised ImpactFore + w₄·ΔRepro
     + w₅·⋄Meta (normalised to sum 1 before use); empty means "learned" (module docstring).
-    HyperScore = 100 × [1 + σ(β·ln V + γ)^κ] with β = ``beta``, γ = ``gamma``, κ = ``kappa``.
+    HyperScore = 100 × [1 + σ(β·ln V + γ)^κ] with β = ``beta``, γ = ``gamma``, κ = ``kappa``; β and γ
+    left unset come from the weights record in force, calibrated with the weights so that the median V
+    sits at the logistic's midpoint (``weight_learning.calibrate_hyperscore_shape``), else β = 5,
+    γ = −ln 2 (the proposal's example).
     """
 
     weights: list[float] = []
     weights_version: str = ""
-    beta: float = 5.0
-    gamma: float = -math.log(2.0)
-    kappa: float = 2.0
+    beta: float | None = None
+    gamma: float | None = None
+    kappa: float = DEFAULT_KAPPA
     particle_diameter_angstrom: float = 150.0
     citation_graph_path: str = ""
 
@@ -76,3 +107,18 @@ class ScoringSettings(dg.ConfigurableResource):
             weights = ScoreWeights(*(float(newest[f"w_{n}"]) for n in COMPONENT_NAMES), version=newest["version"])
             return weights, "curation"
         return shipped_weights(), "simulated"
+
+    def resolve_shape(self, learned_rows: list[dict[str, Any]], weights_version: str) -> tuple[float, float, float]:
+        """(β, γ, κ) for V computed with ``weights_version``: configured values first, then the ones
+        calibrated with those weights (warehouse row or shipped record), then the defaults."""
+        record: dict[str, Any] = next((r for r in learned_rows if r.get("version") == weights_version), {})
+        if not record and weights_version == shipped_weights().version:
+            record = shipped_weights_row()
+
+        def pick(configured: float | None, key: str, default: float) -> float:
+            if configured is not None:
+                return float(configured)
+            value = record.get(key)
+            return float(value) if value is not None and math.isfinite(float(value)) else default
+
+        return pick(self.beta, "beta", DEFAULT_BETA), pick(self.gamma, "gamma", DEFAULT_GAMMA), float(self.kappa)

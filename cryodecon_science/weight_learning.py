@@ -167,3 +167,70 @@ def learn_score_weights(
         seed=seed,
         uninformative=tuple(name for name in COMPONENT_NAMES if name not in informative),
     )
+
+
+@dataclass(frozen=True)
+class HyperScoreShape:
+    """β and γ of HyperScore = 100·[1 + σ(β·ln V + γ)^κ], calibrated on a V distribution.
+
+    Attributes
+    ----------
+    beta : float
+        β > 0, sensitivity.
+    gamma : float
+        γ, bias: the logistic is at 50 % where V = exp(−γ/β).
+    v_low, v_mid, v_high : float
+        The V quantiles (default 5 %, 50 %, 95 %) the calibration used.
+    """
+
+    beta: float
+    gamma: float
+    v_low: float
+    v_mid: float
+    v_high: float
+
+
+def calibrate_hyperscore_shape(
+    v_values: npt.ArrayLike, quantiles: tuple[float, float, float] = (0.05, 0.5, 0.95), spread: float = 0.9
+) -> HyperScoreShape:
+    """Place the HyperScore's logistic over the V values that actually occur.
+
+    The formula's σ(β·ln V + γ) is at 50 % where ln V = −γ/β and moves from 1 − s to s over
+    Δ(β·ln V) = 2·ln(s/(1 − s)).  With V's quantiles q_low, q_mid, q_high:
+
+        β = 2·ln(s/(1 − s)) / (ln q_high − ln q_low),   γ = −β·ln q_mid,
+
+    so the median V sits at the curve's midpoint and the central 90 % of V spans about σ ∈ [0.1, 0.9]
+    (s = 0.9; exactly when V is log-symmetric about its median), i.e. HyperScore ≈ 101 … 181 with κ = 2.
+    Without this, the proposal's example values (β = 5, γ = −ln 2) put the midpoint at V = 2^(1/5) ≈ 1.15,
+    outside [0, 1], and every V below ~0.6 maps to 100.0x.  Monotonicity in V and the [100, 200] bounds
+    hold for any β > 0.
+
+    Parameters
+    ----------
+    v_values : array
+        V of representative micrographs, in (0, 1].
+    quantiles : (float, float, float)
+        Lower, middle and upper quantile, increasing, in (0, 1).
+    spread : float
+        s ∈ (0.5, 1): the logistic's value at the upper quantile.
+
+    Raises
+    ------
+    ValueError
+        With fewer than 2 positive values, quantiles that coincide, or bad parameters.
+    """
+    v = np.asarray(v_values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    low_q, mid_q, high_q = quantiles
+    if not 0.0 < low_q < mid_q < high_q < 1.0:
+        raise ValueError(f"quantiles must increase within (0, 1), got {quantiles}")
+    if not 0.5 < spread < 1.0:
+        raise ValueError(f"spread must lie in (0.5, 1), got {spread}")
+    if v.size < 2:
+        raise ValueError("need at least two positive V values to calibrate the HyperScore")
+    v_low, v_mid, v_high = (float(q) for q in np.quantile(v, [low_q, mid_q, high_q]))
+    if not v_high > v_low:
+        raise ValueError("V does not vary between the quantiles: nothing to spread the HyperScore over")
+    beta = 2.0 * math.log(spread / (1.0 - spread)) / (math.log(v_high) - math.log(v_low))
+    return HyperScoreShape(beta=beta, gamma=-beta * math.log(v_mid), v_low=v_low, v_mid=v_mid, v_high=v_high)

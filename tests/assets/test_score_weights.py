@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import dagster as dg
@@ -81,3 +82,16 @@ def test_curation_labels_teach_new_weights_that_v_then_uses(tmp_path: Path) -> N
         table.to_dict("records")
     )
     assert source == "configured" and configured.logic == 1.0 and configured.version == "pinned"
+
+
+def test_hyperscore_shape_follows_the_weights_in_force() -> None:
+    document = json.loads(SHIPPED_WEIGHTS_FILE.read_text())
+    shipped = shipped_weights().version
+    beta, gamma, kappa = ScoringSettings().resolve_shape([], shipped)
+    assert (beta, gamma) == (document["hyperscore"]["beta"], document["hyperscore"]["gamma"]) and kappa == 2.0
+    # The shipped calibration puts the median simulated V at the logistic's midpoint, inside (0, 1).
+    assert 0.0 < math.exp(-gamma / beta) < 1.0
+    learned = [{"version": "curation-x", "beta": 7.0, "gamma": 3.0}]
+    assert ScoringSettings().resolve_shape(learned, "curation-x")[:2] == (7.0, 3.0)
+    assert ScoringSettings(beta=5.0).resolve_shape(learned, "curation-x")[:2] == (5.0, 3.0)  # configured wins
+    assert ScoringSettings().resolve_shape([], "unknown")[:2] == (5.0, pytest.approx(-math.log(2.0)))

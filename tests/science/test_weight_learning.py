@@ -92,3 +92,26 @@ def test_spearman_and_v_matrix_helpers() -> None:
 
     matrix = components_matrix([ScoreComponents(0.1, 0.2, 0.3, 0.4, 0.5)])
     np.testing.assert_allclose(matrix, [[0.1, 0.2, 0.3, 0.4, 0.5]])
+
+
+def test_hyperscore_shape_puts_the_median_at_the_midpoint() -> None:
+    import math
+
+    from cryodecon_science.scores import hyperscore
+    from cryodecon_science.weight_learning import calibrate_hyperscore_shape
+
+    v = np.geomspace(0.25, 1.0, 101)  # log-symmetric about its median 0.5
+    shape = calibrate_hyperscore_shape(v)
+    low, mid, high = v[5], v[50], v[95]  # the 5 / 50 / 95 % quantiles of 101 points
+    assert (shape.v_low, shape.v_mid, shape.v_high) == pytest.approx((low, mid, high))
+    # Hand-computed: β = 2 ln 9 / ln(q95/q5), γ = −β ln q50.
+    assert shape.beta == pytest.approx(2.0 * math.log(9.0) / math.log(high / low))
+    assert shape.gamma == pytest.approx(-shape.beta * math.log(mid))
+    # σ = ½ at the median, 0.1 and 0.9 at the outer quantiles: HyperScore 125, 101, 181 with κ = 2.
+    assert hyperscore(mid, shape.beta, shape.gamma, 2.0) == pytest.approx(125.0)
+    assert hyperscore(low, shape.beta, shape.gamma, 2.0) == pytest.approx(101.0)
+    assert hyperscore(high, shape.beta, shape.gamma, 2.0) == pytest.approx(181.0)
+    with pytest.raises(ValueError, match="vary"):
+        calibrate_hyperscore_shape(np.full(10, 0.4))
+    with pytest.raises(ValueError, match="quantiles"):
+        calibrate_hyperscore_shape(v, quantiles=(0.5, 0.4, 0.9))

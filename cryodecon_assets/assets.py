@@ -50,8 +50,10 @@ from cryodecon_science.citations import max_citations_within_years
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
-from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph, read_movie
+from cryodecon_science.io.layout import read_exposure
+from cryodecon_science.io.mrc import CorruptHeaderError, InputFileError, Micrograph
 from cryodecon_science.io.session import SessionMetadataError, exposure_name, read_session_metadata
+from cryodecon_science.metadata import ExposureMetadata, flatten_metadata, metadata_to_json
 from cryodecon_science.motion import align_movie
 from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.picking import excluded_area_mask, extract_boxes, pick_particles
@@ -193,6 +195,22 @@ def exposure_info(warehouse: ScoreWarehouse, batch: str) -> dict[str, ExposureIn
     return info
 
 
+def microscope_from_record(record: ExposureMetadata, micrograph: Micrograph) -> MicroscopeSettings:
+    """Optics from the exposure's metadata record, where no session description exists (real data).
+
+    Voltage from the header/sidecar (300 kV if absent); C_s is in none of EPU's or SerialEM's files, so
+    it is the 2.7 mm of the Krios/Glacios objective unless a session description says otherwise;
+    amplitude contrast 0.07 (vitreous ice, RELION's default).
+    """
+    defaults = MicroscopeSettings()
+    return MicroscopeSettings(
+        voltage_kv=record.optics.voltage_kv or defaults.voltage_kv,
+        spherical_aberration_mm=record.optics.spherical_aberration_mm or defaults.spherical_aberration_mm,
+        amplitude_contrast_fraction=defaults.amplitude_contrast_fraction,
+        pixel_size_angstrom=micrograph.pixel_size_angstrom,
+    )
+
+
 def load_stored_fits(outputs: OutputStore, batch: str) -> dict[str, CtfFit]:
     """CTF fits already stored for the batch (a selective rerun keeps the others in the STAR file)."""
     directory = outputs.asset_path("ctf_estimates", batch)
@@ -220,7 +238,13 @@ def _optional(value: Any) -> float | None:
             "no_quarantined_exposures",
             asset="raw_micrographs",
             description="Every exposure of the batch's manifest was read; quarantined ones are listed.",
-        )
+        ),
+        dg.AssetCheckSpec(
+            "metadata_sources_agree",
+            asset="raw_micrographs",
+            description="Header (MRC/FEI extended header, TIFF, EER) and sidecar (EPU XML, SerialEM mdoc) agree "
+            "on every field both carry, within tolerance; disagreements are listed with both values.",
+        ),
     ],
     description="Exposures of the batch's frozen manifest, read and verified; movies motion-corrected "
     "(global alignment, aligned sum).  Integrated micrographs in counts, float32 MRC.",
@@ -238,12 +262,14 @@ def raw_micrographs(
     session_dir = Path(microscope_storage.root) / manifest.session
     micrographs: dict[str, Micrograph] = {}
     rows: list[dict[str, Any]] = []
+    metadata_rows: list[dict[str, Any]] = []
+    disagreements: dict[str, list[str]] = {}
     failures: list[dict[str, Any]] = []
     try:
         metadata = read_session_metadata(session_dir)
     except SessionMetadataError as exc:
         metadata = None
-        context.log.warning(f"session metadata unusable, using header values and defaults: {exc}")
+        context.log.info(f"no usable session description ({exc}): optics from each exposure's header and sidecar")
     for entry in files:
         path = microscope_storage.absolute(entry.relative_path)
         drift_total_px: float | None = None
@@ -251,23 +277,42 @@ def raw_micrographs(
         try:
             if sha256_of_file(path) != entry.sha256:
                 raise ChangedSinceCutError(path, "checksum differs from the batch manifest")
+            # Any format the acquisition software writes (MRC in every mode, TIFF, EER), with the metadata
+            # of header and sidecar (EPU XML, SerialEM mdoc) merged and the announced frame count checked.
+            exposure = read_exposure(path)
+            if not exposure.pixel_size_angstrom > 0:
+                raise CorruptHeaderError(path, "no source gives the pixel size")
             if entry.kind == "movie":
-                movie = read_movie(path)
-                correction = align_movie(movie.frames, movie.pixel_size_angstrom, device=device.torch_device())
+                correction = align_movie(exposure.frames, exposure.pixel_size_angstrom, device=device.torch_device())
                 micrograph = Micrograph(
-                    entry.name, correction.aligned_sum.astype(np.float32), movie.pixel_size_angstrom
+                    entry.name, correction.aligned_sum.astype(np.float32), exposure.pixel_size_angstrom
                 )
                 drift_total_px = float(correction.total_drift_px)
-                n_frames = int(movie.frames.shape[0])
+                n_frames = int(exposure.frames.shape[0])
             else:
-                micrograph = read_micrograph(path)
+                micrograph = Micrograph(entry.name, exposure.micrograph, exposure.pixel_size_angstrom)
         except (InputFileError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", type(exc).__name__)
             context.log.warning(f"quarantined {entry.relative_path}: {exc}")
             failures.append(quarantine_row(entry.name, batch, "raw_micrographs", reason, str(exc), entry.relative_path))
             continue
         micrographs[entry.name] = micrograph
-        microscope = metadata.microscope if metadata is not None else MicroscopeSettings()
+        record = exposure.metadata
+        metadata_rows.append(
+            {
+                "micrograph": entry.name,
+                "batch": batch,
+                **{k.replace(".", "__"): v for k, v in flatten_metadata(record).items()},
+                "n_disagreements": len(record.disagreements),
+                "record_json": metadata_to_json(record, indent=None),
+            }
+        )
+        if record.disagreements:
+            disagreements[entry.relative_path] = [
+                f"{d.field_name}: " + ", ".join(f"{source}={value}" for source, value in d.values)
+                for d in record.disagreements
+            ]
+        microscope = metadata.microscope if metadata is not None else microscope_from_record(record, micrograph)
         rows.append(
             {
                 "micrograph": entry.name,
@@ -285,10 +330,16 @@ def raw_micrographs(
                 "voltage_kv": microscope.voltage_kv,
                 "spherical_aberration_mm": microscope.spherical_aberration_mm,
                 "amplitude_contrast_fraction": microscope.amplitude_contrast_fraction,
-                "dose_e_per_angstrom2": metadata.dose_e_per_angstrom2 if metadata else None,
-                "nominal_defocus_angstrom": (
-                    metadata.nominal_defocus_angstrom.get(exposure_name(path)) if metadata else None
+                "dose_e_per_angstrom2": (
+                    metadata.dose_e_per_angstrom2 if metadata else record.dose.total_dose_e_per_angstrom2
                 ),
+                "nominal_defocus_angstrom": (
+                    metadata.nominal_defocus_angstrom.get(exposure_name(path))
+                    if metadata
+                    else record.optics.nominal_defocus_angstrom
+                ),
+                "grid_square_id": record.acquisition.grid_square_id,
+                "foil_hole_id": record.acquisition.foil_hole_id,
                 "mean_counts_per_px": float(micrograph.data.mean()),
                 "drift_total_px": drift_total_px,
                 # After alignment, what blurs the sum is the motion within each frame: about the
@@ -297,6 +348,7 @@ def raw_micrographs(
             }
         )
     warehouse.write_rows("micrographs", batch, rows, replace_micrographs=chosen)
+    warehouse.write_rows("exposure_metadata", batch, metadata_rows, replace_micrographs=chosen)
     quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
     yield dg.Output(
         micrographs,
@@ -307,6 +359,15 @@ def raw_micrographs(
             "quarantined": len(failures),
             "movies_motion_corrected": sum(1 for r in rows if r["kind"] == "movie"),
             "preview": dg.MetadataValue.md(thumbnails_markdown({k: v.data for k, v in micrographs.items()})),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="metadata_sources_agree",
+        passed=not disagreements,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "exposures_with_disagreements": len(disagreements),
+            "disagreements": dg.MetadataValue.json(disagreements),
         },
     )
     yield dg.AssetCheckResult(

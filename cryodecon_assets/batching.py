@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from cryodecon_resources.storage import FileObservation
-from cryodecon_science.io.mrc import IncompleteFileError, InputFileError, check_complete
+from cryodecon_science.io.layout import check_exposure_complete, exposure_kind
+from cryodecon_science.io.mrc import IncompleteFileError, InputFileError
 from cryodecon_science.io.session import exposure_name
 
 MANIFESTS = "manifests"
@@ -112,8 +113,9 @@ class Plan:
     n_pending: int
 
 
-def file_kind(relative_path: str) -> str:
-    return "movie" if "_fractions" in relative_path.rsplit("/", 1)[-1] else "micrograph"
+def file_kind(path: str) -> str:
+    """``micrograph`` or ``movie`` (``layout.exposure_kind``: name suffix, format, MRC sections)."""
+    return str(exposure_kind(path))
 
 
 def safe_session(session: str) -> str:
@@ -141,7 +143,8 @@ def plan_batches(
 ) -> Plan:
     """Decide, for one tick, which files are ready, which are quarantined and which batches to cut.
 
-    Pure apart from reading file headers (``check_complete``) and checksums of ready files.
+    Pure apart from reading file headers (``check_exposure_complete``: declared size, TIFF directory
+    chain, frame count announced by a sidecar) and checksums of ready files.
     ``assigned`` holds the relative paths already in a manifest; ``next_sequence`` the next batch number
     per session.  Files already quarantined with the same size and mtime are not re-examined.
     """
@@ -163,7 +166,7 @@ def plan_batches(
             pending[obs.relative_path] = seen
             continue
         try:
-            check_complete(absolute(obs.relative_path))
+            check_exposure_complete(absolute(obs.relative_path))
         except IncompleteFileError as exc:
             if now_s - seen["since"] >= truncated_after_seconds:
                 quarantined.append(
@@ -204,7 +207,7 @@ def plan_batches(
                 break
             chunk, files = files[:max_batch_size], files[max_batch_size:]
             manifest_files = tuple(
-                ManifestFile(obs.relative_path, obs.size_bytes, digest, file_kind(obs.relative_path))
+                ManifestFile(obs.relative_path, obs.size_bytes, digest, file_kind(absolute(obs.relative_path)))
                 for _, obs, digest in chunk
             )
             batches.append(BatchManifest(batch_key(session, sequence), session, sequence, now_s, manifest_files))

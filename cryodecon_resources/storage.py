@@ -29,10 +29,13 @@ class MicroscopeStorage(dg.ConfigurableResource):
     root : str
         Storage root; each first-level folder is one acquisition session.
     patterns : list[str]
-        Glob patterns, relative to a session folder, of exposures to process.
+        Glob patterns, relative to a session folder, of exposures to process: by default the simulator's
+        layout, EPU's (``Images-Disc*/GridSquare_*/Data/FoilHole_*_Data_*`` micrographs and movies in MRC,
+        TIFF or EER) and SerialEM's (stacks at the top level with ``.mdoc`` sidecars).
     settle_seconds : float
         A file counts as stable once its size and mtime are unchanged for this long across sensor ticks
-        (together with the MRC header's declared size, which must match the size on disk).
+        (together with the file's own completeness: the MRC header's declared size, a TIFF/EER directory
+        chain that ends inside the file, and the frame count an EPU XML / SerialEM mdoc announces).
     truncated_after_seconds : float
         A file whose size is stable but shorter than its header declares for this long is quarantined
         as truncated (a copy that died) instead of waiting for ever.
@@ -43,7 +46,22 @@ class MicroscopeStorage(dg.ConfigurableResource):
     """
 
     root: str
-    patterns: list[str] = ["micrographs/*.mrc", "movies/*_fractions.mrc"]
+    patterns: list[str] = [
+        # cryodecon's simulator (and any plain layout)
+        "micrographs/*.mrc",
+        "movies/*_fractions.mrc",
+        # EPU: <session>/Images-Disc<n>/GridSquare_<id>/Data/FoilHole_<id>_Data_<...>, movies possibly
+        # in a separate tree with the same GridSquare_<id>/Data structure
+        "**/Data/FoilHole_*_Data_*.mrc",
+        "**/Data/FoilHole_*_Data_*.tif",
+        "**/Data/FoilHole_*_Data_*.tiff",
+        "**/Data/FoilHole_*_Data_*.eer",
+        # SerialEM: stacks (with .mdoc sidecars) at the session's top level
+        "*.mrc",
+        "*.tif",
+        "*.tiff",
+        "*.eer",
+    ]
     settle_seconds: float = 30.0
     truncated_after_seconds: float = 600.0
     max_batch_size: int = 50
@@ -59,10 +77,12 @@ class MicroscopeStorage(dg.ConfigurableResource):
         """Every file matching the patterns, skipping hidden/partial names (``.x.part``)."""
         root = Path(self.root)
         for session_dir in self.session_dirs():
+            seen: set[Path] = set()  # a file matching several patterns is observed once
             for pattern in self.patterns:
                 for path in sorted(session_dir.glob(pattern)):
-                    if path.name.startswith(".") or not path.is_file():
+                    if path in seen or path.name.startswith(".") or not path.is_file():
                         continue
+                    seen.add(path)
                     try:
                         stat = path.stat()
                     except OSError:

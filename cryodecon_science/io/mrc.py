@@ -5,9 +5,21 @@ header, then nx·ny·nz values of the header's mode.  A file is *complete* when 
 that declared size; a file still being copied is shorter, so the check separates half-written files from
 finished ones without waiting for a timer.
 
+Modes read: 0 (int8, or uint8 when IMOD's flags say so), 1 (int16), 2 (float32), 6 (uint16), 12 (float16)
+through ``mrcfile``, and 101 (4-bit unsigned, two values per byte, low nibble first, each row padded to a
+whole byte, as IMOD and SerialEM write it), which ``mrcfile`` does not decode and which is unpacked here
+from the data block whose size ``check_complete`` has verified.
+
+FEI1/FEI2 extended headers (written by EPU and Velox; ``mrcfile`` exposes them as
+``indexed_extended_header``) are turned into values with units by ``read_fei_extended_header``
+(Thermo Fisher Scientific, "MRC2014 file format, extended header FEI1/FEI2", EPU 2.x/3.x user manual
+appendix: HT in V, dose in e⁻/m², pixel size, stage and defocus in m, tilts in degrees, timestamp as an
+OLE Automation date (days since 1899-12-30)).  Each value is used only when its bit in the entry's
+bitmask is set (or when the writer left all bitmask words zero, as some older software does).
+
 Every reader either returns usable data or raises ``InputFileError`` (or a subclass), whatever the bytes on
-disk; ``tests/science/test_mrc_fuzz.py`` checks this on 10,000 mutated files.  Compressed (gzip, bzip2) MRC
-files are not read: their size on disk never matches their header.
+disk; ``tests/science/test_mrc_fuzz.py`` and ``tests/science/test_format_fuzz.py`` check this on mutated
+files.  Compressed (gzip, bzip2) MRC files are not read: their size on disk never matches their header.
 """
 
 from __future__ import annotations
@@ -16,13 +28,17 @@ import math
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
 import numpy.typing as npt
 from mrcfile.mrcfile import MrcFile
+
+from cryodecon_science.metadata import Fields
 
 HEADER_BYTES = 1024
 # Bytes per value for the MRC modes microscopes and packages write (mode 101 is 4-bit, two per byte).
@@ -202,6 +218,9 @@ def check_complete(path: str | os.PathLike[str]) -> MrcGeometry:
 def _read_values(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], MrcGeometry]:
     """Values of a complete file as float32 (nz, ny, nx), checked finite and non-constant, and its geometry."""
     geometry = check_complete(path)
+    if geometry.mode == 101:
+        data = _read_mode_101(path, geometry)
+        return _checked(path, data), geometry
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -216,12 +235,33 @@ def _read_values(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32],
     if data.size != math.prod(geometry.shape_zyx):
         raise CorruptHeaderError(path, f"mrcfile read {data.size} values, header declares {geometry.shape_zyx}")
     data = data.reshape(geometry.shape_zyx)  # mrcfile gives 2D for one image and 4D for a volume stack
+    return _checked(path, data), geometry
+
+
+def _checked(path: str | os.PathLike[str], data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``data`` unchanged if every value is finite and not all are equal; InvalidPixelDataError otherwise."""
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InvalidPixelDataError(path, f"{bad} NaN/Inf pixels")
     if data.max() == data.min():  # not np.ptp: max - min overflows float32 for extreme but valid values
         raise InvalidPixelDataError(path, "constant image (no variation)")
-    return data, geometry
+    return data
+
+
+def _read_mode_101(path: str | os.PathLike[str], geometry: MrcGeometry) -> npt.NDArray[np.float32]:
+    """Unpack a complete mode-101 file: 4-bit values, low nibble first, each row padded to a whole byte."""
+    nz, ny, nx = geometry.shape_zyx
+    row_bytes = (nx + 1) // 2
+    with open(path, "rb") as handle:
+        handle.seek(geometry.declared_size_bytes - row_bytes * ny * nz)
+        packed = np.frombuffer(handle.read(row_bytes * ny * nz), dtype=np.uint8)
+    if packed.size != row_bytes * ny * nz:
+        raise IncompleteFileError(path, "mode-101 data block shorter than declared")
+    packed = packed.reshape(nz, ny, row_bytes)
+    values = np.empty((nz, ny, 2 * row_bytes), dtype=np.float32)
+    values[..., 0::2] = packed & 0x0F
+    values[..., 1::2] = packed >> 4
+    return np.ascontiguousarray(values[..., :nx])
 
 
 def _read_array(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], float]:
@@ -330,3 +370,244 @@ def write_mrc(path: str | os.PathLike[str], data: npt.NDArray[np.generic], pixel
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# FEI1/FEI2 extended headers and header metadata
+
+_OLE_EPOCH = datetime(1899, 12, 30, tzinfo=UTC)
+_METRE_TO_ANGSTROM = 1e10
+_METRE_TO_MICROMETRE = 1e6
+_PER_M2_TO_PER_ANGSTROM2 = 1e-20
+
+
+@dataclass(frozen=True)
+class FeiExtendedHeader:
+    """Values of the first entry of an FEI1/FEI2 extended header, converted to the units in their names.
+
+    ``None`` marks a value absent (bitmask bit clear) or unusable (non-finite, or zero where zero is
+    impossible).  FEI1/FEI2 record no spherical aberration, so ``spherical_aberration_mm`` is always
+    ``None``.  Defocus is in Å, positive = underfocus (FEI stores metres, negative = underfocus).
+
+    Attributes
+    ----------
+    exttyp : str
+        "FEI1" or "FEI2".
+    n_entries : int
+        Entries read (one per section).
+    total_dose_e_per_angstrom2 : float or None
+        The first entry's dose, or the sum over entries when they are dose fractions.
+    """
+
+    exttyp: str
+    n_entries: int
+    voltage_kv: float | None = None
+    spherical_aberration_mm: float | None = None
+    total_dose_e_per_angstrom2: float | None = None
+    pixel_size_x_angstrom: float | None = None
+    pixel_size_y_angstrom: float | None = None
+    nominal_defocus_angstrom: float | None = None
+    objective_defocus_angstrom: float | None = None
+    magnification: float | None = None
+    camera_name: str | None = None
+    timestamp_utc_iso: str | None = None
+    stage_x_um: float | None = None
+    stage_y_um: float | None = None
+    stage_z_um: float | None = None
+    alpha_tilt_deg: float | None = None
+    beta_tilt_deg: float | None = None
+    integration_time_s: float | None = None
+    binning: float | None = None
+    electron_counting: bool | None = None
+    microscope_type: str | None = None
+    microscope_id: str | None = None
+    application: str | None = None
+    application_version: str | None = None
+    slit_width_ev: float | None = None
+
+    def to_fields(self) -> Fields:
+        """The values as ``cryodecon_science.metadata`` fields (``None`` values left out)."""
+        mapping = {
+            "voltage_kv": "optics.voltage_kv",
+            "pixel_size_x_angstrom": "optics.pixel_size_angstrom",
+            "magnification": "optics.nominal_magnification",
+            "nominal_defocus_angstrom": "optics.nominal_defocus_angstrom",
+            "objective_defocus_angstrom": "optics.objective_defocus_angstrom",
+            "slit_width_ev": "optics.energy_filter_slit_width_ev",
+            "camera_name": "detector.camera_name",
+            "binning": "detector.binning",
+            "electron_counting": "detector.electron_counting",
+            "total_dose_e_per_angstrom2": "dose.total_dose_e_per_angstrom2",
+            "integration_time_s": "dose.exposure_time_s",
+            "stage_x_um": "stage.x_um",
+            "stage_y_um": "stage.y_um",
+            "stage_z_um": "stage.z_um",
+            "alpha_tilt_deg": "stage.alpha_tilt_deg",
+            "beta_tilt_deg": "stage.beta_tilt_deg",
+            "application": "acquisition.software",
+            "application_version": "acquisition.software_version",
+            "microscope_id": "acquisition.microscope_id",
+            "timestamp_utc_iso": "acquisition.timestamp_utc_iso",
+        }
+        out: Fields = {}
+        for attribute, name in mapping.items():
+            value = getattr(self, attribute)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+def _fei_bit_positions(dtype: np.dtype[Any]) -> dict[str, tuple[str, int]]:
+    """Field name -> (bitmask field, bit): fields after 'Bitmask k' take bits 0, 1, ... in order.
+
+    'Unused range' (six doubles) takes six bits, so 'Defocus' is bit 22 of Bitmask 1 as in the FEI spec.
+    """
+    positions: dict[str, tuple[str, int]] = {}
+    current, bit = "", 0
+    for name in dtype.names or ():
+        if name.startswith("Bitmask"):
+            current, bit = name, 0
+            continue
+        if name in ("Metadata size", "Metadata version"):
+            continue
+        positions[name] = (current, bit)
+        bit += 6 if name == "Unused range" else 1
+    return positions
+
+
+def read_fei_extended_header(path: str | os.PathLike[str]) -> FeiExtendedHeader | None:
+    """Read an FEI1/FEI2 extended header (EPU, Velox) and convert its values to units.
+
+    Parameters
+    ----------
+    path : path-like
+        An MRC file.
+
+    Returns
+    -------
+    FeiExtendedHeader or None
+        ``None`` when the header's ``exttyp`` is not FEI1/FEI2 (no such extended header).
+
+    Raises
+    ------
+    CorruptHeaderError
+        The MRC header is invalid, or ``exttyp`` says FEI1/FEI2 but the extended header cannot be
+        interpreted as one (too short, wrong 'Metadata size').
+    """
+    read_geometry(path)  # validates the main header (typed errors) before mrcfile interprets the rest
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _BoundedMrcFile(path, mode="r", header_only=True, permissive=True) as mrc:
+                exttyp = bytes(mrc.header.exttyp)
+                if exttyp not in (b"FEI1", b"FEI2"):
+                    return None
+                entries = mrc.indexed_extended_header
+                entries = None if entries is None else np.array(entries)
+    except InputFileError:
+        raise
+    except (OSError, ValueError, EOFError, TypeError, AttributeError, IndexError) as exc:
+        raise CorruptHeaderError(path, f"extended header not readable by mrcfile ({exc})") from exc
+    if entries is None or entries.size == 0:
+        raise CorruptHeaderError(path, f"exttyp {exttyp.decode()} but the extended header is not of that type")
+    return _fei_values(exttyp.decode(), entries)
+
+
+def _fei_values(exttyp: str, entries: npt.NDArray[Any]) -> FeiExtendedHeader:
+    first = entries[0]
+    positions = _fei_bit_positions(entries.dtype)
+    masks = {name: int(first[name]) for name in entries.dtype.names or () if name.startswith("Bitmask")}
+    all_clear = all(value == 0 for value in masks.values())
+
+    def present(name: str) -> bool:
+        mask, bit = positions[name]
+        return all_clear or bool((masks.get(mask, 0) >> bit) & 1)
+
+    def number(name: str, scale: float = 1.0, nonzero: bool = False) -> float | None:
+        if not present(name):
+            return None
+        value = float(first[name])
+        if not math.isfinite(value) or (nonzero and value == 0.0):
+            return None
+        return value * scale
+
+    def text(name: str) -> str | None:
+        if not present(name):
+            return None
+        value = bytes(first[name]).split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
+        return value or None
+
+    def flag(name: str) -> bool | None:
+        return bool(first[name]) if present(name) else None
+
+    dose = number("Dose", _PER_M2_TO_PER_ANGSTROM2, nonzero=True)
+    if dose is not None and entries.size > 1 and present("Is dose fraction") and bool(first["Is dose fraction"]):
+        doses = entries["Dose"].astype(np.float64) * _PER_M2_TO_PER_ANGSTROM2
+        dose = float(doses.sum()) if np.all(np.isfinite(doses)) else None
+    timestamp = None
+    days = number("Timestamp")
+    if days is not None and 0.0 < days < 2958465.0:  # OLE dates run to 9999-12-31
+        timestamp = (_OLE_EPOCH + timedelta(days=days)).isoformat()
+
+    def defocus(name: str) -> float | None:
+        value = number(name, _METRE_TO_ANGSTROM)
+        return None if value is None else -value  # FEI: negative = underfocus
+
+    slit = number("Slit width") if present("Slit inserted") and bool(first["Slit inserted"]) else None
+    binning = number("Binning Width", nonzero=True)
+    return FeiExtendedHeader(
+        exttyp=exttyp,
+        n_entries=int(entries.size),
+        voltage_kv=number("HT", 1e-3, nonzero=True),
+        total_dose_e_per_angstrom2=dose,
+        pixel_size_x_angstrom=number("Pixel size X", _METRE_TO_ANGSTROM, nonzero=True),
+        pixel_size_y_angstrom=number("Pixel size Y", _METRE_TO_ANGSTROM, nonzero=True),
+        nominal_defocus_angstrom=defocus("Applied defocus"),
+        objective_defocus_angstrom=defocus("Defocus"),
+        magnification=number("Magnification", nonzero=True),
+        camera_name=text("Camera name"),
+        timestamp_utc_iso=timestamp,
+        stage_x_um=number("X-Stage", _METRE_TO_MICROMETRE),
+        stage_y_um=number("Y-Stage", _METRE_TO_MICROMETRE),
+        stage_z_um=number("Z-Stage", _METRE_TO_MICROMETRE),
+        alpha_tilt_deg=number("Alpha tilt"),
+        beta_tilt_deg=number("Beta tilt"),
+        integration_time_s=number("Integration time", nonzero=True),
+        binning=binning,
+        electron_counting=flag("Direct detector electron counting"),
+        microscope_type=text("Microscope type"),
+        microscope_id=text("D-Number"),
+        application=text("Application"),
+        application_version=text("Application version"),
+        slit_width_ev=slit,
+    )
+
+
+def fei_field_names() -> tuple[str, ...]:
+    """Attribute names of ``FeiExtendedHeader`` (for documentation and tests)."""
+    return tuple(f.name for f in fields(FeiExtendedHeader))
+
+
+def mrc_header_fields(path: str | os.PathLike[str]) -> Fields:
+    """Metadata fields from an MRC file's main header: frame size, section count and pixel size.
+
+    The pixel size (``cella.x / mx``) is given only when positive.  The FEI1/FEI2 extended header is a
+    separate source (``read_fei_extended_header(path).to_fields()``) so that a disagreement between the
+    two is flagged by ``merge_metadata``.  Raises the typed errors of ``read_geometry``.
+    """
+    geometry = read_geometry(path)
+    nz, ny, nx = geometry.shape_zyx
+    out: Fields = {"detector.image_width_px": nx, "detector.image_height_px": ny, "detector.n_frames": nz}
+    if geometry.pixel_size_angstrom > 0:
+        out["optics.pixel_size_angstrom"] = geometry.pixel_size_angstrom
+    return out
+
+
+def read_mrc_frames(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32], MrcGeometry]:
+    """All sections of a complete MRC file as float32 (nz, ny, nx), checked finite and non-constant.
+
+    Unlike ``read_micrograph``/``read_movie`` a missing pixel size is not an error (the sidecar may
+    give it; ``geometry.pixel_size_angstrom`` is then 0.0).
+    """
+    data, geometry = _read_values(path)
+    return np.ascontiguousarray(data), geometry

@@ -1,4 +1,4 @@
-"""Global motion correction (cryodecon_science.motion) against known drift."""
+"""Motion correction (cryodecon_science.motion) against known drift: global, patch-based, dose weighting."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from cryodecon_science.motion import align_movie
-from cryodecon_science.simulate import SimulationConfig, simulate_movie
+from cryodecon_science.motion import align_movie, critical_exposure_e_per_angstrom2, dose_weights
+from cryodecon_science.simulate import SimulationConfig, drift_trajectory_px, simulate_micrograph, simulate_movie
 
 # Normal dose (40 e⁻/Å², 12 frames) on a small field: 384 px at 2 Å/px (160 e⁻/pixel in total).
 MOVIE_CONFIG = SimulationConfig(shape_px=(384, 384), pixel_size_angstrom=2.0, n_frames=12)
@@ -109,3 +109,130 @@ def test_invalid_input() -> None:
         align_movie(np.ones((3, 32, 32), dtype=np.float32), 0.0)
     with pytest.raises(ValueError):
         align_movie(np.ones((3, 32, 32), dtype=np.float32), 1.0, trajectory_polynomial_degree=3)
+
+
+def deformed_movie(seed: int, edge_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A movie whose drift varies over the field: a feature at frame-0 position r₀ sits in frame f at
+    r₀ + s_f + τ_f M (r₀ − c), τ_f = f/(n−1), M = (edge_px/R)·[[1, −1], [1, 1]] (expansion + rotation,
+    R = half the side), s_f the simulator's trajectory.  The map is affine, so frame f samples the
+    noise-free exposure (padded by 32 px) at r₀ = c + (I + τ_f M)⁻¹ (r − s_f − c)."""
+    config = replace(MOVIE_CONFIG, n_frames=10)
+    pad, n_px = 32, MOVIE_CONFIG.shape_px[0]
+    clean = simulate_micrograph(replace(config, shape_px=(n_px + 2 * pad,) * 2), "deformed", seed).clean_image
+    rng = np.random.default_rng(seed)
+    shifts = drift_trajectory_px(rng, config.n_frames, 12.0)
+    matrix = (edge_px / (0.5 * n_px)) * np.array([[1.0, -1.0], [1.0, 1.0]])
+    spline = scipy.ndimage.spline_filter(clean.astype(np.float64) / config.n_frames, order=3)
+    centre = 0.5 * (n_px - 1)
+    y, x = np.mgrid[0:n_px, 0:n_px].astype(np.float64)
+    frames = np.empty((config.n_frames, n_px, n_px), dtype=np.float32)
+    for f in range(config.n_frames):
+        inverse = np.linalg.inv(np.eye(2) + f / (config.n_frames - 1) * matrix)
+        dy, dx = y - shifts[f, 0] - centre, x - shifts[f, 1] - centre
+        coords = [
+            centre + inverse[0, 0] * dy + inverse[0, 1] * dx + pad,
+            centre + inverse[1, 0] * dy + inverse[1, 1] * dx + pad,
+        ]
+        frames[f] = rng.poisson(
+            np.clip(scipy.ndimage.map_coordinates(spline, coords, order=3, prefilter=False), 0, None)
+        )
+    return frames, shifts, matrix
+
+
+def test_patch_correction_recovers_spatially_varying_drift() -> None:
+    frames, shifts, matrix = deformed_movie(11, edge_px=4.0)
+    n, n_px = frames.shape[0], frames.shape[1]
+    points = np.stack(
+        np.meshgrid(np.linspace(40, n_px - 40, 8), np.linspace(40, n_px - 40, 8), indexing="ij"), -1
+    ).reshape(-1, 2)
+    tau = np.arange(n) / (n - 1)
+    truth = shifts[None] + tau[None, :, None] * ((points - 0.5 * (n_px - 1)) @ matrix.T)[:, None, :]
+    global_only = align_movie(frames, MOVIE_CONFIG.pixel_size_angstrom)
+    patched = align_movie(frames, MOVIE_CONFIG.pixel_size_angstrom, patch_grid=(3, 3))
+    motion = patched.patch_motion
+    assert global_only.patch_motion is None and motion is not None
+    assert motion.model in ("bilinear", "quadratic") and motion.grid == (3, 3)
+    assert motion.measured_shifts_px.shape == motion.fitted_shifts_px.shape == (9, n, 2)
+    assert motion.coefficients_px.shape == (2, 3, 6)
+    estimate = np.stack(
+        [patched.shifts_px[f] + motion.local_shifts_px(points[:, 0], points[:, 1], f) for f in range(n)], axis=1
+    )
+    assert np.allclose(estimate[:, 0], 0.0, atol=1e-9)  # frame 0 is the reference everywhere
+
+    def rms(field: np.ndarray) -> float:
+        return float(np.sqrt(np.mean(np.sum((field - truth) ** 2, axis=-1))))
+
+    global_error = rms(np.repeat(global_only.shifts_px[None], len(points), axis=0))
+    patch_error = rms(estimate)
+    assert global_error > 1.5, f"the deformation should defeat a single shift ({global_error:.2f} px)"
+    assert patch_error < 0.6 and patch_error < 0.35 * global_error, (
+        f"patch {patch_error:.2f}, global {global_error:.2f} px"
+    )
+    assert np.allclose(patched.even_sum + patched.odd_sum, patched.aligned_sum, atol=1e-2)
+    assert float(patched.aligned_sum.sum()) == pytest.approx(float(frames.sum()), rel=2e-3)  # border padding
+
+
+def test_uniform_drift_selects_no_local_model() -> None:
+    """Patch noise (≈ 1 px per patch and frame) must not be fitted as deformation when there is none."""
+    movie = simulate_movie(replace(MOVIE_CONFIG, shape_px=(256, 256), n_frames=8), "uniform", 4)
+    patched = align_movie(movie.frames, MOVIE_CONFIG.pixel_size_angstrom, patch_grid=(3, 3))
+    assert patched.patch_motion is not None and patched.patch_motion.model in ("none", "uniform")
+    local = patched.patch_motion.fitted_shifts_px - patched.shifts_px[None]
+    assert np.abs(local).max() < 0.5
+
+
+def test_dose_weights_match_hand_computed_values() -> None:
+    # N_e(0.1 Å⁻¹) = 0.245·0.1^−1.665 + 2.81 = 0.245·46.238 + 2.81 = 14.138 e⁻/Å²; N_e(0.25) = 5.2737.
+    assert critical_exposure_e_per_angstrom2([0.1, 0.25]) == pytest.approx([14.1383, 5.27375], rel=1e-4)
+    assert critical_exposure_e_per_angstrom2(0.1, voltage_kv=200.0) == pytest.approx(0.8 * 14.1383, rel=1e-4)
+    assert np.isinf(critical_exposure_e_per_angstrom2(0.0))
+    # Two frames of 1 e⁻/Å²: mid-frame exposures 0.5 and 1.5; at k = 0.1, q = exp(−0.5/28.277) = 0.98248 and
+    # exp(−1.5/28.277) = 0.94834, √(q₀² + q₁²) = 1.36551, w = (0.71950, 0.69450).
+    weights = dose_weights(np.array([0.0, 0.1, 0.25]), 2, 1.0)
+    assert weights.shape == (2, 3)
+    assert weights[:, 1] == pytest.approx([0.719496, 0.694496], abs=1e-5)
+    assert weights[:, 2] == pytest.approx([0.739772, 0.672857], abs=1e-5)
+    assert weights[:, 0] == pytest.approx([2**-0.5, 2**-0.5])  # k = 0 is not damaged
+    many = dose_weights(np.linspace(0.0, 0.5, 50), 40, 1.2, pre_exposure_e_per_angstrom2=2.0)
+    assert np.allclose(np.sum(many**2, axis=0), 1.0)
+    assert np.all(np.diff(many, axis=0) <= 0)  # later frames never weigh more
+    with pytest.raises(ValueError):
+        critical_exposure_e_per_angstrom2(0.1, voltage_kv=120.0)
+    with pytest.raises(ValueError):
+        dose_weights(0.1, 3, 0.0)
+
+
+def test_dose_weighted_sum_keeps_counts_and_damps_high_frequencies() -> None:
+    movie = simulate_movie(replace(MOVIE_CONFIG, shape_px=(256, 256), n_frames=8), "dose", 5)
+    dose = MOVIE_CONFIG.dose_e_per_angstrom2 / 8
+    result = align_movie(movie.frames, MOVIE_CONFIG.pixel_size_angstrom, dose_per_frame_e_per_angstrom2=dose)
+    plain = align_movie(movie.frames, MOVIE_CONFIG.pixel_size_angstrom)
+    assert plain.dose_weighted_sum is None and result.dose_weighted_sum is not None
+    assert np.allclose(result.aligned_sum, plain.aligned_sum, atol=1e-2)
+    assert np.allclose(result.even_sum + result.odd_sum, result.aligned_sum, atol=1e-3)
+    weighted = result.dose_weighted_sum.astype(np.float64)
+    assert weighted.sum() == pytest.approx(float(result.aligned_sum.sum()), rel=1e-5)  # √n·w₀ = 1 at k = 0
+    # At Nyquist (0.25 Å⁻¹ at 2 Å/px) the weighted sum's amplitude equals √n·Σ w_f·F_f: compare with the
+    # weights applied by hand to the aligned frames' common signal, i.e. the ratio of mean amplitudes.
+    k = (
+        np.hypot(*np.meshgrid(np.fft.fftfreq(256), np.fft.rfftfreq(256), indexing="ij"))
+        / MOVIE_CONFIG.pixel_size_angstrom
+    )
+    high = k > 0.2
+    ratio = np.abs(np.fft.rfft2(weighted))[high].mean() / np.abs(np.fft.rfft2(result.aligned_sum))[high].mean()
+    assert ratio < 1.0  # noise power is kept (ratio ≈ 1 for pure noise), so only a little below 1
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu() -> None:
+    movie = simulate_movie(MOVIE_CONFIG, "gpu", 6)
+    kwargs = {"patch_grid": (3, 3), "dose_per_frame_e_per_angstrom2": MOVIE_CONFIG.dose_e_per_angstrom2 / 12}
+    cpu = align_movie(movie.frames, MOVIE_CONFIG.pixel_size_angstrom, "cpu", **kwargs)  # type: ignore[arg-type]
+    gpu = align_movie(movie.frames, MOVIE_CONFIG.pixel_size_angstrom, "cuda", **kwargs)  # type: ignore[arg-type]
+    assert np.abs(cpu.shifts_px - gpu.shifts_px).max() < 0.02
+    assert cpu.patch_motion is not None and gpu.patch_motion is not None
+    assert np.abs(cpu.patch_motion.fitted_shifts_px - gpu.patch_motion.fitted_shifts_px).max() < 0.05
+    scale = float(np.abs(cpu.aligned_sum).mean())
+    for a, b in ((cpu.aligned_sum, gpu.aligned_sum), (cpu.dose_weighted_sum, gpu.dose_weighted_sum)):
+        assert a is not None and b is not None
+        assert float(np.abs(a - b).mean()) < 1e-3 * scale

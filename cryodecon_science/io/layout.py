@@ -1,0 +1,437 @@
+"""Session layouts on microscope storage, and reading one exposure with its metadata record.
+
+EPU (Thermo Fisher Scientific)::
+
+    <session>/Images-Disc1/GridSquare_<gs>/Data/FoilHole_<fh>_Data_<a>_<b>_<date>_<time>.mrc   micrograph
+    <session>/Images-Disc1/GridSquare_<gs>/Data/FoilHole_<fh>_Data_<a>_<b>_<date>_<time>.xml   its sidecar
+    ...Data/FoilHole_<...>_fractions.tiff | _fractions.mrc | _EER.eer                           the movie
+
+Movies may sit in a separate folder tree (EPU's "movies folder") with the same ``GridSquare_<gs>/Data``
+structure; a movie finds its XML by the shared stem anywhere under the root.  Only ``FoilHole_*_Data_*``
+files under a ``Data`` folder are exposures (``GridSquare_*.mrc`` atlas tiles and ``FoilHoles/`` previews,
+and anything else inside a ``GridSquare_<id>`` folder, are not).
+
+SerialEM: ``<name>.mrc``/``<name>.tif``/``<name>.eer`` with ``<name>.<ext>.mdoc`` (or ``<name>.mdoc``) beside
+it.  ``.tif``/``.tiff``/``.eer`` files and MRC stacks whose mdoc is a ``[FrameSet]`` or that hold more
+than one section are movies; single-section MRC files are micrographs.
+
+``discover_session`` lists exposures without reading pixels; ``read_exposure`` reads one (pixels, gain and
+defect correction, metadata from header and sidecar merged into an ``ExposureMetadata``) and checks the
+movie's frame count against what the sidecar announces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import tifffile
+
+from cryodecon_science.io.eer import MAX_EER_FRAMES, read_eer
+from cryodecon_science.io.epu import read_epu_xml
+from cryodecon_science.io.gain import GainReference, apply_gain, correct_defects, detect_hot_pixels
+from cryodecon_science.io.mrc import (
+    MAX_FRAMES,
+    CorruptHeaderError,
+    IncompleteFileError,
+    check_complete,
+    read_fei_extended_header,
+    read_geometry,
+    read_mrc_frames,
+)
+from cryodecon_science.io.serialem import read_mdoc
+from cryodecon_science.io.tiff import check_ifd_chain_ends, read_tiff_movie
+from cryodecon_science.metadata import ExposureKind, ExposureMetadata, FieldValue, merge_metadata
+
+ImageFormat = Literal["mrc", "tiff", "eer"]
+SidecarKind = Literal["epu_xml", "mdoc"]
+LayoutKind = Literal["epu", "serialem", "plain"]
+
+_FOIL_HOLE = re.compile(r"^FoilHole_(?P<fh>\d+)_Data_(?P<rest>.+)$")
+_GRID_SQUARE = re.compile(r"^GridSquare_(?P<gs>\d+)$")
+_MOVIE_SUFFIXES = ("_fractions", "_Fractions", "_EER", "_eer")
+_FORMATS: dict[str, ImageFormat] = {".mrc": "mrc", ".mrcs": "mrc", ".tif": "tiff", ".tiff": "tiff", ".eer": "eer"}
+
+
+@dataclass(frozen=True)
+class ExposureFile:
+    """One exposure found on disk.
+
+    Attributes
+    ----------
+    exposure_name : str
+        File stem without ``_fractions``/``_EER`` (EPU's micrograph and movie share it).
+    path : Path
+        The image file.
+    kind : {"micrograph", "movie"}
+    image_format : {"mrc", "tiff", "eer"}
+    sidecar_path : Path or None
+        The EPU XML or SerialEM mdoc describing it.
+    sidecar_kind : {"epu_xml", "mdoc"} or None
+    grid_square_id, foil_hole_id : str or None
+        From the EPU path (``GridSquare_<id>`` folder, ``FoilHole_<id>_Data_`` name).
+    layout : {"epu", "serialem", "plain"}
+    """
+
+    exposure_name: str
+    path: Path
+    kind: ExposureKind
+    image_format: ImageFormat
+    sidecar_path: Path | None = None
+    sidecar_kind: SidecarKind | None = None
+    grid_square_id: str | None = None
+    foil_hole_id: str | None = None
+    layout: LayoutKind = "plain"
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One exposure read from disk.
+
+    Attributes
+    ----------
+    file : ExposureFile
+    frames : ndarray, shape (n_frames, ny, nx), float32
+        Counts per frame (n_frames = 1 for a micrograph), gain- and defect-corrected when asked.
+    pixel_size_angstrom : float
+        Å per pixel of ``frames`` (0.0 when no source gives one).
+    metadata : ExposureMetadata
+    defect_mask : ndarray (ny, nx) bool or None
+        Pixels replaced by ``correct_defects``.
+    """
+
+    file: ExposureFile
+    frames: npt.NDArray[np.float32]
+    pixel_size_angstrom: float
+    metadata: ExposureMetadata
+    defect_mask: npt.NDArray[np.bool_] | None = None
+
+    @property
+    def micrograph(self) -> npt.NDArray[np.float32]:
+        """The frame sum (ny, nx) float32."""
+        return np.ascontiguousarray(self.frames.sum(axis=0, dtype=np.float32))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".mdoc", *_FORMATS, ".xml"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+    for suffix in (".mrc", ".tif", ".tiff", ".eer"):  # SerialEM: name.tif.mdoc
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _exposure_name(path: Path) -> tuple[str, bool]:
+    """(stem without movie suffix, whether a movie suffix was present)."""
+    stem = _stem(path)
+    for suffix in _MOVIE_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)], True
+    return stem, False
+
+
+def _grid_square(path: Path) -> str | None:
+    for part in reversed(path.parts):
+        match = _GRID_SQUARE.match(part)
+        if match:
+            return match.group("gs")
+    return None
+
+
+def discover_session(root: str | os.PathLike[str]) -> list[ExposureFile]:
+    """List the exposures under ``root`` (EPU or SerialEM layout), sorted by path; reads no pixels.
+
+    Hidden files and partial copies (``.*``, ``*.part``) are skipped.  MRC files are classified by
+    their header (``read_geometry``); one whose header cannot be read is still listed, as a
+    micrograph, so that ``read_exposure`` reports its typed error instead of the file going unseen.
+    """
+    root_path = Path(root)
+    files = sorted(
+        p for p in root_path.rglob("*") if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".part")
+    )
+    xml_by_stem: dict[str, Path] = {}
+    mdoc_by_image: dict[str, Path] = {}
+    for path in files:
+        lower = path.name.lower()
+        if lower.endswith(".xml") and _FOIL_HOLE.match(path.stem):
+            xml_by_stem.setdefault(path.stem, path)
+        elif lower.endswith(".mdoc"):
+            mdoc_by_image[str(path.parent / _stem(path))] = path
+    exposures: list[ExposureFile] = []
+    for path in files:
+        image_format = _FORMATS.get(path.suffix.lower())
+        if image_format is None:
+            continue
+        name, movie_suffix = _exposure_name(path)
+        foil = _FOIL_HOLE.match(name)
+        if foil is not None:
+            if "Data" not in path.parts:
+                continue
+            sidecar = path.with_name(name + ".xml")
+            sidecar_path = sidecar if sidecar.is_file() else xml_by_stem.get(name)
+            kind: ExposureKind = "movie" if movie_suffix or image_format != "mrc" else "micrograph"
+            sidecar_kind: SidecarKind | None = "epu_xml" if sidecar_path else None
+            exposures.append(
+                ExposureFile(
+                    name,
+                    path,
+                    kind,
+                    image_format,
+                    sidecar_path,
+                    sidecar_kind,
+                    _grid_square(path),
+                    foil.group("fh"),
+                    "epu",
+                )
+            )
+            continue
+        if _grid_square(path) is not None:
+            continue  # EPU atlas tiles and foil-hole previews inside GridSquare_<id> are not exposures
+        mdoc = mdoc_by_image.get(str(path.parent / _stem(path)))
+        kind = "movie" if movie_suffix or image_format != "mrc" else _mrc_kind(path, mdoc)
+        layout: LayoutKind = "serialem" if mdoc else "plain"
+        exposures.append(
+            ExposureFile(name, path, kind, image_format, mdoc, "mdoc" if mdoc else None, None, None, layout)
+        )
+    return exposures
+
+
+def _mrc_kind(path: Path, mdoc: Path | None) -> ExposureKind:
+    if mdoc is not None:
+        try:
+            with open(mdoc, encoding="utf-8", errors="replace") as handle:
+                if "[FrameSet" in handle.read(1 << 20):
+                    return "movie"
+        except OSError:
+            pass
+    try:
+        return "movie" if read_geometry(path).shape_zyx[0] > 1 else "micrograph"
+    except Exception:  # classification only: read_exposure raises the typed error later
+        return "micrograph"
+
+
+def expected_frame_count(sidecar: str | os.PathLike[str]) -> int | None:
+    """Frames the sidecar announces (EPU ``NumberOffractions``, SerialEM ``NumSubFrames``), or None.
+
+    Raises the sidecar readers' typed errors for a malformed sidecar.
+    """
+    path = Path(sidecar)
+    if path.name.lower().endswith(".mdoc"):
+        return read_mdoc(path).announced_frame_count
+    return read_epu_xml(path).announced_frame_count
+
+
+def read_exposure(
+    exposure: ExposureFile | str | os.PathLike[str],
+    *,
+    gain: GainReference | None = None,
+    defect_mask: npt.NDArray[np.bool_] | None = None,
+    detect_hot_pixels_k_sigma: float | None = None,
+    eer_frames_per_group: int | None = None,
+    eer_super_resolution: int = 0,
+    pixel_size_angstrom: float | None = None,
+    check_frame_count: bool = True,
+    tolerances: dict[str, tuple[float, float]] | None = None,
+) -> Exposure:
+    """Read one exposure (micrograph or movie) with its merged metadata record.
+
+    Parameters
+    ----------
+    exposure : ExposureFile or path
+        A path is classified as ``discover_session`` would (sidecar looked up beside it).
+    gain : GainReference, optional
+        Applied to movie frames (frames × gain); its zero pixels join the defect mask.
+    defect_mask : ndarray (ny, nx) bool, optional
+        Known defects (``read_defect_list``).
+    detect_hot_pixels_k_sigma : float, optional
+        Also flag pixels of the frame sum above their neighbourhood by this many robust σ.
+    eer_frames_per_group, eer_super_resolution : int
+        EER rendering (``read_eer``); the intensity-scale check always runs and raises ``EerScaleError``.
+    pixel_size_angstrom : float, optional
+        Overrides every source (recorded as the source "user").
+    check_frame_count : bool
+        Raise ``IncompleteFileError`` when a movie has fewer frames than the sidecar announces
+        (``CorruptHeaderError`` when it has more).
+    tolerances : dict, optional
+        Per-field disagreement tolerances (``merge_metadata``).
+
+    Returns
+    -------
+    Exposure
+
+    Raises
+    ------
+    InputFileError (and subclasses)
+        Any unreadable image or sidecar, frame-count mismatch, EER scale mismatch.
+    """
+    file = exposure if isinstance(exposure, ExposureFile) else _classify(Path(exposure))
+    sources: list[tuple[str, str, dict[str, FieldValue]]] = []
+    if pixel_size_angstrom is not None:
+        sources.append(("user", "", {"optics.pixel_size_angstrom": float(pixel_size_angstrom)}))
+    if file.image_format == "mrc":
+        frames, geometry = read_mrc_frames(file.path)
+        header: dict[str, FieldValue] = {
+            "detector.image_width_px": geometry.shape_zyx[2],
+            "detector.image_height_px": geometry.shape_zyx[1],
+            "detector.n_frames": geometry.shape_zyx[0],
+        }
+        fei = read_fei_extended_header(file.path)
+        if fei is not None:
+            sources.append(("fei_extended_header", str(file.path), dict(fei.to_fields())))
+        if geometry.pixel_size_angstrom > 0:
+            header["optics.pixel_size_angstrom"] = geometry.pixel_size_angstrom
+        sources.append(("mrc_header", str(file.path), header))
+        stored = frames.shape[0]
+    elif file.image_format == "tiff":
+        movie = read_tiff_movie(file.path)
+        frames = movie.frames
+        sources.append(("tiff", str(file.path), dict(movie.to_fields())))
+        stored = frames.shape[0]
+    else:
+        eer = read_eer(file.path, frames_per_group=eer_frames_per_group, super_resolution=eer_super_resolution)
+        frames = eer.frames
+        sources.append(("eer_header", str(file.path), dict(eer.to_fields())))
+        stored = eer.n_raw_frames  # the sidecar announces raw EER frames, not rendered groups
+    announced: int | None = None
+    if file.sidecar_path is not None:
+        if file.sidecar_kind == "mdoc":
+            mdoc = read_mdoc(file.sidecar_path)
+            sidecar_fields, announced = dict(mdoc.fields), mdoc.announced_frame_count
+        else:
+            epu = read_epu_xml(file.sidecar_path)
+            sidecar_fields, announced = dict(epu.fields), epu.announced_frame_count
+        sources.append((str(file.sidecar_kind), str(file.sidecar_path), sidecar_fields))
+    if file.kind == "movie" and check_frame_count and announced is not None:
+        if stored < announced:
+            raise IncompleteFileError(file.path, f"{stored} frames on disk, the sidecar announces {announced}")
+        if stored > announced:
+            raise CorruptHeaderError(file.path, f"{stored} frames on disk, the sidecar announces only {announced}")
+    layout_fields: dict[str, FieldValue] = {}
+    if file.grid_square_id is not None:
+        layout_fields["acquisition.grid_square_id"] = file.grid_square_id
+    if file.foil_hole_id is not None:
+        layout_fields["acquisition.foil_hole_id"] = file.foil_hole_id
+    if layout_fields:
+        sources.append(("layout", str(file.path.parent), layout_fields))
+    record = merge_metadata(file.exposure_name, file.kind, str(file.path), sources, tolerances)
+
+    mask = None if defect_mask is None else np.asarray(defect_mask, dtype=bool)
+    if gain is not None:
+        frames = apply_gain(frames, gain)
+        mask = gain.defect_mask if mask is None else (mask | gain.defect_mask)
+    if detect_hot_pixels_k_sigma is not None:
+        hot = detect_hot_pixels(frames.sum(axis=0), k_sigma=detect_hot_pixels_k_sigma)
+        mask = hot if mask is None else (mask | hot)
+    if mask is not None:
+        frames = correct_defects(frames, mask)
+    pixel = record.optics.pixel_size_angstrom or 0.0
+    return Exposure(file, frames, float(pixel), record, mask)
+
+
+def _classify(path: Path) -> ExposureFile:
+    """An ExposureFile for one path, with its sidecar looked up beside it."""
+    image_format = _FORMATS.get(path.suffix.lower())
+    if image_format is None:
+        raise CorruptHeaderError(path, f"unknown image format {path.suffix!r} (expected .mrc, .tif(f), .eer)")
+    name, movie_suffix = _exposure_name(path)
+    foil = _FOIL_HOLE.match(name)
+    if foil is not None:
+        xml = path.with_name(name + ".xml")
+        kind: ExposureKind = "movie" if movie_suffix or image_format != "mrc" else "micrograph"
+        sidecar = xml if xml.is_file() else None
+        sidecar_kind: SidecarKind | None = "epu_xml" if sidecar else None
+        return ExposureFile(
+            name, path, kind, image_format, sidecar, sidecar_kind, _grid_square(path), foil.group("fh"), "epu"
+        )
+    mdoc = next((m for m in (Path(f"{path}.mdoc"), path.with_suffix(".mdoc")) if m.is_file()), None)
+    kind = "movie" if movie_suffix or image_format != "mrc" else _mrc_kind(path, mdoc)
+    return ExposureFile(
+        name, path, kind, image_format, mdoc, "mdoc" if mdoc else None, None, None, "serialem" if mdoc else "plain"
+    )
+
+
+def exposure_kind(path: str | os.PathLike[str]) -> ExposureKind:
+    """Micrograph or movie, by the rules of ``discover_session`` (name suffix, format, MRC sections)."""
+    target = Path(path)
+    image_format = _FORMATS.get(target.suffix.lower())
+    if image_format is None:
+        raise CorruptHeaderError(target, f"not an exposure format: {target.suffix!r}")
+    _, movie_suffix = _exposure_name(target)
+    if movie_suffix or image_format != "mrc":
+        return "movie"
+    return _mrc_kind(target, _sidecar_mdoc(target))
+
+
+def _sidecar_mdoc(path: Path) -> Path | None:
+    for candidate in (path.with_name(path.name + ".mdoc"), path.with_name(_stem(path) + ".mdoc")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _sidecar(path: Path) -> Path | None:
+    """The EPU XML (same stem, movie suffix removed) or SerialEM mdoc beside ``path``, if present."""
+    name, _ = _exposure_name(path)
+    xml = path.with_name(name + ".xml")
+    return xml if xml.is_file() else _sidecar_mdoc(path)
+
+
+def check_exposure_complete(path: str | os.PathLike[str]) -> int:
+    """Whether an exposure file is completely written, without decoding pixels; returns its frame count.
+
+    * MRC: the size on disk equals the size the header declares (``mrc.check_complete``);
+    * TIFF and EER: every image directory and strip lies inside the file and the directory chain ends
+      (``tiff.check_ifd_chain_ends``: a copy in progress otherwise reads as a shorter movie);
+    * and, where an EPU XML or SerialEM mdoc sidecar beside the file announces a frame count, the file
+      holds exactly that many frames.
+
+    A sidecar's frame count is a better completeness test than a settle timer: a copy that paused for a
+    minute still has fewer frames than announced.
+
+    Raises
+    ------
+    IncompleteFileError
+        Shorter than declared or fewer frames than announced (may still be copying).
+    CorruptHeaderError, InputFileError
+        A header or sidecar that cannot be valid, or more frames than announced.
+    """
+    target = Path(path)
+    image_format = _FORMATS.get(target.suffix.lower())
+    if image_format == "mrc":
+        frames = int(check_complete(target).shape_zyx[0])
+    elif image_format in ("tiff", "eer"):
+        size = target.stat().st_size
+        if size == 0:
+            raise IncompleteFileError(target, "zero bytes")
+        limit = MAX_EER_FRAMES if image_format == "eer" else MAX_FRAMES
+        try:
+            with tifffile.TiffFile(target) as tif:
+                frames = len(tif.pages)
+                if frames == 0:
+                    raise CorruptHeaderError(target, "TIFF holds no image")
+                if frames > limit:
+                    raise CorruptHeaderError(target, f"{frames} pages, more than {limit} frames")
+                check_ifd_chain_ends(tif, target, size)
+        except (tifffile.TiffFileError, struct.error, ValueError, IndexError) as exc:
+            if isinstance(exc, CorruptHeaderError | IncompleteFileError):
+                raise
+            raise CorruptHeaderError(target, f"not a readable TIFF: {exc}") from exc
+    else:
+        raise CorruptHeaderError(target, f"not an exposure format: {target.suffix!r}")
+    sidecar = _sidecar(target)
+    # An EER file holds raw detector frames; sidecars announce the fractions it will be grouped into.
+    if sidecar is not None and image_format != "eer" and exposure_kind(target) == "movie":
+        announced = expected_frame_count(sidecar)
+        if announced is not None and frames < announced:
+            raise IncompleteFileError(target, f"{frames} frames on disk, {sidecar.name} announces {announced}")
+        if announced is not None and frames > announced:
+            raise CorruptHeaderError(target, f"{frames} frames on disk, {sidecar.name} announces only {announced}")
+    return frames

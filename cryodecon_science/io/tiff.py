@@ -1,0 +1,200 @@
+"""TIFF movies (K2/K3/Falcon dose fractions, EPU ``*_fractions.tiff``) read with ``tifffile``.
+
+Uncompressed and LZW-compressed (``imagecodecs``) multi-page TIFFs, one page per frame, integer or float
+samples; all frames must have the same size.  Before any pixel is decoded the page directory is checked
+against the file: frame count and size within ``MAX_FRAMES`` / ``MAX_DIMENSION_PX``, every strip or tile
+inside the file (else ``IncompleteFileError``: a copy still in progress), uncompressed strips exactly as
+long as the page declares, and a decoded size no larger than ``MAX_EXPANSION`` × the compressed bytes (so
+a corrupt header cannot make the reader allocate gigabytes).  Any other error ``tifffile`` raises on
+malformed input becomes ``CorruptHeaderError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import tifffile
+
+from cryodecon_science.io.mrc import (
+    MAX_DIMENSION_PX,
+    MAX_FRAMES,
+    CorruptHeaderError,
+    IncompleteFileError,
+    InputFileError,
+    InvalidPixelDataError,
+)
+from cryodecon_science.metadata import Fields
+
+# LZW codes are at most 12 bits and stand for at most 4096 bytes, so decoded/encoded < 4096 · 8 / 9.
+MAX_EXPANSION = 4096
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+_COMPRESSION_NAMES = {1: "none", 5: "lzw", 8: "deflate", 32946: "deflate", 32773: "packbits", 50000: "zstd"}
+
+
+@dataclass(frozen=True)
+class TiffMovie:
+    """Frames of a TIFF movie.
+
+    Attributes
+    ----------
+    name : str
+        File stem.
+    frames : ndarray, shape (n_frames, ny, nx), float32
+        Counts per frame (finite; not all equal).
+    compression : str
+        "none", "lzw", ... (of the first page).
+    stored_dtype : str
+        Sample type on disk ("uint8", "uint16", "float32", ...).
+    """
+
+    name: str
+    frames: npt.NDArray[np.float32]
+    compression: str
+    stored_dtype: str
+
+    def to_fields(self) -> Fields:
+        """Metadata fields: frame size and count."""
+        n, ny, nx = self.frames.shape
+        return {"detector.image_width_px": nx, "detector.image_height_px": ny, "detector.n_frames": n}
+
+
+def check_ifd_chain_ends(tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int) -> None:
+    """Raise unless the last page ``tifffile`` found ends the IFD chain (next-IFD offset 0).
+
+    ``tifffile`` stops at a next-IFD offset past the end of the file and returns the pages before it, so
+    a movie still being copied would otherwise read as a shorter, valid movie.
+    """
+    last = tif.pages[-1]
+    header = tif.tiff
+    fh = tif.filehandle
+    fh.seek(int(last.offset))
+    raw = fh.read(header.tagnosize)
+    if len(raw) < header.tagnosize:
+        raise IncompleteFileError(path, "last image directory cut off")
+    (n_tags,) = struct.unpack(header.tagnoformat, raw)
+    fh.seek(int(last.offset) + header.tagnosize + int(n_tags) * header.tagsize)
+    raw = fh.read(header.offsetsize)
+    if len(raw) < header.offsetsize:
+        raise IncompleteFileError(path, "last image directory cut off")
+    (next_offset,) = struct.unpack(header.offsetformat, raw)
+    if next_offset >= size:
+        raise IncompleteFileError(path, f"next image directory at byte {next_offset}, file has {size}")
+    if next_offset != 0:
+        raise CorruptHeaderError(path, f"image directory chain broken at byte {next_offset}")
+
+
+def _pages(tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int) -> list[tifffile.TiffPage]:
+    """Validated pages: same shape and dtype, bounded sizes, all data inside the file."""
+    n_pages = len(tif.pages)
+    if n_pages == 0:
+        raise CorruptHeaderError(path, "TIFF holds no image")
+    if n_pages > MAX_FRAMES:
+        raise CorruptHeaderError(path, f"{n_pages} pages, more than {MAX_FRAMES} frames")
+    check_ifd_chain_ends(tif, path, size)
+    pages: list[tifffile.TiffPage] = []
+    for index in range(n_pages):
+        page = tif.pages[index]
+        if not isinstance(page, tifffile.TiffPage):
+            page = page.aspage()
+        pages.append(page)
+    first = pages[0]
+    for index, page in enumerate(pages):
+        shape = tuple(int(v) for v in page.shape)
+        if len(shape) != 2:
+            raise CorruptHeaderError(path, f"page {index} has shape {shape}; a movie frame must be 2D")
+        if shape != tuple(first.shape) or page.dtype != first.dtype:
+            detail = f"page 0 is {first.shape} {first.dtype}, page {index} {shape} {page.dtype}"
+            raise CorruptHeaderError(path, f"mismatched frame sizes: {detail}")
+        ny, nx = shape
+        if not (0 < ny <= MAX_DIMENSION_PX and 0 < nx <= MAX_DIMENSION_PX):
+            raise CorruptHeaderError(path, f"impossible frame size {shape}")
+        if page.dtype is None or np.dtype(page.dtype).kind not in "uif":
+            raise CorruptHeaderError(path, f"unsupported sample type {page.dtype}")
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if len(offsets) == 0 or len(offsets) != len(counts):
+            raise CorruptHeaderError(path, f"page {index} has no or inconsistent strip offsets")
+        ends = [int(o) + int(c) for o, c in zip(offsets, counts, strict=True)]
+        if max(ends) > size:
+            raise IncompleteFileError(path, f"page {index} data ends at byte {max(ends)}, file has {size}")
+        if min(int(c) for c in counts) <= 0 or min(int(o) for o in offsets) <= 0:
+            raise CorruptHeaderError(path, f"page {index} has an empty or misplaced strip")
+        decoded = ny * nx * np.dtype(page.dtype).itemsize
+        stored = sum(int(c) for c in counts)
+        if page.compression == 1 and stored < decoded:
+            raise CorruptHeaderError(path, f"page {index}: {stored} bytes stored, {decoded} declared")
+        if decoded > MAX_EXPANSION * stored:
+            raise CorruptHeaderError(path, f"page {index} declares {decoded} bytes from {stored} compressed")
+    return pages
+
+
+def read_tiff_movie(path: str | os.PathLike[str]) -> TiffMovie:
+    """Read a complete multi-page TIFF movie as float32 frames.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.tif``/``.tiff``, uncompressed or LZW (other ``tifffile`` codecs work when ``imagecodecs``
+        provides them).
+
+    Returns
+    -------
+    TiffMovie
+
+    Raises
+    ------
+    IncompleteFileError
+        Zero-size file, or strips past the end of the file.
+    CorruptHeaderError
+        Not a TIFF, mismatched frame sizes, impossible dimensions, or data ``tifffile`` cannot decode.
+    InvalidPixelDataError
+        NaN/Inf samples, or every sample equal.
+    OSError
+        The file cannot be opened (missing, permissions) -- wrapped as ``InputFileError``.
+    """
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise IncompleteFileError(path, "zero-size file")
+    if magic not in _TIFF_MAGIC:
+        if len(magic) < 4:
+            raise IncompleteFileError(path, f"{size} bytes, shorter than a TIFF header")
+        raise CorruptHeaderError(path, "not a TIFF file (no II*/MM* byte-order mark)")
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # tifffile logs what it repairs; the typed error says what matters
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = _pages(tif, path, size)
+            compression = _COMPRESSION_NAMES.get(int(pages[0].compression), str(int(pages[0].compression)))
+            stored_dtype = str(np.dtype(pages[0].dtype))
+            frames = np.empty((len(pages), *pages[0].shape), dtype=np.float32)
+            for index, page in enumerate(pages):
+                frames[index] = page.asarray()
+    except InputFileError:
+        raise
+    except MemoryError as exc:
+        raise CorruptHeaderError(path, "declared sizes exceed memory") from exc
+    except Exception as exc:  # tifffile/imagecodecs raise many types on malformed input; all mean corrupt
+        raise CorruptHeaderError(path, f"not readable by tifffile ({type(exc).__name__}: {exc})") from exc
+    finally:
+        logger.setLevel(level)
+    if not np.all(np.isfinite(frames)):
+        bad = int(frames.size - np.count_nonzero(np.isfinite(frames)))
+        raise InvalidPixelDataError(path, f"{bad} NaN/Inf pixels")
+    if frames.size and frames.max() == frames.min():
+        raise InvalidPixelDataError(path, "constant movie (no variation)")
+    name = Path(path).name.split(".")[0]
+    if math.prod(frames.shape) == 0:
+        raise CorruptHeaderError(path, "empty frames")
+    return TiffMovie(name, frames, compression, stored_dtype)

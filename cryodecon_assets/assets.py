@@ -263,6 +263,7 @@ def raw_micrographs(
     micrographs: dict[str, Micrograph] = {}
     rows: list[dict[str, Any]] = []
     metadata_rows: list[dict[str, Any]] = []
+    trajectory_rows: list[dict[str, Any]] = []
     disagreements: dict[str, list[str]] = {}
     failures: list[dict[str, Any]] = []
     try:
@@ -289,6 +290,16 @@ def raw_micrographs(
                 )
                 drift_total_px = float(correction.total_drift_px)
                 n_frames = int(exposure.frames.shape[0])
+                trajectory_rows.extend(
+                    {
+                        "micrograph": entry.name,
+                        "batch": batch,
+                        "frame": frame,
+                        "shift_y_px": float(shift[0]),
+                        "shift_x_px": float(shift[1]),
+                    }
+                    for frame, shift in enumerate(correction.shifts_px)
+                )
             else:
                 micrograph = Micrograph(entry.name, exposure.micrograph, exposure.pixel_size_angstrom)
         except (InputFileError, OSError, ValueError) as exc:
@@ -349,6 +360,9 @@ def raw_micrographs(
         )
     warehouse.write_rows("micrographs", batch, rows, replace_micrographs=chosen)
     warehouse.write_rows("exposure_metadata", batch, metadata_rows, replace_micrographs=chosen)
+    # The drift trajectory of each movie (frame × [dy, dx] relative to frame 0): what the causal graph's
+    # beam-induced-motion node reads as the total path length, per frame for staff.
+    warehouse.write_rows("motion_trajectories", batch, trajectory_rows, replace_micrographs=chosen)
     quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
     yield dg.Output(
         micrographs,

@@ -71,6 +71,9 @@ def test_epu_session_is_ingested_with_metadata(tmp_path: Path, monkeypatch: pyte
     assert set(by_name["grid_square_id"]) == {GRID_SQUARE}
     assert by_name.loc[names["movie"], "kind"] == "movie" and by_name.loc[names["movie"], "n_frames"] == 6
     assert by_name.loc[names["movie"], "drift_total_px"] > 1.0  # motion-corrected
+    trajectory = warehouse.read_rows("motion_trajectories", "epu_session-00001")  # type: ignore[attr-defined]
+    assert list(trajectory["frame"]) == list(range(6)) and set(trajectory["micrograph"]) == {names["movie"]}
+    assert trajectory["shift_y_px"][0] == 0.0 and trajectory["shift_x_px"][0] == 0.0  # relative to frame 0
     assert by_name.loc[names["micrograph_0"], "dose_e_per_angstrom2"] == pytest.approx(40.0)  # from the XML
     metadata = warehouse.read_rows("exposure_metadata", "epu_session-00001").set_index("micrograph")  # type: ignore[attr-defined]
     assert metadata.loc[names["micrograph_0"], "n_disagreements"] == 0

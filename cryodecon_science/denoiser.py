@@ -1,0 +1,454 @@
+"""Learned, self-supervised micrograph denoiser: a small U-Net trained by Noise2Noise on independent halves.
+
+Training signal (no clean images)
+---------------------------------
+Noise2Noise (Lehtinen et al. 2018, "Noise2Noise: Learning image restoration without clean data", ICML,
+PMLR 80:2965–2974): if a network f is trained to map one noisy image A of a scene to another, B, whose
+noise is independent of A's and zero-mean, the L2 minimiser is f(A) = E[B | A] = E[clean | A], the same as
+training against clean targets.  The two independent observations come from
+
+* **single exposures** — binomial thinning of counted data (:func:`halves_from_counts`, which uses
+  ``reproducibility.binomial_split_counts``): N ~ Poisson(λ) splits into A ~ Binomial(N, ½), B = N − A,
+  two independent Poisson(λ/2) images (Rényi thinning).  This is the Noise2Noise-on-thinned-counts
+  construction of e.g. Moran et al. 2020 ("Noisier2Noise", CVPR, 12064–12072) and Pang et al. 2021
+  ("Recorrupted-to-Recorrupted", CVPR, 2043–2052), specialised to shot noise;
+* **movies** — the sums of the even and of the odd aligned frames (:func:`halves_from_frames`), as in
+  Topaz-Denoise (Bepler et al. 2020, Nat. Commun. 11:5208) and cryo-CARE (Buchholz et al. 2019, ISBI).
+
+Input normalisation (shot-noise units)
+--------------------------------------
+An image x of counts with mean μ = mean(x) over the whole image is mapped to
+
+    z = (x − μ) / √μ
+
+so that its shot noise has unit variance everywhere (Poisson: variance = mean; a first-order variance
+stabilisation, adequate at the ≥ 10 e⁻/pixel of a micrograph or a half of one, where Anscombe's
+2√(x + 3/8) is linear to within 1 %).  The network is therefore a denoiser for *unit-variance* noise: it
+returns the estimate of (λ − μ)/√μ, and the image is restored as μ + √μ·f(z).  The statistics are those
+of the whole image, not of a tile, so tiling does not change the mapping.
+
+Full-dose output
+----------------
+The model is trained on half-dose inputs and applied once to the *full* image N.  In shot-noise units a
+half of dose D/2 and the full image of dose D differ only in the signal amplitude (√2 larger for the full
+image, the noise being unit variance in both), so a model trained on halves whose SNR spans the range of
+the full images (training uses full-image SNR 0.01–0.2, halves 0.005–0.1) sees full images as in-range
+inputs, and gets the full dose's √2 better SNR.  Averaging f(A) + f(B) over one split would instead feed
+the network two inputs of half the SNR (and cost twice as much); see ``benchmarks/train_denoiser.py``.
+
+Architecture
+------------
+A U-Net (Ronneberger et al. 2015, MICCAI, LNCS 9351:234–241) of ``depth`` levels: per level two 3×3
+convolutions with LeakyReLU(0.1), 2×2 average pooling down, nearest-neighbour upsampling and skip
+concatenation up, a 1×1 output convolution.  No normalisation layers, so the output is a fixed function
+of the input (batches give the same numbers).  The first level works on r×r blocks (``space_to_depth``),
+so the receptive field is ≈ r·2·(2 + 4 + … + 2^depth) pixels (≈ 360 px for r = 4, depth 4), although the
+weight of distant pixels decays fast: tiles keep :data:`TILE_MARGIN_PX` = 128 px of context per side, with
+which tiled and untiled outputs differ by ≈ 1.5 % of the output's standard deviation (RMS) at tile seams.
+
+Inference runs tiled (``tile_px`` core + margin, reflect-padded at the image edges), batched
+(``batch_size`` tiles per forward pass), in float32 on CPU and under bfloat16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from cryodecon_science.reproducibility import binomial_split_counts
+
+Float32Image = npt.NDArray[np.float32]
+
+TILE_MARGIN_PX = 128
+"""Context kept on each side of an inference tile and discarded afterwards (module docstring)."""
+DEFAULT_TILE_PX = 1024
+"""Core edge of an inference tile, pixels (a 1024² micrograph runs as one tile, a 4096² one as 16)."""
+MIN_MEAN_COUNTS = 1e-3
+"""Smallest image mean (counts/pixel) accepted: the normalisation divides by √μ."""
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Architecture of the U-Net.
+
+    Attributes
+    ----------
+    base_channels : int
+        Feature channels at full resolution; level ℓ has min(base·2^ℓ, max_channels).
+    depth : int
+        Number of resolution levels (depth − 1 poolings by 2).
+    max_channels : int
+        Cap on the channels per level.
+    negative_slope : float
+        LeakyReLU slope.
+    space_to_depth : int
+        r: the image enters as r² channels of r×r-pixel blocks (``pixel_unshuffle``) and leaves through
+        ``pixel_shuffle``; lossless, and r² times less work per channel than a full-resolution first
+        level.  At 1 Å/pixel and SNR ≤ 0.1 the detail near Nyquist is noise anyway.
+    """
+
+    base_channels: int = 32
+    depth: int = 4
+    max_channels: int = 64
+    negative_slope: float = 0.1
+    space_to_depth: int = 4
+
+    def __post_init__(self) -> None:
+        if self.base_channels < 1 or self.max_channels < self.base_channels:
+            raise ValueError("base_channels must be >= 1 and max_channels >= base_channels")
+        if not 2 <= self.depth <= 6:
+            raise ValueError(f"depth must be in 2..6, got {self.depth}")
+        if self.space_to_depth not in (1, 2, 4):
+            raise ValueError(f"space_to_depth must be 1, 2 or 4, got {self.space_to_depth}")
+        if not 0.0 <= self.negative_slope < 1.0:
+            raise ValueError(f"negative_slope must be in [0, 1), got {self.negative_slope}")
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Channels per level, full resolution first."""
+        return tuple(min(self.base_channels * 2**level, self.max_channels) for level in range(self.depth))
+
+    @property
+    def size_multiple_px(self) -> int:
+        """Input sides must be multiples of this (r · 2^(depth − 1))."""
+        return int(self.space_to_depth * 2 ** (self.depth - 1))
+
+    def to_dict(self) -> dict[str, int | float]:
+        """Plain-data form (for the weights file)."""
+        return dict(asdict(self))
+
+
+def _double_conv(c_in: int, c_out: int, slope: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1),
+        nn.LeakyReLU(slope),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.LeakyReLU(slope),
+    )
+
+
+class DenoiserUNet(nn.Module):
+    """The U-Net of the module docstring: (batch, 1, ny, nx) → (batch, 1, ny, nx), sides multiples of
+    ``config.size_multiple_px``, in shot-noise units (module docstring)."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__()
+        self.config = config
+        ch = config.channels
+        slope = config.negative_slope
+        self.encoders = nn.ModuleList(
+            [_double_conv(config.space_to_depth**2 if i == 0 else ch[i - 1], ch[i], slope) for i in range(config.depth)]
+        )
+        self.decoders = nn.ModuleList([_double_conv(ch[i + 1] + ch[i], ch[i], slope) for i in range(config.depth - 1)])
+        self.head = nn.Conv2d(ch[0], config.space_to_depth**2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        h = nn.functional.pixel_unshuffle(x, self.config.space_to_depth)
+        for level, encoder in enumerate(self.encoders):
+            h = encoder(h)
+            if level < self.config.depth - 1:
+                skips.append(h)
+                h = nn.functional.avg_pool2d(h, 2)
+        for level in range(self.config.depth - 2, -1, -1):
+            h = nn.functional.interpolate(h, scale_factor=2.0, mode="nearest")
+            h = self.decoders[level](torch.cat([h, skips[level]], dim=1))
+        out: torch.Tensor = nn.functional.pixel_shuffle(self.head(h), self.config.space_to_depth)
+        return out
+
+    def n_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(int(p.numel()) for p in self.parameters())
+
+
+# --------------------------------------------------------------------------------------------- halves
+def halves_from_counts(counts: npt.ArrayLike, seed: int) -> tuple[Float32Image, Float32Image]:
+    """Two independent half-dose images of one exposure by binomial thinning (module docstring).
+
+    Thin wrapper on :func:`cryodecon_science.reproducibility.binomial_split_counts` (counts are rounded
+    to whole electrons first).  Raises ``ValueError`` as that function does.
+    """
+    return binomial_split_counts(counts, seed)
+
+
+def halves_from_frames(frames: npt.ArrayLike) -> tuple[Float32Image, Float32Image]:
+    """Sums of the even (0, 2, …) and of the odd (1, 3, …) frames of an *aligned* movie (n, ny, nx).
+
+    Raises
+    ------
+    ValueError
+        For fewer than two frames, a non-3-D or non-finite stack.
+    """
+    stack = np.asarray(frames, dtype=np.float64)
+    if stack.ndim != 3 or stack.shape[0] < 2:
+        raise ValueError(f"frames must be (n >= 2, ny, nx), got shape {stack.shape}")
+    if not np.all(np.isfinite(stack)):
+        raise ValueError("frames contain NaN or Inf")
+    return stack[0::2].sum(axis=0).astype(np.float32), stack[1::2].sum(axis=0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------- normalisation
+def shot_noise_normalise(image: npt.ArrayLike) -> tuple[Float32Image, float, float]:
+    """z = (x − μ)/√μ over the whole image (module docstring); returns (z, μ, √μ).
+
+    Raises
+    ------
+    ValueError
+        For a non-2-D or non-finite image, or a mean below :data:`MIN_MEAN_COUNTS` (not counts).
+    """
+    x = np.asarray(image, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"image must be 2-D [y, x], got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("image contains NaN or Inf")
+    mean = float(x.mean())
+    if not mean >= MIN_MEAN_COUNTS:
+        raise ValueError(
+            f"image mean is {mean:.3g} counts/pixel: the learned denoiser needs electron counts (mean > 0), "
+            "gain-normalised, not a normalised or background-subtracted image"
+        )
+    scale = math.sqrt(mean)
+    return ((x - mean) / scale).astype(np.float32), mean, scale
+
+
+# ------------------------------------------------------------------------------------------ inference
+def _tile_starts(length: int, core: int) -> list[int]:
+    return list(range(0, length, core))
+
+
+@torch.no_grad()
+def _run_tiles(
+    model: DenoiserUNet, z: torch.Tensor, tile_px: int, margin: int, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Apply the model to z (ny, nx) in tiles of core ``tile_px`` with ``margin`` context per side."""
+    ny, nx = z.shape
+    multiple = model.config.size_multiple_px
+    core_y = min(tile_px, ny)
+    core_x = min(tile_px, nx)
+    # Round the core up so that core + 2·margin is a multiple of the pooling factor.
+    core_y = -(-(core_y + 2 * margin) // multiple) * multiple - 2 * margin
+    core_x = -(-(core_x + 2 * margin) // multiple) * multiple - 2 * margin
+    starts_y = _tile_starts(ny, core_y)
+    starts_x = _tile_starts(nx, core_x)
+    full_y = starts_y[-1] + core_y
+    full_x = starts_x[-1] + core_x
+    # Reflect-pad by the margin (and up to whole tiles at the far edges); reflect needs pad < size.
+    padded = z[None, None]
+    pads: tuple[int, ...] = (margin, margin + full_x - nx, margin, margin + full_y - ny)
+    while any(p > 0 for p in pads):
+        step = tuple(min(p, padded.shape[-1 if i < 2 else -2] - 1) for i, p in enumerate(pads))
+        padded = nn.functional.pad(padded, step, mode="reflect")
+        pads = tuple(p - s for p, s in zip(pads, step, strict=True))
+    out = torch.empty((full_y, full_x), dtype=torch.float32, device=device)
+    corners = [(y, x) for y in starts_y for x in starts_x]
+    size_y, size_x = core_y + 2 * margin, core_x + 2 * margin
+    use_bf16 = device.type == "cuda"
+    for first in range(0, len(corners), batch_size):
+        chunk = corners[first : first + batch_size]
+        batch = torch.stack([padded[0, :, y : y + size_y, x : x + size_x] for y, x in chunk])
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
+            pred = model(batch)
+        pred = pred.float()
+        for i, (y, x) in enumerate(chunk):
+            out[y : y + core_y, x : x + core_x] = pred[i, 0, margin : margin + core_y, margin : margin + core_x]
+    return out[:ny, :nx]
+
+
+def denoise_learned(
+    image_counts: npt.ArrayLike | torch.Tensor,
+    model: DenoiserUNet,
+    device: torch.device | str = "cpu",
+    tile_px: int = DEFAULT_TILE_PX,
+    batch_size: int = 4,
+    margin_px: int = TILE_MARGIN_PX,
+) -> Float32Image:
+    """Denoise a micrograph of electron counts with the self-supervised U-Net (module docstring).
+
+    x̂ = μ + √μ · f((x − μ)/√μ),  μ = mean of the image,
+
+    f applied once to the full-dose image (module docstring, "Full-dose output"), tiled with overlap.
+
+    Parameters
+    ----------
+    image_counts : array or Tensor, shape (ny, nx)
+        Micrograph (frame sum) in electron counts per pixel, gain-normalised, finite, mean > 0; both
+        sides ≥ 16 px.
+    model : DenoiserUNet
+        E.g. ``cryodecon_science.io.denoiser_weights.load_pretrained_denoiser()``.
+    device : torch.device or str
+        "cpu" (float32) or a CUDA device (bfloat16 autocast; output float32).
+    tile_px : int
+        Core edge of a tile (≥ 16); images no larger than this run as one tile.
+    batch_size : int
+        Tiles per forward pass (≥ 1).
+    margin_px : int
+        Context per tile side, discarded after the forward pass (≥ 0; default :data:`TILE_MARGIN_PX`,
+        module docstring: tiled and untiled results differ by ≈ 1.5 % RMS of the output's spread).
+
+    Returns
+    -------
+    ndarray, float32, shape (ny, nx)
+        Estimate of the expected counts λ(x) (same units as the input).
+
+    Raises
+    ------
+    ValueError
+        For a non-2-D, non-finite, too small or non-count (mean ≤ 0) image, or bad tiling arguments.
+    """
+    if isinstance(image_counts, torch.Tensor):
+        image_counts = image_counts.detach().cpu().numpy()
+    z, mean, scale = shot_noise_normalise(image_counts)
+    if min(z.shape) < 16:
+        raise ValueError(f"image must be at least 16 x 16 pixels, got {z.shape}")
+    if tile_px < 16 or batch_size < 1 or margin_px < 0:
+        raise ValueError("tile_px must be >= 16, batch_size >= 1 and margin_px >= 0")
+    target = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        if param.device != target:
+            model.to(target)
+        pred = _run_tiles(model, torch.from_numpy(z).to(target), tile_px, margin_px, batch_size, target)
+    finally:
+        model.train(was_training)
+    restored = pred.cpu().numpy().astype(np.float64) * scale + mean
+    return np.ascontiguousarray(restored, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Noise2Noise training schedule (``train_noise2noise``).
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps.
+    batch_size : int
+        Patch pairs per step.
+    patch_px : int
+        Patch edge, pixels (multiple of the model's ``size_multiple_px``).
+    learning_rate : float
+        Peak Adam learning rate; cosine decay to 5 % of it over ``steps``.
+    seed : int
+        Seed of the patch sampling, splits, augmentation and weight initialisation.
+    """
+
+    steps: int = 4000
+    batch_size: int = 8
+    patch_px: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.patch_px < 16 or not self.learning_rate > 0:
+            raise ValueError("steps, batch_size >= 1, patch_px >= 16 and learning_rate > 0 required")
+
+
+def _d4(patch: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
+    out = np.rot90(patch, k % 4)
+    return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
+
+
+def sample_pair_batch(
+    counts: Sequence[npt.NDArray[np.float32]], batch_size: int, patch_px: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of Noise2Noise patch pairs (input, target), (batch, 1, p, p) float32, shot-noise units.
+
+    For each pair: a random image of ``counts`` (whole electrons), a random p×p crop, a fresh binomial
+    split A, B of the crop (a split is per-pixel, so splitting the crop equals cropping a split), a random
+    dihedral (D4) transform and a random choice of which half is the input.  Both halves are normalised
+    with the half-dose statistics of the *whole* image, μ/2 and √(μ/2) (module docstring).
+    """
+    inputs = np.empty((batch_size, 1, patch_px, patch_px), dtype=np.float32)
+    targets = np.empty_like(inputs)
+    for b in range(batch_size):
+        image = counts[int(rng.integers(len(counts)))]
+        ny, nx = image.shape
+        y = int(rng.integers(0, ny - patch_px + 1))
+        x = int(rng.integers(0, nx - patch_px + 1))
+        crop = np.clip(np.rint(image[y : y + patch_px, x : x + patch_px]), 0, None).astype(np.int64)
+        half_a = rng.binomial(crop, 0.5)
+        half_b = crop - half_a
+        mean = 0.5 * float(image.mean())
+        scale = math.sqrt(mean)
+        k = int(rng.integers(8))
+        a = _d4(((half_a - mean) / scale).astype(np.float32), k)
+        bb = _d4(((half_b - mean) / scale).astype(np.float32), k)
+        if rng.random() < 0.5:
+            a, bb = bb, a
+        inputs[b, 0] = a
+        targets[b, 0] = bb
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def train_noise2noise(
+    counts: Sequence[npt.NDArray[np.float32]],
+    model_config: DenoiserConfig,
+    training: TrainingConfig,
+    log_every: int = 0,
+) -> tuple[DenoiserUNet, list[float]]:
+    """Train a :class:`DenoiserUNet` by Noise2Noise on binomial splits of ``counts`` (L2 loss, Adam).
+
+    Parameters
+    ----------
+    counts : sequence of ndarray (ny, nx)
+        Training micrographs in electron counts, each side ≥ ``training.patch_px``, mean > 0.
+    model_config : DenoiserConfig
+    training : TrainingConfig
+    log_every : int
+        Print the running loss every this many steps (0: silent).
+
+    Returns
+    -------
+    (DenoiserUNet, list of float)
+        The trained model (eval mode, CPU) and the mean loss of each block of 100 steps.
+
+    Raises
+    ------
+    ValueError
+        For no images, images smaller than the patch, a patch not a multiple of the pooling factor, or
+        images whose mean is not positive.
+    """
+    if not counts:
+        raise ValueError("no training images")
+    if training.patch_px % model_config.size_multiple_px:
+        raise ValueError(f"patch_px must be a multiple of {model_config.size_multiple_px}")
+    for image in counts:
+        if image.ndim != 2 or min(image.shape) < training.patch_px:
+            raise ValueError(f"training images must be 2-D with sides >= {training.patch_px}")
+        if not float(image.mean()) > 2 * MIN_MEAN_COUNTS:
+            raise ValueError("training images must be counts with a positive mean")
+    torch.manual_seed(training.seed)
+    rng = np.random.default_rng(training.seed)
+    model = DenoiserUNet(model_config)
+    optimiser = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda step: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(step, training.steps) / training.steps)),
+    )
+    history: list[float] = []
+    running = 0.0
+    model.train()
+    for step in range(training.steps):
+        source, target = sample_pair_batch(counts, training.batch_size, training.patch_px, rng)
+        loss = nn.functional.mse_loss(model(source), target)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+        schedule.step()
+        running += float(loss.detach())
+        if (step + 1) % 100 == 0:
+            history.append(running / 100.0)
+            running = 0.0
+            if log_every and (step + 1) % log_every == 0:
+                print(f"step {step + 1}: loss {history[-1]:.5f}", flush=True)
+    model.eval()
+    return model, history

@@ -1,0 +1,124 @@
+"""Save and load the learned denoiser's weights (``cryodecon_science.denoiser.DenoiserUNet``).
+
+One file written with ``torch.save`` holding only plain data: ``{"format": "cryodecon.denoiser", "version": 1,
+"config": {DenoiserConfig field: int | float}, "state_dict": {name: tensor}, "meta": {str: plain data}}``.
+It is read back with ``torch.load(..., weights_only=True)``, which unpickles tensors and plain containers
+only, so a file cannot run code.  Writes are atomic (temporary file in the target folder, then
+``os.replace``).
+
+The pretrained model ships inside the package as ``cryodecon_science/data/denoiser_v1.pt`` (trained by
+``benchmarks/train_denoiser.py``; its training configuration and command are in ``denoiser_v1.json`` beside
+it) and is found with ``importlib.resources``, so it loads offline from an installed package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cryodecon_science.denoiser import DenoiserConfig, DenoiserUNet
+
+FORMAT = "cryodecon.denoiser"
+VERSION = 1
+PRETRAINED_RESOURCE = "data/denoiser_v1.pt"
+"""Path of the shipped weights inside the ``cryodecon_science`` package."""
+
+
+class DenoiserWeightsError(ValueError):
+    """A weights file that is missing, unreadable, or not a cryodecon denoiser."""
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        self.path = str(path)
+        self.detail = detail
+        super().__init__(f"{path}: {detail}")
+
+
+def save_denoiser(model: DenoiserUNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
+    """Write ``model`` (config + float32 state dict) and plain-data ``meta`` to ``path`` atomically."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().to(torch.float32).clone() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_denoiser(path: str | os.PathLike[str]) -> DenoiserUNet:
+    """Read a model written by :func:`save_denoiser`; returned in eval mode on the CPU.
+
+    Raises
+    ------
+    DenoiserWeightsError
+        If the file is missing or unreadable, is not a torch file of plain data, has another format tag
+        or version, or its config or tensors do not build a :class:`DenoiserUNet`.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise DenoiserWeightsError(path, "no such file")
+    try:
+        payload = torch.load(target, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise DenoiserWeightsError(path, f"not a readable weights file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DenoiserWeightsError(path, f"not a {FORMAT} file")
+    if payload.get("version") != VERSION:
+        raise DenoiserWeightsError(path, f"version {payload.get('version')!r}, this code reads {VERSION}")
+    config_doc, state = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config_doc, dict) or not isinstance(state, dict):
+        raise DenoiserWeightsError(path, "missing 'config' or 'state_dict'")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DenoiserWeightsError(path, "state_dict holds something other than tensors")
+    known = {f.name for f in dataclasses.fields(DenoiserConfig)}
+    try:
+        config = DenoiserConfig(**{k: v for k, v in config_doc.items() if k in known})
+        model = DenoiserUNet(config)
+        model.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DenoiserWeightsError(path, f"config/tensors do not build a DenoiserUNet: {exc}") from exc
+    model.eval()
+    return model
+
+
+def load_denoiser_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``meta`` dictionary of a weights file (training provenance); {} when absent."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise DenoiserWeightsError(path, f"not a readable weights file ({type(exc).__name__}: {exc})") from exc
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def load_pretrained_denoiser() -> DenoiserUNet:
+    """The shipped model ``cryodecon_science/data/denoiser_v1.pt``, located with ``importlib.resources``.
+
+    Raises
+    ------
+    DenoiserWeightsError
+        If the package was installed without its data files or the file is corrupt.
+    """
+    resource = importlib.resources.files("cryodecon_science").joinpath(PRETRAINED_RESOURCE)
+    if not resource.is_file():
+        raise DenoiserWeightsError(str(resource), "shipped denoiser weights not found (package data missing)")
+    with importlib.resources.as_file(resource) as path:
+        return load_denoiser(path)

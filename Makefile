@@ -40,6 +40,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_quality_v.py
 	$(BIN)/python benchmarks/bench_library_ann.py
 	$(BIN)/python benchmarks/bench_impact.py
+	$(BIN)/python benchmarks/bench_motion.py
+	$(BIN)/python benchmarks/bench_read.py
+	bash benchmarks/setup_topaz.sh
+	$(BIN)/python benchmarks/bench_restoration.py
 
 clean:
 	rm -rf $(CRYODECON_HOME)

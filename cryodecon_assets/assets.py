@@ -48,8 +48,10 @@ from cryodecon_resources.storage import sha256_of_file
 from cryodecon_science import causal, scores
 from cryodecon_science.citations import max_citations_within_years
 from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.denoiser import denoise_learned
 from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
+from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
 from cryodecon_science.io.layout import read_exposure
 from cryodecon_science.io.mrc import CorruptHeaderError, InputFileError, Micrograph
 from cryodecon_science.io.session import SessionMetadataError, exposure_name, read_session_metadata
@@ -68,6 +70,7 @@ from cryodecon_science.reproducibility import (
 from cryodecon_science.restore import wiener_deconvolve, wiener_denoise, wiener_denoise_filter
 
 GROUP = "batch_pipeline"
+DENOISER_WEIGHTS_NAME = "denoiser_v1 (cryodecon_science/data/denoiser_v1.pt)"
 # DoG peak threshold in robust σ of the filtered map.  2.0 measured on the demo session (demo seed 0,
 # deconvolved images): recall 0.1–0.44, precision 0.43–0.91 against the simulator's true positions; 3.0
 # gave recall ≤ 0.2.  A learned picker replaces this with the picking issue.
@@ -739,6 +742,47 @@ def compute_cost_deviations(warehouse: ScoreWarehouse, batch: str) -> dict[str, 
     }
 
 
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"torch", "mrc"},
+    description="Micrographs denoised by the shipped self-supervised U-Net (Noise2Noise on binomial splits "
+    "of the counts, `cryodecon_science/data/denoiser_v1.pt`; bf16 on a GPU, float32 on CPU): the CTF is "
+    "kept.  float32 MRC, pixel size in the header.",
+)
+def learned_denoised_micrographs(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    warehouse: ScoreWarehouse,
+    device: TorchDevice,
+) -> dg.Output[dict[str, Micrograph]]:
+    model = load_pretrained_denoiser()
+    torch_device = device.torch_device()
+
+    def step(name: str, micrograph: Micrograph) -> Micrograph:
+        data = denoise_learned(micrograph.data, model, device=torch_device)
+        return Micrograph(name, np.asarray(data, dtype=np.float32), micrograph.pixel_size_angstrom)
+
+    result = run_per_micrograph(
+        context, warehouse, "learned_denoised_micrographs", selected(context, raw_micrographs), step
+    )
+    return dg.Output(
+        result,
+        metadata={
+            "micrographs": len(result),
+            "model": DENOISER_WEIGHTS_NAME,
+            "before_after": dg.MetadataValue.md(
+                before_after_markdown(
+                    {k: raw_micrographs[k].data for k in list(result)[:PREVIEW_LIMIT]},
+                    {k: v.data for k, v in result.items()},
+                    "learned",
+                )
+            ),
+        },
+    )
+
+
 @dataclass(frozen=True)
 class EvaluationRecord:
     components: scores.ScoreComponents
@@ -1069,6 +1113,7 @@ BATCH_ASSETS = [
     causal_priors,
     restored_micrographs,
     deconvolved_micrographs,
+    learned_denoised_micrographs,
     evaluation_scores,
     quality_scores,
     hyperscores,

@@ -220,13 +220,14 @@ def _read_values(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32],
     geometry = check_complete(path)
     if geometry.mode == 101:
         data = _read_mode_101(path, geometry)
-        return _checked(path, data), geometry
+        return _checked(path, data, integer_source=True), geometry
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with _BoundedMrcFile(path, mode="r", permissive=True) as mrc:
                 if mrc.data is None:
                     raise CorruptHeaderError(path, f"mrcfile cannot read the data block (mode {geometry.mode})")
+                integer_source = np.dtype(mrc.data.dtype).kind in "iu"
                 data = np.array(mrc.data, dtype=np.float32)  # a writable copy (mrcfile gives read-only data)
     except InputFileError:
         raise
@@ -235,15 +236,23 @@ def _read_values(path: str | os.PathLike[str]) -> tuple[npt.NDArray[np.float32],
     if data.size != math.prod(geometry.shape_zyx):
         raise CorruptHeaderError(path, f"mrcfile read {data.size} values, header declares {geometry.shape_zyx}")
     data = data.reshape(geometry.shape_zyx)  # mrcfile gives 2D for one image and 4D for a volume stack
-    return _checked(path, data), geometry
+    return _checked(path, data, integer_source), geometry
 
 
-def _checked(path: str | os.PathLike[str], data: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """``data`` unchanged if every value is finite and not all are equal; InvalidPixelDataError otherwise."""
-    if not np.all(np.isfinite(data)):
+def _checked(
+    path: str | os.PathLike[str], data: npt.NDArray[np.float32], integer_source: bool = False
+) -> npt.NDArray[np.float32]:
+    """``data`` unchanged if every value is finite and not all are equal; InvalidPixelDataError otherwise.
+
+    ``integer_source``: the file stores integers (modes 0, 1, 6, 101), which cannot be NaN/Inf, so the
+    memory-bound finiteness scan is skipped.
+    """
+    if not integer_source and not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InvalidPixelDataError(path, f"{bad} NaN/Inf pixels")
-    if data.max() == data.min():  # not np.ptp: max - min overflows float32 for extreme but valid values
+    first = data[0] if data.ndim == 3 else data
+    # not np.ptp: max - min overflows float32 for extreme but valid values
+    if first.max() == first.min() and data.max() == data.min():
         raise InvalidPixelDataError(path, "constant image (no variation)")
     return data
 

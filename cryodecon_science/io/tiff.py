@@ -189,10 +189,12 @@ def read_tiff_movie(path: str | os.PathLike[str]) -> TiffMovie:
         raise CorruptHeaderError(path, f"not readable by tifffile ({type(exc).__name__}: {exc})") from exc
     finally:
         logger.setLevel(level)
-    if not np.all(np.isfinite(frames)):
+    # Integer samples cannot be NaN/Inf: the (memory-bound) scan is needed for float TIFFs only.
+    if np.dtype(stored_dtype).kind == "f" and not np.all(np.isfinite(frames)):
         bad = int(frames.size - np.count_nonzero(np.isfinite(frames)))
         raise InvalidPixelDataError(path, f"{bad} NaN/Inf pixels")
-    if frames.size and frames.max() == frames.min():
+    # A movie whose first frame varies is not constant; only otherwise scan the rest.
+    if frames.size and frames[0].max() == frames[0].min() and frames.max() == frames.min():
         raise InvalidPixelDataError(path, "constant movie (no variation)")
     name = Path(path).name.split(".")[0]
     if math.prod(frames.shape) == 0:

@@ -623,6 +623,14 @@ def _restore(
     return run_per_micrograph(context, warehouse, stage, items, step)
 
 
+def before_after(raw: Mapping[str, Micrograph], restored: Mapping[str, Micrograph], label: str) -> dg.MetadataValue:
+    """Before/after thumbnails of the first ``PREVIEW_LIMIT`` restored micrographs, as UI markdown."""
+    shown = list(restored)[:PREVIEW_LIMIT]
+    return dg.MetadataValue.md(
+        before_after_markdown({k: raw[k].data for k in shown}, {k: restored[k].data for k in shown}, label)
+    )
+
+
 def restoration_asset(name: str, restore: Callable[..., np.ndarray], description: str) -> dg.AssetsDefinition:
     """One restoration target as an asset: same inputs, same GPU pool, its own Wiener filter."""
 
@@ -649,13 +657,7 @@ def restoration_asset(name: str, restore: Callable[..., np.ndarray], description
             metadata={
                 "micrographs": len(result),
                 "pixel_size_angstrom": float(pixel_sizes.pop()) if len(pixel_sizes) == 1 else float("nan"),
-                "before_after": dg.MetadataValue.md(
-                    before_after_markdown(
-                        {k: raw_micrographs[k].data for k in list(result)[:PREVIEW_LIMIT]},
-                        {k: v.data for k, v in result.items()},
-                        name.removesuffix("_micrographs"),
-                    )
-                ),
+                "before_after": before_after(raw_micrographs, result, name.removesuffix("_micrographs")),
             },
         )
 
@@ -772,13 +774,7 @@ def learned_denoised_micrographs(
         metadata={
             "micrographs": len(result),
             "model": DENOISER_WEIGHTS_NAME,
-            "before_after": dg.MetadataValue.md(
-                before_after_markdown(
-                    {k: raw_micrographs[k].data for k in list(result)[:PREVIEW_LIMIT]},
-                    {k: v.data for k, v in result.items()},
-                    "learned",
-                )
-            ),
+            "before_after": before_after(raw_micrographs, result, "learned"),
         },
     )
 

@@ -17,7 +17,6 @@ import dataclasses
 import importlib.resources
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from cryodecon_science.denoiser import DenoiserConfig, DenoiserUNet
+from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
 
 FORMAT = "cryodecon.denoiser"
 VERSION = 1
@@ -32,13 +32,8 @@ PRETRAINED_RESOURCE = "data/denoiser_v1.pt"
 """Path of the shipped weights inside the ``cryodecon_science`` package."""
 
 
-class DenoiserWeightsError(ValueError):
+class DenoiserWeightsError(TorchFileError):
     """A weights file that is missing, unreadable, or not a cryodecon denoiser."""
-
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
-        self.path = str(path)
-        self.detail = detail
-        super().__init__(f"{path}: {detail}")
 
 
 def save_denoiser(model: DenoiserUNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
@@ -50,17 +45,7 @@ def save_denoiser(model: DenoiserUNet, path: str | os.PathLike[str], meta: dict[
         "state_dict": {k: v.detach().cpu().to(torch.float32).clone() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # package data: readable by everyone (mkstemp creates 0600)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_payload(payload, path)  # package data: readable by everyone
 
 
 def load_denoiser(path: str | os.PathLike[str]) -> DenoiserUNet:
@@ -72,22 +57,10 @@ def load_denoiser(path: str | os.PathLike[str]) -> DenoiserUNet:
         If the file is missing or unreadable, is not a torch file of plain data, has another format tag
         or version, or its config or tensors do not build a :class:`DenoiserUNet`.
     """
-    target = Path(path)
-    if not target.is_file():
-        raise DenoiserWeightsError(path, "no such file")
-    try:
-        payload = torch.load(target, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise DenoiserWeightsError(path, f"not a readable weights file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DenoiserWeightsError(path, f"not a {FORMAT} file")
-    if payload.get("version") != VERSION:
-        raise DenoiserWeightsError(path, f"version {payload.get('version')!r}, this code reads {VERSION}")
-    config_doc, state = payload.get("config"), payload.get("state_dict")
-    if not isinstance(config_doc, dict) or not isinstance(state, dict):
-        raise DenoiserWeightsError(path, "missing 'config' or 'state_dict'")
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DenoiserWeightsError(path, "state_dict holds something other than tensors")
+    payload = load_payload(path, FORMAT, VERSION, DenoiserWeightsError)
+    config_doc, state = payload.get("config"), payload["state_dict"]
+    if not isinstance(config_doc, dict):
+        raise DenoiserWeightsError(path, "missing 'config'")
     known = {f.name for f in dataclasses.fields(DenoiserConfig)}
     try:
         config = DenoiserConfig(**{k: v for k, v in config_doc.items() if k in known})

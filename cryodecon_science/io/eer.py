@@ -36,7 +36,7 @@ from cryodecon_science.io.mrc import (
     InputFileError,
     InvalidPixelDataError,
 )
-from cryodecon_science.io.tiff import check_ifd_chain_ends
+from cryodecon_science.io.tiff import check_ifd_chain_ends, checked_size_and_magic
 from cryodecon_science.metadata import Fields
 
 MAX_EER_FRAMES = 100_000
@@ -185,18 +185,9 @@ def read_eer(
     """
     if super_resolution not in (0, 1, 2):
         raise ValueError(f"super_resolution must be 0, 1 or 2, got {super_resolution}")
-    try:
-        size = Path(path).stat().st_size
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise IncompleteFileError(path, "zero-size file")
-    if magic not in _BIGTIFF_MAGIC:
-        if len(magic) < 4:
-            raise IncompleteFileError(path, f"{size} bytes, shorter than a TIFF header")
-        raise CorruptHeaderError(path, "not an EER file (EER is a BigTIFF: II+ or MM+ byte-order mark)")
+    size = checked_size_and_magic(
+        path, _BIGTIFF_MAGIC, "not an EER file (EER is a BigTIFF: II+ or MM+ byte-order mark)"
+    )
     logger = logging.getLogger("tifffile")
     level = logger.level
     logger.setLevel(logging.CRITICAL)

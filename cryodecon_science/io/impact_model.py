@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
-import tempfile
-import zipfile
-from pathlib import Path
 from typing import Any
 
-import torch
-
 from cryodecon_science.impact_gnn import ImpactModel
+from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
 
 FORMAT = "cryodecon.impact_model"
 VERSION = 1
@@ -35,13 +30,8 @@ _TUPLE_FIELDS = {
 }
 
 
-class ImpactModelFileError(ValueError):
+class ImpactModelFileError(TorchFileError):
     """A model file that is missing, unreadable, or not a cryodecon ImpactFore model."""
-
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
-        self.path = str(path)
-        self.detail = detail
-        super().__init__(f"{path}: {detail}")
 
 
 def save_impact_model(model: ImpactModel, path: str | os.PathLike[str]) -> None:
@@ -58,16 +48,7 @@ def save_impact_model(model: ImpactModel, path: str | os.PathLike[str]) -> None:
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict.items()},
         "meta": meta,
     }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_payload(payload, path)
 
 
 def load_impact_model(path: str | os.PathLike[str]) -> ImpactModel:
@@ -79,22 +60,10 @@ def load_impact_model(path: str | os.PathLike[str]) -> ImpactModel:
         If the file is missing or unreadable, is not a torch file of plain data, has another format tag
         or version, or lacks fields of :class:`ImpactModel`.
     """
-    target = Path(path)
-    if not target.is_file():
-        raise ImpactModelFileError(path, "no such file")
-    try:
-        payload = torch.load(target, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise ImpactModelFileError(path, f"not a readable model file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ImpactModelFileError(path, f"not a {FORMAT} file")
-    if payload.get("version") != VERSION:
-        raise ImpactModelFileError(path, f"version {payload.get('version')!r}, this code reads {VERSION}")
-    meta, state = payload.get("meta"), payload.get("state_dict")
-    if not isinstance(meta, dict) or not isinstance(state, dict):
-        raise ImpactModelFileError(path, "missing 'meta' or 'state_dict'")
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImpactModelFileError(path, "state_dict holds something other than tensors")
+    payload = load_payload(path, FORMAT, VERSION, ImpactModelFileError)
+    meta, state = payload.get("meta"), payload["state_dict"]
+    if not isinstance(meta, dict):
+        raise ImpactModelFileError(path, "missing 'meta'")
     names = [f.name for f in dataclasses.fields(ImpactModel) if f.name != "state_dict"]
     missing = [n for n in names if n not in meta]
     if missing:

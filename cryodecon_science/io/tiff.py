@@ -65,6 +65,27 @@ class TiffMovie:
         return {"detector.image_width_px": nx, "detector.image_height_px": ny, "detector.n_frames": n}
 
 
+def checked_size_and_magic(path: str | os.PathLike[str], magics: tuple[bytes, ...], not_this: str) -> int:
+    """The file's size, after checking it opens, is not empty and starts with one of ``magics``.
+
+    Raises ``InputFileError`` (cannot open), ``IncompleteFileError`` (empty or shorter than the 4-byte
+    mark) or ``CorruptHeaderError`` with ``not_this`` as the detail.
+    """
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise IncompleteFileError(path, "zero-size file")
+    if magic not in magics:
+        if len(magic) < 4:
+            raise IncompleteFileError(path, f"{size} bytes, shorter than a TIFF header")
+        raise CorruptHeaderError(path, not_this)
+    return size
+
+
 def check_ifd_chain_ends(tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int) -> None:
     """Raise unless the last page ``tifffile`` found ends the IFD chain (next-IFD offset 0).
 
@@ -158,18 +179,7 @@ def read_tiff_movie(path: str | os.PathLike[str]) -> TiffMovie:
     OSError
         The file cannot be opened (missing, permissions) -- wrapped as ``InputFileError``.
     """
-    try:
-        size = Path(path).stat().st_size
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
-    if size == 0:
-        raise IncompleteFileError(path, "zero-size file")
-    if magic not in _TIFF_MAGIC:
-        if len(magic) < 4:
-            raise IncompleteFileError(path, f"{size} bytes, shorter than a TIFF header")
-        raise CorruptHeaderError(path, "not a TIFF file (no II*/MM* byte-order mark)")
+    size = checked_size_and_magic(path, _TIFF_MAGIC, "not a TIFF file (no II*/MM* byte-order mark)")
     logger = logging.getLogger("tifffile")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # tifffile logs what it repairs; the typed error says what matters

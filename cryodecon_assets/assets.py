@@ -11,6 +11,7 @@ Reprocessing one micrograph: launch the ``process_batch`` job for its partition 
 micrographs and replaces only their rows and files.
 """
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -37,6 +38,7 @@ from cryodecon_assets.references import load_citation_graph, load_or_train_impac
 from cryodecon_resources import (
     MicroscopeStorage,
     OutputStore,
+    RestorationSettings,
     ScoreWarehouse,
     ScoringSettings,
     StructureLibrary,
@@ -46,6 +48,7 @@ from cryodecon_resources.io_manager import SELECTION_TAG
 from cryodecon_resources.scoring import WEIGHTS_TABLE
 from cryodecon_resources.storage import sha256_of_file
 from cryodecon_science import causal, scores
+from cryodecon_science.artifacts import remove_artifacts
 from cryodecon_science.citations import max_citations_within_years
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.denoiser import denoise_learned
@@ -249,14 +252,17 @@ def _optional(value: Any) -> float | None:
             "on every field both carry, within tolerance; disagreements are listed with both values.",
         ),
     ],
-    description="Exposures of the batch's frozen manifest, read and verified; movies motion-corrected "
-    "(global alignment, aligned sum).  Integrated micrographs in counts, float32 MRC.",
+    description="Exposures of the batch's frozen manifest, read and verified (MRC, TIFF, EER; metadata "
+    "record from header + sidecar); movies motion-corrected (global alignment, aligned sum); detector and "
+    "ice artifacts removed as configured (`RestorationSettings`, one row per step in "
+    "`artifact_corrections`).  Micrographs in counts, float32 MRC.",
 )
 def raw_micrographs(
     context: dg.AssetExecutionContext,
     microscope_storage: MicroscopeStorage,
     warehouse: ScoreWarehouse,
     device: TorchDevice,
+    restoration: RestorationSettings,
 ) -> Iterable[dg.Output[dict[str, Micrograph]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
@@ -267,6 +273,7 @@ def raw_micrographs(
     rows: list[dict[str, Any]] = []
     metadata_rows: list[dict[str, Any]] = []
     trajectory_rows: list[dict[str, Any]] = []
+    corrections: list[dict[str, Any]] = []
     disagreements: dict[str, list[str]] = {}
     failures: list[dict[str, Any]] = []
     try:
@@ -305,6 +312,14 @@ def raw_micrographs(
                 )
             else:
                 micrograph = Micrograph(entry.name, exposure.micrograph, exposure.pixel_size_angstrom)
+            # Detector and ice artifacts, each tied to its causal node, removed once for every consumer.
+            cleaned, records = remove_artifacts(
+                micrograph.data, micrograph.pixel_size_angstrom, tuple(restoration.artifact_steps)
+            )
+            micrograph = Micrograph(entry.name, cleaned, micrograph.pixel_size_angstrom)
+            corrections.extend(
+                {"micrograph": entry.name, "batch": batch, **dataclasses.asdict(record)} for record in records
+            )
         except (InputFileError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", type(exc).__name__)
             context.log.warning(f"quarantined {entry.relative_path}: {exc}")
@@ -366,6 +381,7 @@ def raw_micrographs(
     # The drift trajectory of each movie (frame × [dy, dx] relative to frame 0): what the causal graph's
     # beam-induced-motion node reads as the total path length, per frame for staff.
     warehouse.write_rows("motion_trajectories", batch, trajectory_rows, replace_micrographs=chosen)
+    warehouse.write_rows("artifact_corrections", batch, corrections, replace_micrographs=chosen)
     quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
     yield dg.Output(
         micrographs,

@@ -15,6 +15,7 @@ CRYODECON_CITATION_GRAPH        citation graph Parquet folder               ``$C
 CRYODECON_WEIGHTS               w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
                                 repro, meta), pinning the weights
 CRYODECON_WEIGHTS_VERSION       version recorded with pinned weights        ``configured``
+CRYODECON_ARTIFACT_STEPS        artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
 CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
 CRYODECON_CPU_THREADS           torch threads for CPU steps                 1
 CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from cryodecon_resources.device import TorchDevice
 from cryodecon_resources.io_manager import BatchIOManager, OutputStore
+from cryodecon_resources.restoration import RestorationSettings
 from cryodecon_resources.scoring import ScoringSettings
 from cryodecon_resources.storage import MicroscopeStorage
 from cryodecon_resources.structure_library import StructureLibrary
@@ -39,6 +41,7 @@ __all__ = [
     "BatchIOManager",
     "MicroscopeStorage",
     "OutputStore",
+    "RestorationSettings",
     "ScoreWarehouse",
     "ScoringSettings",
     "StructureLibrary",
@@ -75,6 +78,13 @@ def resources_from_environment() -> dict[str, object]:
             citation_graph_path=_env_path("CRYODECON_CITATION_GRAPH", home / "citations"),
             weights=[float(w) for w in os.environ.get("CRYODECON_WEIGHTS", "").split(",") if w.strip()],
             weights_version=os.environ.get("CRYODECON_WEIGHTS_VERSION", ""),
+        ),
+        "restoration": RestorationSettings(
+            artifact_steps=[
+                step.strip()
+                for step in os.environ.get("CRYODECON_ARTIFACT_STEPS", "hot_pixels,stripes,carbon_edges").split(",")
+                if step.strip()
+            ]
         ),
         "outputs": OutputStore(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
         "io_manager": BatchIOManager(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),

@@ -246,8 +246,16 @@ def excluded_area_mask(
         raise ValueError("counts contain NaN or Inf")
     if not (pixel_size_angstrom > 0 and smoothing_angstrom > 0 and 0.0 < relative_drop < 1.0):
         raise ValueError("pixel_size_angstrom and smoothing_angstrom must be > 0 and relative_drop in (0, 1)")
-    smoothed = ndimage.gaussian_filter(data, smoothing_angstrom / pixel_size_angstrom, mode="reflect")
+    # The map is smooth on the scale σ: compute it on blocks of σ/8 pixels (block means, then the Gaussian
+    # in block units) and expand back; a 4096² image then costs a 4096²/b² filter instead of a 1000-px kernel.
+    sigma_px = smoothing_angstrom / pixel_size_angstrom
+    block = max(1, int(sigma_px // 8))
+    ny, nx = data.shape
+    padded = np.pad(data, ((0, (-ny) % block), (0, (-nx) % block)), mode="edge")
+    binned = padded.reshape(padded.shape[0] // block, block, padded.shape[1] // block, block).mean(axis=(1, 3))
+    smoothed = ndimage.gaussian_filter(binned, sigma_px / block, mode="reflect")
     reference = float(np.median(smoothed))
     if not reference > 0:
         raise ValueError("the micrograph has no counts: the thickness map is undefined")
-    return np.asarray(smoothed < (1.0 - relative_drop) * reference)
+    mask = np.repeat(np.repeat(smoothed < (1.0 - relative_drop) * reference, block, axis=0), block, axis=1)
+    return np.asarray(mask[:ny, :nx])

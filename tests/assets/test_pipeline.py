@@ -132,6 +132,14 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     assert any("repro_compute_cost" in record for record in details)
     stages = set(warehouse.query("SELECT DISTINCT stage FROM step_times")["stage"])  # type: ignore[attr-defined]
     assert {"ctf_estimates", "causal_priors", "restored_micrographs", "evaluation_scores"} <= stages
+    # The default artifact steps ran once per exposure, each recorded with its causal node.
+    corrections = warehouse.query("SELECT micrograph, step, causal_node FROM artifact_corrections")  # type: ignore[attr-defined]
+    assert len(corrections) == 3 * 4
+    assert set(zip(corrections["step"], corrections["causal_node"], strict=True)) == {
+        ("replace_hot_pixels", "detector_noise"),
+        ("remove_detector_stripes", "detector_noise"),
+        ("normalise_excluded_areas", "ice_thickness"),
+    }
     # A second pass reprocesses nothing.
     assert run_pipeline(instance) == {}
     assert len(warehouse.query("SELECT * FROM hyperscores")) == 4  # type: ignore[attr-defined]

@@ -67,6 +67,8 @@ from cryodecon_science.reproducibility import (
     binomial_split_counts,
     defocus_phase_error_rad,
     filtered_half_correlation,
+    frc_resolution_angstrom,
+    half_set_frc,
     predict_seconds,
     relative_cost_deviation,
 )
@@ -803,6 +805,7 @@ class EvaluationRecord:
     impact_citations: float
     details: Mapping[str, float]
     repro_limited_by: str
+    half_set_frc_0143_angstrom: float | None
 
 
 EVALUATION_CHECKS = [
@@ -934,6 +937,8 @@ def evaluation_scores(
         half_a, half_b = binomial_split_counts(raw.data, seed=_stable_seed(name))
         denoise_filter = wiener_denoise_filter(raw.data.shape, fit_used, exposure.microscope, device=torch_device)
         half_correlation = filtered_half_correlation(half_a, half_b, denoise_filter, pixel)
+        # Quality without ground truth: where the independently restored halves stop agreeing.
+        frc_resolution = frc_resolution_angstrom(*half_set_frc(half_a, half_b, denoise_filter, pixel))
         deviations["noise_split"] = max(0.0, 1.0 - half_correlation)
         if torch_device.type != "cpu":
             on_cpu = wiener_denoise(raw.data, fit_used, exposure.microscope, device="cpu")
@@ -952,6 +957,7 @@ def evaluation_scores(
             impact_citations,
             {**{f"repro_{k}": v for k, v in deviations.items()}, "half_set_correlation": half_correlation},
             limiting,
+            frc_resolution,
         )
 
     records = run_per_micrograph(context, warehouse, "evaluation_scores", items, step)
@@ -983,6 +989,8 @@ def evaluation_scores(
                 "impact_graph_synthetic": bool(graph.graph.get("synthetic", False)) if graph is not None else None,
                 "repro": c.repro,
                 "repro_limited_by": record.repro_limited_by,
+                "half_set_correlation": record.details["half_set_correlation"],
+                "half_set_frc_0143_angstrom": record.half_set_frc_0143_angstrom,
                 "meta": c.meta,
                 "n_particles": record.n_particles,
                 "details": json.dumps(dict(record.details), sort_keys=True),
@@ -1008,6 +1016,7 @@ def evaluation_scores(
             "mean_logic": float(np.mean([r["logic"] for r in rows])) if rows else float("nan"),
             "mean_novelty": float(np.mean([r["novelty"] for r in rows])) if rows else float("nan"),
             "library_entries": structure_library.count(),
+            "half_set_quality": dg.MetadataValue.md(half_set_table(rows)),
         },
     )
     for rule in scores.LOGIC_RULES:
@@ -1023,6 +1032,21 @@ def evaluation_scores(
                 "failed_micrographs": dg.MetadataValue.json({n: statuses[n].observed for n in failed}),
             },
         )
+
+
+def half_set_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per micrograph, how well independently restored noise halves agree (no ground truth)."""
+    lines = [
+        "| micrograph | half-set correlation | half-set FRC-0.143 (Å) | ΔRepro | limited by |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        frc = row["half_set_frc_0143_angstrom"]
+        lines.append(
+            f"| {row['micrograph']} | {row['half_set_correlation']:.3f} | "
+            f"{'—' if frc is None else f'{frc:.1f}'} | {row['repro']:.3f} | {row['repro_limited_by']} |"
+        )
+    return "\n".join(lines)
 
 
 @dg.asset(

@@ -130,6 +130,9 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
         assert {"repro_noise_split", "repro_defocus_subcrops_phase", "repro_restoration_shift"} <= set(record)
         assert 0.0 < record["half_set_correlation"] < 1.0
     assert any("repro_compute_cost" in record for record in details)
+    # Quality without ground truth: the half-set FRC of independently restored noise halves.
+    frc = warehouse.read_rows("scores")["half_set_frc_0143_angstrom"]  # type: ignore[attr-defined]
+    assert frc.notna().all() and frc.between(2.0, 200.0).all()
     stages = set(warehouse.query("SELECT DISTINCT stage FROM step_times")["stage"])  # type: ignore[attr-defined]
     assert {"ctf_estimates", "causal_priors", "restored_micrographs", "evaluation_scores"} <= stages
     # The default artifact steps ran once per exposure, each recorded with its causal node.

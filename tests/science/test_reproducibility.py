@@ -106,3 +106,29 @@ def test_cost_model_predicts_n_log_n_scaling() -> None:
         predict_seconds([0.0], [1024], 1024)
     with pytest.raises(ValueError):
         relative_cost_deviation(1.0, 0.0)
+
+
+def test_half_set_frc_is_the_signal_fraction_per_ring_and_finds_the_cutoff() -> None:
+    from cryodecon_science.reproducibility import frc_resolution_angstrom, half_set_frc
+
+    # Signal of power 1 below 0.2 Å⁻¹ (5 Å), none above; independent unit noise in each half.
+    rng = np.random.default_rng(4)
+    shape = (256, 256)
+    ky = np.fft.fftfreq(shape[0])[:, None]
+    kx = np.fft.rfftfreq(shape[1])[None, :]
+    low = (np.hypot(ky, kx) < 0.2).astype(np.float64)
+    signal = np.fft.irfft2(np.fft.rfft2(rng.normal(0, 1, shape)) * low, s=shape)
+    signal *= math.sqrt(float(low.mean())) / signal.std()  # in-band power per frequency = the noise's: SNR 1
+    a = signal + rng.normal(0, 1, shape)
+    b = signal + rng.normal(0, 1, shape)
+    k, frc = half_set_frc(a, b, np.ones((256, 129)), pixel_size_angstrom=1.0)
+    inside, outside = frc[(k > 0.03) & (k < 0.17)], frc[k > 0.23]
+    assert float(np.mean(inside)) == pytest.approx(0.5, abs=0.1)  # SNR 1 per half: FRC = 1/(1 + 1)
+    assert abs(float(np.mean(outside))) < 0.03
+    resolution = frc_resolution_angstrom(k, frc)
+    assert resolution is not None and 4.6 < resolution < 5.6  # the band edge, 5 Å
+    # A dip (a CTF zero) inside the band does not end the resolution: the last crossing counts.
+    dipped = frc.copy()
+    dipped[(k > 0.09) & (k < 0.1)] = 0.0
+    assert frc_resolution_angstrom(k, dipped) == pytest.approx(resolution)
+    assert frc_resolution_angstrom(k, np.zeros_like(frc)) is None

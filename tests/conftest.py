@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,3 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+def pipeline_environment(home: Path, monkeypatch: pytest.MonkeyPatch, max_batch_size: int) -> None:
+    """Point every resource at ``home``, with no settle delay and batches cut at once (tests drive ticks)."""
+    monkeypatch.setenv("CRYODECON_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    monkeypatch.setenv("CRYODECON_SETTLE_SECONDS", "0")
+    monkeypatch.setenv("CRYODECON_BATCH_WINDOW_SECONDS", "0")
+    monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", str(max_batch_size))
+    monkeypatch.setenv("CRYODECON_DEVICE", "cpu")

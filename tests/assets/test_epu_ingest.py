@@ -13,6 +13,7 @@ from cryodecon_assets.cli import prepare_instance_home
 from cryodecon_assets.driver import drive
 from cryodecon_resources import resources_from_environment
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
+from tests.conftest import pipeline_environment
 from tests.science.test_io_formats import epu_xml, write_fei_mrc
 
 SIZE = 384
@@ -21,12 +22,7 @@ DOSE = 4.0e21  # e⁻/m² = 40 e⁻/Å², the simulator's dose (1 m² = 10²⁰ 
 
 
 def _environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CRYODECON_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    monkeypatch.setenv("CRYODECON_SETTLE_SECONDS", "0")
-    monkeypatch.setenv("CRYODECON_BATCH_WINDOW_SECONDS", "0")
-    monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", "10")
-    monkeypatch.setenv("CRYODECON_DEVICE", "cpu")
+    pipeline_environment(home, monkeypatch, max_batch_size=10)
 
 
 def write_epu_session(session: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ from cryodecon_resources import resources_from_environment
 from cryodecon_science.io.citations import read_citation_graph
 from cryodecon_science.io.session import write_simulated_session
 from cryodecon_science.simulate import SimulationConfig, simulate_session
+from tests.conftest import pipeline_environment
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 512
@@ -32,12 +33,7 @@ def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CRYODECON_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
-    monkeypatch.setenv("CRYODECON_SETTLE_SECONDS", "0")
-    monkeypatch.setenv("CRYODECON_BATCH_WINDOW_SECONDS", "0")
-    monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", "3")
-    monkeypatch.setenv("CRYODECON_DEVICE", "cpu")
+    pipeline_environment(home, monkeypatch, max_batch_size=3)
 
 
 def seed_session(home: Path, n_micrographs: int = 3, n_movies: int = 1, seed: int = 3) -> None:

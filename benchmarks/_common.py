@@ -1,7 +1,9 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/<script>.py``, so this folder is on
 ``sys.path``)."""
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,3 +18,15 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else None
     return value
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(name: str, result: dict[str, Any], markdown_text: str) -> Path:
+    """Write ``results/<name>.json`` (``json_ready``) and ``results/<name>.md``; return the JSON path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(json_ready(result), indent=1))
+    out.with_suffix(".md").write_text(markdown_text.rstrip("\n") + "\n")
+    return out

@@ -42,25 +42,22 @@ between the true level and the expected node's estimated value, goal ≥ 0.9 (ρ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.stats
 import torch
-from _common import json_ready
+from _common import write_results
 
 from cryodecon_science import causal
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_SPEARMAN = 0.9
 MAX_ITERATIONS = 10
 
@@ -343,11 +340,8 @@ def main() -> None:
         "cases": cases,
     }
     result["runtime_seconds"] = time.perf_counter() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "attribution.json"
-    out.write_text(json.dumps(json_ready(result), indent=1))
     table = markdown(result)
-    out.with_suffix(".md").write_text(table + "\n")
+    out = write_results("attribution", result, table)
     print(table)
     print(f"wrote {out}; runtime {result['runtime_seconds']:.0f} s")
 

@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import json_ready
+from _common import write_results
 
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.io.mrc import write_mrc
@@ -62,7 +62,6 @@ from cryodecon_science.optics import CtfParams, MicroscopeSettings, canonical_ct
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 ASPIRE_PYTHON = HERE / ".venv-aspire" / "bin" / "python"
 ASPIRE_RUNNER = HERE / "aspire_ctf_runner.py"
 
@@ -413,11 +412,8 @@ def main() -> None:
         "micrographs": records,
     }
     result["runtime_seconds"] = time.perf_counter() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"ctf_vs_aspire_{args.size}.json"
-    out.write_text(json.dumps(json_ready(result), indent=1))
     table = markdown(result)
-    out.with_suffix(".md").write_text(table + "\n")
+    out = write_results(f"ctf_vs_aspire_{args.size}", result, table)
     print(table)
     if aspire["available"]:
         by_mapping = {k: round(v, 1) for k, v in check["aspire_mean_angle_error_deg_by_mapping"].items()}

@@ -60,14 +60,12 @@ import lancedb
 import numpy as np
 import numpy.typing as npt
 import torch
-from _common import json_ready
+from _common import write_results
 
 from cryodecon_resources.structure_library import StructureLibrary
 from cryodecon_science.embedding import embed_particles
 from cryodecon_science.simulate import make_structures, project_structure, random_euler_angles_deg
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 DIMENSION = 64
 K = 10
 VIEWS_PER_STRUCTURE = 200
@@ -430,12 +428,9 @@ def main() -> None:
         "distributions": records,
     }
     result["runtime_seconds"] = time.perf_counter() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "library_ann" if args.rows == 1_000_000 else f"library_ann_{args.rows}"
-    out = RESULTS / f"{name}.json"
-    out.write_text(json.dumps(json_ready(result), indent=1))
     table = markdown(result)
-    out.with_suffix(".md").write_text(table + "\n")
+    out = write_results(name, result, table)
     print(table)
     print(f"wrote {out}; runtime {result['runtime_seconds']:.0f} s")
 

@@ -32,9 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import json_ready  # noqa: E402
+from _common import RESULTS, json_ready, write_results  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 WEIGHTS_FILE = ROOT / "cryodecon_resources" / "data" / "score_weights.json"
 
 
@@ -235,8 +234,6 @@ def main() -> int:
     result["repro_limited_by"] = {
         q: sum(1 for r in rows if r.get("repro_limited_by") == q) for q in {r.get("repro_limited_by") for r in rows}
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality_v.json").write_text(json.dumps(json_ready(result), indent=1))
     weights_md = " | ".join(f"{c} {getattr(learned.weights, c):.3f}" for c in COMPONENT_NAMES)
     per_component = " | ".join(f"{c} {v:.2f}" for c, v in result["spearman_test_per_component"].items())
     md = [
@@ -268,7 +265,7 @@ def main() -> int:
         + ", ".join(f"{k} {v:.3f}" for k, v in result["repro_aggregation_spearman_all"].items())
         + f"; ΔRepro limited by: {result['repro_limited_by']}.",
     ]
-    (RESULTS / "quality_v.md").write_text("\n".join(md) + "\n")
+    write_results("quality_v", result, "\n".join(md))
     print("\n".join(md))
     if args.install:
         WEIGHTS_FILE.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ Writes ``benchmarks/results/read_throughput.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,9 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import json_ready  # noqa: E402
+from _common import write_results  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 GOAL_RATIO = 0.8
 
 
@@ -127,8 +125,6 @@ def main() -> int:
         "goal": f"reader throughput >= {GOAL_RATIO} x plain sequential read",
         "cases": cases,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "read_throughput.json").write_text(json.dumps(json_ready(result), indent=1))
     lines = [
         "# Read throughput vs plain sequential read (CPU)",
         "",
@@ -144,7 +140,7 @@ def main() -> int:
             f"| {key} | {case['file_bytes'] / 1e6:.0f} | {case['cold_plain_mb_per_s']:.0f} | "
             f"{case['cold_reader_mb_per_s']:.0f} | {case['cold_ratio']:.2f} | {verdict} | {case['warm_ratio']:.2f} |"
         )
-    (RESULTS / "read_throughput.md").write_text("\n".join(lines) + "\n")
+    write_results("read_throughput", result, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

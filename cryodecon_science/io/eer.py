@@ -36,7 +36,7 @@ from cryodecon_science.io.mrc import (
     InputFileError,
     InvalidPixelDataError,
 )
-from cryodecon_science.io.tiff import check_ifd_chain_ends, checked_size_and_magic
+from cryodecon_science.io.tiff import check_page_chain, checked_size_and_magic
 from cryodecon_science.metadata import Fields
 
 MAX_EER_FRAMES = 100_000
@@ -197,10 +197,7 @@ def read_eer(
             if not tif.is_eer or not metadata:
                 raise CorruptHeaderError(path, "no EER metadata (TIFF tag 65001)")
             pages = tif.pages
-            n_pages = len(pages)
-            if n_pages > MAX_EER_FRAMES:
-                raise CorruptHeaderError(path, f"{n_pages} frames, more than {MAX_EER_FRAMES}")
-            check_ifd_chain_ends(tif, path, size)
+            n_pages = check_page_chain(tif, path, size, MAX_EER_FRAMES)
             pixel_size, total_dose, announced = _header_values(metadata)
             if announced and n_pages < announced:
                 raise IncompleteFileError(path, f"{n_pages} frames on disk, metadata announces {announced}")

@@ -46,7 +46,7 @@ from cryodecon_science.io.mrc import (
     read_mrc_frames,
 )
 from cryodecon_science.io.serialem import read_mdoc
-from cryodecon_science.io.tiff import check_ifd_chain_ends, read_tiff_movie
+from cryodecon_science.io.tiff import check_page_chain, read_tiff_movie
 from cryodecon_science.metadata import ExposureKind, ExposureMetadata, FieldValue, merge_metadata
 
 ImageFormat = Literal["mrc", "tiff", "eer"]
@@ -414,12 +414,7 @@ def check_exposure_complete(path: str | os.PathLike[str]) -> int:
         limit = MAX_EER_FRAMES if image_format == "eer" else MAX_FRAMES
         try:
             with tifffile.TiffFile(target) as tif:
-                frames = len(tif.pages)
-                if frames == 0:
-                    raise CorruptHeaderError(target, "TIFF holds no image")
-                if frames > limit:
-                    raise CorruptHeaderError(target, f"{frames} pages, more than {limit} frames")
-                check_ifd_chain_ends(tif, target, size)
+                frames = check_page_chain(tif, target, size, limit)
         except (tifffile.TiffFileError, struct.error, ValueError, IndexError) as exc:
             if isinstance(exc, CorruptHeaderError | IncompleteFileError):
                 raise

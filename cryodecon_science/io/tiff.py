@@ -111,14 +111,23 @@ def check_ifd_chain_ends(tif: tifffile.TiffFile, path: str | os.PathLike[str], s
         raise CorruptHeaderError(path, f"image directory chain broken at byte {next_offset}")
 
 
-def _pages(tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int) -> list[tifffile.TiffPage]:
-    """Validated pages: same shape and dtype, bounded sizes, all data inside the file."""
+def check_page_chain(
+    tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int, max_frames: int = MAX_FRAMES
+) -> int:
+    """The number of pages, after checking there is at least one, at most ``max_frames``, and that the
+    image-directory chain ends inside the file (``check_ifd_chain_ends``).  Reads no pixel data."""
     n_pages = len(tif.pages)
     if n_pages == 0:
         raise CorruptHeaderError(path, "TIFF holds no image")
-    if n_pages > MAX_FRAMES:
-        raise CorruptHeaderError(path, f"{n_pages} pages, more than {MAX_FRAMES} frames")
+    if n_pages > max_frames:
+        raise CorruptHeaderError(path, f"{n_pages} pages, more than {max_frames} frames")
     check_ifd_chain_ends(tif, path, size)
+    return n_pages
+
+
+def _pages(tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int) -> list[tifffile.TiffPage]:
+    """Validated pages: same shape and dtype, bounded sizes, all data inside the file."""
+    n_pages = check_page_chain(tif, path, size)
     pages: list[tifffile.TiffPage] = []
     for index in range(n_pages):
         page = tif.pages[index]

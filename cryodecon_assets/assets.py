@@ -848,8 +848,8 @@ def evaluation_scores(
     torch_device = device.torch_device()
     graph = load_citation_graph(scoring)
     max_citations = max_citations_within_years(graph, 5) if graph is not None else 0
-    model = load_or_train_impact_model(outputs, graph) if graph is not None else None
     prepared_graph = prepare_impact_graph(graph) if graph is not None else None
+    model = load_or_train_impact_model(outputs, prepared_graph) if prepared_graph is not None else None
     publication_year = datetime.fromtimestamp(manifest.cut_at_s, UTC).year
     library_distances = structure_library.library_nn_distances()
     items = {

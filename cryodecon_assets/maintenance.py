@@ -154,8 +154,9 @@ def impact_model(
             description=f"no citation graph at {scoring.citation_graph_path!r} (edges.parquet + nodes.parquet); "
             "set CRYODECON_CITATION_GRAPH"
         )
-    evaluation = evaluate_temporal_split(prepare_impact_graph(graph), seed=0)
-    model = train_and_store_impact_model(outputs, graph)
+    prepared = prepare_impact_graph(graph)
+    evaluation = evaluate_temporal_split(prepared, seed=0)
+    model = train_and_store_impact_model(outputs, prepared)
     synthetic = bool(graph.graph.get("synthetic", False))
     context.log.info(f"impact model trained on {model.n_train} papers; held-out Spearman {evaluation.spearman_gnn:.3f}")
     return dg.MaterializeResult(

@@ -24,7 +24,7 @@ from cryodecon_resources import OutputStore, ScoringSettings, StructureLibrary
 from cryodecon_resources.structure_library import REFERENCE_BATCH_KEY
 from cryodecon_science.citations import generate_citation_graph
 from cryodecon_science.embedding import embed_particles
-from cryodecon_science.impact_gnn import ImpactModel, prepare_impact_graph, train_impact_model
+from cryodecon_science.impact_gnn import ImpactGraph, ImpactModel, train_impact_model
 from cryodecon_science.io.citations import read_citation_graph, write_citation_graph
 from cryodecon_science.io.impact_model import load_impact_model, save_impact_model
 from cryodecon_science.io.mrc import CorruptHeaderError, check_complete, read_volume
@@ -75,23 +75,24 @@ def impact_model_path(outputs: OutputStore) -> Path:
     return outputs.asset_path("impact_model", "latest") / IMPACT_MODEL_FILENAME
 
 
-def train_and_store_impact_model(outputs: OutputStore, graph: nx.DiGraph) -> ImpactModel:
+def train_and_store_impact_model(outputs: OutputStore, prepared: ImpactGraph) -> ImpactModel:
     """Train the ImpactFore GNN on every paper whose 5-year window the graph completes, and store it.
 
-    Deterministic (seed 0), so the asset and the evaluation's first-use path store the same model.
+    ``prepared`` is the citation graph after ``impact_gnn.prepare_impact_graph`` (callers prepare it once
+    and reuse it).  Deterministic (seed 0), so the asset and the evaluation's first-use path store the
+    same model.
     """
-    prepared = prepare_impact_graph(graph)
     model = train_impact_model(prepared, train_cutoff_year=prepared.last_year, seed=0)
     save_impact_model(model, impact_model_path(outputs))
     return model
 
 
-def load_or_train_impact_model(outputs: OutputStore, graph: nx.DiGraph) -> ImpactModel:
+def load_or_train_impact_model(outputs: OutputStore, prepared: ImpactGraph) -> ImpactModel:
     """The stored ImpactFore model; trained and stored first if the ``impact_model`` asset has not run yet."""
     path = impact_model_path(outputs)
     if path.exists():
         return load_impact_model(path)
-    return train_and_store_impact_model(outputs, graph)
+    return train_and_store_impact_model(outputs, prepared)
 
 
 def load_citation_graph(scoring: ScoringSettings) -> nx.DiGraph | None:

@@ -69,6 +69,13 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
+def _view_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
+    """The user-defined views of an open connection, sorted."""
+    return sorted(
+        r[0] for r in connection.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    )
+
+
 def _atomic_write_bytes(target: Path, write: Any) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -192,9 +199,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
     def views(self) -> list[str]:
         """Names of the views a connection holds now: one per base table, plus the derived views."""
         with self.connect() as connection:
-            return sorted(
-                r[0] for r in connection.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
-            )
+            return _view_names(connection)
 
     def export_parquet(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write every view (base tables and derived views) as one Parquet file ``<directory>/<view>.parquet``.
@@ -204,7 +209,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
         target_dir = Path(directory)
         written = []
         with self.connect() as connection:
-            for view in self.views():
+            for view in _view_names(connection):
                 target = target_dir / f"{view}.parquet"
 
                 def write(tmp: str, view: str = view) -> None:

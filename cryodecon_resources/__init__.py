@@ -59,6 +59,14 @@ def _env_path(name: str, default: Path) -> str:
     return str(Path(os.environ.get(name, str(default))).resolve())
 
 
+def _weights_from_environment() -> list[float]:
+    text = os.environ.get("CRYODECON_WEIGHTS", "")
+    try:
+        return [float(w) for w in text.split(",") if w.strip()]
+    except ValueError as exc:
+        raise ValueError(f"CRYODECON_WEIGHTS must be five comma-separated numbers, got {text!r}") from exc
+
+
 def resources_from_environment() -> dict[str, object]:
     home = cryodecon_home()
     return {
@@ -76,7 +84,7 @@ def resources_from_environment() -> dict[str, object]:
         ),
         "scoring": ScoringSettings(
             citation_graph_path=_env_path("CRYODECON_CITATION_GRAPH", home / "citations"),
-            weights=[float(w) for w in os.environ.get("CRYODECON_WEIGHTS", "").split(",") if w.strip()],
+            weights=_weights_from_environment(),
             weights_version=os.environ.get("CRYODECON_WEIGHTS_VERSION", ""),
         ),
         "restoration": RestorationSettings(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import field_validator
 
 from cryodecon_science.scores import COMPONENT_NAMES, ScoreWeights
 
@@ -91,6 +92,16 @@ class ScoringSettings(dg.ConfigurableResource):
     particle_diameter_angstrom: float = 150.0
     citation_graph_path: str = ""
 
+    @field_validator("weights")
+    @classmethod
+    def _five_weights_or_none(cls, weights: list[float]) -> list[float]:
+        """Empty (learned weights) or five finite, non-negative weights with a positive sum."""
+        if weights:
+            if len(weights) != len(COMPONENT_NAMES):
+                raise ValueError(f"weights must have {len(COMPONENT_NAMES)} entries {COMPONENT_NAMES}, got {weights}")
+            ScoreWeights(*weights, version="check")  # raises ScoreDomainError (a ValueError) on bad values
+        return weights
+
     def resolve_weights(self, learned_rows: list[dict[str, Any]]) -> tuple[ScoreWeights, str]:
         """The weights to use and their source (``configured``, ``curation`` or ``simulated``).
 
@@ -98,8 +109,6 @@ class ScoringSettings(dg.ConfigurableResource):
         ``learned_at_s``) wins over the shipped weights.
         """
         if self.weights:
-            if len(self.weights) != len(COMPONENT_NAMES):
-                raise ValueError(f"weights must have {len(COMPONENT_NAMES)} entries, got {len(self.weights)}")
             return ScoreWeights(*self.weights, version=self.weights_version or "configured"), "configured"
         curated = [r for r in learned_rows if r.get("source") == "curation"]
         if curated:

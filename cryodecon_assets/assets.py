@@ -56,10 +56,10 @@ from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
 from cryodecon_science.io.layout import read_exposure
-from cryodecon_science.io.mrc import CorruptHeaderError, InputFileError, Micrograph
+from cryodecon_science.io.mrc import CorruptHeaderError, InputFileError, Micrograph, write_mrc
 from cryodecon_science.io.session import SessionMetadataError, exposure_name, read_session_metadata
 from cryodecon_science.metadata import ExposureMetadata, flatten_metadata, metadata_to_json
-from cryodecon_science.motion import align_movie
+from cryodecon_science.motion import accumulated_motion, align_movie
 from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.picking import excluded_area_mask, extract_boxes, pick_particles
 from cryodecon_science.records import CtfFit
@@ -219,6 +219,113 @@ def microscope_from_record(record: ExposureMetadata, micrograph: Micrograph) -> 
     )
 
 
+# MotionCor2's names for the dose-weighted, even-frame and odd-frame sums beside the aligned sum.
+MOTION_SUM_SUFFIXES = ("_DW", "_EVN", "_ODD")
+
+
+def movie_dose_and_voltage(session: Any, record: ExposureMetadata) -> tuple[float | None, float | None]:
+    """Total exposure (e⁻/Å²) and voltage (kV) of a movie: the session description where there is one,
+    else the exposure's own metadata record (header + sidecar); None where no source gives it."""
+    if session is not None:
+        return session.dose_e_per_angstrom2, session.microscope.voltage_kv
+    return record.dose.total_dose_e_per_angstrom2, record.optics.voltage_kv
+
+
+def correct_movie(
+    frames: np.ndarray,
+    pixel_size_angstrom: float,
+    dose_and_voltage: tuple[float | None, float | None],
+    folder: Path,
+    name: str,
+    torch_device: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Align a movie (global drift, SSNR-weighted), dose-weight it when its exposure is known and the voltage
+    is one the critical-exposure curve is fitted for (200/300 kV), write the _DW/_EVN/_ODD sums as MRC, and
+    return the correction with its warehouse row."""
+    total_dose, voltage = dose_and_voltage
+    n_frames = int(frames.shape[0])
+    dose_per_frame = total_dose / n_frames if total_dose is not None and total_dose > 0 else None
+    weighting_voltage = voltage if voltage is not None and round(voltage) in (200, 300) else None
+    weighted = dose_per_frame is not None and weighting_voltage is not None
+    correction = align_movie(
+        frames,
+        pixel_size_angstrom,
+        device=torch_device,
+        dose_per_frame_e_per_angstrom2=dose_per_frame if weighted else None,
+        voltage_kv=float(round(weighting_voltage)) if weighting_voltage is not None else 300.0,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    sums = {"_EVN": correction.even_sum, "_ODD": correction.odd_sum}
+    if correction.dose_weighted_sum is not None:
+        sums["_DW"] = correction.dose_weighted_sum
+    for suffix, image in sums.items():
+        write_mrc(folder / f"{name}{suffix}.mrc", image.astype(np.float32), pixel_size_angstrom)
+    motion = accumulated_motion(correction.shifts_px, pixel_size_angstrom, dose_per_frame)
+    row = {
+        "n_frames": n_frames,
+        "dose_per_frame_e_per_angstrom2": dose_per_frame,
+        "dose_weighted": correction.dose_weighted_sum is not None,
+        "iterations": correction.iterations,
+        "converged": correction.converged,
+        "hot_pixels_replaced": correction.hot_pixel_count,
+        "motion_total_angstrom": motion.total_angstrom,
+        "motion_early_angstrom": motion.early_angstrom,
+        "motion_late_angstrom": motion.late_angstrom,
+        "pixel_size_angstrom": pixel_size_angstrom,
+        "voltage_kv": voltage,
+    }
+    return correction, row
+
+
+def remove_stale_sums(folder: Path, kept: set[str]) -> None:
+    """After a full run of a batch: drop the sums of movies no longer in its output (quarantined on rerun)."""
+    for path in folder.glob("*.mrc") if folder.is_dir() else []:
+        stem = path.stem
+        for suffix in MOTION_SUM_SUFFIXES:
+            if stem.endswith(suffix) and stem[: -len(suffix)] not in kept:
+                path.unlink(missing_ok=True)
+
+
+def write_motion_star(warehouse: ScoreWarehouse, outputs: OutputStore, batch: str) -> Path | None:
+    """RELION ``corrected_micrographs.star`` for the batch's motion-corrected movies (None without movies)."""
+    from cryodecon_science.io.star import CorrectedMicrographRow, write_corrected_micrographs_star
+
+    table = warehouse.read_rows("motion_corrections", batch)
+    folder = outputs.asset_path("motion_corrected", batch)
+    star_rows = []
+    for row in table.to_dict("records") if len(table) else []:
+        name = row["micrograph"]
+        even, odd, dw = (folder / f"{name}{suffix}.mrc" for suffix in ("_EVN", "_ODD", "_DW"))
+        if not (even.is_file() and odd.is_file()):
+            continue
+        aligned = str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc"))
+        weighted = bool(row["dose_weighted"]) and dw.is_file()
+        defaults = MicroscopeSettings()
+        voltage = row.get("voltage_kv")
+        microscope = MicroscopeSettings(
+            voltage_kv=float(voltage) if voltage is not None and voltage == voltage else defaults.voltage_kv,
+            pixel_size_angstrom=float(row["pixel_size_angstrom"]),
+        )
+        early, late = row.get("motion_early_angstrom"), row.get("motion_late_angstrom")
+        star_rows.append(
+            CorrectedMicrographRow(
+                micrograph_path=str(dw) if weighted else aligned,
+                no_dose_weighting_path=aligned if weighted else None,
+                even_path=str(even),
+                odd_path=str(odd),
+                microscope=microscope,
+                motion_total_angstrom=float(row["motion_total_angstrom"]),
+                motion_early_angstrom=None if early is None or early != early else float(early),
+                motion_late_angstrom=None if late is None or late != late else float(late),
+            )
+        )
+    if not star_rows:
+        return None
+    path = outputs.star_path(batch, "corrected_micrographs.star")
+    write_corrected_micrographs_star(path, star_rows)
+    return path
+
+
 def load_stored_fits(outputs: OutputStore, batch: str) -> dict[str, CtfFit]:
     """CTF fits already stored for the batch (a selective rerun keeps the others in the STAR file)."""
     directory = outputs.asset_path("ctf_estimates", batch)
@@ -255,7 +362,10 @@ def _optional(value: Any) -> float | None:
         ),
     ],
     description="Exposures of the batch's frozen manifest, read and verified (MRC, TIFF, EER; metadata "
-    "record from header + sidecar); movies motion-corrected (global alignment, aligned sum); detector and "
+    "record from header + sidecar); movies motion-corrected (global alignment with the movie's own "
+    "signal-to-noise weighting; the aligned sum is this asset, what CTF fitting reads) and, when their dose "
+    "is known, dose-weighted (Grant & Grigorieff); the _DW/_EVN/_ODD sums go to `motion_corrected/<batch>/` "
+    "with RELION's `corrected_micrographs.star` and one row per movie in `motion_corrections`; detector and "
     "ice artifacts removed as configured (`RestorationSettings`, one row per step in "
     "`artifact_corrections`).  Micrographs in counts, float32 MRC.",
 )
@@ -265,6 +375,7 @@ def raw_micrographs(
     warehouse: ScoreWarehouse,
     device: TorchDevice,
     restoration: RestorationSettings,
+    outputs: OutputStore,
 ) -> Iterable[dg.Output[dict[str, Micrograph]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
@@ -275,6 +386,7 @@ def raw_micrographs(
     rows: list[dict[str, Any]] = []
     metadata_rows: list[dict[str, Any]] = []
     trajectory_rows: list[dict[str, Any]] = []
+    motion_rows: list[dict[str, Any]] = []
     corrections: list[dict[str, Any]] = []
     disagreements: dict[str, list[str]] = {}
     failures: list[dict[str, Any]] = []
@@ -296,12 +408,20 @@ def raw_micrographs(
             if not exposure.pixel_size_angstrom > 0:
                 raise CorruptHeaderError(path, "no source gives the pixel size")
             if entry.kind == "movie":
-                correction = align_movie(exposure.frames, exposure.pixel_size_angstrom, device=device.torch_device())
+                n_frames = int(exposure.frames.shape[0])
+                correction, motion_row = correct_movie(
+                    exposure.frames,
+                    exposure.pixel_size_angstrom,
+                    movie_dose_and_voltage(metadata, exposure.metadata),
+                    outputs.asset_path("motion_corrected", batch),
+                    entry.name,
+                    device.torch_device(),
+                )
+                motion_rows.append({"micrograph": entry.name, "batch": batch, **motion_row})
                 micrograph = Micrograph(
                     entry.name, correction.aligned_sum.astype(np.float32), exposure.pixel_size_angstrom
                 )
                 drift_total_px = float(correction.total_drift_px)
-                n_frames = int(exposure.frames.shape[0])
                 trajectory_rows.extend(
                     {
                         "micrograph": entry.name,
@@ -383,6 +503,12 @@ def raw_micrographs(
     # The drift trajectory of each movie (frame × [dy, dx] relative to frame 0): what the causal graph's
     # beam-induced-motion node reads as the total path length, per frame for staff.
     warehouse.write_rows("motion_trajectories", batch, trajectory_rows, replace_micrographs=chosen)
+    # Dose-weighted, even and odd sums of every movie (MotionCor2's _DW/_EVN/_ODD files) and RELION's
+    # corrected_micrographs.star over the whole batch (a selective rerun keeps the other movies' rows).
+    warehouse.write_rows("motion_corrections", batch, motion_rows, replace_micrographs=chosen)
+    if chosen is None:
+        remove_stale_sums(outputs.asset_path("motion_corrected", batch), set(micrographs))
+    star_path = write_motion_star(warehouse, outputs, batch)
     warehouse.write_rows("artifact_corrections", batch, corrections, replace_micrographs=chosen)
     quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
     yield dg.Output(
@@ -393,6 +519,8 @@ def raw_micrographs(
             "read": len(micrographs),
             "quarantined": len(failures),
             "movies_motion_corrected": sum(1 for r in rows if r["kind"] == "movie"),
+            "movies_dose_weighted": sum(1 for r in motion_rows if r["dose_weighted"]),
+            "corrected_micrographs_star": dg.MetadataValue.path(str(star_path)) if star_path else "no movies",
             "preview": dg.MetadataValue.md(thumbnails_markdown({k: v.data for k, v in micrographs.items()})),
         },
     )

@@ -9,7 +9,9 @@ The graph (:func:`build_causal_graph`) follows the weak-phase image-formation mo
   dose (Poisson variance = mean counts); it also drives beam-induced motion and radiation damage.
 * **detector_noise**: the flat floor F of a counting detector, ≈ the Poisson expectation (mean counts)
   for an ideal one, higher with read-out/excess noise, lower where the noise transfer falls (DQE).
-* **ice_thickness**: inelastic scattering in the ice adds a smooth low-frequency background I(k).
+* **ice_thickness**: inelastic scattering in the ice (fraction 1 − exp(−t/λ_in), Beer–Lambert) turns
+  elastic, phase-contrast electrons into a smooth low-frequency *intensity* background I(k) that the
+  CTF does not modulate (:func:`_ice_index`).
 * **defocus, astigmatism, spherical_aberration**: the phase χ(k) and so the Thon-ring positions.
 * **coherence_envelope**: the envelope E²(k) = exp(−B k²/2) (partial coherence, damage, drift within
   frames, detector MTF), summarised by an apparent B-factor (Å²).
@@ -33,7 +35,7 @@ node                   unit    definition
 =====================  ======  ==================================================================
 dose                   e/Å²    mean counts per pixel / pixel_size² (counting detector, gain 1)
 beam_induced_motion    px      linear blur length left in the image
-ice_thickness          1       mean of (B(k) − F)/F over 50–20 Å (low-frequency background excess)
+ice_thickness          1       RMS of the non-phase-contrast intensity at k ≤ 1/100 Å / mean counts
 detector_noise         1       F / mean counts (1 for an ideal counting detector with Poisson noise)
 defocus                Å       mean defocus (U + V)/2 of the CTF fit
 astigmatism            Å       U − V of the CTF fit
@@ -109,8 +111,8 @@ NODE_UNITS: Mapping[str, str] = MappingProxyType(
     }
 )
 
-ICE_BAND_ANGSTROM = (50.0, 20.0)
-"""Resolution band (Å, coarse to fine) where the ice/inelastic background excess is averaged."""
+INELASTIC_BAND_ANGSTROM = 100.0
+"""Finest period (Å) of the band 0 < k ≤ 1/100 Å where the inelastic intensity background is measured."""
 HETEROGENEITY_BAND_ANGSTROM = (50.0, 10.0)
 """Resolution band (Å) of the tiles' signal amplitude for sample_heterogeneity (≥ 2 cycles per tile)."""
 FLOOR_BAND_FRACTION_OF_NYQUIST = (0.75, 1.0)
@@ -600,34 +602,62 @@ def _detector_index(
     return index, index * math.hypot(relative_floor, relative_mean)
 
 
-def _ice_index(
-    spectrum: _Spectrum,
-    grid: _ModelOnGrid,
-    fisher: _Fisher,
-    model: SpectralModel,
-    microscope: MicroscopeSettings,
-) -> tuple[float, float]:
-    """Mean over the 50–20 Å samples of (B(k) − F)/F.
+def _rfft_multiplicity(shape_px: tuple[int, int]) -> FloatArray:
+    """How many samples of the full 2-D spectrum each ``rfft2`` sample stands for (flattened).
 
-    σ: Cramér–Rao σ of ln(B̄_band / F) from the background parameters (their covariance included),
-    times B̄_band/F.
+    2 for 0 < k_x < Nyquist (the Friedel mate −k has the same power), 1 on the k_x = 0 column and, for
+    an even width, on the Nyquist column.
     """
-    coarse, fine = ICE_BAND_ANGSTROM
+    ny, nx = shape_px
+    multiplicity = np.full((ny, nx // 2 + 1), 2.0)
+    multiplicity[:, 0] = 1.0
+    if nx % 2 == 0:
+        multiplicity[:, -1] = 1.0
+    return multiplicity.ravel()
+
+
+def _ice_index(spectrum: _Spectrum, grid: _ModelOnGrid, model: SpectralModel) -> tuple[float, float]:
+    """Relative RMS of the low-frequency intensity that no phase contrast explains: σ_I / ⟨counts⟩.
+
+    Physics.  An electron scattered inelastically in the ice (fraction f_in = 1 − exp(−t/λ_in),
+    λ_in ≈ 350 nm in vitreous ice at 300 kV; Rice et al. 2018, J. Struct. Biol. 204:38, Beer–Lambert)
+    has lost its coherence with the unscattered wave, so it carries no phase contrast; on a detector
+    without energy filter it still arrives, as a smooth low-resolution *intensity* image
+    f_in · D · (1 + a·g(x)) (D the dose per pixel, g the relative variation of the inelastic image from
+    thickness and density changes).  The mean count therefore stays ≈ D (the ratio of mean counts to
+    header dose, t = λ_in ln(D/⟨counts⟩), only works for zero-loss-filtered or aperture-limited images),
+    but the low-frequency intensity modulation grows as f_in · a ≈ (t/λ_in) · a.  Below
+    :data:`INELASTIC_BAND_ANGSTROM` (100 Å) the phase contrast of a weak-phase object is weak
+    (CTF ≈ −(w + π λ Δf k²), a few %) and is subtracted with the model: what remains is this amplitude
+    background.
+
+    Estimate.  Over the rfft samples 0 < k ≤ 1/100 Å (at least three rings), the excess
+    e = P − F − S·CTF²_eff (P = |FFT(x − ⟨x⟩)|²/N, F the white floor, S·CTF² the phase signal of the
+    spectral model) summed over the full plane is, by Parseval, the variance σ_I² (counts²) of the
+    low-frequency intensity; the index is √max(σ_I², 0)/⟨counts⟩ (dimensionless; ≈ f_in · a, monotone
+    in the thickness, not a thickness in nm: a, the relative contrast of the inelastic image, is not
+    known from one unfiltered image).  σ: each half-plane periodogram sample is exponential
+    (Var P = μ² ≈ P²/2 unbiased from E P² = 2μ²), so Var σ_I² = Σ m² P²/(2 N²) (m the Friedel
+    multiplicity); propagated through the square root as σ_v / (⟨counts⟩ (2√v + √σ_v)), which is the
+    delta-method σ_v/(2√v) for v ≫ σ_v and √σ_v at v = 0.
+    """
     k = spectrum.k_per_angstrom
-    k_hi = min(1.0 / fine, microscope.nyquist_per_angstrom)
-    band = (spectrum.ring >= 0) & (k >= 1.0 / coarse) & (k <= k_hi)
-    if int(band.sum()) == 0:  # coarse sampling: use the first three rings
+    band = (spectrum.ring >= 1) & (k <= 1.0 / INELASTIC_BAND_ANGSTROM)
+    if int(np.unique(spectrum.ring[band]).size) < 3:  # coarse sampling: use the first three rings
         band = (spectrum.ring >= 1) & (spectrum.ring <= 3)
-    rings = np.zeros(spectrum.ring_k_per_angstrom.size, dtype=bool)
-    rings[np.unique(spectrum.ring[band])] = True
     floor = model.noise_floor_power
     if not floor > 0:
         raise ValueError("spectral model has a non-positive noise floor")
-    ratio = float(np.mean(grid.background[band])) / floor
-    d = _band_basis_mean(spectrum, fisher, rings) - _band_basis_mean(
-        spectrum, fisher, _floor_band(spectrum, microscope)
-    )
-    return ratio - 1.0, ratio * math.sqrt(max(float(d @ fisher.covariance @ d), 0.0))
+    n_pixels = float(spectrum.shape_px[0] * spectrum.shape_px[1])
+    multiplicity = _rfft_multiplicity(spectrum.shape_px)[band]
+    power = spectrum.power[band]
+    phase_signal = grid.signal[band] * grid.ctf2[band]
+    variance = float(np.sum(multiplicity * (power - floor - phase_signal))) / n_pixels
+    sigma_variance = math.sqrt(float(np.sum((multiplicity * power) ** 2)) / 2.0) / n_pixels
+    mean = spectrum.mean_counts
+    index = math.sqrt(max(variance, 0.0)) / mean
+    sigma = sigma_variance / (mean * (2.0 * math.sqrt(max(variance, 0.0)) + math.sqrt(sigma_variance)))
+    return index, sigma
 
 
 # ---------------------------------------------------------------------------------- node estimates
@@ -844,7 +874,7 @@ def _estimate_raw(
     else:
         out["beam_induced_motion"] = _blur_from_anisotropy(spectrum, grid, ctf_fit, microscope)
 
-    out["ice_thickness"] = _ice_index(spectrum, grid, fisher, model, microscope)
+    out["ice_thickness"] = _ice_index(spectrum, grid, model)
     out["detector_noise"] = _detector_index(spectrum, fisher, model, microscope)
     sigma_defocus = float(ctf_fit.defocus_sigma_angstrom)
     out["defocus"] = (ctf_fit.ctf.mean_defocus_angstrom, sigma_defocus)
@@ -881,8 +911,9 @@ def estimate_nodes(
       model's valid band up to the fit resolution (S ∝ exp(−B k²/2)); σ from the regression.
     * detector_noise: F/⟨counts⟩ with F = ``noise_floor_power``; ≈ 1 for Poisson counting.  σ from the
       number of floor-band samples (each periodogram sample has SD equal to its mean).
-    * ice_thickness: mean (B(k) − F)/F over 50–20 Å, dimensionless; a relative index (∝ the inelastic
-      background, which grows with thickness; not a thickness in nm).  σ as for the floor.
+    * ice_thickness: relative RMS of the low-frequency (k ≤ 1/100 Å) intensity that the phase-contrast
+      model S·CTF² + F does not explain (the inelastic background, ≈ f_in · a, :func:`_ice_index`),
+      dimensionless and monotone in the thickness, not a thickness in nm; σ from periodogram statistics.
     * dose: ⟨counts⟩/pixel² (e/Å², gain 1); σ = the tile-to-tile standard error of the mean, combined
       in quadrature with |measured − header| when the header dose is given (a gain/calibration
       discrepancy counts as uncertainty).
@@ -920,7 +951,24 @@ def degradation_weights(
     microscope: MicroscopeSettings,
     shape_px: tuple[int, int],
 ) -> dict[str, float]:
-    """Each cause's share of the spectral-SNR loss in the trusted band; the shares sum to 1.
+    """Each cause's share of the degradation: :func:`degradation_losses` normalised to sum 1.
+
+    Uniform (1/9 each) when no cause loses anything.
+    """
+    losses = degradation_losses(nodes, ctf_fit, microscope, shape_px)
+    total = sum(losses.values())
+    if not total > 0:
+        return {node: 1.0 / len(CAUSE_NODES) for node in CAUSE_NODES}
+    return {node: losses[node] / total for node in CAUSE_NODES}
+
+
+def degradation_losses(
+    nodes: Mapping[str, tuple[float, float]],
+    ctf_fit: CtfFit,
+    microscope: MicroscopeSettings,
+    shape_px: tuple[int, int],
+) -> dict[str, float]:
+    """Each cause's mean log-SNR loss (nats per Fourier sample) in the trusted band, before normalisation.
 
     Per rfft sample k of an image of ``shape_px`` in the band [k_valid_from, min(k_valid_to, k_fit)],
     with S, B from ``ctf_fit.spectral_model`` and the node values:
@@ -937,7 +985,8 @@ def degradation_weights(
       cos 2(θ−θ_a) k², ½ π C_s λ³ k⁴);
     * sample_heterogeneity: L = ln(1 + CV²) at every frequency (excess variance across tiles).
 
-    Each L is averaged over the band's samples; weight = mean L_c / Σ_c mean L_c (uniform if all are 0).
+    Each L is averaged over the band's samples (all zero when the band is empty);
+    :func:`degradation_weights` divides by Σ_c mean L_c.
     """
     model = ctf_fit.spectral_model
     ny, nx = shape_px
@@ -949,7 +998,7 @@ def degradation_weights(
     k_hi = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom, microscope.nyquist_per_angstrom)
     band = (k >= max(k_from, 1e-12)) & (k <= k_hi)
     if not band.any():
-        return {node: 1.0 / len(CAUSE_NODES) for node in CAUSE_NODES}
+        return {node: 0.0 for node in CAUSE_NODES}
     k_b, theta_b = k[band], theta[band]
     signal, background = model.interpolate(k_b)
     signal = np.maximum(signal, 1e-30)
@@ -996,10 +1045,7 @@ def degradation_weights(
         "coherence_envelope": float(np.mean(l_env)),
         "sample_heterogeneity": math.log1p(cv**2),
     }
-    total = sum(losses.values())
-    if not total > 0:
-        return {node: 1.0 / len(CAUSE_NODES) for node in CAUSE_NODES}
-    return {node: losses[node] / total for node in CAUSE_NODES}
+    return losses
 
 
 # ------------------------------------------------------------------------------ the refinement loop

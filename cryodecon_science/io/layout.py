@@ -97,8 +97,9 @@ class Exposure:
     Attributes
     ----------
     file : ExposureFile
-    frames : ndarray, shape (n_frames, ny, nx), float32
-        Counts per frame (n_frames = 1 for a micrograph), gain- and defect-corrected when asked.
+    frames : ndarray, shape (n_frames, ny, nx)
+        Counts per frame (n_frames = 1 for a micrograph) in the stored sample type (uint8/uint16 counts
+        stay integers: half the memory of float32), or float32 once gain- or defect-corrected.
     pixel_size_angstrom : float
         Å per pixel of ``frames`` (0.0 when no source gives one).
     metadata : ExposureMetadata
@@ -107,7 +108,7 @@ class Exposure:
     """
 
     file: ExposureFile
-    frames: npt.NDArray[np.float32]
+    frames: npt.NDArray[np.generic]
     pixel_size_angstrom: float
     metadata: ExposureMetadata
     defect_mask: npt.NDArray[np.bool_] | None = None

@@ -1,4 +1,5 @@
-"""RELION micrograph CTF tables (``micrographs_ctf.star``), read and written with ``starfile``.
+"""RELION micrograph tables (``micrographs_ctf.star``, ``corrected_micrographs.star``), read and written
+with ``starfile``.
 
 Layout of RELION 3.1 and later (Zivanov et al. 2020, IUCrJ 7:253, "optics groups"): a ``data_optics``
 loop with one row per optics group and a ``data_micrographs`` loop with one row per micrograph that
@@ -69,6 +70,49 @@ _REQUIRED_MICROGRAPH_COLUMNS = (
     "rlnCtfFigureOfMerit",
     "rlnCtfMaxResolution",
 )
+
+
+# RELION's motion-correction table (``MotionCorr/jobNNN/corrected_micrographs.star``).
+CORRECTED_MICROGRAPH_COLUMNS = (
+    "rlnMicrographName",  # the dose-weighted sum where there is one (what RELION extracts from)
+    "rlnMicrographNameNoDW",  # the plain aligned sum (what CTFFIND fits)
+    "rlnMicrographNameEven",
+    "rlnMicrographNameOdd",
+    "rlnOpticsGroup",
+    "rlnAccumMotionTotal",
+    "rlnAccumMotionEarly",
+    "rlnAccumMotionLate",
+)
+
+
+@dataclass(frozen=True)
+class CorrectedMicrographRow:
+    """One motion-corrected movie for ``corrected_micrographs.star``.
+
+    Attributes
+    ----------
+    micrograph_path : str
+        ``rlnMicrographName``: the dose-weighted sum, or the aligned sum when no dose is known.
+    no_dose_weighting_path : str or None
+        ``rlnMicrographNameNoDW``: the aligned sum, when ``micrograph_path`` is dose-weighted.
+    even_path, odd_path : str
+        ``rlnMicrographNameEven``/``Odd``: sums of the even and odd frames (independent noise).
+    microscope : MicroscopeSettings
+        Its optics group.
+    motion_total_angstrom : float
+        ``rlnAccumMotionTotal``, Å.
+    motion_early_angstrom, motion_late_angstrom : float or None
+        ``rlnAccumMotionEarly``/``Late``, Å (None without a dose per frame).
+    """
+
+    micrograph_path: str
+    no_dose_weighting_path: str | None
+    even_path: str
+    odd_path: str
+    microscope: MicroscopeSettings
+    motion_total_angstrom: float
+    motion_early_angstrom: float | None
+    motion_late_angstrom: float | None
 
 
 class StarFormatError(ValueError):
@@ -149,20 +193,7 @@ def write_micrographs_ctf_star(path: str | os.PathLike[str], rows: list[Microgra
     if any(with_image) and not all(with_image):
         raise ValueError("ctf_image_path must be given for every row or for none")
 
-    groups: dict[MicroscopeSettings, int] = {}
-    for row in rows:
-        groups.setdefault(row.microscope, len(groups) + 1)
-    optics = pd.DataFrame(
-        {
-            "rlnOpticsGroup": list(groups.values()),
-            "rlnOpticsGroupName": [f"opticsGroup{number}" for number in groups.values()],
-            "rlnVoltage": [m.voltage_kv for m in groups],
-            "rlnSphericalAberration": [m.spherical_aberration_mm for m in groups],
-            "rlnAmplitudeContrast": [m.amplitude_contrast_fraction for m in groups],
-            "rlnMicrographPixelSize": [m.pixel_size_angstrom for m in groups],
-        },
-        columns=list(OPTICS_COLUMNS),
-    )
+    groups, optics = _optics_groups([row.microscope for row in rows])
     columns: dict[str, list[object]] = {
         "rlnMicrographName": [row.micrograph_path for row in rows],
         "rlnOpticsGroup": [groups[row.microscope] for row in rows],
@@ -178,8 +209,53 @@ def write_micrographs_ctf_star(path: str | os.PathLike[str], rows: list[Microgra
         "rlnCtfMaxResolution": [row.ctf_fit.fit_resolution_angstrom for row in rows],
         "rlnPhaseShift": [math.degrees(row.ctf_fit.ctf.phase_shift_rad) for row in rows],
     }
-    micrographs = pd.DataFrame(columns)
+    _write_star_atomically(path, optics, pd.DataFrame(columns))
 
+
+def write_corrected_micrographs_star(path: str | os.PathLike[str], rows: list[CorrectedMicrographRow]) -> None:
+    """Write a RELION ≥ 3.1 ``corrected_micrographs.star`` (the table RELION's MotionCorr job writes and its
+    CtfFind, ManualPick and Extract jobs read) atomically.  ``rlnMicrographNameNoDW`` is written when every
+    row has a dose-weighted sum, the early/late motion when every row has them (a loop has no empty cells).
+    """
+    if not rows:
+        raise ValueError("no micrographs to write")
+    groups, optics = _optics_groups([row.microscope for row in rows])
+    columns: dict[str, list[object]] = {"rlnMicrographName": [row.micrograph_path for row in rows]}
+    if all(row.no_dose_weighting_path is not None for row in rows):
+        columns["rlnMicrographNameNoDW"] = [row.no_dose_weighting_path for row in rows]
+    columns |= {
+        "rlnMicrographNameEven": [row.even_path for row in rows],
+        "rlnMicrographNameOdd": [row.odd_path for row in rows],
+        "rlnOpticsGroup": [groups[row.microscope] for row in rows],
+        "rlnAccumMotionTotal": [row.motion_total_angstrom for row in rows],
+    }
+    if all(row.motion_early_angstrom is not None and row.motion_late_angstrom is not None for row in rows):
+        columns["rlnAccumMotionEarly"] = [row.motion_early_angstrom for row in rows]
+        columns["rlnAccumMotionLate"] = [row.motion_late_angstrom for row in rows]
+    _write_star_atomically(path, optics, pd.DataFrame(columns))
+
+
+def _optics_groups(microscopes: list[MicroscopeSettings]) -> tuple[dict[MicroscopeSettings, int], pd.DataFrame]:
+    """Optics groups 1, 2, … in order of first appearance, named ``opticsGroup<n>``, and their table."""
+    groups: dict[MicroscopeSettings, int] = {}
+    for microscope in microscopes:
+        groups.setdefault(microscope, len(groups) + 1)
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": list(groups.values()),
+            "rlnOpticsGroupName": [f"opticsGroup{number}" for number in groups.values()],
+            "rlnVoltage": [m.voltage_kv for m in groups],
+            "rlnSphericalAberration": [m.spherical_aberration_mm for m in groups],
+            "rlnAmplitudeContrast": [m.amplitude_contrast_fraction for m in groups],
+            "rlnMicrographPixelSize": [m.pixel_size_angstrom for m in groups],
+        },
+        columns=list(OPTICS_COLUMNS),
+    )
+    return groups, optics
+
+
+def _write_star_atomically(path: str | os.PathLike[str], optics: pd.DataFrame, micrographs: pd.DataFrame) -> None:
+    """Both blocks with RELION's version comment, via a temporary file moved into place (module docstring)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)

@@ -13,6 +13,7 @@ import dagster as dg
 import mrcfile
 import numpy as np
 import pytest
+import starfile
 
 from cryodecon_assets.cli import prepare_instance_home
 from cryodecon_assets.driver import drive
@@ -90,6 +91,20 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     # The movie went through motion correction.
     movies = warehouse.query("SELECT drift_total_px FROM micrographs WHERE kind = 'movie'")  # type: ignore[attr-defined]
     assert len(movies) == 1 and movies["drift_total_px"][0] > 1.0
+    # ... dose-weighted (its dose is known), with even/odd sums and RELION's motion table beside it.
+    motion = warehouse.read_rows("motion_corrections")  # type: ignore[attr-defined]
+    assert list(motion["micrograph"]) == ["grid_mov_0000"] and bool(motion["dose_weighted"][0])
+    assert float(motion["motion_total_angstrom"][0]) == pytest.approx(float(movies["drift_total_px"][0]), rel=1e-6)
+    sums = outputs / "motion_corrected" / "grid-00002"
+    for suffix in ("_DW", "_EVN", "_ODD"):
+        with mrcfile.open(sums / f"grid_mov_0000{suffix}.mrc") as mrc:
+            assert mrc.data.shape == (SIZE, SIZE) and float(mrc.voxel_size.x) == pytest.approx(1.0)
+    with mrcfile.open(sums / "grid_mov_0000_EVN.mrc") as even, mrcfile.open(sums / "grid_mov_0000_ODD.mrc") as odd:
+        with mrcfile.open(outputs / "raw_micrographs" / "grid-00002" / "grid_mov_0000.mrc") as aligned:
+            # The halves add up to the aligned sum before artifact removal: same total counts.
+            assert float(even.data.sum() + odd.data.sum()) == pytest.approx(float(aligned.data.sum()), rel=0.02)
+    star = starfile.read(outputs / "star" / "grid-00002" / "corrected_micrographs.star", always_dict=True)
+    assert list(star["micrographs"]["rlnMicrographName"]) == [str(sums / "grid_mov_0000_DW.mrc")]
     # `cryodecon scores` answers from the same warehouse.
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "cryodecon"), "scores", "--session", "grid", "--format", "json"],

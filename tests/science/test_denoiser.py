@@ -84,6 +84,23 @@ def test_tensor_input_and_batch_size_agree(model: DenoiserUNet, micrograph: tupl
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
+def test_test_time_augmentation_is_equivariant_and_close(
+    model: DenoiserUNet, micrograph: tuple[np.ndarray, np.ndarray]
+) -> None:
+    counts = micrograph[0][:128, :160]  # non-square: the rotations swap the sides
+    plain = denoise_learned(counts, model)
+    averaged = denoise_learned(counts, model, augment=True)
+    assert averaged.shape == counts.shape and averaged.dtype == np.float32
+    # The average over the 8 rotations/flips commutes with them (up to float rounding).
+    rotated = denoise_learned(np.ascontiguousarray(np.rot90(counts)), model, augment=True)
+    np.testing.assert_allclose(np.rot90(averaged), rotated, rtol=0, atol=1e-3 * float(np.std(averaged)) + 1e-4)
+    flipped = denoise_learned(np.ascontiguousarray(counts[:, ::-1]), model, augment=True)
+    np.testing.assert_allclose(averaged[:, ::-1], flipped, rtol=0, atol=1e-3 * float(np.std(averaged)) + 1e-4)
+    # Same estimator, averaged: close to the single pass, mean (units) kept.
+    assert float(np.sqrt(np.mean((averaged - plain) ** 2))) < 0.5 * float(np.std(plain))
+    assert abs(float(averaged.mean()) - float(counts.mean())) < 0.5
+
+
 @pytest.mark.gpu
 def test_cuda_matches_cpu(model: DenoiserUNet, micrograph: tuple[np.ndarray, np.ndarray]) -> None:
     if not torch.cuda.is_available():

@@ -392,7 +392,8 @@ def test_tiff_movies_uncompressed_and_lzw(tmp_path: Path, compression: str | Non
     path = tmp_path / "FoilHole_1_Data_2_3_fractions.tiff"
     tifffile.imwrite(path, data, compression=compression, photometric="minisblack")
     movie = read_tiff_movie(path)
-    np.testing.assert_array_equal(movie.frames, data.astype(np.float32))
+    np.testing.assert_array_equal(movie.frames, data)
+    assert movie.frames.dtype == np.dtype(dtype)  # counts stay in the stored type
     assert movie.compression == (compression or "none") and movie.stored_dtype == dtype
 
 

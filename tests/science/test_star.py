@@ -133,3 +133,37 @@ def test_read_rejects_tables_without_optics(tmp_path: Path) -> None:
     starfile.write({"micrographs": pd.DataFrame({"rlnMicrographName": ["a.mrc"], "rlnDefocusU": [1.0]})}, path)
     with pytest.raises(StarFormatError, match="data_optics"):
         read_micrographs_ctf_star(path)
+
+
+def test_corrected_micrographs_star_has_relion_motion_columns(tmp_path: Path) -> None:
+    from cryodecon_science.io.star import CorrectedMicrographRow, write_corrected_micrographs_star
+
+    rows = [
+        CorrectedMicrographRow("m/a_DW.mrc", "m/a.mrc", "m/a_EVN.mrc", "m/a_ODD.mrc", KRIOS, 30.5, 12.0, 18.5),
+        CorrectedMicrographRow("m/b_DW.mrc", "m/b.mrc", "m/b_EVN.mrc", "m/b_ODD.mrc", GLACIOS, 8.0, 6.0, 2.0),
+    ]
+    path = tmp_path / "corrected_micrographs.star"
+    write_corrected_micrographs_star(path, rows)
+    assert path.read_text().count("# version 30001") == 2
+    blocks = starfile.read(path, always_dict=True)
+    micrographs = blocks["micrographs"]
+    assert list(micrographs.columns) == [
+        "rlnMicrographName",
+        "rlnMicrographNameNoDW",
+        "rlnMicrographNameEven",
+        "rlnMicrographNameOdd",
+        "rlnOpticsGroup",
+        "rlnAccumMotionTotal",
+        "rlnAccumMotionEarly",
+        "rlnAccumMotionLate",
+    ]
+    assert list(micrographs["rlnMicrographName"]) == ["m/a_DW.mrc", "m/b_DW.mrc"]
+    assert list(micrographs["rlnOpticsGroup"]) == [1, 2]
+    assert list(blocks["optics"]["rlnVoltage"]) == [300.0, 200.0]
+    # Without a dose: no dose-weighted name and no early/late split (a loop has no empty cells).
+    plain = [CorrectedMicrographRow("m/c.mrc", None, "m/c_EVN.mrc", "m/c_ODD.mrc", KRIOS, 4.0, None, None)]
+    write_corrected_micrographs_star(path, plain)
+    columns = list(starfile.read(path, always_dict=True)["micrographs"].columns)
+    assert "rlnMicrographNameNoDW" not in columns and "rlnAccumMotionEarly" not in columns
+    with pytest.raises(ValueError):
+        write_corrected_micrographs_star(path, [])

@@ -40,7 +40,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_quality_v.py
 	$(BIN)/python benchmarks/bench_library_ann.py
 	$(BIN)/python benchmarks/bench_impact.py
-	$(BIN)/python benchmarks/bench_motion.py
+	bash benchmarks/setup_tmc.sh
+	$(BIN)/python benchmarks/bench_motion.py --large
 	$(BIN)/python benchmarks/bench_read.py
 	bash benchmarks/setup_topaz.sh
 	$(BIN)/python benchmarks/bench_restoration.py

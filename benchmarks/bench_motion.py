@@ -21,7 +21,7 @@ and with the constant offset that best aligns the two trajectories removed ("off
 shift of every frame moves the sum but does not blur it).  Global correction is ``align_movie`` without
 patches (one shift per frame everywhere); patch correction is ``align_movie(..., patch_grid=(5, 5))``
 (the field s_f + δ(r₀, τ_f)).  torch-motion-correction (teamtomo, PyPI) is run as well when importable
-(``PYTHONPATH`` to a ``pip install --no-deps --target`` folder): global cross-correlation followed by its
+(``bash benchmarks/setup_tmc.sh`` installs it into ``benchmarks/.tmc``, beside the project's torch): global cross-correlation followed by its
 patch cross-correlation refinement, with the patch-mean trajectory as its estimate.
 
 Times are wall-clock seconds per movie on this machine's CPU (``--threads`` torch threads), including
@@ -108,6 +108,9 @@ def rms_errors(estimate: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def tmc_trajectory(frames: np.ndarray, pixel_size: float) -> np.ndarray | None:
     """torch-motion-correction's patch-refined trajectory (frame-0 referenced), or None if not importable."""
+    installed = Path(__file__).resolve().parent / ".tmc"  # bash benchmarks/setup_tmc.sh
+    if installed.is_dir() and str(installed) not in sys.path:
+        sys.path.append(str(installed))
     try:
         import torch_motion_correction as tmc  # type: ignore[import-not-found]
     except ImportError:

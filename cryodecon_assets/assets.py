@@ -32,6 +32,7 @@ from cryodecon_assets.figures import (
     causal_graph_markdown,
     ctf_markdown,
     thumbnails_markdown,
+    trajectories_markdown,
 )
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_assets.references import load_citation_graph, load_or_train_impact_model, particle_box_px
@@ -387,6 +388,7 @@ def raw_micrographs(
     metadata_rows: list[dict[str, Any]] = []
     trajectory_rows: list[dict[str, Any]] = []
     motion_rows: list[dict[str, Any]] = []
+    movie_trajectories: dict[str, np.ndarray] = {}
     corrections: list[dict[str, Any]] = []
     disagreements: dict[str, list[str]] = {}
     failures: list[dict[str, Any]] = []
@@ -418,6 +420,7 @@ def raw_micrographs(
                     device.torch_device(),
                 )
                 motion_rows.append({"micrograph": entry.name, "batch": batch, **motion_row})
+                movie_trajectories[entry.name] = correction.shifts_px
                 micrograph = Micrograph(
                     entry.name, correction.aligned_sum.astype(np.float32), exposure.pixel_size_angstrom
                 )
@@ -521,6 +524,11 @@ def raw_micrographs(
             "movies_motion_corrected": sum(1 for r in rows if r["kind"] == "movie"),
             "movies_dose_weighted": sum(1 for r in motion_rows if r["dose_weighted"]),
             "corrected_micrographs_star": dg.MetadataValue.path(str(star_path)) if star_path else "no movies",
+            "motion": dg.MetadataValue.md(
+                trajectories_markdown(movie_trajectories, {r["micrograph"]: r for r in motion_rows})
+                if movie_trajectories
+                else "no movies in this batch"
+            ),
             "preview": dg.MetadataValue.md(thumbnails_markdown({k: v.data for k, v in micrographs.items()})),
         },
     )

@@ -1,4 +1,5 @@
-"""Small pictures for the Dagster UI: thumbnails, CTF diagnostics and the weighted causal graph.
+"""Small pictures for the Dagster UI: thumbnails, drift trajectories, CTF diagnostics and the weighted
+causal graph.
 
 Asset metadata is Markdown, and Markdown can carry PNG images as ``data:`` URIs, so a materialisation shows
 what happened to its micrographs without leaving the UI.  Pictures are kept small (≤ 160 px, 8-bit gray)
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from cryodecon_science.causal import CausalPriors
@@ -130,5 +131,50 @@ def thumbnails_markdown(images: Mapping[str, npt.NDArray[np.floating]]) -> str:
         lines.append(
             f"| {name} | ![{name}]({png_data_uri(data)}) | {data.shape[1]}×{data.shape[0]} | "
             f"{float(data.mean()):.3g} | {float(data.std()):.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def trajectory_picture(shifts_px: npt.NDArray[np.floating], size_px: int = PREVIEW_PX) -> Image.Image:
+    """The drift trajectory [dy, dx] per frame (relative to frame 0) as MotionCor2/cryoSPARC Live draw it:
+    a polyline through the frames on equal x/y scales, frame 0 as a hollow circle, later frames as dots,
+    with a 1-pixel scale bar in the corner when the path spans less than 20 px."""
+    shifts = np.asarray(shifts_px, dtype=np.float64)
+    picture = Image.new("L", (size_px, size_px), 255)
+    draw = ImageDraw.Draw(picture)
+    margin = 12
+    span = max(float(np.ptp(shifts[:, 0])), float(np.ptp(shifts[:, 1])), 1.0)
+    scale = (size_px - 2 * margin) / span
+    centre = 0.5 * (shifts.max(axis=0) + shifts.min(axis=0))
+    points = [(size_px / 2 + (x - centre[1]) * scale, size_px / 2 + (y - centre[0]) * scale) for y, x in shifts]
+    draw.line(points, fill=90, width=1)
+    for x, y in points[1:]:
+        draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=0)
+    x0, y0 = points[0]
+    draw.ellipse((x0 - 4, y0 - 4, x0 + 4, y0 + 4), outline=0)
+    if span < 20:
+        draw.line((4, size_px - 4, 4 + scale, size_px - 4), fill=0, width=2)
+    return picture
+
+
+def trajectories_markdown(
+    trajectories: Mapping[str, npt.NDArray[np.floating]], motion: Mapping[str, Mapping[str, object]]
+) -> str:
+    """A Markdown table: movie | drift trajectory | total / early / late motion (Å) | dose-weighted."""
+    lines = ["| movie | drift (frame 0 ○) | motion total / early / late (Å) | dose-weighted |", "|---|---|---|---|"]
+    for name, shifts in list(trajectories.items())[:PREVIEW_LIMIT]:
+        buffer = io.BytesIO()
+        trajectory_picture(shifts).save(buffer, format="PNG")
+        uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        row = motion.get(name, {})
+
+        def angstrom(key: str, row: Mapping[str, object] = row) -> str:
+            value = row.get(key)
+            return f"{float(value):.1f}" if isinstance(value, int | float) and value == value else "–"
+
+        weighted = "yes" if row.get("dose_weighted") else "no (dose unknown)"
+        lines.append(
+            f"| {name} | ![drift]({uri}) | {angstrom('motion_total_angstrom')} / "
+            f"{angstrom('motion_early_angstrom')} / {angstrom('motion_late_angstrom')} | {weighted} |"
         )
     return "\n".join(lines)

@@ -470,50 +470,82 @@ def _iterate(
     return shifts, iterations, converged
 
 
+# Frames per chunk in the Newton refinement (bounds the temporaries to a few frames' spectra).
+_NEWTON_CHUNK_FRAMES = 4
+
+
+def _newton_weight(weight: torch.Tensor, full_width: bool) -> torch.Tensor:
+    """√(m w) on the rfft half plane: m = 2 for columns that stand for two frequencies (±k), else 1."""
+    multiplicity = torch.full_like(weight, 2.0)
+    multiplicity[:, 0] = 1.0
+    if full_width:
+        multiplicity[:, -1] = 1.0  # the Nyquist column of an uncropped rfft stands for one frequency
+    return torch.sqrt(multiplicity * weight)
+
+
 def _iterate_newton(
-    spectra: torch.Tensor,
+    weighted: torch.Tensor,
     ky_c: torch.Tensor,
     kx_c: torch.Tensor,
-    weight: torch.Tensor,
-    full_width: bool,
     shifts: FloatArray,
     max_iterations: int,
     tolerance_px: float,
 ) -> tuple[FloatArray, int, bool]:
     """Leave-one-out refinement near the peak by Newton steps on the cross-correlation's Fourier sum.
 
-    With X_f(k) = w(k) Â_f(k) R̂_f*(k) (module docstring, step 2), CC_f(d) = Re Σ_k m(k) X_f(k) e^{2πi k·d}
-    (m = 2 for the rfft half plane's columns that stand for two frequencies, else 1), so at d = 0
-    ∇CC = −2π Σ m k Im X and ∇²CC = −4π² Σ m k kᵀ Re X, and the step d = −(∇²CC)⁻¹ ∇CC.  Frames start
-    within a fraction of a pixel of their peak (the B-factor pass), where the peak is a smooth maximum; a
-    step is capped at one pixel and skipped where the Hessian is not negative definite.  It replaces the
-    inverse FFT of the whole correlation map per frame and iteration with five weighted sums.
+    ``weighted`` holds √(m w)·Â_f (``_newton_weight``), so that with X_f = w Â_f R̂_f* (module docstring,
+    step 2) CC_f(d) = Re Σ_k m(k) X_f(k) e^{2πi k·d} (m = 2 for the rfft half plane's columns that stand
+    for two frequencies, else 1), and at d = 0 ∇CC = −2π Σ m k Im X and ∇²CC = −4π² Σ m k kᵀ Re X; the
+    step is d = −(∇²CC)⁻¹ ∇CC.  Frames start within a fraction of a pixel of their peak (the B-factor
+    pass), where the peak is a smooth maximum; a step is capped at one pixel and skipped where the
+    Hessian is not negative definite.  Five weighted sums replace the inverse FFT of the whole correlation
+    map per frame and iteration, and frames are processed a few at a time against the running total, so
+    memory beyond the stored spectra stays at a few frames (a 40 × 4096² movie's full-band spectra are
+    2.7 GB in complex64).
     """
     shifts = shifts.copy()
-    multiplicity = torch.full_like(weight, 2.0)
-    multiplicity[:, 0] = 1.0
-    if full_width:
-        multiplicity[:, -1] = 1.0  # the Nyquist column of an uncropped rfft stands for one frequency
+    n = weighted.shape[0]
     # ky varies along rows only and kx along columns only: the sums over k factor into row and column sums.
     wy = (2.0 * math.pi * ky_c[:, 0]).to(torch.float32)
     wx = (2.0 * math.pi * kx_c[0, :]).to(torch.float32)
-    weighted = spectra * torch.sqrt(multiplicity * weight)  # (√(m w) Â_f)(√(m w) R̂_f)* = m w Â_f R̂_f*
+    chunks = [(a, min(n, a + _NEWTON_CHUNK_FRAMES)) for a in range(0, n, _NEWTON_CHUNK_FRAMES)]
     iterations, converged = 0, False
     for iterations in range(1, max_iterations + 1):  # noqa: B007 - the count is reported
-        aligned = weighted * _shift_ramp(ky_c, kx_c, shifts)
-        cross = aligned * (aligned.sum(dim=0, keepdim=True) - aligned).conj()
-        real, imag = cross.real, cross.imag
-        gy = -(imag.sum(dim=2) @ wy).double()
-        gx = -(imag.sum(dim=1) @ wx).double()
-        hyy = -(real.sum(dim=2) @ (wy * wy)).double()
-        hxx = -(real.sum(dim=1) @ (wx * wx)).double()
-        hxy = -((real @ wx) @ wy).double()
+        total = torch.zeros_like(weighted[0])
+        for a, b in chunks:
+            total += (weighted[a:b] * _shift_ramp(ky_c, kx_c, shifts[a:b])).sum(dim=0)
+        sums = np.zeros((n, 5))
+        for a, b in chunks:
+            aligned = weighted[a:b] * _shift_ramp(ky_c, kx_c, shifts[a:b])
+            cross = aligned * (total[None] - aligned).conj()
+            real, imag = cross.real, cross.imag
+            sums[a:b] = (
+                torch.stack(
+                    [
+                        -(imag.sum(dim=2) @ wy),
+                        -(imag.sum(dim=1) @ wx),
+                        -(real.sum(dim=2) @ (wy * wy)),
+                        -(real.sum(dim=1) @ (wx * wx)),
+                        -((real @ wx) @ wy),
+                    ],
+                    dim=1,
+                )
+                .double()
+                .cpu()
+                .numpy()
+            )
+        gy, gx, hyy, hxx, hxy = sums.T
         det = hyy * hxx - hxy * hxy
         ok = (hyy < 0) & (det > 0)
-        safe_det = torch.where(ok, det, torch.ones_like(det))
-        step_y = torch.where(ok, -(hxx * gy - hxy * gx) / safe_det, torch.zeros_like(det))
-        step_x = torch.where(ok, -(hyy * gx - hxy * gy) / safe_det, torch.zeros_like(det))
-        update = np.clip(np.stack([step_y.cpu().numpy(), step_x.cpu().numpy()], axis=1), -1.0, 1.0)
+        safe_det = np.where(ok, det, 1.0)
+        step = np.stack(
+            [
+                np.where(ok, -(hxx * gy - hxy * gx) / safe_det, 0.0),
+                np.where(ok, -(hyy * gx - hxy * gy) / safe_det, 0.0),
+            ],
+            axis=1,
+        )
+        update = np.clip(step, -1.0, 1.0)
         shifts += update
         if float(np.max(np.abs(update))) < tolerance_px:
             converged = True
@@ -932,22 +964,17 @@ def align_movie(
     moved_taper = _edge_taper(ny, nx, dev, margin_px=margin)
     ky_full = torch.fft.fftfreq(ny, device=dev, dtype=torch.float64)[:, None].expand(ny, nx // 2 + 1)
     kx_full = torch.fft.rfftfreq(nx, device=dev, dtype=torch.float64)[None, :].expand(ny, nx // 2 + 1)
-    moved = []
+    root_weight = _newton_weight(refined_band.weight, refined_band.nx_c == nx)
+    moved = torch.empty((n, *root_weight.shape), dtype=torch.complex64, device=dev)
     for f in range(n):
         image = frame_tensor(f)
         centred = torch.fft.irfft2(
             torch.fft.rfft2(image - image.mean()) * _shift_ramp(ky_full, kx_full, shifts[f : f + 1])[0], s=(ny, nx)
         )
-        moved.append(_crop_spectrum(torch.fft.rfft2(centred * moved_taper), ny, refined_band.ny_c, refined_band.nx_c))
+        spectrum = _crop_spectrum(torch.fft.rfft2(centred * moved_taper), ny, refined_band.ny_c, refined_band.nx_c)
+        moved[f] = spectrum * root_weight
     residual, more, converged = _iterate_newton(
-        torch.stack(moved),
-        refined_band.ky,
-        refined_band.kx,
-        refined_band.weight,
-        refined_band.nx_c == nx,
-        np.zeros((n, 2)),
-        max_iterations,
-        tolerance_px,
+        moved, refined_band.ky, refined_band.kx, np.zeros((n, 2)), max_iterations, tolerance_px
     )
     shifts = shifts + residual
     iterations += more

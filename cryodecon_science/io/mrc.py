@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from mrcfile.mrcfile import MrcFile
 
+from cryodecon_science.io.rawread import read_converted, read_ranges
 from cryodecon_science.metadata import Fields
 
 HEADER_BYTES = 1024
@@ -221,55 +222,29 @@ def check_complete(path: str | os.PathLike[str]) -> MrcGeometry:
     return geometry
 
 
-# Bytes per read in the chunked data-block reader (a reused buffer that stays in the CPU cache).
-_READ_CHUNK_BYTES = 1 << 22
-
-
 def _read_data_block(
     path: str | os.PathLike[str], geometry: MrcGeometry, out_dtype: npt.DTypeLike | None
 ) -> npt.NDArray[Any]:
     """The data block of a complete file as (nz, ny, nx) in ``out_dtype`` (None: the stored type).
 
     The header was parsed by mrcfile (``read_geometry``: mode, byte order, size); the block is the last
-    ``nz·ny·nx·itemsize`` bytes of the file.  It is read with ``readinto`` straight into the result when
-    no conversion is needed, else chunk by chunk through a small reused buffer converted into the result,
-    after ``POSIX_FADV_WILLNEED`` asked the kernel to read the whole block ahead, so the conversion of one
-    chunk overlaps the disk reading the next.  (mrcfile's own reader copies the block through a
-    ``bytearray`` and then into the float array, about 2.5× slower than a plain read of the file.)
+    ``nz·ny·nx·itemsize`` bytes of the file, read by ``rawread`` straight into the result, or converted
+    piece by piece into it, on all cores.  (mrcfile's own reader copies the block through a ``bytearray``
+    and then into the float array on one core, about 2.5× slower than a plain read of the file.)
     """
     stored = np.dtype(geometry.data_dtype)
     count = math.prod(geometry.shape_zyx)
-    nbytes = count * stored.itemsize
+    offset = geometry.declared_size_bytes - count * stored.itemsize
     target = stored if out_dtype is None else np.dtype(out_dtype)
-    out = np.empty(count, dtype=target)
-    with open(path, "rb", buffering=0) as handle:
-        offset = geometry.declared_size_bytes - nbytes
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(handle.fileno(), offset, nbytes, os.POSIX_FADV_WILLNEED)
-        handle.seek(offset)
+    out = np.empty(geometry.shape_zyx, dtype=target)
+    try:
         if target == stored:
-            view = memoryview(out.view(np.uint8).data)
-            done = 0
-            while done < nbytes:
-                got = handle.readinto(view[done:])
-                if not got:
-                    raise IncompleteFileError(path, f"data block ends after {done} of {nbytes} bytes")
-                done += got
+            read_ranges(path, [(offset, 0, count * stored.itemsize)], out)
         else:
-            buffer = np.empty(max(1, min(_READ_CHUNK_BYTES // stored.itemsize, count)), dtype=stored)
-            raw = memoryview(buffer.view(np.uint8).data)
-            done_values = 0
-            while done_values < count:
-                take = min(buffer.size, count - done_values)
-                want, got = take * stored.itemsize, 0
-                while got < want:
-                    more = handle.readinto(raw[got:want])
-                    if not more:
-                        raise IncompleteFileError(path, f"data block ends after {done_values} of {count} values")
-                    got += more
-                np.copyto(out[done_values : done_values + take], buffer[:take], casting="unsafe")
-                done_values += take
-    return out.reshape(geometry.shape_zyx)
+            read_converted(path, offset, stored, out)
+    except EOFError as exc:
+        raise IncompleteFileError(path, str(exc)) from exc
+    return out
 
 
 def _read_values(

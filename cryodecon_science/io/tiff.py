@@ -30,6 +30,7 @@ from cryodecon_science.io.mrc import (
     InputFileError,
     InvalidPixelDataError,
 )
+from cryodecon_science.io.rawread import read_ranges
 from cryodecon_science.metadata import Fields
 
 # LZW codes are at most 12 bits and stand for at most 4096 bytes, so decoded/encoded < 4096 · 8 / 9.
@@ -166,6 +167,41 @@ def _pages(tif: tifffile.TiffFile, path: str | os.PathLike[str], size: int) -> l
     return pages
 
 
+def _read_uncompressed(
+    path: str | os.PathLike[str], tif: tifffile.TiffFile, pages: list[tifffile.TiffPage]
+) -> npt.NDArray[np.generic] | None:
+    """Frames of a movie whose pages are plain uncompressed strips (K2/K3 and Falcon TIFFs in
+    uncompressed mode), read straight from the strip offsets ``tifffile`` parsed into the result on all
+    cores (``rawread``); None for anything else (compressed, tiled, bit-reversed, padded strips), which
+    ``tifffile`` decodes."""
+    first = pages[0]
+    ny, nx = (int(v) for v in first.shape)
+    stored = np.dtype(first.dtype).newbyteorder(tif.byteorder)
+    frame_bytes = ny * nx * stored.itemsize
+    ranges: list[tuple[int, int, int]] = []
+    for index, page in enumerate(pages):
+        plain = (
+            page.compression == 1
+            and not page.is_tiled
+            and page.fillorder == 1
+            and page.bitspersample == 8 * stored.itemsize
+            and page.samplesperpixel == 1
+        )
+        counts = [int(c) for c in page.databytecounts]
+        if not plain or sum(counts) != frame_bytes:
+            return None
+        position = index * frame_bytes
+        for offset, count in zip(page.dataoffsets, counts, strict=True):
+            ranges.append((int(offset), position, count))
+            position += count
+    frames = np.empty((len(pages), ny, nx), dtype=stored)
+    try:
+        read_ranges(path, ranges, frames)
+    except EOFError as exc:
+        raise IncompleteFileError(path, str(exc)) from exc
+    return frames if stored.isnative else frames.astype(stored.newbyteorder("="))
+
+
 def read_tiff_movie(path: str | os.PathLike[str]) -> TiffMovie:
     """Read a complete multi-page TIFF movie, frames in their stored sample type.
 
@@ -199,9 +235,11 @@ def read_tiff_movie(path: str | os.PathLike[str]) -> TiffMovie:
             pages = _pages(tif, path, size)
             compression = _COMPRESSION_NAMES.get(int(pages[0].compression), str(int(pages[0].compression)))
             stored_dtype = str(np.dtype(pages[0].dtype))
-            # Stored sample type, pages decoded in parallel (LZW decoding is CPU-bound, one page per core).
-            frames = tif.asarray(key=range(len(pages)), maxworkers=os.cpu_count() or 1)
-            frames = frames.reshape(len(pages), *pages[0].shape)
+            frames = _read_uncompressed(path, tif, pages)
+            if frames is None:
+                # Stored sample type, pages decoded in parallel (LZW decoding is CPU-bound, one page per core).
+                frames = tif.asarray(key=range(len(pages)), maxworkers=os.cpu_count() or 1)
+                frames = frames.reshape(len(pages), *pages[0].shape)
     except InputFileError:
         raise
     except MemoryError as exc:

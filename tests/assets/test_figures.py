@@ -34,3 +34,17 @@ def test_ctf_diagnostic_halves_agree_for_a_good_fit() -> None:
     data = picture[rows, :centre][:, ::-1].mean(axis=0)[: n // 4]
     model = picture[rows, centre:].mean(axis=0)[: n // 4]
     assert np.corrcoef(data, model)[0, 1] > 0.5
+
+
+def test_trajectory_picture_draws_the_path_with_equal_scales() -> None:
+    from cryodecon_assets.figures import trajectories_markdown, trajectory_picture
+
+    # A straight drift along +x: the path is a horizontal line through the middle row of the picture.
+    shifts = np.stack([np.zeros(8), np.linspace(0.0, 14.0, 8)], axis=1)
+    picture = np.asarray(trajectory_picture(shifts, size_px=100))
+    dark_rows = np.nonzero((picture < 128).any(axis=1))[0]
+    dark_columns = np.nonzero((picture < 128).any(axis=0))[0]
+    assert dark_columns.max() - dark_columns.min() > 70  # the path spans the width ...
+    assert 40 <= np.median(dark_rows) <= 60  # ... at mid height (the scale bar sits in a corner)
+    table = trajectories_markdown({"mov": shifts}, {"mov": {"motion_total_angstrom": 14.0, "dose_weighted": True}})
+    assert "data:image/png;base64," in table and "| 14.0 / – / – | yes |" in table

@@ -691,3 +691,17 @@ def test_serialem_layout(tmp_path: Path) -> None:
     assert exposure.metadata.stage.x_um == 12.5 and exposure.metadata.acquisition.software == "SerialEM"
     assert exposure.metadata.dose.announced_frame_count == 5
     assert read_exposure(micrograph).metadata.disagreements == ()
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_tiff_movies_in_strips_and_either_byte_order_read_exactly(tmp_path: Path, byteorder: str) -> None:
+    """Uncompressed pages are read straight from their strip offsets: several strips per page (5 rows
+    each, the last one short) and big-endian (MM) files give exactly the stored counts, in native order."""
+    data = counts(np.random.default_rng(9), (4, 23, 17), "uint16")
+    path = tmp_path / "strips.tiff"
+    tifffile.imwrite(path, data, byteorder=byteorder, rowsperstrip=5, photometric="minisblack")
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages[0].dataoffsets) == 5  # 23 rows in strips of 5
+    movie = read_tiff_movie(path)
+    np.testing.assert_array_equal(movie.frames, data)
+    assert movie.frames.dtype == np.dtype("uint16") and movie.frames.dtype.isnative

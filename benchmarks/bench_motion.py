@@ -21,8 +21,9 @@ and with the constant offset that best aligns the two trajectories removed ("off
 shift of every frame moves the sum but does not blur it).  Global correction is ``align_movie`` without
 patches (one shift per frame everywhere); patch correction is ``align_movie(..., patch_grid=(5, 5))``
 (the field s_f + δ(r₀, τ_f)).  torch-motion-correction (teamtomo, PyPI) is run as well when importable
-(``bash benchmarks/setup_tmc.sh`` installs it into ``benchmarks/.tmc``, beside the project's torch): global cross-correlation followed by its
-patch cross-correlation refinement, with the patch-mean trajectory as its estimate.
+(``bash benchmarks/setup_tmc.sh`` installs it into ``benchmarks/.tmc``, beside the project's torch):
+global cross-correlation followed by its patch cross-correlation refinement, with the patch-mean
+trajectory as its estimate.
 
 Times are wall-clock seconds per movie on this machine's CPU (``--threads`` torch threads), including
 the dose-weighted sum.  Writes ``benchmarks/results/motion_cpu.json`` and ``.md``.

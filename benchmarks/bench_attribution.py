@@ -204,10 +204,6 @@ def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:
                 "weight_mean": statistics.fmean(c["nodes"][primary]["weight"] for c in at),
                 "top_weight_node": top,
                 "fit_resolution_angstrom_mean": statistics.fmean(c["ctf"]["fit_resolution_angstrom"] for c in at),
-                "bfactor_mean": statistics.fmean(c["nodes"]["coherence_envelope"]["value"] for c in at),
-                "coherence_envelope_weight_mean": statistics.fmean(
-                    c["nodes"]["coherence_envelope"]["weight"] for c in at
-                ),
                 "drift_net_px_mean": statistics.fmean(c["truth"]["drift_net_px"] for c in at),
                 "n_iterations": [c["n_iterations"] for c in at],
                 "converged": [c["converged"] for c in at],
@@ -245,10 +241,6 @@ def markdown(result: dict[str, Any]) -> str:
         f"Attribution on simulated {result['size_px']}² exposures, {result['replicates']} replicate(s) per level, "
         f"one factor at a time (fit_priors max_iterations = {MAX_ITERATIONS}).",
         "",
-        "Weights: counterfactual log-SNR losses per Fourier sample over the fixed band "
-        f"{causal.REFERENCE_BAND_ANGSTROM[0]:g}–{causal.REFERENCE_BAND_ANGSTROM[1]:g} Å "
-        "(`causal.degradation_losses`), normalised to sum 1.",
-        "",
         "| sweep | levels | largest weight change (Δw) | expected node (Δw) | (a) | Spearman ρ (value / weight) "
         "| (b) ρ ≥ 0.9 | not converged | max iterations |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -266,9 +258,8 @@ def markdown(result: dict[str, Any]) -> str:
         )
     lines += ["", "Per level (replicate means of the expected node):", ""]
     lines += [
-        "| sweep | level | node value ± σ | weight | top-weight node | fit res. (Å) | apparent B (Å²) / weight "
-        "| iterations |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sweep | level | node value ± σ | weight | top-weight node | fit res. (Å) | iterations |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in result["sweeps"].items():
         for p in s["per_level"]:
@@ -281,8 +272,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {level} | {s['spearman_node']} {fmt(p['value_mean'])} ± "
                 f"{fmt(p['sigma_mean'])} | {p['weight_mean']:.3f} | {p['top_weight_node']} "
-                f"| {p['fit_resolution_angstrom_mean']:.1f} | {p['bfactor_mean']:.0f} / "
-                f"{p['coherence_envelope_weight_mean']:.3f} | {its} |"
+                f"| {p['fit_resolution_angstrom_mean']:.1f} | {its} |"
             )
     lines.append("")
     lines.append("(* = not converged within max_iterations; drift levels are path lengths, net = end-to-end shift)")

@@ -22,7 +22,7 @@ The graph (:func:`build_causal_graph`) follows the weak-phase image-formation mo
 Edges carry a ``mechanism`` string; effects are the ``observed_power_spectrum`` and ``image_quality``.
 
 Each cause is *measured* by :func:`estimate_nodes` (value, σ) and *weighted* by
-:func:`degradation_weights` (its share of the spectral-SNR loss in a fixed reference band).
+:func:`degradation_weights` (its share of the spectral-SNR loss in the trusted band).
 :func:`fit_priors` runs the self-evaluation loop: nodes → Wiener restoration with the current spectral
 model → re-estimation of signal and noise spectra from the restored image and the residual → nodes, until
 every node moves by less than 1σ (the proposal's convergence rule).  :class:`SessionPrior` /
@@ -44,14 +44,13 @@ coherence_envelope     Å²      apparent B of the signal envelope exp(−B k²/
 sample_heterogeneity   1       excess coefficient of variation over tiles of the 50–10 Å signal
 =====================  ======  ==================================================================
 
-Weights (:func:`degradation_weights`, :func:`degradation_losses`): over a fixed reference band,
-1/50 – 1/3 Å⁻¹ (:data:`REFERENCE_BAND_ANGSTROM`, not the micrograph's fit resolution, which moves with
-every cause), each cause is charged its counterfactual loss of spectral SNR per Fourier sample,
-ln SNR(cause at its ideal value) − ln SNR(as measured), with SNR = CTF²·S/N: the envelope B k²/2, the
-blur −ln⟨sinc²⟩, the detector's excess noise and the ice background ln[N/(N − part)], the dose
-against the damage-limited optimal exposure 2.51 N_e(k) (Grant & Grigorieff 2015), the CTF's
-band-averaged CTF² against ½, heterogeneity ln(1 + CV²); the band means, normalised to sum 1, are the
-weights.
+Weights (:func:`degradation_weights`): over the trusted band (valid range of the spectral model up to
+the fit resolution) each cause is charged a log-SNR loss per Fourier sample: the envelope B k²/2, the
+blur −ln⟨sinc²⟩, the noise ln(1 + B/S₀) (S₀ = the signal before envelope and blur) shared between shot
+noise (dose), the detector's excess over Poisson and the ice background in proportion to their power,
+the CTF's loss against perfect transfer ln[(S + B)/(CTF² S + B)] shared between defocus, astigmatism and
+C_s in proportion to their phase terms, and heterogeneity ln(1 + CV²); the band means, normalised to sum
+1, are the weights.
 
 The loop (:func:`fit_priors`, :func:`refine_spectral_model`) refines the spectral model, not the CTF:
 one damped Fisher-scoring step of the Whittle likelihood per pass in the signal amplitude and envelope
@@ -73,8 +72,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from cryodecon_science.motion import critical_exposure_e_per_angstrom2
-from cryodecon_science.optics import CtfParams, MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
+from cryodecon_science.optics import MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit, SpectralModel
 from cryodecon_science.restore import (
     expected_ctf_squared,
@@ -132,15 +130,6 @@ UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2 = 1000.0
 """σ reported for B when the spectrum holds too little signal to fit it (value 0)."""
 UNDETECTED_HETEROGENEITY_SIGMA = 1.0
 """σ reported for sample_heterogeneity when no low-frequency signal is detected in the tiles (value 0)."""
-REFERENCE_BAND_ANGSTROM = (50.0, 3.0)
-"""Band (Å) of the degradation weights, 1/50 Å⁻¹ to 1/3 Å⁻¹ (or Nyquist if coarser): from where the
-spectral model is fitted (the CTF estimator's low-resolution limit is 30–50 Å; below, specimen shape and
-ice background dominate) to 3 Å, the resolution high-resolution single-particle work targets, so that
-every micrograph of a pixel size is judged on the same frequencies, whatever its own fit resolution."""
-IDEAL_CTF_SQUARED = 0.5
-"""Reference band-averaged CTF²: the Thon rings' phase average, ⟨sin²⟩ = ½, of a conventional image."""
-OPTIMAL_EXPOSURE_PER_CRITICAL = 2.51
-"""Exposure that maximises (1 − e^{−N/2N_e})²/N, in units of the critical exposure N_e (Grant & Grigorieff 2015)."""
 CTF_GEOMETRY_NODES: tuple[str, ...] = ("defocus", "astigmatism")
 """Per-micrograph CTF parameters: never shrunk towards the session prior (restoration uses the fit)."""
 
@@ -169,7 +158,7 @@ def build_causal_graph() -> nx.DiGraph:
     * defocus → coherence_envelope (partial spatial coherence envelope widens with defocus;
       Frank 1973), defocus, astigmatism, spherical_aberration → observed_power_spectrum (Thon rings);
     * coherence_envelope, beam_induced_motion → observed_power_spectrum (envelope, sinc² blur);
-    * observed_power_spectrum → image_quality (spectral SNR in the reference band);
+    * observed_power_spectrum → image_quality (spectral SNR in the trusted band);
       sample_heterogeneity → image_quality (variability no spectrum describes).
     """
     graph = nx.DiGraph(name="cryodecon image degradation")
@@ -184,7 +173,7 @@ def build_causal_graph() -> nx.DiGraph:
         "coherence_envelope": "Apparent B-factor of the signal envelope exp(−B k²/2).",
         "sample_heterogeneity": "Spread of low-frequency signal power across the micrograph.",
         "observed_power_spectrum": "PS(k) = S·CTF² + background, periodogram units.",
-        "image_quality": "Restorability: spectral SNR in the reference band and specimen uniformity.",
+        "image_quality": "Restorability: spectral SNR in the trusted band and specimen uniformity.",
     }
     for node in CAUSE_NODES:
         graph.add_node(node, kind="cause", unit=NODE_UNITS[node], description=descriptions[node])
@@ -208,7 +197,7 @@ def build_causal_graph() -> nx.DiGraph:
         ("spherical_aberration", "observed_power_spectrum", "χ term −½ π C_s λ³ k⁴"),
         ("coherence_envelope", "observed_power_spectrum", "signal envelope exp(−B k²/2)"),
         ("beam_induced_motion", "observed_power_spectrum", "linear blur: signal × sinc²(k·d)"),
-        ("observed_power_spectrum", "image_quality", "spectral SNR in the reference band bounds restoration"),
+        ("observed_power_spectrum", "image_quality", "spectral SNR in the trusted band bounds restoration"),
         ("sample_heterogeneity", "image_quality", "specimen variability not described by one spectrum"),
     ]
     for source, target, mechanism in edges:
@@ -232,7 +221,7 @@ class NodeEstimate:
     sigma : float
         One-standard-deviation uncertainty, same unit.
     weight : float
-        Share of the spectral-SNR degradation in the reference band (:func:`degradation_weights`); the
+        Share of the spectral-SNR degradation in the trusted band (:func:`degradation_weights`); the
         weights of all causes sum to 1.
     """
 
@@ -979,133 +968,84 @@ def degradation_losses(
     microscope: MicroscopeSettings,
     shape_px: tuple[int, int],
 ) -> dict[str, float]:
-    """Each cause's counterfactual log-SNR loss (nats per Fourier sample) in the reference band.
+    """Each cause's mean log-SNR loss (nats per Fourier sample) in the trusted band, before normalisation.
 
-    Band.  The rfft samples of an image of ``shape_px`` with 1/50 Å⁻¹ ≤ k ≤ min(1/3 Å⁻¹, Nyquist)
-    (:data:`REFERENCE_BAND_ANGSTROM`), the same for every micrograph of a pixel size: a cause's share must
-    not move because this micrograph's Thon rings fade earlier or later (the fit resolution follows the
-    dose, the ice, the defocus and every other cause at once).
+    Per rfft sample k of an image of ``shape_px`` in the band [k_valid_from, min(k_valid_to, k_fit)],
+    with S, B from ``ctf_fit.spectral_model`` and the node values:
 
-    Loss.  The spectral SNR of a sample is SNR(k) = CTF²(k) · S(k) / N(k) with S the signal after the
-    envelope E² and the blur M², and N = shot + excess + ice the noise the CTF does not modulate.  The
-    loss of cause c is the counterfactual L_c(k) = ln SNR(k | c at its ideal value, every other cause as
-    measured) − ln SNR(k), averaged over the band's samples (nats per sample; each Fourier sample is one
-    independent measurement, so the mean is the loss of the whole band).  For causes that multiply the
-    SNR the losses add exactly; none of them needs S itself (so nothing is extrapolated):
+    * coherence_envelope: L = max(B, 0) k²/2  (= −ln E², E² = exp(−B k²/2));
+    * beam_induced_motion: L = −ln ⟨sinc²(k_px d cos φ)⟩_φ for blur d px;
+    * noise: with the un-attenuated signal S₀ = S·e^{L_env + L_mot}, the log Wiener loss at perfect
+      transfer L_N = ln(1 + B/S₀), split in proportion to the parts of the background:
+      dose ← shot noise min(⟨counts⟩, F), detector_noise ← excess max(F − ⟨counts⟩, 0),
+      ice_thickness ← max(B(k) − F, 0);
+    * CTF: L = ln[(S + B)/(CTF² S + B)], the log loss of Wiener gain against perfect transfer (largest
+      near the zeros, bounded), split between defocus, astigmatism and spherical_aberration in
+      proportion to |χ_i| of each term of the phase at that sample (π λ Δf̄ k², π λ (U−V)/2
+      cos 2(θ−θ_a) k², ½ π C_s λ³ k⁴);
+    * sample_heterogeneity: L = ln(1 + CV²) at every frequency (excess variance across tiles).
 
-    * coherence_envelope: ideal E² = 1, L = max(B, 0) k²/2.
-    * beam_induced_motion: ideal no blur, L = −ln ⟨sinc²(k_px d cos φ)⟩_φ.
-    * detector_noise: ideal excess = 0, L = ln[N / (N − excess)], excess = max(F − ⟨counts⟩, 0) (F the
-      floor of ``ctf_fit.spectral_model``, ⟨counts⟩ = dose·pixel², the Poisson variance).
-    * ice_thickness: ideal no inelastic background, L = ln[N / (N − I)], I(k) = max(B(k) − F, 0) the
-      model background above the floor.  This is the only cost of the ice that an unfiltered image
-      shows: the elastic signal it removes, (1 − f_in)², cannot be computed from the ice index f_in·a
-      (the relative contrast a of the inelastic image is unknown, :func:`_ice_index`).
-    * dose: ideal exposure = the damage-limited optimum N_opt(k) = 2.51 N_e(k) (N_e the critical
-      exposure of Grant & Grigorieff 2015, eLife 4:e06980; the SNR of an optimally weighted exposure N,
-      g(N) = (1 − e^{−N/2N_e})²/N, peaks there).  An exposure D < N_opt gains the SNR factor
-      ρ = g(N_opt)/g(D) ≥ 1; applied as counting statistics (signal ρ², shot noise ρ, inelastic
-      background ρ², excess read-out noise 1): L = ln[ρ² N / (ρ·shot + excess + ρ² I)].  Beyond N_opt
-      (ρ = 1) the exposure costs nothing here: more electrons only add damage, which the envelope
-      carries.  N_e is calibrated at 300 and 200 kV
-      (:func:`~cryodecon_science.motion.critical_exposure_e_per_angstrom2`); other voltages use the nearer.
-    * Not charged here: defocus has no spatial-coherence envelope in this model (its cost would sit in
-      the apparent B), and the apparent B of ``coherence_envelope`` also holds the specimen's own
-      fall-off (a single spectrum cannot separate them), so the envelope's loss is an upper bound.
-    * CTF: ideal ⟨CTF²⟩ = ½ over the band, the phase average of a conventional (no phase plate)
-      image's Thon rings whatever its defocus.  The CTF loses L_CTF = max(0, ln(½ / ⟨CTF²⟩)) (the
-      band-averaged transfer, 2-D CTF of the fit, astigmatism and C_s included: the gap below the first
-      maximum at low frequency).  Astigmatism is charged max(0, ln(⟨CTF²⟩_{U=V} / ⟨CTF²⟩)), C_s
-      max(0, ln(⟨CTF²⟩_{C_s=0} / ⟨CTF²⟩)), defocus the rest, max(0, L_CTF − L_astig − L_Cs).  The per-sample
-      loss at the ring zeros is not charged: E ln(½/sin²) = ln 2 for any defocus once the rings oscillate,
-      the same for every micrograph.
-    * sample_heterogeneity: L = ln(1 + CV²) (excess variance across tiles, at every frequency).
-
-    :func:`degradation_weights` divides by Σ_c L_c.  All zero when the band is empty.
+    Each L is averaged over the band's samples (all zero when the band is empty);
+    :func:`degradation_weights` divides by Σ_c mean L_c.
     """
     model = ctf_fit.spectral_model
     ny, nx = shape_px
     px = microscope.pixel_size_angstrom
     ky, kx = frequency_grid_per_angstrom((ny, nx), px, rfft=True)
     k = np.hypot(ky, kx).ravel()
-    k_lo = 1.0 / REFERENCE_BAND_ANGSTROM[0]
-    k_hi = min(1.0 / REFERENCE_BAND_ANGSTROM[1], microscope.nyquist_per_angstrom)
-    band = (k >= k_lo) & (k <= k_hi)
+    theta = np.arctan2(ky, kx).ravel()
+    k_from, k_to = _band_indices(model)
+    k_hi = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom, microscope.nyquist_per_angstrom)
+    band = (k >= max(k_from, 1e-12)) & (k <= k_hi)
     if not band.any():
         return {node: 0.0 for node in CAUSE_NODES}
-    k_b = k[band]
-    _, background = model.interpolate(k_b)
-    floor = max(float(model.noise_floor_power), 0.0)
-    mean_counts = max(nodes["dose"][0], 0.0) * px**2
-    shot = min(mean_counts, floor)
-    excess = max(floor - mean_counts, 0.0)
-    ice = np.maximum(np.maximum(background, 0.0) - floor, 0.0)
-    noise = shot + excess + ice
-    positive = noise > 0
-
-    def log_ratio(numerator: FloatArray, denominator: FloatArray) -> FloatArray:
-        out = np.zeros_like(k_b)
-        ok = positive & (denominator > 0)
-        out[ok] = np.log(numerator[ok] / denominator[ok])
-        return out
-
-    l_det = log_ratio(noise, noise - excess)
-    l_ice = log_ratio(noise, noise - ice)
-
-    rho = _dose_snr_factor(k_b, max(nodes["dose"][0], 0.0), microscope.voltage_kv)
-    l_dose = log_ratio(rho**2 * noise, rho * shot + excess + rho**2 * ice)
+    k_b, theta_b = k[band], theta[band]
+    signal, background = model.interpolate(k_b)
+    signal = np.maximum(signal, 1e-30)
+    background = np.maximum(background, 0.0)
 
     b_factor = max(nodes["coherence_envelope"][0], 0.0)
     drift = max(nodes["beam_induced_motion"][0], 0.0)
     l_env = b_factor * k_b**2 / 2.0
     l_mot = -np.log(np.maximum(ring_average_sinc2(k_b, drift, px), 1e-6)) if drift > 0 else np.zeros_like(k_b)
+    signal0 = signal * np.exp(np.minimum(l_env + l_mot, 700.0))
+
+    mean_counts = nodes["dose"][0] * px**2
+    floor = model.noise_floor_power
+    shot = np.full_like(k_b, min(mean_counts, floor))
+    excess = np.full_like(k_b, max(floor - mean_counts, 0.0))
+    ice = np.maximum(background - floor, 0.0)
+    parts = shot + excess + ice
+    l_noise = np.log1p(parts / signal0)
+    share = np.divide(l_noise, parts, out=np.zeros_like(parts), where=parts > 0)
 
     ctf = ctf_fit.ctf
-    mean_u = ctf.mean_defocus_angstrom
-    actual = _band_mean_ctf2(ctf, microscope, shape_px, band)
-    no_astig = _band_mean_ctf2(
-        replace(ctf, defocus_u_angstrom=mean_u, defocus_v_angstrom=mean_u), microscope, shape_px, band
-    )
-    no_cs = _band_mean_ctf2(ctf, replace(microscope, spherical_aberration_mm=0.0), shape_px, band)
-    l_ctf = max(0.0, math.log(IDEAL_CTF_SQUARED / actual)) if actual > 0 else 0.0
-    l_astig = max(0.0, math.log(no_astig / actual)) if actual > 0 else 0.0
-    l_cs = max(0.0, math.log(no_cs / actual)) if actual > 0 else 0.0
+    lam = microscope.wavelength_angstrom
+    cs_angstrom = microscope.spherical_aberration_mm * 1e7
+    chi_defocus = math.pi * lam * ctf.mean_defocus_angstrom * k_b**2
+    chi_astig = (
+        math.pi * lam * 0.5 * ctf.astigmatism_angstrom * np.cos(2 * (theta_b - math.radians(ctf.astigmatism_angle_deg)))
+    ) * k_b**2
+    chi_cs = 0.5 * math.pi * cs_angstrom * lam**3 * k_b**4
+    ctf2 = (ctf_2d(ctf, microscope, shape_px, rfft=True, dtype=torch.float64).numpy() ** 2).ravel()[band]
+    l_ctf = np.log((signal + background) / np.maximum(ctf2 * signal + background, 1e-300))
+    phases = np.abs(np.stack([chi_defocus, chi_astig, chi_cs]))
+    phase_total = phases.sum(axis=0)
+    phase_share = np.divide(phases, phase_total, out=np.full_like(phases, 1.0 / 3.0), where=phase_total > 0)
 
     cv = max(nodes["sample_heterogeneity"][0], 0.0)
-    return {
-        "dose": float(np.mean(l_dose)),
+    losses = {
+        "dose": float(np.mean(share * shot)),
         "beam_induced_motion": float(np.mean(l_mot)),
-        "ice_thickness": float(np.mean(l_ice)),
-        "detector_noise": float(np.mean(l_det)),
-        "defocus": max(0.0, l_ctf - l_astig - l_cs),
-        "astigmatism": l_astig,
-        "spherical_aberration": l_cs,
+        "ice_thickness": float(np.mean(share * ice)),
+        "detector_noise": float(np.mean(share * excess)),
+        "defocus": float(np.mean(l_ctf * phase_share[0])),
+        "astigmatism": float(np.mean(l_ctf * phase_share[1])),
+        "spherical_aberration": float(np.mean(l_ctf * phase_share[2])),
         "coherence_envelope": float(np.mean(l_env)),
         "sample_heterogeneity": math.log1p(cv**2),
     }
-
-
-def _band_mean_ctf2(
-    ctf: CtfParams, microscope: MicroscopeSettings, shape_px: tuple[int, int], band: npt.NDArray[np.bool_]
-) -> float:
-    """Mean CTF² (no envelope) over the rfft samples of ``band``."""
-    values = ctf_2d(ctf, microscope, shape_px, rfft=True, dtype=torch.float64).numpy().ravel()[band]
-    return float(np.mean(values**2))
-
-
-def _dose_snr_factor(k_per_angstrom: FloatArray, dose_e_per_angstrom2: float, voltage_kv: float) -> FloatArray:
-    """ρ(k) = g(N_opt)/g(D) ≥ 1, g(N) = (1 − e^{−N/2N_e})²/N, N_opt = 2.51 N_e (Grant & Grigorieff 2015)."""
-    if not dose_e_per_angstrom2 > 0:
-        return np.ones_like(k_per_angstrom)
-    calibrated = 200.0 if voltage_kv < 250.0 else 300.0
-    critical = critical_exposure_e_per_angstrom2(k_per_angstrom, calibrated)
-
-    def snr(exposure: FloatArray | float) -> FloatArray:
-        return np.asarray(np.expm1(-np.asarray(exposure) / (2.0 * critical)) ** 2 / exposure, dtype=np.float64)
-
-    optimum = OPTIMAL_EXPOSURE_PER_CRITICAL * critical
-    under = dose_e_per_angstrom2 < optimum
-    return np.where(under, snr(optimum) / snr(dose_e_per_angstrom2), 1.0)
+    return losses
 
 
 # ------------------------------------------------------------------------------ the refinement loop

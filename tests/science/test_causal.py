@@ -13,29 +13,22 @@ from dataclasses import replace
 
 import networkx as nx
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from cryodecon_science.causal import (
     CAUSE_NODES,
     EFFECT_NODES,
-    REFERENCE_BAND_ANGSTROM,
     NodeEstimate,
     SessionPrior,
     build_causal_graph,
-    degradation_losses,
     degradation_weights,
     estimate_nodes,
     fit_priors,
     shrink_towards_prior,
     update_session_prior,
 )
-from cryodecon_science.motion import critical_exposure_e_per_angstrom2
-from cryodecon_science.optics import frequency_grid_per_angstrom
-from cryodecon_science.records import CtfFit, SpectralModel
+from cryodecon_science.records import CtfFit
 from tests.science.test_restore import synthesize_micrograph
-
-FloatArray = npt.NDArray[np.float64]
 
 
 def _wrong_start(fit: CtfFit, bfactor_angstrom2: float = 100.0, noise_factor: float = 1.5) -> CtfFit:
@@ -237,66 +230,3 @@ def test_priors_are_json_ready_and_feed_the_session_prior() -> None:
     assert set(second.values()) == set(CAUSE_NODES)
     for node in ("defocus", "astigmatism"):
         assert second.values()[node] == first.values()[node]
-
-
-# --------------------------------------------------------------------- the counterfactual weights
-def test_counterfactual_losses_match_the_hand_computed_values() -> None:
-    syn = synthesize_micrograph(seed=10)
-    px = syn.microscope.pixel_size_angstrom
-    ky, kx = frequency_grid_per_angstrom(syn.image.shape, px, rfft=True)
-    k = np.hypot(ky, kx).ravel()
-    lo, hi = REFERENCE_BAND_ANGSTROM
-    k_band = k[(k >= 1.0 / lo) & (k <= min(1.0 / hi, syn.microscope.nyquist_per_angstrom))]
-    freq = np.linspace(0.0, 1.0, 200)
-
-    def losses(dose: float, floor_per_count: float, b: float) -> dict[str, float]:
-        counts = dose * px**2
-        floor = floor_per_count * counts
-        model = SpectralModel(freq, np.ones_like(freq), np.full_like(freq, floor), floor, 0, freq.size - 1)
-        nodes = {node: (0.0, 1.0) for node in CAUSE_NODES}
-        nodes.update(dose=(dose, 1.0), coherence_envelope=(b, 1.0), detector_noise=(floor_per_count, 0.01))
-        return degradation_losses(nodes, replace(syn.ctf_fit, spectral_model=model), syn.microscope, syn.image.shape)
-
-    # 500 e/Å² is above the damage-limited optimum 2.51 N_e(k) everywhere in the band: no dose loss; a
-    # floor 1.5× the Poisson variance costs ln 1.5 per sample; the envelope B ⟨k²⟩/2; no ice, no blur.
-    high = losses(500.0, 1.5, 100.0)
-    assert high["dose"] == 0.0
-    assert high["detector_noise"] == pytest.approx(math.log(1.5))
-    assert high["coherence_envelope"] == pytest.approx(100.0 * float(np.mean(k_band**2)) / 2.0)
-    assert high["ice_thickness"] == 0.0 and high["beam_induced_motion"] == 0.0
-    assert high["sample_heterogeneity"] == 0.0
-    # 10 e/Å², Poisson floor: the loss is the SNR gain of the optimal exposure, ln g(N_opt)/g(10) with
-    # g(N) = (1 − e^{−N/2N_e})²/N, where 10 e/Å² is below N_opt.
-    n_e = critical_exposure_e_per_angstrom2(k_band, syn.microscope.voltage_kv)
-
-    def g(n: FloatArray | float) -> FloatArray:
-        return np.asarray((1.0 - np.exp(-n / (2.0 * n_e))) ** 2 / n)
-
-    expected = np.where(10.0 < 2.51 * n_e, np.log(g(2.51 * n_e) / g(10.0)), 0.0)
-    low = losses(10.0, 1.0, 100.0)
-    assert low["dose"] == pytest.approx(float(np.mean(expected)), rel=1e-3)
-    assert low["detector_noise"] == 0.0
-    weights = degradation_weights(
-        {n: (0.0, 1.0) for n in CAUSE_NODES} | {"dose": (10.0, 1.0)}, syn.ctf_fit, syn.microscope, syn.image.shape
-    )
-    assert sum(weights.values()) == pytest.approx(1.0)
-
-
-def test_read_noise_moves_the_detector_weight_most() -> None:
-    # Two-level one-factor sweep: the same exposure with 0 and 4 counts of Gaussian read noise.
-    syn = synthesize_micrograph(seed=11)
-    rng = np.random.default_rng(11)
-    weights = {}
-    for read_noise in (0.0, 4.0):
-        image = syn.image + rng.normal(0.0, read_noise, syn.image.shape).astype(np.float32)
-        priors = fit_priors(image, syn.ctf_fit, syn.microscope, drift_total_px=0.0)
-        weights[read_noise] = _weights(priors.estimates)
-        fit = replace(syn.ctf_fit, spectral_model=priors.spectral_model)
-        losses = degradation_losses(priors.values(), fit, syn.microscope, syn.image.shape)
-    # Every other cause keeps its loss, so the detector's weight rises most and the others only give way
-    # (in proportion to their weights: the envelope, ≈ 95 % of the loss here, falls by almost as much).
-    change = {node: weights[4.0][node] - weights[0.0][node] for node in CAUSE_NODES}
-    assert max(change, key=lambda node: change[node]) == "detector_noise"
-    # Its loss is the counterfactual ln[(counts + σ_r²)/counts] of removing the read-out noise.
-    expected = math.log1p(16.0 / float(syn.image.mean()))
-    assert losses["detector_noise"] == pytest.approx(expected, rel=0.15)

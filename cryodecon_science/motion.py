@@ -32,11 +32,11 @@ the global stage of MotionCor2 (Zheng et al. 2017, Nat. Methods 14:331–332):
    then shifted by its B-factor estimate *before* the edge taper is applied (a taper fixed on the
    detector pulls the correlation peak of a tapered, Fourier-shifted frame towards zero shift, by ≈ 1.5 %
    of the shift), and the residual shifts are refined with this weight by Newton steps on the
-   correlation's Fourier sum (``_iterate_newton``), leave-one-out as in step 2.  On the simulator's movies (1024²,
-   16 frames, 40 e⁻/Å²) this lowers the RMS trajectory error from 0.30 to ≈ 0.19 px
-   (``benchmarks/bench_motion.py``).  The patch stage (steps 5–6) keeps the fixed B-factor weight: the
-   movie's ring profile, tried there too, did not lower the patch error on the deformed test movies
-   (0.51 vs 0.50 px over three seeds).
+   correlation's Fourier sum (``_iterate_newton``), leave-one-out as in step 2.  On the simulator's
+   movies (1024², 16 frames, 40 e⁻/Å²) this lowers the mean RMS trajectory error from 0.33 to 0.21 px
+   (0.22 to 0.15 px offset-free; ``benchmarks/bench_motion.py``).  The patch stage (steps 5–6) keeps
+   the fixed B-factor weight: the movie's ring profile, tried there too, did not lower the patch error
+   on the deformed test movies (0.51 vs 0.50 px over three seeds).
 4. Shifts are referred to frame 0, and the frames are shifted back by Fourier (sub-pixel) shifts and
    summed: all frames, even-numbered frames (0, 2, 4, …) and odd-numbered frames (1, 3, 5, …).  The
    two half sums have independent noise, as needed for noise2noise-style training and FRC.
@@ -84,7 +84,7 @@ Why not torch-motion-correction (teamtomo, PyPI 0.6.0, evaluated for issue #6): 
 simulated movies (1024², 16 frames, 40 e⁻/Å², drift 10–40 px) its ``estimate_global_motion`` gave RMS
 trajectory errors of 1.4–2.4 px (integer-pixel peak against one reference frame) and its patch
 cross-correlation refinement 0.4–2.1 px (mean 1.26 px, ``benchmarks/bench_motion.py``; Savitzky–Golay
-smoothing of the fast early drift), against 0.18–0.46 px (mean 0.33 px) for the alignment here,
+smoothing of the fast early drift), against 0.08–0.38 px (mean 0.21 px) for the alignment here,
 so it misses the 0.3 px goal.  It also needs ten further packages (h5py, pandas,
 starfile, torch-ctf, torch-fourier-* …) of which h5py and pandas are imported unconditionally.
 """

@@ -898,22 +898,117 @@ def compute_cost_deviations(warehouse: ScoreWarehouse, batch: str) -> dict[str, 
     }
 
 
+@dataclass(frozen=True)
+class DenoiserRecord:
+    """Which denoiser restores a batch: the shipped model, or one fine-tuned on the batch's micrographs.
+
+    ``weights_path`` is the fine-tuned weights file (None for the shipped model); the two held-out
+    Noise2Noise losses (``noise2noise_loss``, fresh binomial splits of the batch, a seed not used in
+    training) compare them on the same pairs — the fine-tuned model is used only when its loss is lower.
+    """
+
+    source: str  # "shipped" | "fine-tuned"
+    weights_path: str | None
+    finetune_steps: int
+    shipped_loss: float | None
+    finetuned_loss: float | None
+    n_micrographs: int
+
+    @property
+    def description(self) -> str:
+        if self.weights_path is None:
+            return f"{DENOISER_WEIGHTS_NAME}, shipped"
+        return f"{DENOISER_WEIGHTS_NAME} fine-tuned for {self.finetune_steps} steps on this batch ({self.weights_path})"
+
+
+# Held-out comparison of the shipped and the fine-tuned denoiser: patch pairs, patch edge, seed offset.
+FINETUNE_HOLDOUT_PAIRS = 64
+FINETUNE_PATCH_PX = 128
+
+
+def finetune_denoiser(micrographs: Mapping[str, Micrograph], steps: int, seed: int, folder: Path) -> DenoiserRecord:
+    """Fine-tune the shipped denoiser on a batch's micrographs (counts) and keep it only if it lowers the
+    held-out Noise2Noise loss; ``steps`` = 0 or no usable micrograph: the shipped model."""
+    from cryodecon_science.denoiser import TrainingConfig, noise2noise_loss, train_noise2noise
+    from cryodecon_science.io.denoiser_weights import save_denoiser
+
+    shipped = load_pretrained_denoiser()
+    counts = [
+        m.data.astype(np.float32)
+        for m in micrographs.values()
+        if min(m.data.shape) >= FINETUNE_PATCH_PX and float(m.data.mean()) > 1.0
+    ]
+    if steps == 0 or not counts:
+        return DenoiserRecord("shipped", None, 0, None, None, len(counts))
+    training = TrainingConfig(steps=steps, batch_size=4, patch_px=FINETUNE_PATCH_PX, learning_rate=1e-4, seed=seed)
+    tuned, _ = train_noise2noise(counts, shipped.config, training, initial=shipped)
+    holdout_seed = seed + 1_000_003
+    shipped_loss = noise2noise_loss(shipped, counts, FINETUNE_HOLDOUT_PAIRS, FINETUNE_PATCH_PX, holdout_seed)
+    tuned_loss = noise2noise_loss(tuned, counts, FINETUNE_HOLDOUT_PAIRS, FINETUNE_PATCH_PX, holdout_seed)
+    if not tuned_loss < shipped_loss:
+        return DenoiserRecord("shipped", None, steps, shipped_loss, tuned_loss, len(counts))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "denoiser_finetuned.pt"
+    save_denoiser(tuned, path, {"base": DENOISER_WEIGHTS_NAME, "steps": steps, "holdout_loss": tuned_loss})
+    return DenoiserRecord("fine-tuned", str(path), steps, shipped_loss, tuned_loss, len(counts))
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"torch"},
+    description="The denoiser that restores this batch: the shipped U-Net, or — with "
+    "`CRYODECON_FINETUNE_STEPS` > 0 — the shipped U-Net fine-tuned on the batch's own micrographs "
+    "(Noise2Noise on binomial splits, from the shipped weights), kept only if its held-out Noise2Noise "
+    "loss on fresh splits of the batch is lower.  Its lineage shows which model restored which micrograph.",
+)
+def session_denoiser(
+    context: dg.AssetExecutionContext,
+    raw_micrographs: dict[str, Micrograph],
+    restoration: RestorationSettings,
+    outputs: OutputStore,
+) -> dg.Output[dict[str, DenoiserRecord]]:
+    batch = context.partition_key
+    seed = int(hashlib.sha256(batch.encode()).hexdigest()[:8], 16)
+    record = finetune_denoiser(
+        raw_micrographs,
+        restoration.denoiser_finetune_steps,
+        seed,
+        outputs.asset_path("session_denoiser", batch),
+    )
+    metadata: dict[str, Any] = {"model": record.description, "source": record.source}
+    if record.shipped_loss is not None and record.finetuned_loss is not None:
+        metadata |= {
+            "holdout_loss_shipped": record.shipped_loss,
+            "holdout_loss_finetuned": record.finetuned_loss,
+        }
+    return dg.Output({"model": record}, metadata=metadata)
+
+
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
     pool="gpu",
     kinds={"torch", "mrc"},
-    description="Micrographs denoised by the shipped self-supervised U-Net (Noise2Noise on binomial splits "
-    "of the counts, `cryodecon_science/data/denoiser_v1.pt`; bf16 on a GPU, float32 on CPU): the CTF is "
-    "kept.  float32 MRC, pixel size in the header.",
+    description="Micrographs denoised by the self-supervised U-Net of `session_denoiser` (the shipped "
+    "Noise2Noise model on binomial splits of the counts, `cryodecon_science/data/denoiser_v1.pt`, or its "
+    "fine-tuned copy; bf16 on a GPU, float32 on CPU): the CTF is kept.  float32 MRC, pixel size in the header.",
 )
 def learned_denoised_micrographs(
     context: dg.AssetExecutionContext,
     raw_micrographs: dict[str, Micrograph],
+    session_denoiser: dict[str, DenoiserRecord],
     warehouse: ScoreWarehouse,
     device: TorchDevice,
 ) -> dg.Output[dict[str, Micrograph]]:
-    model = load_pretrained_denoiser()
+    from cryodecon_science.io.denoiser_weights import load_denoiser
+
+    record = session_denoiser.get("model")
+    if record is not None and record.weights_path is not None:
+        model = load_denoiser(record.weights_path)
+    else:
+        model = load_pretrained_denoiser()
     torch_device = device.torch_device()
 
     def step(name: str, micrograph: Micrograph) -> Micrograph:
@@ -927,7 +1022,7 @@ def learned_denoised_micrographs(
         result,
         metadata={
             "micrographs": len(result),
-            "model": DENOISER_WEIGHTS_NAME,
+            "model": record.description if record is not None else f"{DENOISER_WEIGHTS_NAME}, shipped",
             "before_after": before_after(raw_micrographs, result, "learned"),
         },
     )
@@ -1285,6 +1380,7 @@ BATCH_ASSETS = [
     causal_priors,
     restored_micrographs,
     deconvolved_micrographs,
+    session_denoiser,
     learned_denoised_micrographs,
     evaluation_scores,
     quality_scores,

@@ -16,6 +16,7 @@ CRYODECON_WEIGHTS               w1,…,w5 of V (logic, novelty, impact,       le
                                 repro, meta), pinning the weights
 CRYODECON_WEIGHTS_VERSION       version recorded with pinned weights        ``configured``
 CRYODECON_ARTIFACT_STEPS        artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
+CRYODECON_FINETUNE_STEPS        per-batch fine-tuning of the denoiser       0 (off: the shipped model)
 CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
 CRYODECON_CPU_THREADS           torch threads for CPU steps                 1
 CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
@@ -92,7 +93,8 @@ def resources_from_environment() -> dict[str, object]:
                 step.strip()
                 for step in os.environ.get("CRYODECON_ARTIFACT_STEPS", "hot_pixels,stripes,carbon_edges").split(",")
                 if step.strip()
-            ]
+            ],
+            denoiser_finetune_steps=int(os.environ.get("CRYODECON_FINETUNE_STEPS", "0")),
         ),
         "outputs": OutputStore(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
         "io_manager": BatchIOManager(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),

@@ -1,4 +1,5 @@
-"""Restoration settings: which artifact-removal steps run before the restoration filters."""
+"""Restoration settings: which artifact-removal steps run before the restoration filters, and the per-batch
+fine-tuning of the learned denoiser."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ class RestorationSettings(dg.ConfigurableResource):
     """
 
     artifact_steps: list[str] = ["hot_pixels", "stripes", "carbon_edges"]
+    # Optimiser steps of the per-batch fine-tuning of the shipped denoiser (`session_denoiser`); 0: off,
+    # the shipped model restores every batch.  A few hundred steps take about a minute per batch on one
+    # CPU core, seconds on a GPU.
+    denoiser_finetune_steps: int = 0
 
     @field_validator("artifact_steps")
     @classmethod
@@ -26,4 +31,11 @@ class RestorationSettings(dg.ConfigurableResource):
         unknown = sorted(set(steps) - set(ARTIFACT_STEPS))
         if unknown:
             raise ValueError(f"unknown artifact steps {unknown}; known: {list(ARTIFACT_STEPS)}")
+        return steps
+
+    @field_validator("denoiser_finetune_steps")
+    @classmethod
+    def _non_negative(cls, steps: int) -> int:
+        if steps < 0:
+            raise ValueError(f"denoiser_finetune_steps must be >= 0, got {steps}")
         return steps

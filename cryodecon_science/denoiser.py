@@ -421,8 +421,13 @@ def train_noise2noise(
     model_config: DenoiserConfig,
     training: TrainingConfig,
     log_every: int = 0,
+    initial: DenoiserUNet | None = None,
 ) -> tuple[DenoiserUNet, list[float]]:
     """Train a :class:`DenoiserUNet` by Noise2Noise on binomial splits of ``counts`` (L2 loss, Adam).
+
+    With ``initial`` (e.g. the shipped model) training starts from a copy of its weights instead of a
+    fresh initialisation: fine-tuning on one session's own micrographs, whose dose, defocus, ice and
+    specimen differ from the simulated training set (``model_config`` must equal ``initial.config``).
 
     Parameters
     ----------
@@ -432,6 +437,8 @@ def train_noise2noise(
     training : TrainingConfig
     log_every : int
         Print the running loss every this many steps (0: silent).
+    initial : DenoiserUNet, optional
+        Start from a copy of these weights (fine-tuning); the original is not modified.
 
     Returns
     -------
@@ -453,9 +460,13 @@ def train_noise2noise(
             raise ValueError(f"training images must be 2-D with sides >= {training.patch_px}")
         if not float(image.mean()) > 2 * MIN_MEAN_COUNTS:
             raise ValueError("training images must be counts with a positive mean")
+    if initial is not None and initial.config != model_config:
+        raise ValueError("model_config must equal the initial model's config")
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
     model = DenoiserUNet(model_config)
+    if initial is not None:
+        model.load_state_dict(initial.state_dict())
     optimiser = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
@@ -479,3 +490,22 @@ def train_noise2noise(
                 print(f"step {step + 1}: loss {history[-1]:.5f}", flush=True)
     model.eval()
     return model, history
+
+
+def noise2noise_loss(
+    model: DenoiserUNet, counts: Sequence[npt.NDArray[np.float32]], n_pairs: int, patch_px: int, seed: int
+) -> float:
+    """Mean L2 loss of ``model`` on ``n_pairs`` fresh binomial-split patch pairs of ``counts`` (no gradient).
+
+    For independent halves A, B of the same counts, E‖f(A) − B‖² = E‖f(A) − s‖² + E‖B − s‖² with s the
+    clean half-dose image (Lehtinen et al. 2018, "Noise2Noise", ICML): the second term does not depend on
+    the model, so on the same pairs a lower loss means a smaller error against the unknown clean image.
+    This is how a fine-tuned model is compared with the shipped one on a session's own data.
+    """
+    if n_pairs < 1:
+        raise ValueError("n_pairs must be >= 1")
+    rng = np.random.default_rng(seed)
+    source, target = sample_pair_batch(counts, n_pairs, patch_px, rng)
+    model.eval()
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(model(source), target))

@@ -76,6 +76,7 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
         "causal_priors",
         "restored_micrographs",
         "deconvolved_micrographs",
+        "session_denoiser",
         "learned_denoised_micrographs",
         "evaluation_scores",
         "quality_scores",

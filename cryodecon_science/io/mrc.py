@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, fields
@@ -159,6 +160,21 @@ def _data_bytes(nx: int, ny: int, nz: int, mode: int) -> int:
     return nx * ny * nz * int(_BYTES_PER_VALUE[mode])
 
 
+# IMOD's header stamp (bytes 152–155) and flags (156–159): with the stamp and without flag bit 1 ("bytes
+# are stored as signed"), mode-0 bytes are unsigned (IMOD's mrc_format documentation).  MRC2014 itself
+# says signed; mrcfile always reads int8.
+_IMOD_STAMP = 1146047817
+_IMOD_SIGNED_BYTES_FLAG = 1
+
+
+def _imod_unsigned_bytes(raw_header: bytes, byteorder: str) -> bool:
+    """True when an IMOD-stamped header leaves the 'bytes are signed' flag unset (mode 0 is uint8)."""
+    order = {"<": "little", ">": "big"}.get(byteorder, sys.byteorder)
+    stamp = int.from_bytes(raw_header[152:156], order, signed=True)  # type: ignore[arg-type]
+    flags = int.from_bytes(raw_header[156:160], order, signed=True)  # type: ignore[arg-type]
+    return stamp == _IMOD_STAMP and not flags & _IMOD_SIGNED_BYTES_FLAG
+
+
 def read_geometry(path: str | os.PathLike[str]) -> MrcGeometry:
     """Parse only the header and return what it declares; raises CorruptHeaderError on nonsense.
 
@@ -182,6 +198,8 @@ def read_geometry(path: str | os.PathLike[str]) -> MrcGeometry:
                     data_dtype = mrcfile.utils.data_dtype_from_header(header).str if mode != 101 else ""
                 except ValueError:
                     data_dtype = ""  # unsupported mode: reported below
+                if mode == 0 and _imod_unsigned_bytes(header.tobytes(), header.mode.dtype.byteorder):
+                    data_dtype = "|u1"
     except InputFileError:
         raise
     except (OSError, ValueError, EOFError) as exc:

@@ -705,3 +705,23 @@ def test_tiff_movies_in_strips_and_either_byte_order_read_exactly(tmp_path: Path
     movie = read_tiff_movie(path)
     np.testing.assert_array_equal(movie.frames, data)
     assert movie.frames.dtype == np.dtype("uint16") and movie.frames.dtype.isnative
+
+
+@pytest.mark.parametrize(
+    ("stamp", "flags", "expected"), [(1146047817, 0, "uint8"), (1146047817, 1, "int8"), (0, 0, "int8")]
+)
+def test_mode_0_bytes_follow_imods_signed_flag(tmp_path: Path, stamp: int, flags: int, expected: str) -> None:
+    """Mode 0 is signed in MRC2014, but IMOD-stamped files (imodStamp 1146047817 at byte 152) store
+    unsigned bytes unless imodFlags (byte 156) has bit 1, "bytes are stored as signed"."""
+    stored = np.arange(200, 224, dtype=np.uint8).reshape(1, 4, 6)  # values above 127: sign matters
+    path = tmp_path / "bytes.mrc"
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(stored.view(np.int8))
+        mrc.voxel_size = 1.0
+    raw = bytearray(path.read_bytes())
+    raw[152:156] = stamp.to_bytes(4, "little", signed=True)
+    raw[156:160] = flags.to_bytes(4, "little", signed=True)
+    path.write_bytes(bytes(raw))
+    frames, _ = read_mrc_frames(path)
+    assert frames.dtype == np.dtype(expected)
+    np.testing.assert_array_equal(frames, stored.view(np.dtype(expected)))

@@ -38,6 +38,7 @@ from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_assets.references import load_citation_graph, load_or_train_impact_model, particle_box_px
 from cryodecon_resources import (
     MicroscopeStorage,
+    MotionSettings,
     OutputStore,
     RestorationSettings,
     ScoreWarehouse,
@@ -239,6 +240,7 @@ def correct_movie(
     folder: Path,
     name: str,
     torch_device: Any,
+    patch_grid: tuple[int, ...] = (),
 ) -> tuple[Any, dict[str, Any]]:
     """Align a movie (global drift, SSNR-weighted), dose-weight it when its exposure is known and the voltage
     is one the critical-exposure curve is fitted for (200/300 kV), write the _DW/_EVN/_ODD sums as MRC, and
@@ -254,6 +256,7 @@ def correct_movie(
         device=torch_device,
         dose_per_frame_e_per_angstrom2=dose_per_frame if weighted else None,
         voltage_kv=float(round(weighting_voltage)) if weighting_voltage is not None else 300.0,
+        patch_grid=(int(patch_grid[0]), int(patch_grid[1])) if len(patch_grid) == 2 else None,
     )
     folder.mkdir(parents=True, exist_ok=True)
     sums = {"_EVN": correction.even_sum, "_ODD": correction.odd_sum}
@@ -274,6 +277,12 @@ def correct_movie(
         "motion_late_angstrom": motion.late_angstrom,
         "pixel_size_angstrom": pixel_size_angstrom,
         "voltage_kv": voltage,
+        # Local motion (patch correction on): the model BIC chose and the RMS of the patch shifts about it.
+        "patch_grid": "x".join(str(g) for g in patch_grid) if patch_grid else None,
+        "local_motion_model": correction.patch_motion.model if correction.patch_motion is not None else None,
+        "local_motion_residual_rms_px": (
+            correction.patch_motion.residual_rms_px if correction.patch_motion is not None else None
+        ),
     }
     return correction, row
 
@@ -377,6 +386,7 @@ def raw_micrographs(
     device: TorchDevice,
     restoration: RestorationSettings,
     outputs: OutputStore,
+    motion: MotionSettings,
 ) -> Iterable[dg.Output[dict[str, Micrograph]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
@@ -418,6 +428,7 @@ def raw_micrographs(
                     outputs.asset_path("motion_corrected", batch),
                     entry.name,
                     device.torch_device(),
+                    tuple(motion.patch_grid),
                 )
                 motion_rows.append({"micrograph": entry.name, "batch": batch, **motion_row})
                 movie_trajectories[entry.name] = correction.shifts_px

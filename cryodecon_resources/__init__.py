@@ -17,6 +17,7 @@ CRYODECON_WEIGHTS               w1,…,w5 of V (logic, novelty, impact,       le
 CRYODECON_WEIGHTS_VERSION       version recorded with pinned weights        ``configured``
 CRYODECON_ARTIFACT_STEPS        artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
 CRYODECON_FINETUNE_STEPS        per-batch fine-tuning of the denoiser       0 (off: the shipped model)
+CRYODECON_MOTION_PATCHES        patch motion correction, e.g. ``5x5``       none (global alignment)
 CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
 CRYODECON_CPU_THREADS           torch threads for CPU steps                 1
 CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from cryodecon_resources.device import TorchDevice
 from cryodecon_resources.io_manager import BatchIOManager, OutputStore
+from cryodecon_resources.motion import MotionSettings, parse_patch_grid
 from cryodecon_resources.restoration import RestorationSettings
 from cryodecon_resources.scoring import ScoringSettings
 from cryodecon_resources.storage import MicroscopeStorage
@@ -41,6 +43,7 @@ from cryodecon_resources.warehouse import ScoreWarehouse
 __all__ = [
     "BatchIOManager",
     "MicroscopeStorage",
+    "MotionSettings",
     "OutputStore",
     "RestorationSettings",
     "ScoreWarehouse",
@@ -96,6 +99,7 @@ def resources_from_environment() -> dict[str, object]:
             ],
             denoiser_finetune_steps=int(os.environ.get("CRYODECON_FINETUNE_STEPS", "0")),
         ),
+        "motion": MotionSettings(patch_grid=parse_patch_grid(os.environ.get("CRYODECON_MOTION_PATCHES", ""))),
         "outputs": OutputStore(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
         "io_manager": BatchIOManager(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),
     }

@@ -105,11 +105,46 @@ def ctf_markdown(
     return "\n".join(lines)
 
 
+def causal_graph_picture(node_link: Mapping[str, object], width_px: int = 560, height_px: int = 300) -> Image.Image:
+    """The weighted causal DAG as a small picture: nodes in columns by topological generation (causes left,
+    observed spectrum and image quality right), each cause a disc whose area is its degradation weight
+    (a ring when the weight is 0), edges as lines, node names below the discs."""
+    import networkx as nx
+
+    graph = nx.node_link_graph(dict(node_link), edges="links")
+    picture = Image.new("L", (width_px, height_px), 255)
+    draw = ImageDraw.Draw(picture)
+    generations = list(nx.topological_generations(graph))
+    positions: dict[str, tuple[float, float]] = {}
+    for column, nodes in enumerate(generations):
+        x = 60 + column * (width_px - 120) / max(1, len(generations) - 1)
+        for row, node in enumerate(sorted(nodes)):
+            positions[node] = (x, (row + 1) * height_px / (len(nodes) + 1))
+    for source, target in graph.edges:
+        draw.line((*positions[source], *positions[target]), fill=190, width=1)
+    for node, (x, y) in positions.items():
+        weight = graph.nodes[node].get("weight")
+        if weight is None:  # an effect (spectrum, image quality): a square
+            draw.rectangle((x - 6, y - 6, x + 6, y + 6), outline=0, fill=230)
+        else:
+            radius = 3.0 + 14.0 * float(np.sqrt(max(float(weight), 0.0)))
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=0, fill=60 if weight else 255)
+        label = str(node).replace("_", " ")
+        length = draw.textlength(label)
+        draw.text((min(max(2.0, x - length / 2), width_px - length - 2), y + 9), label, fill=0)
+    return picture
+
+
 def causal_graph_markdown(priors: CausalPriors, title: str) -> str:
-    """The weighted DAG as text: each cause with its estimate ± σ and a bar for its degradation weight,
-    then the edges with their mechanisms."""
+    """The weighted DAG as a picture (``causal_graph_picture``) and as text: each cause with its estimate
+    ± σ and a bar for its degradation weight, then the edges with their mechanisms."""
+    buffer = io.BytesIO()
+    causal_graph_picture(priors.graph_node_link).save(buffer, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     lines = [
         f"**{title}** — {'converged' if priors.converged else 'NOT converged'} after {priors.n_iterations} iterations",
+        "",
+        f"![weighted causal graph]({uri})",
         "",
         "| cause | estimate ± σ | weight |",
         "|---|---|---|",

@@ -48,3 +48,21 @@ def test_trajectory_picture_draws_the_path_with_equal_scales() -> None:
     assert 40 <= np.median(dark_rows) <= 60  # ... at mid height (the scale bar sits in a corner)
     table = trajectories_markdown({"mov": shifts}, {"mov": {"motion_total_angstrom": 14.0, "dose_weighted": True}})
     assert "data:image/png;base64," in table and "| 14.0 / – / – | yes |" in table
+
+
+def test_causal_graph_picture_draws_each_cause_by_its_weight() -> None:
+    import networkx as nx
+
+    from cryodecon_assets.figures import causal_graph_picture
+    from cryodecon_science import causal
+
+    def picture(dose_weight: float) -> np.ndarray:
+        graph = causal.build_causal_graph()
+        for node in causal.CAUSE_NODES:
+            graph.nodes[node]["weight"] = dose_weight if node == "dose" else 0.05
+        return np.asarray(causal_graph_picture(nx.node_link_data(graph, edges="links")))
+
+    light, heavy = picture(0.05), picture(0.8)
+    assert light.shape == heavy.shape == (300, 560)
+    # Only the dose disc grows: a heavier weight draws a larger dark disc.
+    assert int((heavy < 128).sum()) > int((light < 128).sum()) + 200

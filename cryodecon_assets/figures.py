@@ -39,11 +39,16 @@ def _downsample(image: npt.NDArray[np.floating], size_px: int) -> npt.NDArray[np
     return image[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))
 
 
+def picture_data_uri(picture: Image.Image) -> str:
+    """A PIL picture as a PNG ``data:`` URI (Markdown in asset metadata can show it inline)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def png_data_uri(image: npt.NDArray[np.floating], size_px: int = PREVIEW_PX) -> str:
     """Gray PNG (1–99 % percentile stretch, block-averaged to ≤ ``size_px``) as a ``data:`` URI."""
-    buffer = io.BytesIO()
-    Image.fromarray(_to_uint8(_downsample(np.asarray(image, dtype=np.float64), size_px))).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return picture_data_uri(Image.fromarray(_to_uint8(_downsample(np.asarray(image, dtype=np.float64), size_px))))
 
 
 def before_after_markdown(
@@ -138,9 +143,7 @@ def causal_graph_picture(node_link: Mapping[str, object], width_px: int = 560, h
 def causal_graph_markdown(priors: CausalPriors, title: str) -> str:
     """The weighted DAG as a picture (``causal_graph_picture``) and as text: each cause with its estimate
     ± σ and a bar for its degradation weight, then the edges with their mechanisms."""
-    buffer = io.BytesIO()
-    causal_graph_picture(priors.graph_node_link).save(buffer, format="PNG")
-    uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    uri = picture_data_uri(causal_graph_picture(priors.graph_node_link))
     lines = [
         f"**{title}** — {'converged' if priors.converged else 'NOT converged'} after {priors.n_iterations} iterations",
         "",
@@ -198,9 +201,7 @@ def trajectories_markdown(
     """A Markdown table: movie | drift trajectory | total / early / late motion (Å) | dose-weighted."""
     lines = ["| movie | drift (frame 0 ○) | motion total / early / late (Å) | dose-weighted |", "|---|---|---|---|"]
     for name, shifts in list(trajectories.items())[:PREVIEW_LIMIT]:
-        buffer = io.BytesIO()
-        trajectory_picture(shifts).save(buffer, format="PNG")
-        uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        uri = picture_data_uri(trajectory_picture(shifts))
         row = motion.get(name, {})
 
         def angstrom(key: str, row: Mapping[str, object] = row) -> str:

@@ -565,13 +565,11 @@ class _Band:
     scale_yx: FloatArray
 
 
-def _band(ny: int, nx: int, pixel_size_angstrom: float, bfactor_angstrom2: float, dev: torch.device) -> _Band:
-    """Crop to where exp(−B k²/2) >= 1e-4; frequencies in cycles per original pixel (module docstring, 1)."""
-    if bfactor_angstrom2 > 0:
-        cutoff_per_angstrom = math.sqrt(2.0 * math.log(1.0 / _FILTER_FLOOR) / bfactor_angstrom2)
-    else:
-        cutoff_per_angstrom = math.inf
-    cutoff_cycles = min(0.5, cutoff_per_angstrom * pixel_size_angstrom)
+def _frequency_grid(
+    ny: int, nx: int, cutoff_cycles: float, dev: torch.device
+) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """Sizes (ny_c, nx_c) of the Fourier crop keeping |k| <= cutoff, and its k_y, k_x grids (ny_c, nx_c//2+1)
+    in cycles per *original* pixel (ky varies along rows, kx along columns); cutoff 0.5: the whole grid."""
     ny_c, nx_c = _crop_size(ny, cutoff_cycles), _crop_size(nx, cutoff_cycles)
     ky_c = (torch.fft.fftfreq(ny_c, d=1.0 / ny_c, device=dev, dtype=torch.float64) / ny)[:, None].expand(
         ny_c, nx_c // 2 + 1
@@ -579,6 +577,17 @@ def _band(ny: int, nx: int, pixel_size_angstrom: float, bfactor_angstrom2: float
     kx_c = (torch.fft.rfftfreq(nx_c, d=1.0 / nx_c, device=dev, dtype=torch.float64) / nx)[None, :].expand(
         ny_c, nx_c // 2 + 1
     )
+    return ny_c, nx_c, ky_c, kx_c
+
+
+def _band(ny: int, nx: int, pixel_size_angstrom: float, bfactor_angstrom2: float, dev: torch.device) -> _Band:
+    """Crop to where exp(−B k²/2) >= 1e-4; frequencies in cycles per original pixel (module docstring, 1)."""
+    if bfactor_angstrom2 > 0:
+        cutoff_per_angstrom = math.sqrt(2.0 * math.log(1.0 / _FILTER_FLOOR) / bfactor_angstrom2)
+    else:
+        cutoff_per_angstrom = math.inf
+    cutoff_cycles = min(0.5, cutoff_per_angstrom * pixel_size_angstrom)
+    ny_c, nx_c, ky_c, kx_c = _frequency_grid(ny, nx, cutoff_cycles, dev)
     k2 = (ky_c**2 + kx_c**2) / pixel_size_angstrom**2
     weight = torch.exp(-0.5 * bfactor_angstrom2 * k2).to(torch.float32)
     return _Band(ny_c, nx_c, ky_c, kx_c, weight, np.array([ny / ny_c, nx / nx_c]))
@@ -612,8 +621,7 @@ def _ssnr_weight(
     (module docstring, step 3b).  None when no ring shows signal (nothing to weight by)."""
     ny, nx = shape_px
     taper = _edge_taper(ny, nx, dev)
-    ky = torch.fft.fftfreq(ny, device=dev, dtype=torch.float64)[:, None].expand(ny, nx // 2 + 1)
-    kx = torch.fft.rfftfreq(nx, device=dev, dtype=torch.float64)[None, :].expand(ny, nx // 2 + 1)
+    _, _, ky, kx = _frequency_grid(ny, nx, 0.5, dev)
     k = torch.sqrt(ky**2 + kx**2)
     ring_width = _RING_WIDTH_PX / min(ny, nx)
     ring = torch.clamp((k / ring_width).long(), max=int(0.5 / ring_width)).flatten()
@@ -644,13 +652,7 @@ def _band_from_profile(ny: int, nx: int, profile: _RadialWeight, dev: torch.devi
     """Crop to the largest k where the radial weight is >= 1e-4 of its maximum; weight interpolated at |k|."""
     above = np.nonzero(profile.weight >= _FILTER_FLOOR)[0]
     cutoff_cycles = min(0.5, float(profile.k_cycles_per_px[above[-1]]) + 0.5 * float(profile.k_cycles_per_px[0]))
-    ny_c, nx_c = _crop_size(ny, cutoff_cycles), _crop_size(nx, cutoff_cycles)
-    ky_c = (torch.fft.fftfreq(ny_c, d=1.0 / ny_c, device=dev, dtype=torch.float64) / ny)[:, None].expand(
-        ny_c, nx_c // 2 + 1
-    )
-    kx_c = (torch.fft.rfftfreq(nx_c, d=1.0 / nx_c, device=dev, dtype=torch.float64) / nx)[None, :].expand(
-        ny_c, nx_c // 2 + 1
-    )
+    ny_c, nx_c, ky_c, kx_c = _frequency_grid(ny, nx, cutoff_cycles, dev)
     k = torch.sqrt(ky_c**2 + kx_c**2).cpu().numpy()
     weight = np.interp(k, profile.k_cycles_per_px, profile.weight, left=0.0, right=0.0)
     weight[0, 0] = 0.0
@@ -962,14 +964,13 @@ def align_movie(
     refined_band = band if profile is None else _band_from_profile(ny, nx, profile, dev)
     margin = math.ceil(float(np.max(np.abs(shifts))))
     moved_taper = _edge_taper(ny, nx, dev, margin_px=margin)
-    ky_full = torch.fft.fftfreq(ny, device=dev, dtype=torch.float64)[:, None].expand(ny, nx // 2 + 1)
-    kx_full = torch.fft.rfftfreq(nx, device=dev, dtype=torch.float64)[None, :].expand(ny, nx // 2 + 1)
+    _, _, ky, kx = _frequency_grid(ny, nx, 0.5, dev)  # the whole grid: here and for the sums (4 / 7)
     root_weight = _newton_weight(refined_band.weight, refined_band.nx_c == nx)
     moved = torch.empty((n, *root_weight.shape), dtype=torch.complex64, device=dev)
     for f in range(n):
         image = frame_tensor(f)
         centred = torch.fft.irfft2(
-            torch.fft.rfft2(image - image.mean()) * _shift_ramp(ky_full, kx_full, shifts[f : f + 1])[0], s=(ny, nx)
+            torch.fft.rfft2(image - image.mean()) * _shift_ramp(ky, kx, shifts[f : f + 1])[0], s=(ny, nx)
         )
         spectrum = _crop_spectrum(torch.fft.rfft2(centred * moved_taper), ny, refined_band.ny_c, refined_band.nx_c)
         moved[f] = spectrum * root_weight
@@ -1007,8 +1008,6 @@ def align_movie(
         )
 
     # 4 / 7. Shift back (global: Fourier shift; local: + bicubic resampling), sum halves, dose weighting.
-    ky = torch.fft.fftfreq(ny, device=dev, dtype=torch.float64)[:, None].expand(ny, nx // 2 + 1)
-    kx = torch.fft.rfftfreq(nx, device=dev, dtype=torch.float64)[None, :].expand(ny, nx // 2 + 1)
     weights = None
     if dose_per_frame_e_per_angstrom2 is not None:
         k_per_angstrom = torch.sqrt(ky**2 + kx**2).cpu().numpy() / pixel_size_angstrom

@@ -29,7 +29,9 @@ CRYODECON_BATCH_WINDOW_SECONDS  cut a partial batch after this wait         300
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryodecon_resources.device import TorchDevice
 from cryodecon_resources.io_manager import BatchIOManager, OutputStore
@@ -39,6 +41,8 @@ from cryodecon_resources.scoring import ScoringSettings
 from cryodecon_resources.storage import MicroscopeStorage
 from cryodecon_resources.structure_library import StructureLibrary
 from cryodecon_resources.warehouse import ScoreWarehouse
+
+_Number = TypeVar("_Number", int, float)
 
 __all__ = [
     "BatchIOManager",
@@ -63,6 +67,15 @@ def _env_path(name: str, default: Path) -> str:
     return str(Path(os.environ.get(name, str(default))).resolve())
 
 
+def _env_number(name: str, default: str, kind: Callable[[str], _Number]) -> _Number:
+    """A numeric setting from the environment; a value that is not a number names the variable."""
+    text = os.environ.get(name, default)
+    try:
+        return kind(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from exc
+
+
 def _weights_from_environment() -> list[float]:
     text = os.environ.get("CRYODECON_WEIGHTS", "")
     try:
@@ -76,15 +89,15 @@ def resources_from_environment() -> dict[str, object]:
     return {
         "microscope_storage": MicroscopeStorage(
             root=_env_path("CRYODECON_STORAGE_ROOT", home / "storage"),
-            settle_seconds=float(os.environ.get("CRYODECON_SETTLE_SECONDS", "30")),
-            max_batch_size=int(os.environ.get("CRYODECON_MAX_BATCH_SIZE", "50")),
-            batch_window_seconds=float(os.environ.get("CRYODECON_BATCH_WINDOW_SECONDS", "300")),
+            settle_seconds=_env_number("CRYODECON_SETTLE_SECONDS", "30", float),
+            max_batch_size=_env_number("CRYODECON_MAX_BATCH_SIZE", "50", int),
+            batch_window_seconds=_env_number("CRYODECON_BATCH_WINDOW_SECONDS", "300", float),
         ),
         "warehouse": ScoreWarehouse(root=_env_path("CRYODECON_WAREHOUSE_ROOT", home / "warehouse")),
         "structure_library": StructureLibrary(uri=_env_path("CRYODECON_LIBRARY_URI", home / "library")),
         "device": TorchDevice(
             device=os.environ.get("CRYODECON_DEVICE", "auto"),
-            cpu_threads=int(os.environ.get("CRYODECON_CPU_THREADS", "1")),
+            cpu_threads=_env_number("CRYODECON_CPU_THREADS", "1", int),
         ),
         "scoring": ScoringSettings(
             citation_graph_path=_env_path("CRYODECON_CITATION_GRAPH", home / "citations"),
@@ -97,7 +110,7 @@ def resources_from_environment() -> dict[str, object]:
                 for step in os.environ.get("CRYODECON_ARTIFACT_STEPS", "hot_pixels,stripes,carbon_edges").split(",")
                 if step.strip()
             ],
-            denoiser_finetune_steps=int(os.environ.get("CRYODECON_FINETUNE_STEPS", "0")),
+            denoiser_finetune_steps=_env_number("CRYODECON_FINETUNE_STEPS", "0", int),
         ),
         "motion": MotionSettings(patch_grid=parse_patch_grid(os.environ.get("CRYODECON_MOTION_PATCHES", ""))),
         "outputs": OutputStore(root=_env_path("CRYODECON_OUTPUT_ROOT", home / "outputs")),

@@ -50,3 +50,24 @@ def test_correct_movie_writes_the_sums_and_records_the_motion(tmp_path: Path, pa
     _, plain = correct_movie(movie.frames, 2.0, (None, 300.0), unweighted, "m", "cpu", patch_grid)
     assert not plain["dose_weighted"] and not (unweighted / "m_DW.mrc").exists()
     assert plain["motion_early_angstrom"] is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CRYODECON_FINETUNE_STEPS", "lots", "CRYODECON_FINETUNE_STEPS must be an integer, got 'lots'"),
+        ("CRYODECON_FINETUNE_STEPS", "-3", "denoiser_finetune_steps must be >= 0"),
+        ("CRYODECON_MOTION_PATCHES", "5x", "CRYODECON_MOTION_PATCHES must look like 5x5"),
+        ("CRYODECON_MOTION_PATCHES", "1x1", "patch_grid must be"),
+        ("CRYODECON_SETTLE_SECONDS", "soon", "CRYODECON_SETTLE_SECONDS must be a number, got 'soon'"),
+    ],
+)
+def test_bad_settings_in_the_environment_name_themselves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    from cryodecon_resources import resources_from_environment
+
+    monkeypatch.setenv("CRYODECON_HOME", str(tmp_path))
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        resources_from_environment()

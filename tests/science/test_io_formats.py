@@ -725,3 +725,26 @@ def test_mode_0_bytes_follow_imods_signed_flag(tmp_path: Path, stamp: int, flags
     frames, _ = read_mrc_frames(path)
     assert frames.dtype == np.dtype(expected)
     np.testing.assert_array_equal(frames, stored.view(np.dtype(expected)))
+
+
+def test_a_file_truncated_while_its_data_is_read_gives_the_typed_error(tmp_path: Path) -> None:
+    """``check_complete`` passed, then the file shrank (rewritten in place): the parallel reader stops at
+    the short read with IncompleteFileError, for a direct read and for one converted to float32."""
+    from cryodecon_science.io import mrc as mrc_module
+    from cryodecon_science.io.rawread import read_converted, read_ranges
+
+    path = tmp_path / "shrinks.mrc"
+    data = counts(np.random.default_rng(3), (2, 64, 48), "uint16")
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(data)
+        mrc.voxel_size = 1.0
+    geometry = mrc_module.check_complete(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(geometry.declared_size_bytes - 100)
+    for out_dtype in (None, np.float32):
+        with pytest.raises(IncompleteFileError, match="before the declared data"):
+            mrc_module._read_data_block(path, geometry, out_dtype)
+    with pytest.raises(EOFError):
+        read_ranges(path, [(0, 0, 10_000_000)], np.empty(10_000_000, dtype=np.uint8))
+    with pytest.raises(EOFError):
+        read_converted(path, 1024, np.dtype("<u2"), np.empty(10_000, dtype=np.float32))

@@ -14,7 +14,8 @@ The graph (:func:`build_causal_graph`) follows the weak-phase image-formation mo
   CTF does not modulate (:func:`_ice_index`).
 * **defocus, astigmatism, spherical_aberration**: the phase χ(k) and so the Thon-ring positions.
 * **coherence_envelope**: the envelope E²(k) = exp(−B k²/2) (partial coherence, damage, drift within
-  frames, detector MTF), summarised by an apparent B-factor (Å²).
+  frames, detector MTF), summarised by a B-factor (Å²) fitted together with the specimen's own
+  spectrum, particles' fall-off plus vitreous ice (:func:`_coherence_bfactor`).
 * **beam_induced_motion**: linear blur of length d during the exposure, M²(k) = sinc²(k·d).
 * **sample_heterogeneity**: variation of the specimen across the micrograph (aggregation, empty
   areas, carbon) that no single spectrum describes.
@@ -40,7 +41,7 @@ detector_noise         1       F / mean counts (1 for an ideal counting detector
 defocus                Å       mean defocus (U + V)/2 of the CTF fit
 astigmatism            Å       U − V of the CTF fit
 spherical_aberration   mm      C_s from the microscope settings
-coherence_envelope     Å²      apparent B of the signal envelope exp(−B k²/2)
+coherence_envelope     Å²      B of the signal envelope exp(−B k²/2) over particle + ice spectra
 sample_heterogeneity   1       excess coefficient of variation over tiles of the 50–10 Å signal
 =====================  ======  ==================================================================
 
@@ -48,6 +49,7 @@ Weights (:func:`degradation_weights`): over the trusted band (valid range of the
 the fit resolution) each cause is charged a log-SNR loss per Fourier sample: the envelope B k²/2, the
 blur −ln⟨sinc²⟩, the noise ln(1 + B/S₀) (S₀ = the signal before envelope and blur) shared between shot
 noise (dose), the detector's excess over Poisson and the ice background in proportion to their power,
+the ice's own phase contrast (structural noise, measured beyond 8 Å) ln(1 + S_ice CTF²/B),
 the CTF's loss against perfect transfer ln[(S + B)/(CTF² S + B)] shared between defocus, astigmatism and
 C_s in proportion to their phase terms, and heterogeneity ln(1 + CV²); the band means, normalised to sum
 1, are the weights.
@@ -70,9 +72,15 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import numpy.typing as npt
+import scipy.optimize
 import torch
 
-from cryodecon_science.optics import MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
+from cryodecon_science.optics import (
+    MicroscopeSettings,
+    amorphous_ice_spectrum_shape,
+    ctf_2d,
+    frequency_grid_per_angstrom,
+)
 from cryodecon_science.records import CtfFit, SpectralModel
 from cryodecon_science.restore import (
     expected_ctf_squared,
@@ -127,7 +135,14 @@ DRIFT_SIGMA_FLOOR_PX = 0.25
 DRIFT_RELATIVE_SIGMA = 0.1
 """Assumed σ of a drift read from motion correction: √(0.25² + (0.1 d)²) px (sub-pixel trajectories)."""
 UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2 = 1000.0
-"""σ reported for B when the spectrum holds too little signal to fit it (value 0)."""
+"""σ reported for B when the spectrum cannot separate the envelope from the specimen (:func:`_coherence_bfactor`)."""
+ENVELOPE_BAND_ANGSTROM = 8.0
+"""Coarsest period (Å) of the band where the specimen is taken to be the ice (:func:`_ice_signal`)."""
+MIN_ENVELOPE_RINGS = 6
+"""Fewest rings (samples) with signal for an envelope fit or an ice amplitude (4 parameters need > 4)."""
+_PARTICLE_FALLOFF_STARTS_ANGSTROM2 = (200.0, 600.0, 2000.0)
+PRIOR_CONSISTENCY_Z = 3.0
+"""A measurement further than this many predictive σ from the session prior is not shrunk towards it."""
 UNDETECTED_HETEROGENEITY_SIGMA = 1.0
 """σ reported for sample_heterogeneity when no low-frequency signal is detected in the tiles (value 0)."""
 CTF_GEOMETRY_NODES: tuple[str, ...] = ("defocus", "astigmatism")
@@ -347,9 +362,15 @@ def shrink_towards_prior(
     A node is *weakly measured* when its measurement variance σ² exceeds n·τ², the variance of a typical
     single measurement that built the prior (n measurements → posterior variance τ² ≈ σ²_typical/n):
     this micrograph says less about it than the session's micrographs usually do, so it borrows
-    strength by the conjugate combination of :func:`update_session_prior`.  The CTF geometry nodes
-    (:data:`CTF_GEOMETRY_NODES`) are never shrunk: they are per-micrograph and the restoration uses the
-    fitted values.  Others pass unchanged.
+    strength by the conjugate combination of :func:`update_session_prior`.  But only when the
+    measurement is *consistent* with the session, |x − μ₀| ≤ :data:`PRIOR_CONSISTENCY_Z` · √(σ² + n·τ²)
+    (the prior predictive spread of one micrograph): a micrograph that really differs (thicker ice on
+    this square, a drifting stage) keeps its own value instead of being pulled to the session mean.
+    This is the behaviour of a heavy-tailed (Student-t) prior, whose posterior ignores the prior for
+    outlying measurements (O'Hagan 1979, J. R. Stat. Soc. B 41:358, "On outlier rejection phenomena in
+    Bayes inference"), in its simplest form.  The CTF geometry nodes (:data:`CTF_GEOMETRY_NODES`) are
+    never shrunk: they are per-micrograph and the restoration uses the fitted values.  Others pass
+    unchanged.
     """
     out = dict(measured)
     if prior is None:
@@ -358,7 +379,8 @@ def shrink_towards_prior(
         if node in CTF_GEOMETRY_NODES or node not in prior.nodes:
             continue
         mean0, var0, n0 = prior.nodes[node]
-        if sigma**2 > n0 * var0:
+        consistent = abs(value - mean0) <= PRIOR_CONSISTENCY_Z * math.sqrt(sigma**2 + n0 * var0)
+        if sigma**2 > n0 * var0 and consistent:
             mean1, var1 = _combine_normal(mean0, var0, value, sigma**2)
             out[node] = (mean1, _sigma_floor(math.sqrt(var1), mean1))
     return out
@@ -539,14 +561,28 @@ def _coherence_bfactor(
     microscope: MicroscopeSettings,
     drift_px: float | None,
 ) -> tuple[float, float]:
-    """Apparent B (Å²) of the model signal, ln S(k) ≈ ln a₀ − (B/2) k², over the signal band.
+    """Envelope B (Å²) from a two-component fit of the signal: particles' fall-off plus the ice, × envelope.
 
-    Value: weighted least squares of ln S on k² over the rings of the signal band (valid range up to the
-    fit resolution), weights Σ H² per ring (Fisher information on ln S of the ring).  σ: the Cramér–Rao
-    σ of the envelope parameter β of the joint fit (:class:`_Fisher`; amplitude and background profiled
-    out), σ_B = 2 σ_β d²_fit, times √max(1, reduced χ²) of the regression (shape not exp(−B k²/2)).  A
-    drift measured independently (``drift_px``) is divided out first (⟨sinc²⟩); otherwise the blur is
-    part of the apparent B.
+    Why two components.  The signal S(k) of the spectral model is the specimen's power spectrum times
+    the envelope, S = S_spec(k)·exp(−B k²/2).  A plain regression of ln S on k² measures the specimen
+    as much as the microscope: at low resolution S_spec falls steeply (the particles' form factor, the
+    Guinier region), at high resolution it is that of the embedding ice, whose shape is known
+    (:func:`~cryodecon_science.optics.amorphous_ice_spectrum_shape`, McMullan et al. 2015; a protein's
+    own Wilson-regime spectrum is, to first order, as flat).  So over the rings of the signal band
+    (valid range up to the fit resolution) the model is
+
+        ln S(k) = ln[p·exp(−B_p k²/2) + a·shape_ice(k)] − B k²/2,
+
+    a Guinier-like particle term (amplitude p, fall-off B_p) plus the ice term (amplitude a), under the
+    envelope B — the two regimes of a Guinier plot (Rosenthal & Henderson 2003, J. Mol. Biol.
+    333:721–745, read B from the high-resolution one).  Weighted nonlinear least squares
+    (``scipy.optimize.least_squares``, three starts in B_p), weights Σ H² per ring (the Fisher
+    information on ln S of the ring, :class:`_Fisher`); σ_B from the Gauss–Newton covariance
+    (JᵀWJ)⁻¹ times max(1, reduced χ²).  Where the fit resolution stops before the ice term shows, B and
+    the specimen trade off and σ_B is large by itself (capped at
+    :data:`UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2`, which is also the σ when fewer than
+    :data:`MIN_ENVELOPE_RINGS` rings carry signal).  A drift measured independently (``drift_px``) is
+    divided out first (⟨sinc²⟩); otherwise the blur is part of B.
     """
     model = ctf_fit.spectral_model
     k_r = spectrum.ring_k_per_angstrom
@@ -555,23 +591,45 @@ def _coherence_bfactor(
         blur = ring_average_sinc2(k_r, drift_px, microscope.pixel_size_angstrom)
         signal_r = signal_r / np.maximum(blur, 1e-6)
     use = _signal_band_rings(spectrum, ctf_fit) & (fisher.ring_hh > 0) & (signal_r > 0)
-    sigma_beta = math.sqrt(max(float(fisher.covariance[1, 1]), 0.0))
-    sigma_b = 2.0 * sigma_beta * ctf_fit.fit_resolution_angstrom**2
-    if int(use.sum()) < 3:
+    if int(use.sum()) < MIN_ENVELOPE_RINGS:
         return 0.0, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2
-    x = k_r[use] ** 2
-    y = np.log(signal_r[use])
-    w = fisher.ring_hh[use]
-    x_mean = float(np.sum(w * x) / np.sum(w))
-    sxx = float(np.sum(w * (x - x_mean) ** 2))
-    if not sxx > 0:
-        return 0.0, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2
-    y_mean = float(np.sum(w * y) / np.sum(w))
-    slope = float(np.sum(w * (x - x_mean) * (y - y_mean)) / sxx)
-    residual = y - (y_mean + slope * (x - x_mean))
-    chi2_reduced = float(np.sum(w * residual**2)) / max(x.size - 2, 1)
-    sigma = min(sigma_b * math.sqrt(max(1.0, chi2_reduced)), UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2)
-    return -2.0 * slope, sigma
+    b_factor, sigma = _two_component_envelope(k_r[use], signal_r[use], fisher.ring_hh[use])
+    return b_factor, min(sigma, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2)
+
+
+def _two_component_envelope(k: FloatArray, signal: FloatArray, information: FloatArray) -> tuple[float, float]:
+    """(B, σ_B) of ln S = ln[p e^{−B_p k²/2} + a shape_ice(k)] − B k²/2 (:func:`_coherence_bfactor`)."""
+    x = k**2
+    y = np.log(signal)
+    ln_shape = np.log(amorphous_ice_spectrum_shape(k))
+    scale = float(information.max())
+    root_w = np.sqrt(information / scale)
+
+    def residual(theta: FloatArray) -> FloatArray:
+        ln_p, b_particle, ln_a, b_factor = theta
+        predicted = np.logaddexp(ln_p - b_particle * x / 2.0, ln_a + ln_shape) - b_factor * x / 2.0
+        return np.asarray(root_w * (predicted - y), dtype=np.float64)
+
+    best: Any = None
+    for b_particle in _PARTICLE_FALLOFF_STARTS_ANGSTROM2:
+        start = np.array([float(y[0]), b_particle, float(y[-1]), 50.0])
+        result = scipy.optimize.least_squares(
+            residual,
+            start,
+            bounds=([-np.inf, 0.0, -np.inf, -100.0], [np.inf, 1e5, np.inf, 5000.0]),
+            x_scale=np.array([1.0, 100.0, 1.0, 20.0]),
+        )
+        if best is None or result.cost < best.cost:
+            best = result
+    dof = max(y.size - 4, 1)
+    chi2_reduced = 2.0 * float(best.cost) * scale / dof
+    jac = np.asarray(best.jac, dtype=np.float64)
+    # No pseudo-inverse: where the data cannot tell B from the particles' fall-off (no ice term), the
+    # columns of B and B_p are collinear and B's variance must come out huge, not minimum-norm.
+    information = jac.T @ jac
+    ridge = 1e-12 * max(float(np.trace(information)), 1e-300)
+    covariance = np.linalg.inv(information + ridge * np.eye(4)) / scale * max(1.0, chi2_reduced)
+    return float(best.x[3]), math.sqrt(max(float(covariance[3, 3]), 0.0))
 
 
 def _band_basis_mean(spectrum: _Spectrum, fisher: _Fisher, rings: npt.NDArray[np.bool_]) -> FloatArray:
@@ -907,8 +965,9 @@ def estimate_nodes(
     * astigmatism: U − V, σ = 2 σ_defocus (independent U, V errors σ_u: mean has σ_u/√2, difference
       √2 σ_u).
     * spherical_aberration: C_s of ``microscope``; σ assumed, 2 % (floor 0.01 mm).
-    * coherence_envelope: apparent B (Å²) from a Fisher-weighted regression of ln S(k) on k² over the
-      model's valid band up to the fit resolution (S ∝ exp(−B k²/2)); σ from the regression.
+    * coherence_envelope: B (Å²) of a Fisher-weighted two-component fit of ln S(k) over the valid band
+      up to the fit resolution, ln[p e^{−B_p k²/2} + a shape_ice(k)] − B k²/2 (particles' Guinier
+      fall-off plus ice, under the envelope; :func:`_coherence_bfactor`); σ from its covariance.
     * detector_noise: F/⟨counts⟩ with F = ``noise_floor_power``; ≈ 1 for Poisson counting.  σ from the
       number of floor-band samples (each periodogram sample has SD equal to its mean).
     * ice_thickness: relative RMS of the low-frequency (k ≤ 1/100 Å) intensity that the phase-contrast
@@ -979,6 +1038,10 @@ def degradation_losses(
       transfer L_N = ln(1 + B/S₀), split in proportion to the parts of the background:
       dose ← shot noise min(⟨counts⟩, F), detector_noise ← excess max(F − ⟨counts⟩, 0),
       ice_thickness ← max(B(k) − F, 0);
+    * ice_thickness also: the phase contrast of the amorphous ice itself, structural noise that the
+      particles compete with, L = ln(1 + S_ice·⟨sinc²⟩·CTF²/B) with S_ice the ice component of the
+      signal (:func:`_ice_signal`; 0 when the fit does not reach beyond 8 Å, where ice and
+      particles cannot be told apart);
     * CTF: L = ln[(S + B)/(CTF² S + B)], the log loss of Wiener gain against perfect transfer (largest
       near the zeros, bounded), split between defocus, astigmatism and spherical_aberration in
       proportion to |χ_i| of each term of the phase at that sample (π λ Δf̄ k², π λ (U−V)/2
@@ -1000,26 +1063,31 @@ def degradation_losses(
     if not band.any():
         return {node: 0.0 for node in CAUSE_NODES}
     k_b, theta_b = k[band], theta[band]
+    b_factor = max(nodes["coherence_envelope"][0], 0.0)
     signal, background = model.interpolate(k_b)
+    ice_signal = _ice_signal(model, ctf_fit, b_factor, k_b)
     signal = np.maximum(signal, 1e-30)
     background = np.maximum(background, 0.0)
 
-    b_factor = max(nodes["coherence_envelope"][0], 0.0)
     drift = max(nodes["beam_induced_motion"][0], 0.0)
     l_env = b_factor * k_b**2 / 2.0
-    l_mot = -np.log(np.maximum(ring_average_sinc2(k_b, drift, px), 1e-6)) if drift > 0 else np.zeros_like(k_b)
+    blur = ring_average_sinc2(k_b, drift, px) if drift > 0 else np.ones_like(k_b)
+    l_mot = -np.log(np.maximum(blur, 1e-6))
     signal0 = signal * np.exp(np.minimum(l_env + l_mot, 700.0))
 
     mean_counts = nodes["dose"][0] * px**2
     floor = model.noise_floor_power
     shot = np.full_like(k_b, min(mean_counts, floor))
     excess = np.full_like(k_b, max(floor - mean_counts, 0.0))
-    ice = np.maximum(background - floor, 0.0)
-    parts = shot + excess + ice
+    inelastic = np.maximum(background - floor, 0.0)
+    parts = shot + excess + inelastic
     l_noise = np.log1p(parts / signal0)
     share = np.divide(l_noise, parts, out=np.zeros_like(parts), where=parts > 0)
 
     ctf = ctf_fit.ctf
+    ctf2 = (ctf_2d(ctf, microscope, shape_px, rfft=True, dtype=torch.float64).numpy() ** 2).ravel()[band]
+    # Amorphous ice's own phase contrast: structural noise added to what the particles compete with.
+    l_ice_structure = np.log1p(ice_signal * blur * ctf2 / np.maximum(background, 1e-300))
     lam = microscope.wavelength_angstrom
     cs_angstrom = microscope.spherical_aberration_mm * 1e7
     chi_defocus = math.pi * lam * ctf.mean_defocus_angstrom * k_b**2
@@ -1027,7 +1095,6 @@ def degradation_losses(
         math.pi * lam * 0.5 * ctf.astigmatism_angstrom * np.cos(2 * (theta_b - math.radians(ctf.astigmatism_angle_deg)))
     ) * k_b**2
     chi_cs = 0.5 * math.pi * cs_angstrom * lam**3 * k_b**4
-    ctf2 = (ctf_2d(ctf, microscope, shape_px, rfft=True, dtype=torch.float64).numpy() ** 2).ravel()[band]
     l_ctf = np.log((signal + background) / np.maximum(ctf2 * signal + background, 1e-300))
     phases = np.abs(np.stack([chi_defocus, chi_astig, chi_cs]))
     phase_total = phases.sum(axis=0)
@@ -1037,7 +1104,7 @@ def degradation_losses(
     losses = {
         "dose": float(np.mean(share * shot)),
         "beam_induced_motion": float(np.mean(l_mot)),
-        "ice_thickness": float(np.mean(share * ice)),
+        "ice_thickness": float(np.mean(share * inelastic + l_ice_structure)),
         "detector_noise": float(np.mean(share * excess)),
         "defocus": float(np.mean(l_ctf * phase_share[0])),
         "astigmatism": float(np.mean(l_ctf * phase_share[1])),
@@ -1046,6 +1113,29 @@ def degradation_losses(
         "sample_heterogeneity": math.log1p(cv**2),
     }
     return losses
+
+
+def _ice_signal(model: SpectralModel, ctf_fit: CtfFit, b_factor: float, k: FloatArray) -> FloatArray:
+    """The vitreous ice's part of the model signal at ``k``: a · shape_ice(k) · exp(−B k²/2).
+
+    Beyond 1/:data:`ENVELOPE_BAND_ANGSTROM` (8 Å) the specimen spectrum is the ice's (the particles'
+    form factor has fallen off; :func:`_coherence_bfactor`), so where the trusted band (the model's
+    valid range up to the fit resolution) holds at least :data:`MIN_ENVELOPE_RINGS` model samples
+    there, the ice amplitude is a = median of S(k)·exp(B k²/2)/shape_ice(k) over them.  Otherwise the
+    ice cannot be told from the particles and its part is 0.
+    """
+    f = model.frequency_per_angstrom
+    lo = int(np.clip(model.valid_from_index, 0, f.size - 1))
+    hi = int(np.clip(model.valid_to_index, lo, f.size - 1))
+    k_top = min(float(f[hi]), 1.0 / ctf_fit.fit_resolution_angstrom)
+    ice_band = (f >= max(float(f[lo]), 1.0 / ENVELOPE_BAND_ANGSTROM)) & (f <= k_top) & (model.signal_power > 0)
+    if int(ice_band.sum()) < MIN_ENVELOPE_RINGS:
+        return np.zeros_like(k)
+    f_i = f[ice_band]
+    amplitude = float(
+        np.median(model.signal_power[ice_band] * np.exp(b_factor * f_i**2 / 2.0) / amorphous_ice_spectrum_shape(f_i))
+    )
+    return np.asarray(amplitude * amorphous_ice_spectrum_shape(k) * np.exp(-b_factor * k**2 / 2.0), dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------ the refinement loop

@@ -249,3 +249,33 @@ def ctf_zero_frequencies_per_angstrom(
         zeros.append(k)
         n += 1
     return np.asarray(zeros, dtype=np.float64)
+
+
+# Amorphous (vitreous) ice: the shape of its projected-potential power spectrum.
+ICE_WATER_RING_PER_ANGSTROM = 1.0 / 3.7
+"""Centre of the water ring of vitreous ice, 1/Å (the O–O nearest-neighbour peak; McMullan et al. 2015)."""
+ICE_RING_WIDTH_PER_ANGSTROM = 0.045
+"""Gaussian width (1/Å) of the water ring in the model of :func:`amorphous_ice_spectrum_shape`."""
+ICE_RING_RELATIVE_HEIGHT = 3.0
+"""Height of the water ring relative to the smooth component at k = 0."""
+ICE_SMOOTH_WIDTH_PER_ANGSTROM = 0.25
+"""Gaussian width (1/Å) of the smooth, form-factor-like component of the ice spectrum."""
+
+
+def amorphous_ice_spectrum_shape(k_per_angstrom: npt.ArrayLike) -> FloatArray:
+    """Relative power spectrum of the projected potential of vitreous ice, 1 at k = 0 (dimensionless).
+
+    shape(k) = exp(−k²/(2 k_s²)) + h · exp(−(k − k_w)²/(2 w²)): a smooth falloff (k_s = 0.25 Å⁻¹, the
+    oxygen form factor and short-range disorder) plus the broad water ring at k_w = 1/3.7 Å⁻¹ (w =
+    0.045 Å⁻¹, h = 3), after McMullan et al. (2015), "Thon rings from amorphous ice and implications of
+    beam-induced Brownian motion in single particle electron cryo-microscopy", Ultramicroscopy
+    158:26–32.  Uncorrelated slabs add, so the power of a layer of thickness t is t times a constant
+    times this shape; nearly flat out to ≈ 6 Å, it is the specimen spectrum against which an envelope
+    B-factor can be read (:mod:`cryodecon_science.causal`).
+    """
+    k = np.asarray(k_per_angstrom, dtype=np.float64)
+    smooth = np.exp(-(k**2) / (2.0 * ICE_SMOOTH_WIDTH_PER_ANGSTROM**2))
+    ring = ICE_RING_RELATIVE_HEIGHT * np.exp(
+        -((k - ICE_WATER_RING_PER_ANGSTROM) ** 2) / (2.0 * ICE_RING_WIDTH_PER_ANGSTROM**2)
+    )
+    return np.asarray(smooth + ring, dtype=np.float64)

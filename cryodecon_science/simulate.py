@@ -66,6 +66,7 @@ import torch
 from cryodecon_science.optics import (
     CtfParams,
     MicroscopeSettings,
+    amorphous_ice_spectrum_shape,
     ctf_2d,
     electron_wavelength_angstrom,
     frequency_grid_per_angstrom,
@@ -86,10 +87,6 @@ PROTEIN_CONTRAST_POTENTIAL_VOLT = 2.0
 # peak of the smooth component.  Calibrated so that 40 nm of ice at 1 Å/pixel has a projected phase of
 # ≈0.055 rad standard deviation at 300 kV and its Thon rings show in empty areas at normal dose.
 ICE_POWER_PER_NM = 200.0
-ICE_WATER_RING_PER_ANGSTROM = 1.0 / 3.7
-_ICE_RING_WIDTH_PER_ANGSTROM = 0.045
-_ICE_RING_RELATIVE_HEIGHT = 3.0
-_ICE_SMOOTH_WIDTH_PER_ANGSTROM = 0.25
 # Inelastic background: relative modulation a and correlation length of g(x).
 _INELASTIC_MODULATION = 0.1
 _INELASTIC_CORRELATION_ANGSTROM = 300.0
@@ -653,14 +650,10 @@ def place_particles(
 def ice_power_spectrum(k_per_angstrom: FloatArray, ice_thickness_nm: float) -> FloatArray:
     """Power spectral density of the amorphous-ice projected potential, (V·Å)²·Å².
 
-    S(k) = t · ICE_POWER_PER_NM · [exp(−k²/(2 k_s²)) + h · exp(−(k − k_w)²/(2 w²))], a smooth
-    form-factor-like falloff (k_s = 0.25 Å⁻¹) plus the water ring at k_w = 1/3.7 Å⁻¹ (width w = 0.045 Å⁻¹,
-    relative height h = 3; McMullan et al. 2015).  Linear in thickness t (nm).
+    S(k) = t · ICE_POWER_PER_NM · shape(k), with ``optics.amorphous_ice_spectrum_shape`` (a smooth
+    falloff plus the water ring at 1/3.7 Å⁻¹; McMullan et al. 2015).  Linear in thickness t (nm).
     """
-    k = np.asarray(k_per_angstrom, dtype=np.float64)
-    shape = np.exp(-(k**2) / (2.0 * _ICE_SMOOTH_WIDTH_PER_ANGSTROM**2)) + _ICE_RING_RELATIVE_HEIGHT * np.exp(
-        -((k - ICE_WATER_RING_PER_ANGSTROM) ** 2) / (2.0 * _ICE_RING_WIDTH_PER_ANGSTROM**2)
-    )
+    shape = amorphous_ice_spectrum_shape(k_per_angstrom)
     return np.asarray(ice_thickness_nm * ICE_POWER_PER_NM * shape, dtype=np.float64)
 
 

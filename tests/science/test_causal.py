@@ -18,24 +18,32 @@ import pytest
 from cryodecon_science.causal import (
     CAUSE_NODES,
     EFFECT_NODES,
+    UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2,
     NodeEstimate,
     SessionPrior,
     build_causal_graph,
+    degradation_losses,
     degradation_weights,
     estimate_nodes,
     fit_priors,
     shrink_towards_prior,
     update_session_prior,
 )
+from cryodecon_science.optics import amorphous_ice_spectrum_shape
 from cryodecon_science.records import CtfFit
 from tests.science.test_restore import synthesize_micrograph
 
 
-def _wrong_start(fit: CtfFit, bfactor_angstrom2: float = 100.0, noise_factor: float = 1.5) -> CtfFit:
-    """The true model with its envelope replaced by exp(−B k²/2) and its background scaled."""
+def _wrong_start(
+    fit: CtfFit, bfactor_angstrom2: float = 100.0, noise_factor: float = 1.5, ice_shaped: bool = False
+) -> CtfFit:
+    """The true model with its envelope replaced by exp(−B k²/2) (times the ice spectrum shape when
+    ``ice_shaped``) and its background scaled."""
     model = fit.spectral_model
     k = model.frequency_per_angstrom
     signal = model.signal_power[0] * np.exp(-bfactor_angstrom2 * k**2 / 2.0)
+    if ice_shaped:
+        signal = signal * amorphous_ice_spectrum_shape(k)
     wrong = replace(
         model,
         signal_power=signal,
@@ -70,10 +78,11 @@ def test_graph_is_a_dag_with_the_physical_nodes() -> None:
 
 # -------------------------------------------------------------------------------- node estimates
 def test_bfactor_is_learned_from_the_data() -> None:
+    # The specimen has the spectrum of vitreous ice, which the envelope estimate reads B against.
     estimates = {}
     for b_true in (50.0, 150.0):
-        syn = synthesize_micrograph(bfactor_angstrom2=b_true, seed=0)
-        priors = fit_priors(syn.image, _wrong_start(syn.ctf_fit), syn.microscope)
+        syn = synthesize_micrograph(bfactor_angstrom2=b_true, seed=0, ice_shaped_specimen=True)
+        priors = fit_priors(syn.image, _wrong_start(syn.ctf_fit, ice_shaped=True), syn.microscope)
         estimates[b_true] = priors.values()["coherence_envelope"][0]
         assert priors.iterations[0]["coherence_envelope"] == pytest.approx(100.0, rel=1e-3)
         # 30 %: the Cramér–Rao σ of B on a 256² image is ≈ 8 % at B = 50 and ≈ 12 % at B = 150.
@@ -169,6 +178,48 @@ def test_shrinkage_only_for_weakly_measured_nodes() -> None:
     assert defocus == (20000.0, 500.0)
 
 
+def test_shrinkage_spares_a_micrograph_that_differs_from_the_session() -> None:
+    # Weakly measured (σ² = 400 > n·τ² = 100) but 300 Å² from the session mean: the predictive σ is
+    # √(400 + 100) ≈ 22, so 300 is ≈ 13 σ away, beyond PRIOR_CONSISTENCY_Z = 3: kept as measured.
+    prior = SessionPrior({"coherence_envelope": (60.0, 25.0, 4)})
+    outlier = shrink_towards_prior({"coherence_envelope": (360.0, 20.0)}, prior)["coherence_envelope"]
+    assert outlier == (360.0, 20.0)
+    # At 2.9 predictive σ (60 + 2.9·√500 ≈ 124.8) it is still shrunk.
+    inside = shrink_towards_prior({"coherence_envelope": (124.0, 20.0)}, prior)["coherence_envelope"]
+    assert inside[0] == pytest.approx((60.0 / 25.0 + 124.0 / 400.0) / (1 / 25.0 + 1 / 400.0))
+
+
+def test_bfactor_is_unconstrained_where_the_specimen_explains_the_falloff() -> None:
+    # An ice-shaped specimen under B = 80 Å²: the two-component model is exact, B comes out exact.
+    syn = synthesize_micrograph(bfactor_angstrom2=80.0, seed=0, ice_shaped_specimen=True)
+    fine = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, None, None, None)["coherence_envelope"]
+    assert fine[0] == pytest.approx(80.0, rel=1e-3)
+    # Signal only to 10 Å: little of the ice term shows, B trades off with the specimen; σ grows.
+    coarse = replace(syn.ctf_fit, fit_resolution_angstrom=10.0)
+    wide = estimate_nodes(syn.image, coarse, syn.microscope, None, None, None)["coherence_envelope"]
+    assert wide[1] > 4.0 * fine[1]
+    # A white specimen (no ice term at all): the fall-off may be the specimen's or the envelope's;
+    # nothing separates them, and σ says so.
+    white = synthesize_micrograph(bfactor_angstrom2=80.0, seed=0)
+    unknown = estimate_nodes(white.image, white.ctf_fit, white.microscope, None, None, None)["coherence_envelope"]
+    assert unknown[1] == UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2
+
+
+def test_ice_structure_loss_grows_with_the_ice_signal() -> None:
+    # An ice-shaped specimen: its phase contrast is charged to ice_thickness, more when it is stronger,
+    # nothing when the fit does not reach the band (beyond 8 Å) where ice can be told from particles.
+    losses = []
+    for contrast in (0.1, 0.3):
+        syn = synthesize_micrograph(contrast_sd=contrast, seed=0, ice_shaped_specimen=True)
+        nodes = estimate_nodes(syn.image, syn.ctf_fit, syn.microscope, None, None, None)
+        losses.append(degradation_losses(nodes, syn.ctf_fit, syn.microscope, syn.image.shape)["ice_thickness"])
+    assert 0.0 < losses[0] < losses[1]
+    coarse = replace(syn.ctf_fit, fit_resolution_angstrom=10.0)
+    nodes = estimate_nodes(syn.image, coarse, syn.microscope, None, None, None)
+    white = degradation_losses(nodes, coarse, syn.microscope, syn.image.shape)["ice_thickness"]
+    assert white < 0.1 * losses[0]
+
+
 # --------------------------------------------------------------------------- loop and weights
 def test_loop_converges_and_records_every_iteration() -> None:
     syn = synthesize_micrograph(seed=6)
@@ -198,7 +249,7 @@ def test_loop_flags_non_convergence() -> None:
 def test_weights_sum_to_one_and_follow_the_varied_factor() -> None:
     weights = {}
     for b_true in (50.0, 200.0):
-        syn = synthesize_micrograph(bfactor_angstrom2=b_true, seed=8)
+        syn = synthesize_micrograph(bfactor_angstrom2=b_true, seed=8, ice_shaped_specimen=True)
         priors = fit_priors(syn.image, syn.ctf_fit, syn.microscope, drift_total_px=1.0)
         weights[b_true] = _weights(priors.estimates)
         assert sum(weights[b_true].values()) == pytest.approx(1.0)

@@ -18,7 +18,13 @@ import pytest
 import torch
 
 from cryodecon_science.causal import ring_average_sinc2
-from cryodecon_science.optics import CtfParams, MicroscopeSettings, ctf_2d, frequency_grid_per_angstrom
+from cryodecon_science.optics import (
+    CtfParams,
+    MicroscopeSettings,
+    amorphous_ice_spectrum_shape,
+    ctf_2d,
+    frequency_grid_per_angstrom,
+)
 from cryodecon_science.records import CtfFit, SpectralModel
 from cryodecon_science.restore import (
     phase_flip,
@@ -54,13 +60,20 @@ def synthesize_micrograph(
     seed: int = 0,
     microscope: MicroscopeSettings = MICROSCOPE,
     ctf: CtfParams = CTF,
+    ice_shaped_specimen: bool = False,
 ) -> Synthetic:
-    """A micrograph [y, x] in counts with known CTF, envelope, drift (along x), ice and Poisson noise."""
+    """A micrograph [y, x] in counts with known CTF, envelope, drift (along x), ice and Poisson noise.
+
+    The specimen is white noise, or with ``ice_shaped_specimen`` noise with the power spectrum of
+    vitreous ice (``optics.amorphous_ice_spectrum_shape``), the specimen the causal B estimate assumes.
+    """
     rng = np.random.default_rng(seed)
     px = microscope.pixel_size_angstrom
     ky, kx = frequency_grid_per_angstrom(shape_px, px)
     k = np.hypot(ky, kx)
     transfer = np.exp(-bfactor_angstrom2 * k**2 / 4.0) * np.sinc(kx * px * drift_px)
+    if ice_shaped_specimen:
+        transfer = transfer * np.sqrt(amorphous_ice_spectrum_shape(k))
     ctf_grid = ctf_2d(ctf, microscope, shape_px, dtype=torch.float64).numpy()
     specimen = np.fft.rfft2(rng.standard_normal(shape_px) * contrast_sd) * transfer
     x_env = np.fft.irfft2(specimen, s=shape_px)
@@ -72,6 +85,8 @@ def synthesize_micrograph(
 
     k_model = np.linspace(0.0, np.sqrt(2.0) * microscope.nyquist_per_angstrom, 400)
     signal = dose_px**2 * contrast_sd**2 * np.exp(-bfactor_angstrom2 * k_model**2 / 2.0)
+    if ice_shaped_specimen:
+        signal = signal * amorphous_ice_spectrum_shape(k_model)
     if drift_px:
         signal = signal * ring_average_sinc2(k_model, drift_px, px)
     background = dose_px + ice_power * np.exp(-((k_model / ice_k_per_angstrom) ** 2))

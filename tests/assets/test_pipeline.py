@@ -78,6 +78,7 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
         "deconvolved_micrographs",
         "session_denoiser",
         "learned_denoised_micrographs",
+        "fused_denoised_micrographs",
         "evaluation_scores",
         "quality_scores",
         "hyperscores",

@@ -4,7 +4,7 @@ Stable contracts (other tools call them):
 
 * ``cryodecon demo`` — simulate a session into the embedded storage, drive it through the real sensor ->
   run path on a persistent instance, print the HyperScore table from DuckDB.
-* ``cryodecon restore INPUT... --output-dir DIR [--target denoised|deconvolved] [--device auto|cpu|cuda]``
+* ``cryodecon restore INPUT... --output-dir DIR [--target denoised|deconvolved|fused] [--device auto|cpu|cuda]``
   — writes ``DIR/<input file name>``, float32 MRC, pixel size in the header.
 * ``cryodecon ctf INPUT... --output FILE.json [--star FILE.star]`` — a JSON list of objects with keys
   micrograph, defocus_u_angstrom, defocus_v_angstrom, astigmatism_angle_degrees, fit_resolution_angstrom
@@ -93,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     restore = sub.add_parser("restore", help="restore micrographs (CTF fit + causal priors + Wiener)")
     restore.add_argument("inputs", nargs="+")
     restore.add_argument("--output-dir", required=True)
-    restore.add_argument("--target", choices=["denoised", "deconvolved"], default="denoised")
+    restore.add_argument(
+        "--target",
+        choices=["denoised", "deconvolved", "fused"],
+        default="denoised",
+        help="denoised: Wiener, CTF kept; deconvolved: CTF-corrected Wiener; fused: the shipped U-Net and the "
+        "denoised Wiener fused per Fourier ring (what the pipeline's fused_denoised_micrographs writes)",
+    )
     restore.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _microscope_arguments(restore)
 
@@ -237,7 +243,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
 
     device = _resolve_device(args.device)
-    restore = wiener_denoise if args.target == "denoised" else wiener_deconvolve
+    restore = wiener_deconvolve if args.target == "deconvolved" else wiener_denoise
+    model = None
+    if args.target == "fused":
+        from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
+
+        model = load_pretrained_denoiser()
     output_dir = Path(args.output_dir)
     failed = 0
     for path in args.inputs:
@@ -246,7 +257,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
             microscope = _microscope(args, micrograph.pixel_size_angstrom)
             fit = estimate_ctf(micrograph.data, microscope, device=device)
             priors = causal.fit_priors(micrograph.data, fit, microscope, device=device)
-            data = restore(micrograph.data, causal.refined_ctf_fit(fit, priors), microscope, device=device)
+            refined = causal.refined_ctf_fit(fit, priors)
+            if model is not None:
+                from cryodecon_science.fusion import fuse_learned_and_wiener
+
+                data, _ = fuse_learned_and_wiener(micrograph.data, model, refined, microscope, device=device)
+            else:
+                data = restore(micrograph.data, refined, microscope, device=device)
         except (InputFileError, ValueError, OSError) as exc:
             print(f"cryodecon restore: skipped {path}: {exc}", file=sys.stderr)
             failed += 1

@@ -63,7 +63,7 @@ def test_restore_writes_same_names_float32_with_pixel_size(
     micrographs: tuple[list[Path], list[float]], tmp_path: Path
 ) -> None:
     paths, _ = micrographs
-    for target in ("denoised", "deconvolved"):
+    for target in ("denoised", "deconvolved", "fused"):
         out = tmp_path / target
         completed = _run("restore", *map(str, paths), "--output-dir", str(out), "--target", target, "--device", "cpu")
         assert completed.returncode == 0, completed.stderr

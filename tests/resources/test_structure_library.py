@@ -237,8 +237,14 @@ def test_rows_added_after_the_index_are_found_and_compact_indexes_them(
     assert stats["versions_pruned"] > 0 and stats["unindexed_rows"] == 0
     assert library.index_info()["indexed_rows"] == 3050
     after_distances, after_rows = library.nearest(probe, k=3)
-    assert [[h.entry_id for h in hits] for hits in after_rows] == [[h.entry_id for h in hits] for hits in before_rows]
-    np.testing.assert_allclose(after_distances, before_distances, atol=1e-6)
+    # Each probe still finds itself first, at the same exact (refined) distance.
+    assert [hits[0].entry_id for hits in after_rows] == [hits[0].entry_id for hits in before_rows]
+    np.testing.assert_allclose(after_distances[:, 0], before_distances[:, 0], atol=1e-6)
+    # The rest is approximate (IVF-PQ now covers the new rows, which were searched flat before): recall
+    # against exact search over all 3050 rows, as for the first index, not identity of every neighbour.
+    everything = np.concatenate([*batches.values(), fresh]).astype(np.float64)
+    exact = np.sort(1.0 - probe.astype(np.float64) @ everything.T, axis=1)[:, :3]
+    assert np.mean(np.abs(after_distances - exact) < 1e-5) >= 0.9
 
 
 def test_compact_without_table_and_without_index(library: StructureLibrary) -> None:

@@ -53,7 +53,7 @@ from cryodecon_science import causal, scores
 from cryodecon_science.artifacts import remove_artifacts
 from cryodecon_science.citations import max_citations_within_years
 from cryodecon_science.ctf_estimate import estimate_ctf
-from cryodecon_science.denoiser import denoise_learned
+from cryodecon_science.denoiser import DenoiserUNet, denoise_learned
 from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
@@ -997,6 +997,17 @@ def session_denoiser(
     return dg.Output({"model": record}, metadata=metadata)
 
 
+def session_model(session_denoiser: Mapping[str, DenoiserRecord]) -> tuple[DenoiserUNet, str]:
+    """The U-Net `session_denoiser` chose (its fine-tuned copy, or the shipped weights) and its description."""
+    from cryodecon_science.io.denoiser_weights import load_denoiser
+
+    record = session_denoiser.get("model")
+    if record is not None and record.weights_path is not None:
+        return load_denoiser(record.weights_path), record.description
+    description = record.description if record is not None else f"{DENOISER_WEIGHTS_NAME}, shipped"
+    return load_pretrained_denoiser(), description
+
+
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
@@ -1013,13 +1024,7 @@ def learned_denoised_micrographs(
     warehouse: ScoreWarehouse,
     device: TorchDevice,
 ) -> dg.Output[dict[str, Micrograph]]:
-    from cryodecon_science.io.denoiser_weights import load_denoiser
-
-    record = session_denoiser.get("model")
-    if record is not None and record.weights_path is not None:
-        model = load_denoiser(record.weights_path)
-    else:
-        model = load_pretrained_denoiser()
+    model, model_description = session_model(session_denoiser)
     torch_device = device.torch_device()
 
     def step(name: str, micrograph: Micrograph) -> Micrograph:
@@ -1033,7 +1038,7 @@ def learned_denoised_micrographs(
         result,
         metadata={
             "micrographs": len(result),
-            "model": record.description if record is not None else f"{DENOISER_WEIGHTS_NAME}, shipped",
+            "model": model_description,
             "before_after": before_after(raw_micrographs, result, "learned"),
         },
     )
@@ -1061,13 +1066,8 @@ def fused_denoised_micrographs(
     device: TorchDevice,
 ) -> dg.Output[dict[str, Micrograph]]:
     from cryodecon_science.fusion import fuse_learned_and_wiener
-    from cryodecon_science.io.denoiser_weights import load_denoiser
 
-    record = session_denoiser.get("model")
-    if record is not None and record.weights_path is not None:
-        model = load_denoiser(record.weights_path)
-    else:
-        model = load_pretrained_denoiser()
+    model, model_description = session_model(session_denoiser)
     info = exposure_info(warehouse, context.partition_key)
     torch_device = device.torch_device()
     items = {
@@ -1097,7 +1097,7 @@ def fused_denoised_micrographs(
         result,
         metadata={
             "micrographs": len(result),
-            "model": record.description if record is not None else f"{DENOISER_WEIGHTS_NAME}, shipped",
+            "model": model_description,
             "mean_learned_weight_rings_1_8": float(np.mean(list(low_weights.values())))
             if low_weights
             else float("nan"),

@@ -1125,10 +1125,9 @@ def _ice_signal(model: SpectralModel, ctf_fit: CtfFit, b_factor: float, k: Float
     ice cannot be told from the particles and its part is 0.
     """
     f = model.frequency_per_angstrom
-    lo = int(np.clip(model.valid_from_index, 0, f.size - 1))
-    hi = int(np.clip(model.valid_to_index, lo, f.size - 1))
-    k_top = min(float(f[hi]), 1.0 / ctf_fit.fit_resolution_angstrom)
-    ice_band = (f >= max(float(f[lo]), 1.0 / ENVELOPE_BAND_ANGSTROM)) & (f <= k_top) & (model.signal_power > 0)
+    k_from, k_to = _band_indices(model)
+    k_top = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom)
+    ice_band = (f >= max(k_from, 1.0 / ENVELOPE_BAND_ANGSTROM)) & (f <= k_top) & (model.signal_power > 0)
     if int(ice_band.sum()) < MIN_ENVELOPE_RINGS:
         return np.zeros_like(k)
     f_i = f[ice_band]

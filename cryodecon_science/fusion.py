@@ -88,6 +88,7 @@ import torch
 from cryodecon_science.denoiser import DenoiserUNet, denoise_learned
 from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.records import CtfFit
+from cryodecon_science.reproducibility import binomial_split_counts
 from cryodecon_science.restore import wiener_denoise
 
 Float32Image = npt.NDArray[np.float32]
@@ -382,25 +383,14 @@ def split_counts(counts: npt.ArrayLike, fraction: float, seed: int) -> tuple[Flo
     """Binomial thinning with any fraction p: Nᵢ = max(round(yᵢ), 0), Aᵢ ~ Binomial(Nᵢ, p), Bᵢ = Nᵢ − Aᵢ.
 
     For Poisson counts A ~ Poisson(pλ) and B ~ Poisson((1 − p)λ) are independent (module docstring);
-    p = ½ draws the same halves as ``reproducibility.binomial_split_counts`` for the same seed.
+    ``reproducibility.binomial_split_counts`` with ``fraction`` p (p = ½ is its default half split).
 
     Raises
     ------
     ValueError
         For p outside (0, 1), a non-2-D or non-finite image, or all-zero counts.
     """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
-    data = np.asarray(counts, dtype=np.float64)
-    if data.ndim != 2:
-        raise ValueError(f"counts must be 2-D [y, x], got shape {data.shape}")
-    if not np.all(np.isfinite(data)):
-        raise ValueError("counts contain NaN or Inf")
-    whole = np.clip(np.rint(data), 0, None).astype(np.int64)
-    if not whole.any():
-        raise ValueError("counts are all zero: there is nothing to split")
-    part_a = np.random.default_rng(seed).binomial(whole, fraction)
-    return part_a.astype(np.float32), (whole - part_a).astype(np.float32)
+    return binomial_split_counts(counts, seed, fraction)
 
 
 def fit_split_fusion_weights(

@@ -41,12 +41,12 @@ Float32Image = npt.NDArray[np.float32]
 HALF_SET_LOW_RESOLUTION_ANGSTROM = 200.0
 
 
-def binomial_split_counts(counts: npt.ArrayLike, seed: int) -> tuple[Float32Image, Float32Image]:
-    """Split an image of counts into two independent half-dose images by binomial thinning.
+def binomial_split_counts(counts: npt.ArrayLike, seed: int, fraction: float = 0.5) -> tuple[Float32Image, Float32Image]:
+    """Split an image of counts into two independent images by binomial thinning (half-dose by default).
 
-    Nᵢ = max(round(yᵢ), 0);  Aᵢ ~ Binomial(Nᵢ, ½);  Bᵢ = Nᵢ − Aᵢ   (module docstring).
+    Nᵢ = max(round(yᵢ), 0);  Aᵢ ~ Binomial(Nᵢ, p);  Bᵢ = Nᵢ − Aᵢ   (module docstring), p = ``fraction``.
 
-    For Poisson counts, A and B are independent Poisson images with half the mean, and A + B = N.  Values
+    For Poisson counts, A ~ Poisson(pλ) and B ~ Poisson((1 − p)λ) are independent, and A + B = N.  Values
     are rounded to whole counts first (a motion-corrected sum is interpolated, an integrating detector adds
     read noise), which is why the data should be in electron counts, gain-normalised.
 
@@ -65,8 +65,10 @@ def binomial_split_counts(counts: npt.ArrayLike, seed: int) -> tuple[Float32Imag
     Raises
     ------
     ValueError
-        For a non-2-D or non-finite image, or one whose counts are all zero.
+        For ``fraction`` outside (0, 1), a non-2-D or non-finite image, or one whose counts are all zero.
     """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
     data = np.asarray(counts, dtype=np.float64)
     if data.ndim != 2:
         raise ValueError(f"counts must be 2-D [y, x], got shape {data.shape}")
@@ -75,7 +77,7 @@ def binomial_split_counts(counts: npt.ArrayLike, seed: int) -> tuple[Float32Imag
     whole = np.clip(np.rint(data), 0, None).astype(np.int64)
     if not whole.any():
         raise ValueError("counts are all zero: there is nothing to split")
-    half_a = np.random.default_rng(seed).binomial(whole, 0.5)
+    half_a = np.random.default_rng(seed).binomial(whole, fraction)
     return half_a.astype(np.float32), (whole - half_a).astype(np.float32)
 
 

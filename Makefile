@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 	bash benchmarks/setup_aspire.sh
 	$(BIN)/python benchmarks/bench_ctf.py
+	$(BIN)/python benchmarks/bench_ctf.py --size 4096
 	$(BIN)/python benchmarks/bench_attribution.py
 	$(BIN)/python benchmarks/bench_quality_v.py
 	$(BIN)/python benchmarks/bench_library_ann.py
@@ -45,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_read.py
 	bash benchmarks/setup_topaz.sh
 	$(BIN)/python benchmarks/bench_restoration.py
+	$(BIN)/python benchmarks/bench_restoration_speed.py --size 4096
 
 clean:
 	rm -rf $(CRYODECON_HOME)

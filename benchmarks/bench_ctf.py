@@ -6,9 +6,14 @@
 (``--size 4096`` for full-size micrographs.)  Writes ``benchmarks/results/ctf_vs_aspire_<size>.json`` and
 ``.md`` and prints the Markdown table.  No network at run time; deterministic seeds.
 
-Data.  ``simulate_micrograph(SimulationConfig(shape_px=(N, N), target_snr=snr), name, (seed, i))`` for
-micrograph i = 0 … count − 1 at each target SNR: mean defocus uniform in 0.5–3 µm, astigmatism U − V
-uniform in 0–1000 Å at a uniform angle (the simulator's defaults).  Micrograph i has the *same* optics
+Data.  ``simulate_micrograph(SimulationConfig(shape_px=(N, N), target_snr=snr,
+particles_per_micrograph=P), name, (seed, i))`` for micrograph i = 0 … count − 1 at each target SNR: mean
+defocus uniform in 0.5–3 µm, astigmatism U − V uniform in 0–1000 Å at a uniform angle (the simulator's
+defaults).  P = round(40 · (N / 1024)²) keeps the particle density of the simulator's 1024² default at
+every size: ``target_snr`` is var(particle signal) / var(noise) over the whole micrograph, so a fixed
+particle count on a larger field would make each particle (and the ice, scaled with it) brighter and
+the test easier.  At equal density and SNR a 4096² micrograph carries 16× the periodogram tiles of a
+1024² one, which is what a real detector frame gives the estimator.  Micrograph i has the *same* optics
 and noise seed at every SNR (only the contrast scale differs), so the SNR columns are paired.
 
 cryodecon.  ``estimate_ctf(sim.counts, microscope, nominal_defocus_angstrom=truth.nominal_defocus)`` in
@@ -265,13 +270,19 @@ def fmt_pct(x: float) -> str:
     return "∞" if not math.isfinite(x) else f"{100 * x:.2f} %"
 
 
+def particles_at_constant_density(size_px: int) -> int:
+    """Particle count giving a size² field the density of the simulator's default (40 per 1024²)."""
+    return round(SimulationConfig().particles_per_micrograph * (size_px / 1024) ** 2)
+
+
 def markdown(result: dict[str, Any]) -> str:
     def mark(ok: bool | None) -> str:
         return "n/a" if ok is None else ("pass" if ok else "FAIL")
 
     lines = [
         f"CTF estimation on simulated {result['size_px']}² micrographs, {result['count_per_snr']} per SNR "
-        f"(0.5–3 µm, U − V ≤ 1000 Å), 1 thread each.",
+        f"({result.get('particles_per_micrograph', 40)} particles each, the density of 40 per 1024²; "
+        f"0.5–3 µm, U − V ≤ 1000 Å), 1 thread each.",
         "",
         "| SNR | tool | median \\|ΔD\\|/D | p95 | max | angle err. median / max (within 5°) | failures "
         "| s / micrograph | goals (median, p95, angle) |",
@@ -327,7 +338,11 @@ def main() -> None:
         check = convention_check(microscope, args.size, args.seed, aspire, scratch, args.aspire_python)
         simulate_seconds = []
         for snr in args.snr:
-            config = SimulationConfig(shape_px=(args.size, args.size), target_snr=snr)
+            config = SimulationConfig(
+                shape_px=(args.size, args.size),
+                target_snr=snr,
+                particles_per_micrograph=particles_at_constant_density(args.size),
+            )
             snr_key = f"{snr:g}"
             records[snr_key] = []
             for i in range(args.count):
@@ -391,6 +406,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "size_px": args.size,
         "count_per_snr": args.count,
+        "particles_per_micrograph": particles_at_constant_density(args.size),
         "snr": args.snr,
         "seed": args.seed,
         "torch_threads": torch.get_num_threads(),

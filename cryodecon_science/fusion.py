@@ -522,6 +522,7 @@ def fuse_learned_and_wiener(
     learned_full: npt.ArrayLike | None = None,
     wiener_full: npt.ArrayLike | None = None,
     device: torch.device | str = "cpu",
+    max_fit_px: int | None = DEFAULT_MAX_FIT_PX,
 ) -> tuple[Float32Image, FusionWeights]:
     """The product's fused denoising: the learned U-Net and the CTF-aware Wiener filter, fused per ring.
 
@@ -530,6 +531,7 @@ def fuse_learned_and_wiener(
     refined fit and, on a dose fraction p, the noise floor scaled by 1/p.  ``learned_full`` and
     ``wiener_full`` are their outputs on the full micrograph when already computed (the pipeline's
     ``learned_denoised_micrographs`` and ``restored_micrographs``).  The learned estimate's mean is kept.
+    ``max_fit_px`` as in :func:`self_supervised_fusion` (weights fitted on a central crop of a larger frame).
     """
 
     def learned(image: Float32Image, dose_fraction: float) -> Float32Image:
@@ -541,4 +543,4 @@ def fuse_learned_and_wiener(
     full: list[npt.ArrayLike] | None = None
     if learned_full is not None and wiener_full is not None:
         full = [learned_full, wiener_full]
-    return self_supervised_fusion(counts, [learned, wiener], seed=seed, full_estimates=full)
+    return self_supervised_fusion(counts, [learned, wiener], seed=seed, full_estimates=full, max_fit_px=max_fit_px)

@@ -82,10 +82,7 @@ from cryodecon_science.optics import (
     frequency_grid_per_angstrom,
 )
 from cryodecon_science.records import CtfFit, SpectralModel
-from cryodecon_science.restore import (
-    expected_ctf_squared,
-    wiener_signal_estimate,
-)
+from cryodecon_science.restore import expected_ctf_squared, wiener_signal_filter
 
 FloatArray = npt.NDArray[np.float64]
 ImageLike = npt.NDArray[np.floating] | torch.Tensor
@@ -153,6 +150,7 @@ _MAX_LOG_STEP = math.log(4.0)
 _RELATIVE_SIGMA_FLOOR = 1e-9
 _MAX_MOTION_SAMPLES = 20000
 _N_BISECTION = 24
+_SINC2_TABLE_SIZE = 8192
 
 
 # ----------------------------------------------------------------------------------------- the graph
@@ -394,6 +392,7 @@ class _Spectrum:
     shape_px: tuple[int, int]
     mean_counts: float
     power: FloatArray  # |FFT(x − mean)|² / N_pixels per sample
+    image_ft: npt.NDArray[np.complex128]  # rfft2 of the image x itself, raveled (the mean at DC)
     k_per_angstrom: FloatArray
     theta_rad: FloatArray
     ring: npt.NDArray[np.int64]  # ring index per sample (−1: excluded: DC and corners beyond Nyquist)
@@ -412,7 +411,9 @@ def _spectrum(image: ImageLike, microscope: MicroscopeSettings, ctf_fit: CtfFit)
         raise ValueError("image contains non-finite values")
     ny, nx = x.shape
     mean_counts = float(x.mean())
-    power = np.abs(np.fft.rfft2(x - mean_counts)) ** 2 / x.size
+    image_ft = np.fft.rfft2(x)
+    power = np.abs(image_ft) ** 2 / x.size
+    power[0, 0] = 0.0  # the transform of x − mean: identical elsewhere
     ky, kx = frequency_grid_per_angstrom((ny, nx), microscope.pixel_size_angstrom, rfft=True)
     k = np.hypot(ky, kx)
     ring_width = 1.0 / (max(ny, nx) * microscope.pixel_size_angstrom)
@@ -426,6 +427,7 @@ def _spectrum(image: ImageLike, microscope: MicroscopeSettings, ctf_fit: CtfFit)
         shape_px=(ny, nx),
         mean_counts=mean_counts,
         power=power.ravel(),
+        image_ft=image_ft.ravel(),
         k_per_angstrom=k.ravel(),
         theta_rad=np.arctan2(ky, kx).ravel(),
         ring=ring.ravel(),
@@ -482,10 +484,21 @@ def ring_average_sinc2(k_per_angstrom: FloatArray, drift_px: float, pixel_size_a
     """⟨sinc²(k_px d cos φ)⟩ over the azimuth φ: rotational average of a linear blur of d px (k in 1/Å).
 
     sinc(x) = sin(πx)/(πx); k_px = k·pixel_size is in cycles/px.  Averaged over 90 azimuths in [0, π).
+    More than :data:`_SINC2_TABLE_SIZE` frequencies are interpolated linearly from a table of that many
+    evenly spaced |k| (spacing ≤ 1/(8192 Å) up to Nyquist at 1 Å/px: error < 10⁻⁵ for d ≤ 50 px).
     """
+    k = np.asarray(k_per_angstrom, dtype=np.float64)
     phi = np.linspace(0.0, math.pi, 90, endpoint=False)
-    arg = np.outer(np.asarray(k_per_angstrom, dtype=np.float64) * pixel_size_angstrom * drift_px, np.cos(phi))
-    return np.asarray(np.mean(np.sinc(arg) ** 2, axis=1), dtype=np.float64)
+
+    def average(k_values: FloatArray) -> FloatArray:
+        arg = np.outer(k_values * pixel_size_angstrom * drift_px, np.cos(phi))
+        return np.asarray(np.mean(np.sinc(arg) ** 2, axis=1), dtype=np.float64)
+
+    if k.size <= _SINC2_TABLE_SIZE:
+        return average(k)
+    # A whole rfft grid (8 M samples at 4096²): tabulate on a fine 1-D grid of |k| and interpolate.
+    table_k = np.linspace(0.0, float(np.max(np.abs(k))), _SINC2_TABLE_SIZE)
+    return np.asarray(np.interp(np.abs(k), table_k, average(table_k)), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------- the spectral fit
@@ -1148,10 +1161,11 @@ def _refine_model(
     model = ctf_fit.spectral_model
     grid = _model_on_grid(spectrum, ctf_fit)
     fisher = _fisher(spectrum, grid, ctf_fit, microscope)
-    restored = wiener_signal_estimate(image, ctf_fit, microscope, device=device).astype(np.float64)
+    # Ĉ = H_sig·Y (restore.wiener_signal_estimate) and the residual Y − Ĉ, kept in Fourier space.
+    h_sig = wiener_signal_filter(spectrum.shape_px, ctf_fit, microscope, device=device)
+    restored_ft = np.asarray(h_sig.detach().cpu().numpy(), dtype=np.float64).ravel() * spectrum.image_ft
+    residual_ft = spectrum.image_ft - restored_ft
     n_pixels = float(image.size)
-    restored_ft = np.fft.rfft2(restored).ravel()
-    residual_ft = np.fft.rfft2(image - restored).ravel()
     posterior_var = grid.signal_fraction * grid.background  # Var[CTF·X | Y] = H·B (Gaussian posterior)
     expected_signal = np.abs(restored_ft) ** 2 / n_pixels + posterior_var
     expected_noise = np.abs(residual_ft) ** 2 / n_pixels + posterior_var

@@ -205,19 +205,49 @@ def shot_noise_normalise(image: npt.ArrayLike) -> tuple[Float32Image, float, flo
     ValueError
         For a non-2-D or non-finite image, or a mean below :data:`MIN_MEAN_COUNTS` (not counts).
     """
-    x = np.asarray(image, dtype=np.float64)
+    z, mean, scale = _normalise_on(image, torch.device("cpu"))
+    return z.numpy(), mean, scale
+
+
+def _normalise_on(image: npt.ArrayLike | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, float, float]:
+    """:func:`shot_noise_normalise` computed on ``device``: z (float32 tensor there), μ, √μ.
+
+    The image travels in its own dtype (float32 counts: 64 MB for a 4096² frame) and μ is a float64 sum on
+    the device, so on a GPU the only host work is the copy and the one scalar read back for the check.
+    """
+    x = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
     if x.ndim != 2:
-        raise ValueError(f"image must be 2-D [y, x], got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
+        raise ValueError(f"image must be 2-D [y, x], got shape {tuple(x.shape)}")
+    z, mean_t, _ = _normalise_deferred(x.to(device))
+    mean = float(mean_t)
+    _check_mean(mean)
+    return z, mean, math.sqrt(mean)
+
+
+def _normalise_deferred(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z = (x − μ)/√μ (float32) with μ and √μ as 0-d float64 tensors on x's device, nothing read back.
+
+    μ is clamped to :data:`MIN_MEAN_COUNTS` inside √μ only, so an invalid image yields finite garbage
+    that the caller rejects with :func:`_check_mean` on μ, read back when it is cheap to.
+    """
+    x64 = x.to(torch.float64)
+    mean = x64.mean()
+    scale = torch.sqrt(torch.clamp(mean, min=MIN_MEAN_COUNTS))
+    return ((x64 - mean) / scale).to(torch.float32), mean, scale
+
+
+def _check_mean(mean: float) -> None:
+    """Raise ``ValueError`` unless the image mean is finite and at least :data:`MIN_MEAN_COUNTS`.
+
+    Any NaN or ±Inf pixel makes the float64 mean NaN or ±Inf, so this one scalar checks finiteness too.
+    """
+    if not math.isfinite(mean):
         raise ValueError("image contains NaN or Inf")
-    mean = float(x.mean())
     if not mean >= MIN_MEAN_COUNTS:
         raise ValueError(
             f"image mean is {mean:.3g} counts/pixel: the learned denoiser needs electron counts (mean > 0), "
             "gain-normalised, not a normalised or background-subtracted image"
         )
-    scale = math.sqrt(mean)
-    return ((x - mean) / scale).astype(np.float32), mean, scale
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -320,21 +350,19 @@ def denoise_learned(
     ValueError
         For a non-2-D, non-finite, too small or non-count (mean ≤ 0) image, or bad tiling arguments.
     """
-    if isinstance(image_counts, torch.Tensor):
-        image_counts = image_counts.detach().cpu().numpy()
-    z, mean, scale = shot_noise_normalise(image_counts)
-    if min(z.shape) < 16:
-        raise ValueError(f"image must be at least 16 x 16 pixels, got {z.shape}")
+    target = torch.device(device)
+    source = image_counts.detach() if isinstance(image_counts, torch.Tensor) else image_counts
+    z_t, mean, scale = _normalise_on(source, target)
+    if min(z_t.shape) < 16:
+        raise ValueError(f"image must be at least 16 x 16 pixels, got {tuple(z_t.shape)}")
     if tile_px < 16 or batch_size < 1 or margin_px < 0:
         raise ValueError("tile_px must be >= 16, batch_size >= 1 and margin_px >= 0")
-    target = torch.device(device)
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters())
         if param.device != target:
             model.to(target)
-        z_t = torch.from_numpy(z).to(target)
         if augment:
             pred = torch.zeros_like(z_t)
             for k in range(8):
@@ -345,8 +373,128 @@ def denoise_learned(
             pred = _run_tiles(model, z_t, tile_px, margin_px, batch_size, target)
     finally:
         model.train(was_training)
-    restored = pred.cpu().numpy().astype(np.float64) * scale + mean
-    return np.ascontiguousarray(restored, dtype=np.float32)
+    restored = (pred.to(torch.float64) * scale + mean).to(torch.float32)
+    return np.ascontiguousarray(restored.cpu().numpy())
+
+
+def denoise_learned_many(
+    images_counts: Sequence[npt.ArrayLike],
+    model: DenoiserUNet,
+    device: torch.device | str = "cpu",
+    tile_px: int = DEFAULT_TILE_PX,
+    batch_size: int = 4,
+    margin_px: int = TILE_MARGIN_PX,
+) -> list[Float32Image | ValueError]:
+    """:func:`denoise_learned` on a sequence of micrographs, pipelined on a GPU; one outcome per image.
+
+    On CUDA the frames stream through two pinned (page-locked) host buffers each way: while the GPU runs
+    the network on frame i, frame i + 1 is copied host → device on a second stream and frame i − 1's result
+    is read back, so the copies (64 MB each way for a 4096² float32 frame) overlap the compute; nothing is
+    read back per frame except the result and its mean (the validity check).  On CPU it is a loop over
+    :func:`denoise_learned`.  The numbers are :func:`denoise_learned`'s for the same tiling.
+
+    Returns
+    -------
+    list
+        Per input, in order: the restored float32 image, or the ``ValueError`` that :func:`denoise_learned`
+        would raise for it (non-2-D, smaller than 16 px, non-finite, mean below :data:`MIN_MEAN_COUNTS`),
+        so that one bad frame does not stop the batch.
+
+    Raises
+    ------
+    ValueError
+        For bad tiling arguments (they apply to every image).
+    """
+    if tile_px < 16 or batch_size < 1 or margin_px < 0:
+        raise ValueError("tile_px must be >= 16, batch_size >= 1 and margin_px >= 0")
+    target = torch.device(device)
+    if target.type != "cuda":
+        outcomes: list[Float32Image | ValueError] = []
+        for image in images_counts:
+            try:
+                outcomes.append(denoise_learned(image, model, target, tile_px, batch_size, margin_px))
+            except ValueError as error:
+                outcomes.append(error)
+        return outcomes
+    return _denoise_pipelined_cuda(images_counts, model, target, tile_px, batch_size, margin_px)
+
+
+@torch.no_grad()
+def _denoise_pipelined_cuda(
+    images_counts: Sequence[npt.ArrayLike],
+    model: DenoiserUNet,
+    target: torch.device,
+    tile_px: int,
+    batch_size: int,
+    margin_px: int,
+) -> list[Float32Image | ValueError]:
+    """The CUDA path of :func:`denoise_learned_many` (double-buffered pinned copies on a side stream)."""
+    outcomes: list[Float32Image | ValueError | None] = [None] * len(images_counts)
+    was_training = model.training
+    model.eval()
+    if next(model.parameters()).device != target:
+        model.to(target)
+    compute = torch.cuda.current_stream(target)
+    copy_in = torch.cuda.Stream(target)  # type: ignore[no-untyped-call]
+    pinned_in: dict[tuple[tuple[int, ...], torch.dtype, int], torch.Tensor] = {}
+    pinned_out: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
+    copied: list[torch.cuda.Event | None] = [None, None]  # slot's host buffer free again
+    pending: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.cuda.Event]] = []  # (index, slot, out, mean, done)
+
+    def collect(slot: int | None) -> None:
+        for entry in [e for e in pending if slot is None or e[1] == slot]:
+            index, _, out, mean, done = entry
+            done.synchronize()
+            try:
+                _check_mean(float(mean))
+                outcomes[index] = out.numpy().copy()
+            except ValueError as error:
+                outcomes[index] = error
+            pending.remove(entry)
+
+    try:
+        for index, image in enumerate(images_counts):
+            array = np.ascontiguousarray(image)
+            if array.ndim != 2 or min(array.shape) < 16:
+                outcomes[index] = ValueError(f"image must be 2-D [y, x], at least 16 x 16 pixels, got {array.shape}")
+                continue
+            if not np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float32)
+            source = torch.from_numpy(array)
+            slot = index % 2
+            host_in = pinned_in.get((array.shape, source.dtype, slot))
+            if host_in is None:
+                host_in = torch.empty(array.shape, dtype=source.dtype, pin_memory=True)
+                pinned_in[(array.shape, source.dtype, slot)] = host_in
+            event = copied[slot]
+            if event is not None:
+                event.synchronize()  # the copy of frame index − 2 out of this buffer is done
+            host_in.copy_(source)
+            with torch.cuda.stream(copy_in):
+                x = host_in.to(target, non_blocking=True)
+                event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                event.record(copy_in)
+            copied[slot] = event
+            compute.wait_event(event)
+            x.record_stream(compute)
+            z, mean, scale = _normalise_deferred(x)
+            pred = _run_tiles(model, z, tile_px, margin_px, batch_size, target)
+            restored = (pred.to(torch.float64) * scale + mean).to(torch.float32)
+            collect(slot)  # frame index − 2's result has left this slot's output buffer
+            host_out = pinned_out.get((array.shape, slot))
+            if host_out is None:
+                host_out = torch.empty(array.shape, dtype=torch.float32, pin_memory=True)
+                pinned_out[(array.shape, slot)] = host_out
+            host_out.copy_(restored, non_blocking=True)
+            host_mean = torch.empty((), dtype=torch.float64, pin_memory=True)
+            host_mean.copy_(mean, non_blocking=True)
+            done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            done.record(compute)
+            pending.append((index, slot, host_out, host_mean, done))
+        collect(None)
+    finally:
+        model.train(was_training)
+    return [o if o is not None else ValueError("not processed") for o in outcomes]
 
 
 # ------------------------------------------------------------------------------------------- training

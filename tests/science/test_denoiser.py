@@ -14,6 +14,7 @@ from cryodecon_science.denoiser import (
     DenoiserUNet,
     TrainingConfig,
     denoise_learned,
+    denoise_learned_many,
     halves_from_frames,
     sample_pair_batch,
     shot_noise_normalise,
@@ -111,6 +112,35 @@ def test_cuda_matches_cpu(model: DenoiserUNet, micrograph: tuple[np.ndarray, np.
     assert gpu.dtype == np.float32
     # bfloat16 autocast: ~3 significant digits on the network output (shot-noise units × √μ).
     assert np.max(np.abs(gpu - cpu)) < 0.05 * float(np.std(cpu)) + 0.05
+
+
+def test_many_matches_one_by_one_and_isolates_a_bad_frame(
+    model: DenoiserUNet, micrograph: tuple[np.ndarray, np.ndarray]
+) -> None:
+    counts = micrograph[0][:128, :160]
+    bad = counts.copy()
+    bad[3, 5] = np.nan
+    outcomes = denoise_learned_many([counts, bad, counts[:96, :96].astype(np.float64)], model, tile_px=64)
+    assert isinstance(outcomes[1], ValueError) and "NaN" in str(outcomes[1])
+    np.testing.assert_array_equal(outcomes[0], denoise_learned(counts, model, tile_px=64))
+    np.testing.assert_array_equal(outcomes[2], denoise_learned(counts[:96, :96], model, tile_px=64))
+
+
+@pytest.mark.gpu
+def test_cuda_pipeline_matches_single_frames(model: DenoiserUNet, micrograph: tuple[np.ndarray, np.ndarray]) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gpu_model = load_pretrained_denoiser()
+    counts = micrograph[0]
+    frames = [counts, counts[::-1].copy(), np.zeros_like(counts), counts[:, ::-1].copy(), counts[:200, :176].copy()]
+    outcomes = denoise_learned_many(frames, gpu_model, device="cuda", tile_px=128)
+    assert isinstance(outcomes[2], ValueError)  # mean 0: not counts; its neighbours still come back
+    for frame, out in zip(frames, outcomes, strict=True):
+        if frame is frames[2]:
+            continue
+        single = denoise_learned(frame, gpu_model, device="cuda", tile_px=128)
+        assert isinstance(out, np.ndarray) and out.shape == frame.shape
+        assert np.max(np.abs(out - single)) <= 1e-3 * float(np.std(single))
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ beside Topaz-Denoise on the same GPU.
 Topaz-Denoise (``topaz-em``, benchmark-only) must be importable in the same interpreter (on the lent GPU
 machine it travels as an unpacked wheel on ``PYTHONPATH``; see the README's GPU section).  Writes
 ``gpu_<device>_<size>.json`` and ``.md`` to ``--out`` (section by section, so a run cut short keeps what it
-measured), plus ``ctf_profile_<size>.txt`` (``torch.profiler`` of one CTF fit) and prints the table.
+measured), plus ``gpu_<device>_ctf_profile_<size>.txt`` (``torch.profiler`` of one CTF fit) and prints the table.
 
 What is timed, per micrograph (host ``time.perf_counter`` around the call with ``torch.cuda.synchronize``
 before and after; each configuration warmed up once on the first micrograph, which is timed again):
@@ -23,6 +23,9 @@ before and after; each configuration warmed up once on the first micrograph, whi
   reference of the throughput ratio;
 * ``fused`` — what the asset ``fused_denoised_micrographs`` costs on the GPU: CTF fit, causal-priors loop
   (``causal.fit_priors(device=…)``), Wiener filter, U-Net and the per-ring fusion.
+* ``ctf_concurrent`` — throughput of 1, 2, 4, 8 CTF fits in flight (host threads, one CUDA stream each);
+* ``motion`` — global and 5×5-patch motion correction of ``bench_motion.py --large``'s 4096² × 40-frame
+  movie (its CPU times, from ``results/motion_cpu.json``, quoted for scale).
 
 Micrographs: the simulator's defaults at SNR 0.03 with particles at constant density (40 per 1024²), as
 ``bench_restoration_speed.py``; PSNR against the clean image (least-squares scale/offset) is reported so
@@ -62,9 +65,10 @@ from cryodecon_science.denoiser import (
     denoise_learned_many,
 )
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
+from cryodecon_science.motion import align_movie
 from cryodecon_science.restore import wiener_denoise
 from cryodecon_science.simulate import SimulatedMicrograph as Simulation
-from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
+from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
 from cryodecon_science.spectrum import half_set_power_spectra
 
 GOAL_CTF_SECONDS = 0.020
@@ -130,7 +134,7 @@ def relative_defocus_error(fit: Any, truth: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------------ sections
-def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, out_dir: Path, size: int) -> dict[str, Any]:
+def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, profile_path: Path) -> dict[str, Any]:
     microscope = SimulationConfig().microscope
 
     def fit(sim: Simulation, on: torch.device | str) -> Any:
@@ -195,7 +199,7 @@ def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, out_di
             + "\n== by device time ==\n"
             + averages.table(sort_by="self_device_time_total", row_limit=30)
         )
-        (out_dir / f"ctf_profile_{size}.txt").write_text(profile_text)
+        profile_path.write_text(profile_text)
     return {
         "seconds_median_per_micrograph": seconds,
         "seconds_mean": statistics.fmean(seconds),
@@ -414,6 +418,60 @@ def bench_ctf_concurrent(sims: list[Simulation], device: torch.device, clock: Cl
     }
 
 
+MOTION_CPU_RESULTS = Path(__file__).resolve().parent / "results" / "motion_cpu.json"
+PATCH_GRID = (5, 5)
+
+
+def simulate_large_movie(shape: tuple[int, int]) -> Any:
+    """bench_motion.py --large's movie: (4096², 40 frames), 25 px drift, seed (2026, 4096)."""
+    size, n_frames = shape
+    config = SimulationConfig(shape_px=(size, size), n_frames=n_frames, drift_total_px_range=(25.0, 25.0))
+    return config, simulate_movie(config, "large", (2026, 4096))
+
+
+def bench_motion(movie_job: Any, device: torch.device, clock: Clock) -> dict[str, Any]:
+    """Global and 5×5-patch motion correction of one 4096² × 40-frame movie on the device.
+
+    The same movie (config and seed) as ``bench_motion.py --large``, whose CPU times (one thread, the
+    2-core development machine, another run) are quoted beside for scale.
+    """
+    config, movie = movie_job.result()
+    truth = movie.truth.drift_shifts_px
+
+    def align(frames: np.ndarray, grid: tuple[int, int] | None) -> Any:
+        return align_movie(
+            frames,
+            config.pixel_size_angstrom,
+            device,
+            patch_grid=grid,
+            dose_per_frame_e_per_angstrom2=config.dose_e_per_angstrom2 / config.n_frames,
+            voltage_kv=config.voltage_kv,
+        )
+
+    clock(align, movie.frames[:8, :1024, :1024], (2, 2))  # warm-up: cuFFT plans and kernels
+    global_result, global_s = clock(align, movie.frames, None)
+    patch_result, patch_s = clock(align, movie.frames, PATCH_GRID)
+    error = global_result.shifts_px - truth
+    out: dict[str, Any] = {
+        "shape_px": list(config.shape_px),
+        "n_frames": config.n_frames,
+        "drift_px": 25.0,
+        "global_seconds": global_s,
+        "patch_seconds": patch_s,
+        "global_anchored_rms_px": float(np.sqrt(np.mean(np.sum(error**2, axis=-1)))),
+        "patch_model": patch_result.patch_motion.model if patch_result.patch_motion else None,
+    }
+    if MOTION_CPU_RESULTS.exists() and config.shape_px == (4096, 4096) and config.n_frames == 40:
+        large = json.loads(MOTION_CPU_RESULTS.read_text()).get("large") or {}
+        out["cpu_reference"] = {k: large.get(k) for k in ("global_seconds", "patch_seconds")}
+    print(
+        f"motion {config.shape_px[0]}² × {config.n_frames} on {device}: global {global_s:.2f} s, "
+        f"patch 5×5 {patch_s:.2f} s",
+        flush=True,
+    )
+    return out
+
+
 def bench_fused(sims: list[Simulation], device: torch.device, clock: Clock, unet: dict[str, Any]) -> dict[str, Any]:
     model = load_pretrained_denoiser()
     microscope = SimulationConfig().microscope
@@ -536,6 +594,23 @@ def markdown(result: dict[str, Any]) -> str:
             )
     elif unet:
         lines += [f"U-Net section failed: {unet['error'][-300:]}"]
+    motion = result.get("motion")
+    if motion and "error" not in motion:
+        cpu = motion.get("cpu_reference") or {}
+        lines.append(
+            f"\nMotion correction of one {motion['shape_px'][0]}² × {motion['n_frames']}-frame movie "
+            f"(`bench_motion.py --large`'s): global {motion['global_seconds']:.2f} s, patch 5×5 "
+            f"{motion['patch_seconds']:.2f} s on the GPU (global trajectory RMS error "
+            f"{motion['global_anchored_rms_px']:.3f} px)"
+            + (
+                f"; one CPU thread of the development machine took {cpu['global_seconds']:.1f} s and "
+                f"{cpu['patch_seconds']:.1f} s (another run, `motion_cpu.json`)."
+                if cpu.get("global_seconds")
+                else "."
+            )
+        )
+    elif motion:
+        lines.append(f"\nMotion section failed: {motion['error'][-300:]}")
     if topaz and not topaz.get("available", True):
         lines.append(f"\nTopaz not run: {topaz['reason']}")
     return "\n".join(lines)
@@ -549,14 +624,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--snr", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=2027)
-    parser.add_argument("--sections", nargs="+", default=["unet", "topaz", "ctf", "ctf_concurrent", "fused"])
+    parser.add_argument("--sections", nargs="+", default=["unet", "topaz", "ctf", "ctf_concurrent", "motion", "fused"])
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # Simulate first, in forked workers, before CUDA is initialised in this process.
     jobs = [(args.size, args.snr, args.seed, i) for i in range(args.count)]
-    with ProcessPoolExecutor(max_workers=args.count, mp_context=multiprocessing.get_context("fork")) as pool:
-        sims = list(pool.map(simulate, jobs))
+    pool = ProcessPoolExecutor(max_workers=args.count + 1, mp_context=multiprocessing.get_context("fork"))
+    movie_shape = (4096, 40) if args.size == 4096 else (args.size, 8)  # the full-size movie with full-size frames
+    movie_job = pool.submit(simulate_large_movie, movie_shape) if "motion" in args.sections else None
+    sims = list(pool.map(simulate, jobs))
     print(f"simulated {args.count} × {args.size}² in {time.perf_counter() - started:.0f} s", flush=True)
     device = torch.device(args.device)
     clock = Clock(device)
@@ -592,11 +669,12 @@ def main() -> None:
         (args.out / f"{name}.md").write_text(markdown(result) + "\n")
 
     sections: dict[str, Callable[[], dict[str, Any]]] = {
-        "ctf": lambda: bench_ctf(sims, device, clock, args.out, args.size),
+        "ctf": lambda: bench_ctf(sims, device, clock, args.out / f"gpu_{slug}_ctf_profile_{args.size}.txt"),
         "unet": lambda: bench_unet(sims, device, clock),
         "topaz": lambda: bench_topaz(sims, device, clock),
         "fused": lambda: bench_fused(sims, device, clock, result.get("unet", {})),
         "ctf_concurrent": lambda: bench_ctf_concurrent(sims, device, clock),
+        "motion": lambda: bench_motion(movie_job, device, clock),
     }
     for section in args.sections:
         t = time.perf_counter()
@@ -612,6 +690,7 @@ def main() -> None:
         result["speedup_vs_topaz"] = {"unet_best": topaz["best_seconds_mean"] / unet["best_seconds_mean"]}
         if "seconds_mean" in result.get("fused", {}):
             result["speedup_vs_topaz"]["fused"] = topaz["best_seconds_mean"] / result["fused"]["seconds_mean"]
+    pool.shutdown()
     result["total_seconds"] = time.perf_counter() - started
     save()
     print(markdown(result))

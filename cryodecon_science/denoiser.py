@@ -47,7 +47,10 @@ weight of distant pixels decays fast: tiles keep :data:`TILE_MARGIN_PX` = 128 px
 which tiled and untiled outputs differ by ≈ 1.5 % of the output's standard deviation (RMS) at tile seams.
 
 Inference runs tiled (``tile_px`` core + margin, reflect-padded at the image edges), batched
-(``batch_size`` tiles per forward pass), in float32 on CPU and under bfloat16 autocast on CUDA.  Optional
+(``batch_size`` tiles per forward pass), in float32 on CPU and under bfloat16 autocast on CUDA, where
+:func:`denoise_learned_many` streams a batch of frames through pinned host buffers so that each frame's
+copies overlap the previous frame's compute (on an H200: 24 ms per 4096² frame against 56 ms one frame per
+call, of which the network is 5 ms; ``benchmarks/results/gpu_h200_4096.md``).  Optional
 test-time augmentation (``augment=True``) averages the outputs for the 8 rotations/flips of the input, each
 mapped back (the model was trained with the same D4 augmentation, so each is an equally valid estimate);
 it costs 8 passes for a small gain (≈ 0.05 dB PSNR on held-out simulations), so it is off by default.

@@ -30,3 +30,13 @@ def write_results(name: str, result: dict[str, Any], markdown_text: str) -> Path
     out.write_text(json.dumps(json_ready(result), indent=1))
     out.with_suffix(".md").write_text(markdown_text.rstrip("\n") + "\n")
     return out
+
+
+def ls_psnr_db(estimate: np.ndarray, clean: np.ndarray) -> float:
+    """PSNR (dB) of a·estimate + b against clean, (a, b) least squares; peak = clean's max − min."""
+    x = estimate.astype(np.float64).ravel()
+    y = clean.astype(np.float64).ravel()
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    mse = float(np.mean((design @ coef - y) ** 2))
+    return 10.0 * math.log10(float(y.max() - y.min()) ** 2 / mse)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -52,7 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import json_ready
+from _common import json_ready, ls_psnr_db
 
 from cryodecon_science import causal, fusion
 from cryodecon_science.ctf_estimate import _TILE_OVERLAP_FRACTION, estimate_ctf
@@ -77,16 +76,6 @@ FUSION_SEED = 11
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def least_squares_psnr_db(estimate: np.ndarray, clean: np.ndarray) -> float:
-    """PSNR of a·estimate + b against ``clean`` with (a, b) the least-squares fit (bench_restoration's)."""
-    x = estimate.astype(np.float64).ravel()
-    y = clean.astype(np.float64).ravel()
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    mse = float(np.mean((design @ coef - y) ** 2))
-    return 10.0 * math.log10(float(y.max() - y.min()) ** 2 / mse)
-
-
 def relative_rms(a: np.ndarray, reference: np.ndarray) -> float:
     """RMS of a − reference over the standard deviation of the reference."""
     return float(np.sqrt(np.mean((a.astype(np.float64) - reference) ** 2)) / np.std(reference))
@@ -243,7 +232,7 @@ def bench_unet(sims: list[Simulation], device: torch.device, clock: Clock) -> di
                 restored, t = clock(denoise_learned, sim.counts, net, device=device, tile_px=tile, batch_size=batch)
                 times.append(t)
                 restored_all.append(restored)
-        psnr = [least_squares_psnr_db(r, sim.clean_image) for r, sim in zip(restored_all, sims, strict=True)]
+        psnr = [ls_psnr_db(r, sim.clean_image) for r, sim in zip(restored_all, sims, strict=True)]
         outputs[key] = restored_all[0]
         results[key] = {
             "tile_px": tile,
@@ -313,7 +302,7 @@ def bench_unet(sims: list[Simulation], device: torch.device, clock: Clock) -> di
         "breakdown_best_single_frame_first_micrograph": breakdown,
         "pipeline_frames": len(sims) * PIPELINE_REPEATS,
         "cpu_seconds_all_threads_first_micrograph": cpu_s,
-        "cpu_psnr_db_first_micrograph": least_squares_psnr_db(cpu_out, sims[0].clean_image),
+        "cpu_psnr_db_first_micrograph": ls_psnr_db(cpu_out, sims[0].clean_image),
         "relative_rms_vs_cpu_first_micrograph": agreement,
         "n_parameters": model.n_parameters(),
     }
@@ -350,7 +339,7 @@ def bench_topaz(sims: list[Simulation], device: torch.device, clock: Clock) -> d
         for sim in sims:
             out, s = clock(run, sim.counts)
             times.append(s)
-            psnr.append(least_squares_psnr_db(out, sim.clean_image))
+            psnr.append(ls_psnr_db(out, sim.clean_image))
         runs["cudnn_benchmark" if cudnn_benchmark else "default"] = {
             "seconds": times,
             "seconds_mean": statistics.fmean(times),
@@ -510,8 +499,8 @@ def bench_fused(sims: list[Simulation], device: torch.device, clock: Clock, unet
                 "seconds": sum(stages.values()),
                 "causal_iterations": priors.n_iterations,
                 "psnr_db": {
-                    "wiener": least_squares_psnr_db(wiener, sim.clean_image),
-                    "fused": least_squares_psnr_db(fused, sim.clean_image),
+                    "wiener": ls_psnr_db(wiener, sim.clean_image),
+                    "fused": ls_psnr_db(fused, sim.clean_image),
                 },
             }
         )

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import json_ready
+from _common import json_ready, ls_psnr_db
 
 from cryodecon_science.denoiser import DenoiserConfig, TrainingConfig, denoise_learned, train_noise2noise
 from cryodecon_science.io.denoiser_weights import save_denoiser
@@ -53,16 +53,6 @@ STRUCTURE_SEED = 7
 N_STRUCTURES = 8
 DATA_SEED = 31337
 HELD_OUT_SEED = 4242
-
-
-def ls_psnr_db(estimate: np.ndarray, clean: np.ndarray) -> float:
-    """PSNR (dB) of a·estimate + b against clean, (a, b) least squares; peak = clean's max − min."""
-    x = estimate.astype(np.float64).ravel()
-    y = clean.astype(np.float64).ravel()
-    design = np.stack([x, np.ones_like(x)], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    mse = float(np.mean((design @ coef - y) ** 2))
-    return 10.0 * math.log10(float(y.max() - y.min()) ** 2 / mse)
 
 
 def simulate_pool(

@@ -392,7 +392,6 @@ class _Spectrum:
     shape_px: tuple[int, int]
     mean_counts: float
     power: FloatArray  # |FFT(x − mean)|² / N_pixels per sample
-    image_ft: npt.NDArray[np.complex128]  # rfft2 of the image x itself, raveled (the mean at DC)
     k_per_angstrom: FloatArray
     theta_rad: FloatArray
     ring: npt.NDArray[np.int64]  # ring index per sample (−1: excluded: DC and corners beyond Nyquist)
@@ -427,7 +426,6 @@ def _spectrum(image: ImageLike, microscope: MicroscopeSettings, ctf_fit: CtfFit)
         shape_px=(ny, nx),
         mean_counts=mean_counts,
         power=power.ravel(),
-        image_ft=image_ft.ravel(),
         k_per_angstrom=k.ravel(),
         theta_rad=np.arctan2(ky, kx).ravel(),
         ring=ring.ravel(),
@@ -1153,7 +1151,6 @@ def _ice_signal(model: SpectralModel, ctf_fit: CtfFit, b_factor: float, k: Float
 # ------------------------------------------------------------------------------ the refinement loop
 def _refine_model(
     spectrum: _Spectrum,
-    image: FloatArray,
     ctf_fit: CtfFit,
     microscope: MicroscopeSettings,
     device: torch.device | str,
@@ -1161,18 +1158,27 @@ def _refine_model(
     model = ctf_fit.spectral_model
     grid = _model_on_grid(spectrum, ctf_fit)
     fisher = _fisher(spectrum, grid, ctf_fit, microscope)
-    # Ĉ = H_sig·Y (restore.wiener_signal_estimate) and the residual Y − Ĉ, kept in Fourier space.
-    h_sig = wiener_signal_filter(spectrum.shape_px, ctf_fit, microscope, device=device)
-    restored_ft = np.asarray(h_sig.detach().cpu().numpy(), dtype=np.float64).ravel() * spectrum.image_ft
-    residual_ft = spectrum.image_ft - restored_ft
-    n_pixels = float(image.size)
+    # Ĉ = H_sig·Y (restore.wiener_signal_estimate) and the residual Y − Ĉ.  H_sig is real, so their powers
+    # are H_sig²·P and (1 − H_sig)²·P with P = |Y|²/N the periodogram: no complex spectra per pass (the
+    # DC sample, where P is set to 0, lies outside every ring and is never summed).
+    h_sig = np.asarray(
+        wiener_signal_filter(spectrum.shape_px, ctf_fit, microscope, device=device).detach().cpu().numpy(),
+        dtype=np.float64,
+    ).ravel()
     posterior_var = grid.signal_fraction * grid.background  # Var[CTF·X | Y] = H·B (Gaussian posterior)
-    expected_signal = np.abs(restored_ft) ** 2 / n_pixels + posterior_var
-    expected_noise = np.abs(residual_ft) ** 2 / n_pixels + posterior_var
+    expected_signal = h_sig * h_sig * spectrum.power + posterior_var
+    residual_gain = 1.0 - h_sig
+    expected_noise = residual_gain * residual_gain * spectrum.power + posterior_var
     modulated = grid.signal * grid.ctf2
     informative = modulated > 1e-12 * np.maximum(grid.background, 1e-300)
-    score_s = np.divide(expected_signal, modulated, out=np.ones_like(modulated), where=informative) - 1.0
-    score_b = np.divide(expected_noise, grid.background, out=np.ones_like(modulated), where=grid.background > 0) - 1.0
+    # ρ − 1 where the ratio is defined, 0 elsewhere (np.zeros is a lazily zeroed allocation).
+    score_s = np.zeros_like(modulated)
+    np.divide(expected_signal, modulated, out=score_s, where=informative)
+    np.subtract(score_s, 1.0, out=score_s, where=informative)
+    has_background = grid.background > 0
+    score_b = np.zeros_like(modulated)
+    np.divide(expected_noise, grid.background, out=score_b, where=has_background)
+    np.subtract(score_b, 1.0, out=score_b, where=has_background)
     score = np.concatenate(
         [
             fisher.ring_signal_features @ _ring_sum(spectrum, score_s),
@@ -1233,9 +1239,7 @@ def refine_spectral_model(
     The result lives on rings of width 1/(max(ny, nx)·pixel) from 0 to Nyquist; its floor is the
     sample-weighted mean background over 0.75–1 Nyquist; its valid band is the input's.
     """
-    spectrum = _spectrum(image, microscope, ctf_fit)
-    pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
-    return _refine_model(spectrum, pixels, ctf_fit, microscope, device)
+    return _refine_model(_spectrum(image, microscope, ctf_fit), ctf_fit, microscope, device)
 
 
 def _node_link(
@@ -1316,7 +1320,7 @@ def fit_priors(
     passes = 0
     while passes < max_iterations:
         passes += 1
-        fit = replace(fit, spectral_model=_refine_model(spectrum, pixels, fit, microscope, device))
+        fit = replace(fit, spectral_model=_refine_model(spectrum, fit, microscope, device))
         new_measured, new = measure(fit)
         history.append(dict({n: new[n][0] for n in CAUSE_NODES}))
         converged = all(abs(new[n][0] - current[n][0]) < new[n][1] for n in CAUSE_NODES)

@@ -90,6 +90,8 @@ from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.records import CtfFit
 from cryodecon_science.reproducibility import binomial_split_counts
 from cryodecon_science.restore import wiener_denoise
+from cryodecon_science.spectrum import DEFAULT_MAX_FIT_PX as DEFAULT_MAX_FIT_PX
+from cryodecon_science.spectrum import central_fit_crop
 
 Float32Image = npt.NDArray[np.float32]
 FloatArray = npt.NDArray[np.float64]
@@ -106,9 +108,6 @@ DEFAULT_MAX_KNOT_SPACING = 32
 """Largest spacing of the knots, rings (:func:`ring_knots`)."""
 DEFAULT_PRIOR_STD = 0.5
 """τ: prior standard deviation of each weight coefficient β (module docstring)."""
-DEFAULT_MAX_FIT_PX = 2048
-"""Longest side (pixels) on which the weights are fitted; a larger micrograph is fitted on a central crop
-(:func:`self_supervised_fusion`, 4× fewer estimator passes on a 4096² frame)."""
 _NUMERICAL_RIDGE = 1e-10
 """Relative ridge (times the mean diagonal of M) that keeps exactly collinear estimates solvable."""
 
@@ -493,15 +492,7 @@ def self_supervised_fusion(
         ``max_fit_px`` < 64.
     """
     data = np.asarray(counts)
-    fit_on = data
-    if max_fit_px is not None and data.ndim == 2:
-        if max_fit_px < 64:
-            raise ValueError(f"max_fit_px must be >= 64, got {max_fit_px}")
-        factor = -(-max(data.shape) // max_fit_px)
-        if factor > 1:
-            ny, nx = data.shape[0] // factor, data.shape[1] // factor
-            y0, x0 = (data.shape[0] - ny) // 2, (data.shape[1] - nx) // 2
-            fit_on = data[y0 : y0 + ny, x0 : x0 + nx]
+    fit_on = central_fit_crop(data, max_fit_px) if data.ndim == 2 else data
     weights = fit_split_fusion_weights(fit_on, estimators, fraction, seed, n_splits, prior_std)
     if fit_on is not data:
         weights = weights.for_shape((int(data.shape[0]), int(data.shape[1])))

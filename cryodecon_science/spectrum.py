@@ -106,6 +106,38 @@ def fitting_tile_size_px(shape_px: tuple[int, int], tile_size_px: int = 512) -> 
     return 1 << math.floor(math.log2(shortest))
 
 
+DEFAULT_MAX_FIT_PX = 2048
+"""Longest side (pixels) on which the spectral fits of a large frame run (:func:`central_fit_crop`): the
+causal self-evaluation loop and the fusion weights.  A 2048² crop of a 4096² frame holds 4× the Fourier
+samples per ring of the 1024² images the defaults were chosen on, at a quarter of the cost."""
+
+
+def central_fit_crop(image: npt.NDArray[np.generic], max_fit_px: int | None) -> npt.NDArray[np.generic]:
+    """The central crop on which a spectral fit of a large frame runs: 1/f of each side, f = ⌈n / max⌉.
+
+    n is the longest side.  Dividing both sides by the same integer keeps the aspect ratio, so the crop's
+    Fourier rings are a subset of the frame's (every f-th ring).  Returns ``image`` itself when it fits
+    (or ``max_fit_px`` is None).  A view, not a copy.
+
+    Raises
+    ------
+    ValueError
+        For ``max_fit_px`` < 64 or a non-2-D image.
+    """
+    if max_fit_px is None:
+        return image
+    if max_fit_px < 64:
+        raise ValueError(f"max_fit_px must be >= 64, got {max_fit_px}")
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D [y, x], got shape {image.shape}")
+    factor = -(-max(image.shape) // max_fit_px)
+    if factor <= 1:
+        return image
+    ny, nx = image.shape[0] // factor, image.shape[1] // factor
+    y0, x0 = (image.shape[0] - ny) // 2, (image.shape[1] - nx) // 2
+    return image[y0 : y0 + ny, x0 : x0 + nx]
+
+
 def tile_grid(shape_px: tuple[int, int], tile_size_px: int = 512, overlap_fraction: float = 0.5) -> TileGrid:
     """Regular grid of square tiles overlapping by ``overlap_fraction``, centred on the image.
 

@@ -295,3 +295,25 @@ def test_sinc2_average_of_a_whole_grid_matches_the_direct_average() -> None:
         direct = np.concatenate([ring_average_sinc2(chunk, drift_px, 1.0) for chunk in np.split(k, 5)])
         np.testing.assert_allclose(tabulated, direct, atol=1e-5)
         assert tabulated[0] == pytest.approx(1.0)
+
+
+def test_a_large_frame_runs_the_loop_on_its_central_crop() -> None:
+    syn = synthesize_micrograph(shape_px=(512, 512), seed=8)
+    start = _wrong_start(syn.ctf_fit)
+    whole = fit_priors(syn.image, start, syn.microscope, max_fit_px=None)
+    cropped = fit_priors(syn.image, start, syn.microscope, max_fit_px=256)
+    assert cropped.converged and whole.converged
+    # The refined model lives on the crop's rings (width 1/(256 px)), valid for the whole frame's filters.
+    ring_width = 1.0 / (256 * syn.microscope.pixel_size_angstrom)
+    assert cropped.spectral_model.frequency_per_angstrom[1] == pytest.approx(ring_width)
+    assert whole.spectral_model.frequency_per_angstrom[1] == pytest.approx(ring_width / 2)
+    a, b = whole.values(), cropped.values()
+    # Dose and heterogeneity are measured on the whole frame either way; the spectral nodes on a quarter
+    # of the Fourier samples agree within their (larger) uncertainty.
+    assert b["dose"] == a["dose"]
+    for node in ("coherence_envelope", "detector_noise", "ice_thickness"):
+        assert abs(a[node][0] - b[node][0]) < 3.0 * math.hypot(a[node][1], b[node][1]), node
+    # The noise floor's σ comes from the number of floor-band samples: a quarter of them, twice the σ.
+    assert b["detector_noise"][1] == pytest.approx(2.0 * a["detector_noise"][1], rel=0.05)
+    # A frame that fits is analysed whole: the same numbers as with no limit.
+    assert fit_priors(syn.image, start, syn.microscope, max_fit_px=512).values() == a

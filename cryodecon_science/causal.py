@@ -1014,8 +1014,8 @@ def estimate_nodes(
     session_prior : SessionPrior or None
         Session prior for shrinkage, or None.
     """
-    spectrum = _spectrum(image, microscope, ctf_fit)
     pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
+    spectrum = _spectrum(pixels, microscope, ctf_fit)  # float64 already: _spectrum converts nothing again
     raw = _estimate_raw(spectrum, pixels, ctf_fit, microscope, dose_e_per_angstrom2, drift_total_px)
     return shrink_towards_prior(raw, session_prior)
 
@@ -1320,8 +1320,8 @@ def fit_priors(
     """
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-    spectrum = _spectrum(image, microscope, ctf_fit, max_fit_px)
     pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
+    spectrum = _spectrum(pixels, microscope, ctf_fit, max_fit_px)  # float64 already: no second conversion
 
     def measure(fit: CtfFit) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
         raw = _estimate_raw(spectrum, pixels, fit, microscope, dose_e_per_angstrom2, drift_total_px)

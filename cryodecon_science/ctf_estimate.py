@@ -68,7 +68,7 @@ from cryodecon_science.optics import (
     canonical_ctf_params,
 )
 from cryodecon_science.records import CtfFit, SpectralModel
-from cryodecon_science.spectrum import HalfSetSpectra, half_set_power_spectra, radial_bin_index
+from cryodecon_science.spectrum import HalfSetSpectra, frame_tensor, half_set_power_spectra, radial_bin_index
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -92,9 +92,11 @@ _GRID_RESOLUTION_ANGSTROM = 6.0
 _GRID_PHASE_STEP_RAD = math.pi / 3
 _GRID_MAX_PIXELS = 30000
 _N_REFINE_STARTS = 3
-# Pixels per block of the NCC sums: below torch's intra-op grain size (32 768), so the many short
-# element-wise passes run on the calling thread (OpenMP barriers cost more than they gain at this size,
-# and far more on a loaded CPU), and a block's arrays stay in L2 cache (measured 3× faster per pass).
+# Pixels per block of the NCC sums on a CPU: below torch's intra-op grain size (32 768), so the many
+# short element-wise passes run on the calling thread (OpenMP barriers cost more than they gain at this
+# size, and far more on a loaded CPU), and a block's arrays stay in L2 cache (measured 3× faster per
+# pass).  On an accelerator the whole band is one block: there the cost of a pass is its kernel
+# launches, not its memory traffic (``_block_pixels``).
 _BLOCK_PIXELS = 16384
 # Band widening factor between refinement stages (basin width ∝ 1/k², precision of a stage ∝ 1/k²).
 _BAND_GROWTH = 1.45
@@ -139,33 +141,38 @@ class _Optics:
 
 @dataclass(frozen=True)
 class _PixelBlock:
-    """A block of ≤ ``_BLOCK_PIXELS`` spectrum pixels, prepared for the weighted NCC against CTF².
+    """A block of spectrum pixels (``_block_pixels``), prepared for the weighted NCC against CTF².
 
     With w the half-plane multiplicity, g = a/σ and s_c the centred normalised spectrum (module
     docstring, step 3), the model is m = g·sin²χ and every sum the NCC needs is a dot product of sin²χ
-    or sin 2χ with ``wg`` = w g, ``wgs`` = w g s_c or ``wg2`` = w g².
+    or sin 2χ with ``wg`` = w g, ``wgs`` = w g s_c or ``wg2`` = w g².  ``wgs`` has one row per spectrum
+    the set was built from (the full spectrum, or the two half sets).
     """
 
     phase_basis: torch.Tensor  # (3, n): ∂χ/∂(D, h_x, h_y) = A k² · (1, cos 2θ, sin 2θ)
     phase_basis_t: torch.Tensor  # (n, 3): the same, transposed and contiguous
     phase_offset: torch.Tensor  # (n,): −C k⁴ + φ
-    wg: torch.Tensor
-    wgs: torch.Tensor
-    wg2: torch.Tensor
+    wg: torch.Tensor  # (n,)
+    wgs: torch.Tensor  # (R, n)
+    wg2: torch.Tensor  # (n,)
 
 
 @dataclass(frozen=True)
 class _PixelSet:
-    """Spectrum pixels of one band in blocks, with Σ w and Σ w s_c² of the whole band."""
+    """Spectrum pixels of one band in blocks, with Σ w, Σ w s_c² of each spectrum row, and the largest
+    ∂χ/∂D = A k² over the pixels (the phase rate that scales the refinement's variables)."""
 
     blocks: tuple[_PixelBlock, ...]
-    s_norm2: float
+    s_norm2: tuple[float, ...]
     weight_sum: float
+    top_phase_rate_per_angstrom: float
 
 
 @dataclass(frozen=True)
 class _Spectrum:
-    """The 2-D spectrum and its per-pixel geometry (flattened rfft2 half-plane, pixels ≤ Nyquist)."""
+    """The 2-D spectrum's pixels ≤ Nyquist, flattened from the rfft2 half-plane and sorted by |k|, with
+    their geometry.  Sorted, the pixels of a band of frequencies (or of rings) are a contiguous slice,
+    found on the host (``k_host``, ``bins_host``) without reading anything back from the device."""
 
     power: torch.Tensor
     k: torch.Tensor
@@ -173,9 +180,24 @@ class _Spectrum:
     sin2: torch.Tensor
     weight: torch.Tensor
     bins: torch.Tensor
-    keep: torch.Tensor  # mask on the (L, L//2+1) grid selecting the flattened pixels
+    index: torch.Tensor  # position of each pixel in the flattened (L, L//2+1) grid
+    k_host: FloatArray
+    bins_host: npt.NDArray[np.int64]
     n_bins: int
     bin_width_per_angstrom: float
+
+    def band(self, k_lo: float, k_hi: float) -> slice:
+        """Pixels with k_lo ≤ |k| ≤ k_hi."""
+        return slice(
+            int(np.searchsorted(self.k_host, k_lo, side="left")), int(np.searchsorted(self.k_host, k_hi, side="right"))
+        )
+
+    def rings(self, first: int, last: int) -> slice:
+        """Pixels of rings first … last."""
+        return slice(
+            int(np.searchsorted(self.bins_host, first, side="left")),
+            int(np.searchsorted(self.bins_host, last, side="right")),
+        )
 
 
 def estimate_ctf(
@@ -231,7 +253,7 @@ def estimate_ctf(
     leaves process-wide settings alone).  Measured on the 2-core development machine, 1 thread:
     1024² in ≈ 0.15 s, 4096² in ≈ 0.45–0.65 s.
     """
-    array = _validated_image(image)
+    frame = _validated_image(image, device)
     pixel = microscope.pixel_size_angstrom
     high_limit = 2.2 * pixel if high_resolution_limit_angstrom is None else high_resolution_limit_angstrom
     if high_limit < 2.0 * pixel:
@@ -246,8 +268,8 @@ def estimate_ctf(
             f"defocus_search_range_angstrom must be increasing and positive, got {defocus_search_range_angstrom}"
         )
 
-    tile = _tile_size_for(array.shape, tile_size_px)
-    halves = half_set_power_spectra(array, tile, _TILE_OVERLAP_FRACTION, device=device)
+    tile = _tile_size_for(tuple(frame.shape), tile_size_px)
+    halves = half_set_power_spectra(frame, tile, _TILE_OVERLAP_FRACTION, device=device)
     spectrum = _flatten_spectrum(halves.mean_power, pixel)
     optics = _Optics.of(microscope)
     k_nyquist = spectrum.bin_width_per_angstrom * (spectrum.n_bins - 1)
@@ -274,14 +296,15 @@ def estimate_ctf(
         nominal_defocus_angstrom,
     )
     bounds = _parameter_bounds((lo_defocus, hi_defocus), mean_defocus)
-    params = torch.tensor([mean_defocus, 0.0, 0.0], dtype=torch.float64, device=spectrum.power.device)
+    params = np.array([mean_defocus, 0.0, 0.0])
     signal, background = _fit_envelopes(spectrum, spectrum.power, params, level, (k_lo, k_hi), optics)
 
     # 2. 2-D grid search and band-widening refinement; envelopes refitted in 2-D; final refinement.
     params = _grid_and_refine(spectrum, signal, background, (k_lo, k_hi), optics, bounds, mean_defocus)
     signal, background = _fit_envelopes(spectrum, spectrum.power, params, level, (k_lo, k_nyquist), optics)
-    full_band = _pixel_set(spectrum, spectrum.power, signal, background, (k_lo, k_hi), optics)
-    params, ncc = _refine(full_band, params, bounds)
+    full_band = _band_pixels(_pixel_model(spectrum, spectrum.power, signal, background, (k_lo, k_hi), optics), k_hi)
+    refined, ncc = _refine(full_band, params[None, :], bounds)
+    params = refined[0]
 
     # 3. Fit resolution on the equiphase average of the final fit.
     equiphase = _equiphase_average(spectrum, spectrum.power, params, optics)
@@ -295,7 +318,7 @@ def estimate_ctf(
     return CtfFit(
         ctf=ctf_params_from_components(d, hx, hy),
         fit_resolution_angstrom=1.0 / fit_k,
-        cross_correlation=float(ncc),
+        cross_correlation=float(ncc[0]),
         defocus_sigma_angstrom=sigma,
         spectral_model=model,
     )
@@ -318,7 +341,13 @@ def ctf_params_from_components(
 # Input checks and spectrum layout
 
 
-def _validated_image(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def _validated_image(image: npt.NDArray[np.float32], device: str | torch.device) -> torch.Tensor:
+    """The micrograph as a float32 tensor on ``device``, checked: 2-D, ≥ 128 px, real, finite, not constant.
+
+    Values are checked after the copy, on the device, by one min/max reduction (NaN propagates through
+    both, ±Inf shows in one of them): on a GPU that is one read-back instead of passes over 16 M pixels
+    on the host.
+    """
     array = np.asarray(image)
     if array.ndim != 2:
         raise CtfEstimationError(f"expected a 2-D micrograph [y, x], got shape {array.shape}")
@@ -326,12 +355,13 @@ def _validated_image(image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         raise CtfEstimationError(f"micrograph {array.shape} is smaller than {MIN_IMAGE_SIZE_PX} px")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise CtfEstimationError(f"micrograph must be real-valued, got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
+    frame = frame_tensor(array, device)
+    low, high = (float(v) for v in torch.stack(torch.aminmax(frame)).tolist())
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise CtfEstimationError("micrograph contains NaN or Inf pixels")
-    if float(array.max()) == float(array.min()):
+    if low == high:
         raise CtfEstimationError("micrograph is constant: no spectrum to fit")
-    return array
+    return frame
 
 
 def _tile_size_for(shape_px: tuple[int, ...], tile_size_px: int) -> int:
@@ -353,19 +383,25 @@ def _flatten_spectrum(power_2d: torch.Tensor, pixel_size_angstrom: float) -> _Sp
     device = power_2d.device
     bins, multiplicity = radial_bin_index((n_y, n_xr), device=device)
     n_bins = n_y // 2 + 1
-    keep = bins < n_bins
     ky = torch.fft.fftfreq(n_y, d=pixel_size_angstrom, device=device, dtype=torch.float64)
     kx = torch.fft.rfftfreq(2 * (n_xr - 1), d=pixel_size_angstrom, device=device, dtype=torch.float64)
     ky_grid, kx_grid = torch.meshgrid(ky, kx, indexing="ij")
-    theta = torch.atan2(ky_grid, kx_grid)
+    k = torch.sqrt(ky_grid**2 + kx_grid**2).flatten()
+    # Pixels ≤ Nyquist in order of |k| (ring index = round(|k| L p) is then non-decreasing too).
+    index = (bins.flatten() < n_bins).nonzero().flatten()
+    index = index[torch.argsort(k[index], stable=True)]
+    theta = torch.atan2(ky_grid, kx_grid).flatten()[index]
+    k_sorted, bins_sorted = k[index], bins.flatten()[index]
     return _Spectrum(
-        power=power_2d.double()[keep],
-        k=torch.sqrt(ky_grid**2 + kx_grid**2)[keep],
-        cos2=torch.cos(2.0 * theta)[keep],
-        sin2=torch.sin(2.0 * theta)[keep],
-        weight=multiplicity[keep],
-        bins=bins[keep],
-        keep=keep,
+        power=power_2d.double().flatten()[index],
+        k=k_sorted,
+        cos2=torch.cos(2.0 * theta),
+        sin2=torch.sin(2.0 * theta),
+        weight=multiplicity.flatten()[index],
+        bins=bins_sorted,
+        index=index,
+        k_host=k_sorted.cpu().numpy(),
+        bins_host=bins_sorted.cpu().numpy(),
         n_bins=n_bins,
         bin_width_per_angstrom=1.0 / (n_y * pixel_size_angstrom),
     )
@@ -374,15 +410,19 @@ def _flatten_spectrum(power_2d: torch.Tensor, pixel_size_angstrom: float) -> _Sp
 def _ring_average(
     spectrum: _Spectrum, bins: torch.Tensor, values: torch.Tensor, weight: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean of ``values`` in rings ``bins`` (0 … n_bins − 1), and the weight in each ring.
+    """Weighted mean of ``values`` in rings ``bins``, and the weight in each ring 0 … n_bins − 1.
 
-    ``weight`` defaults to the half-plane multiplicity of every spectrum pixel.
+    ``weight`` defaults to the half-plane multiplicity of every spectrum pixel.  Pixels with a ring
+    index ≥ n_bins are left out (so a caller drops pixels by index, without a boolean mask, whose
+    size would have to be read back from the device).
     """
     weight = spectrum.weight if weight is None else weight
-    counts = torch.zeros(spectrum.n_bins, dtype=torch.float64, device=values.device)
+    bins = bins.clamp_max(spectrum.n_bins)
+    counts = torch.zeros(spectrum.n_bins + 1, dtype=torch.float64, device=values.device)
     counts.index_add_(0, bins, weight)
-    sums = torch.zeros(spectrum.n_bins, dtype=torch.float64, device=values.device)
+    sums = torch.zeros(spectrum.n_bins + 1, dtype=torch.float64, device=values.device)
     sums.index_add_(0, bins, weight * values)
+    counts, sums = counts[:-1], sums[:-1]
     return sums / counts.clamp_min(1e-12), counts
 
 
@@ -417,7 +457,8 @@ def _nonnegative_lstsq(gram: torch.Tensor, rhs: torch.Tensor, n_iter: int = 6) -
     for _ in range(n_iter):
         both = active[:, :, None] & active[:, None, :]
         system = torch.where(both, gram, eye.expand_as(gram)) + ridge
-        coefficients = torch.linalg.solve(system, torch.where(active, rhs, 0.0))
+        # solve_ex without its error check: no read-back (the ridge keeps the system positive definite).
+        coefficients = torch.linalg.solve_ex(system, torch.where(active, rhs, 0.0))[0]
         coefficients = torch.where(active, coefficients, 0.0)
         negative = coefficients < 0
         if not bool(negative.any()):
@@ -467,7 +508,7 @@ def _search_mean_defocus(
 
     def residuals(defocus: torch.Tensor) -> torch.Tensor:
         out = []
-        for chunk in torch.split(defocus, 512):
+        for chunk in torch.split(defocus, 512 if k.device.type == "cpu" else 8192):  # bounds CPU memory
             ctf2 = _ctf_squared_1d(k, chunk, optics)
             design = torch.cat([basis.expand(len(chunk), -1, -1), basis * ctf2[:, :, None]], dim=-1)
             design = design * sqrt_w[None, :, None]
@@ -499,7 +540,7 @@ def _search_mean_defocus(
 def _fit_envelopes(
     spectrum: _Spectrum,
     power: torch.Tensor,
-    params: torch.Tensor,
+    params: FloatArray,
     level: torch.Tensor,
     band: tuple[float, float],
     optics: _Optics,
@@ -513,18 +554,23 @@ def _fit_envelopes(
     """
     n_bins = spectrum.n_bins
     ring_k = torch.arange(n_bins, dtype=torch.float64, device=power.device) * spectrum.bin_width_per_angstrom
-    in_band_ring = (ring_k >= band[0]) & (ring_k <= band[1])
-    keep = in_band_ring[spectrum.bins]
+    first = math.ceil(band[0] / spectrum.bin_width_per_angstrom - 1e-9)
+    last = math.floor(band[1] / spectrum.bin_width_per_angstrom + 1e-9)
+    ring = torch.arange(n_bins, device=power.device)
+    in_band_ring = (ring >= first) & (ring <= last)
+    keep = spectrum.rings(first, last)
     bins = spectrum.bins[keep]
     weight = spectrum.weight[keep] / level[bins] ** 2
-    defocus = params[0] + params[1] * spectrum.cos2[keep] + params[2] * spectrum.sin2[keep]
+    d, hx, hy = (float(v) for v in params)
+    defocus = d + hx * spectrum.cos2[keep] + hy * spectrum.sin2[keep]
     k = spectrum.k[keep]
     ctf2 = torch.sin(optics.a_angstrom * k**2 * defocus - optics.c_angstrom4 * k**4 + optics.phase_rad) ** 2
     values = power[keep]
     sums = torch.zeros((5, n_bins), dtype=torch.float64, device=power.device)
     for row, quantity in enumerate((weight, weight * ctf2, weight * ctf2**2, weight * values, weight * ctf2 * values)):
         sums[row].index_add_(0, bins, quantity)
-    basis = _bspline_basis(ring_k, band[0], band[1]) * in_band_ring[:, None]
+    full_basis = _bspline_basis(ring_k, band[0], band[1])
+    basis = full_basis * in_band_ring[:, None]
 
     def block(ring_weight: torch.Tensor) -> torch.Tensor:
         return basis.T @ (basis * ring_weight[:, None])
@@ -537,7 +583,6 @@ def _fit_envelopes(
     )
     rhs = torch.cat([basis.T @ sums[3], basis.T @ sums[4]])
     coefficients = _nonnegative_lstsq(gram.unsqueeze(0), rhs.unsqueeze(0))[0]
-    full_basis = _bspline_basis(ring_k, band[0], band[1])
     return full_basis @ coefficients[_N_BASIS:], full_basis @ coefficients[:_N_BASIS]
 
 
@@ -553,7 +598,31 @@ def _interp_bins(values: torch.Tensor, k: torch.Tensor, bin_width: float) -> tor
     return values[lower] * (1.0 - fraction) + values[lower + 1] * fraction
 
 
-def _pixel_set(
+def _block_pixels(device: torch.device) -> int | None:
+    """Pixels per block of the NCC sums: ``_BLOCK_PIXELS`` on a CPU, the whole band (None) elsewhere."""
+    return _BLOCK_PIXELS if device.type == "cpu" else None
+
+
+@dataclass(frozen=True)
+class _PixelModel:
+    """Per-pixel quantities of a band under one envelope model (a, b), pixels sorted by |k|: the band
+    from its low edge to any lower top is a prefix of these arrays (``_band_pixels``).
+
+    ``s`` = (PS − b)/σ has one row per spectrum (module docstring, step 3); ``k_host`` holds the pixels'
+    |k| on the host, to find a prefix without a read-back.
+    """
+
+    k_host: FloatArray
+    phase_basis: torch.Tensor  # (3, n)
+    phase_offset: torch.Tensor  # (n,)
+    weight: torch.Tensor  # (n,)
+    wg: torch.Tensor  # (n,)
+    wg2: torch.Tensor  # (n,)
+    s: torch.Tensor  # (R, n)
+    phase_rate_per_angstrom: float  # A, so that ∂χ/∂D = A k²
+
+
+def _pixel_model(
     spectrum: _Spectrum,
     power: torch.Tensor,
     signal: torch.Tensor,
@@ -561,77 +630,117 @@ def _pixel_set(
     band: tuple[float, float],
     optics: _Optics,
     max_pixels: int | None = None,
-) -> _PixelSet:
-    """The pixels of ``band`` (evenly thinned to ``max_pixels``) in blocks of ``_BLOCK_PIXELS``."""
-    mask = (spectrum.k >= band[0]) & (spectrum.k <= band[1])
-    index = mask.nonzero().flatten()
-    if max_pixels is not None and index.numel() > max_pixels:
-        stride = index.numel() / max_pixels
-        index = index[(torch.arange(max_pixels, device=index.device) * stride).long()]
+) -> _PixelModel:
+    """``_PixelModel`` of the pixels of ``band``, evenly thinned to ``max_pixels``.
+
+    ``power`` holds the spectrum's pixels, shape (n,), or several spectra with the same model, (R, n)
+    (the two half sets).
+    """
+    pixels = spectrum.band(*band)
+    index: slice | torch.Tensor = pixels
+    k_host = spectrum.k_host[pixels]
+    n = len(k_host)
+    if max_pixels is not None and n > max_pixels:
+        positions = pixels.start + np.floor(np.arange(max_pixels) * (n / max_pixels)).astype(np.int64)
+        index = torch.as_tensor(positions, device=spectrum.k.device)
+        k_host = spectrum.k_host[positions]
     k = spectrum.k[index]
     a = _interp_bins(signal, k, spectrum.bin_width_per_angstrom).clamp_min(0.0)
     b = _interp_bins(background, k, spectrum.bin_width_per_angstrom).clamp_min(0.0)
-    sigma = (b + 0.5 * a).clamp_min(1e-12 * float((b + 0.5 * a).max()) + 1e-300)
+    expected = b + 0.5 * a
+    sigma = torch.clamp_min(expected, 1e-12 * expected.max() + 1e-300)
     weight = spectrum.weight[index]
-    s = (power[index] - b) / sigma
-    weight_sum = float(weight.sum())
-    s_centered = s - (weight * s).sum() / weight_sum
     gain = a / sigma
     a_k2 = optics.a_angstrom * k**2
-    basis = torch.stack([a_k2, a_k2 * spectrum.cos2[index], a_k2 * spectrum.sin2[index]])
-    offset = optics.phase_rad - optics.c_angstrom4 * k**4
     wg = weight * gain
+    return _PixelModel(
+        k_host=k_host,
+        phase_basis=torch.stack([a_k2, a_k2 * spectrum.cos2[index], a_k2 * spectrum.sin2[index]]),
+        phase_offset=optics.phase_rad - optics.c_angstrom4 * k**4,
+        weight=weight,
+        wg=wg,
+        wg2=wg * gain,
+        s=(power.reshape(-1, power.shape[-1])[:, index] - b) / sigma,
+        phase_rate_per_angstrom=optics.a_angstrom,
+    )
+
+
+def _band_pixels(model: _PixelModel, k_max: float) -> _PixelSet:
+    """The model's pixels with |k| ≤ k_max, centred (s_c = s − its weighted mean over these pixels) and
+    cut into blocks (``_block_pixels``)."""
+    n = int(np.searchsorted(model.k_host, k_max, side="right"))
+    weight = model.weight[:n]
+    s = model.s[:, :n]
+    weight_sum = weight.sum()
+    s_centered = s - (weight * s).sum(dim=1, keepdim=True) / weight_sum
+    wgs = model.wg[:n] * s_centered
+    scalars = torch.cat([weight_sum[None], (weight * s_centered**2).sum(dim=1)]).tolist()  # one read-back
+    size = _block_pixels(weight.device) or max(n, 1)
+    basis = model.phase_basis[:, :n]
     blocks = tuple(
         _PixelBlock(
-            phase_basis=basis[:, i : i + _BLOCK_PIXELS].contiguous(),
-            phase_basis_t=basis[:, i : i + _BLOCK_PIXELS].T.contiguous(),
-            phase_offset=offset[i : i + _BLOCK_PIXELS].contiguous(),
-            wg=wg[i : i + _BLOCK_PIXELS].contiguous(),
-            wgs=(wg * s_centered)[i : i + _BLOCK_PIXELS].contiguous(),
-            wg2=(wg * gain)[i : i + _BLOCK_PIXELS].contiguous(),
+            phase_basis=basis[:, i : i + size].contiguous(),
+            phase_basis_t=basis[:, i : i + size].T.contiguous(),
+            phase_offset=model.phase_offset[i : min(i + size, n)].contiguous(),
+            wg=model.wg[i : min(i + size, n)].contiguous(),
+            wgs=wgs[:, i : i + size].contiguous(),
+            wg2=model.wg2[i : min(i + size, n)].contiguous(),
         )
-        for i in range(0, index.numel(), _BLOCK_PIXELS)
+        for i in range(0, n, size)
     )
-    return _PixelSet(blocks, s_norm2=float((weight * s_centered**2).sum()), weight_sum=weight_sum)
+    k_top = float(model.k_host[:n].max()) if n else 0.0
+    return _PixelSet(
+        blocks,
+        s_norm2=tuple(scalars[1:]),
+        weight_sum=scalars[0],
+        top_phase_rate_per_angstrom=model.phase_rate_per_angstrom * k_top**2,
+    )
 
 
 def _ncc(pixels: _PixelSet, params: torch.Tensor) -> torch.Tensor:
-    """Weighted NCC between s and (a/σ)·CTF²(D, h_x, h_y) for parameter rows (C, 3) → (C,)."""
+    """Weighted NCC between the first spectrum row's s and (a/σ)·CTF²(D, h_x, h_y) for parameter rows
+    (C, 3) → (C,)."""
     sums = torch.zeros((3, params.shape[0]), dtype=params.dtype, device=params.device)
     for block in pixels.blocks:
         q = torch.sin(params @ block.phase_basis + block.phase_offset) ** 2  # (C, n)
         sums[0] += q @ block.wg
-        sums[1] += q @ block.wgs
+        sums[1] += q @ block.wgs[0]
         sums[2] += (q * q) @ block.wg2
     variance = sums[2] - sums[0] ** 2 / pixels.weight_sum
-    return sums[1] / torch.sqrt(variance.clamp_min(1e-30) * max(pixels.s_norm2, 1e-30))
+    return sums[1] / torch.sqrt(variance.clamp_min(1e-30) * max(pixels.s_norm2[0], 1e-30))
 
 
-def _ncc_and_gradient(pixels: _PixelSet, params: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """NCC of one parameter vector (3,) and its analytic gradient ∂NCC/∂(D, h_x, h_y).
+def _ncc_and_gradient(pixels: _PixelSet, params: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """NCC of parameter rows (S, 3) and its analytic gradient ∂NCC/∂(D, h_x, h_y), (S,) and (S, 3).
 
-    With q = sin²χ, m = g q and ∂q/∂p_j = sin 2χ · ∂χ/∂p_j: NCC = X / √(V S) with X = Σ w s_c m and
+    Row r is scored against the spectrum row r of ``pixels`` (or its only row).  With q = sin²χ,
+    m = g q and ∂q/∂p_j = sin 2χ · ∂χ/∂p_j: NCC = X / √(V S) with X = Σ w s_c m and
     V = Σ w m² − (Σ w m)² / Σ w, so ∂NCC = NCC · (∂X / X − ½ ∂V / V),
     ∂X = Σ wgs sin 2χ ∂χ,  ∂V = 2 Σ wg2 q sin 2χ ∂χ − 2 (Σ w m)(Σ wg sin 2χ ∂χ) / Σ w.
+    All sums come back from the device in one read.
     """
-    sums = torch.zeros(3, dtype=params.dtype, device=params.device)  # Σ w m, X, Σ w m²
-    derivatives = torch.zeros((3, 3), dtype=params.dtype, device=params.device)  # rows ∂Σwm, ∂X, ½∂Σwm²
-    d, hx, hy = params.tolist()
+    n_rows = params.shape[0]
+    first = pixels.blocks[0].phase_basis
+    rows = torch.as_tensor(params, dtype=torch.float64).to(first.device)
+    parts = []  # per block: Σ w m, X, Σ w m² (3 S values), then ∂Σwm, ∂X, ½∂Σwm² (3 S × 3)
     for block in pixels.blocks:
-        basis = block.phase_basis
-        chi = basis[0] * d + basis[1] * hx + basis[2] * hy + block.phase_offset
+        chi = torch.addmm(block.phase_offset, rows, block.phase_basis)  # (S, n)
         sin_chi, cos_chi = torch.sin(chi), torch.cos(chi)
         q = sin_chi * sin_chi
-        factors = torch.stack([block.wg, block.wgs, block.wg2 * q])
-        sums += torch.mv(factors, q)
-        derivatives += torch.mm(factors * (2.0 * sin_chi * cos_chi), block.phase_basis_t)
-    sum_m, cross, sum_mm = (float(v) for v in sums)
-    variance = max(sum_mm - sum_m**2 / pixels.weight_sum, 1e-30)
-    d_variance = 2.0 * derivatives[2] - 2.0 * sum_m * derivatives[0] / pixels.weight_sum
-    ncc = cross / math.sqrt(variance * max(pixels.s_norm2, 1e-30))
-    if cross == 0.0:
-        return ncc, torch.zeros_like(params)
-    return ncc, ncc * (derivatives[1] / cross - 0.5 * d_variance / variance)
+        factors = torch.stack([block.wg.expand_as(q), block.wgs.expand_as(q), block.wg2 * q])  # (3, S, n)
+        sums = (factors * q).sum(dim=-1)
+        derivatives = (factors * (2.0 * sin_chi * cos_chi)) @ block.phase_basis_t
+        parts.append(torch.cat([sums.flatten(), derivatives.flatten()]))
+    values = (parts[0] if len(parts) == 1 else torch.stack(parts).sum(dim=0)).cpu().numpy()
+    sum_m, cross, sum_mm = values[: 3 * n_rows].reshape(3, n_rows)
+    d_sum_m, d_cross, d_half_mm = values[3 * n_rows :].reshape(3, n_rows, 3)
+    s_norm2 = np.maximum(np.asarray(pixels.s_norm2), 1e-30)
+    variance = np.maximum(sum_mm - sum_m**2 / pixels.weight_sum, 1e-30)
+    d_variance = 2.0 * d_half_mm - 2.0 * sum_m[:, None] * d_sum_m / pixels.weight_sum
+    ncc = cross / np.sqrt(variance * s_norm2)
+    safe_cross = np.where(cross == 0.0, 1.0, cross)
+    gradient = ncc[:, None] * (d_cross / safe_cross[:, None] - 0.5 * d_variance / variance[:, None])
+    return ncc, np.where(cross[:, None] == 0.0, 0.0, gradient)
 
 
 def _parameter_bounds(
@@ -651,7 +760,7 @@ def _grid_and_refine(
     optics: _Optics,
     bounds: tuple[tuple[float, float], float],
     mean_defocus_angstrom: float,
-) -> torch.Tensor:
+) -> FloatArray:
     """Coarse grid over (D offset, h, angle), then band-widening L-BFGS-B refinement of the best starts.
 
     The grid is scored on a band up to k_g = 1/``_GRID_RESOLUTION_ANGSTROM`` (at least 2 k_lo) where
@@ -671,76 +780,88 @@ def _grid_and_refine(
             n_angles = 1 if h == 0 else max(4, math.ceil(2.0 * math.pi * h / step))
             for angle in np.arange(n_angles) * math.pi / n_angles:
                 rows.append((d, h * math.cos(2 * angle), h * math.sin(2 * angle)))
-    candidates = torch.tensor(rows, dtype=torch.float64, device=spectrum.power.device)
-    coarse = _pixel_set(spectrum, spectrum.power, signal, background, (band[0], k_grid), optics, _GRID_MAX_PIXELS)
-    scores = torch.cat([_ncc(coarse, chunk) for chunk in torch.split(candidates, 64)])
-    starts: list[torch.Tensor] = []
-    for i in torch.argsort(scores, descending=True).tolist():
-        if all(float(torch.linalg.norm(candidates[i] - start)) > step for start in starts):
+    candidates = np.array(rows)
+    coarse_band = (band[0], k_grid)
+    coarse = _band_pixels(
+        _pixel_model(spectrum, spectrum.power, signal, background, coarse_band, optics, _GRID_MAX_PIXELS), k_grid
+    )
+    on_device = torch.as_tensor(candidates, device=spectrum.power.device)
+    scores = torch.cat([_ncc(coarse, chunk) for chunk in torch.split(on_device, 64)]).cpu().numpy()
+    starts: list[FloatArray] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if all(np.linalg.norm(candidates[i] - start) > step for start in starts):
             starts.append(candidates[i])
         if len(starts) == _N_REFINE_STARTS:
             break
 
+    model = _pixel_model(spectrum, spectrum.power, signal, background, band, optics)
     k_max = k_grid
     while True:
-        pixels = _pixel_set(spectrum, spectrum.power, signal, background, (band[0], k_max), optics)
-        refined = sorted((_refine(pixels, start, bounds) for start in starts), key=lambda r: -r[1])
+        pixels = _band_pixels(model, k_max)
+        fitted, nccs = _refine(pixels, np.stack(starts), bounds)  # all starts in one refinement
+        refined = sorted(zip(fitted, nccs.tolist(), strict=True), key=lambda r: -r[1])
         if k_max >= band[1]:
-            return refined[0][0]
+            best: FloatArray = refined[0][0]
+            return best
         # Keep the best two distinct optima (starts that converged together are refined only once).
         tolerance = 0.1 / (optics.a_angstrom * k_max**2)
         starts = []
         for params, _ in refined:
-            if all(float(torch.linalg.norm(params - start)) > tolerance for start in starts):
+            if all(np.linalg.norm(params - start) > tolerance for start in starts):
                 starts.append(params)
         starts = starts[:2]
         k_max = min(band[1], k_max * _BAND_GROWTH)
 
 
 def _refine(
-    pixels: _PixelSet, start: torch.Tensor, bounds: tuple[tuple[float, float], float]
-) -> tuple[torch.Tensor, float]:
-    """Local maximisation of the NCC from ``start`` (D, h_x, h_y) with L-BFGS-B (analytic gradient).
+    pixels: _PixelSet, starts: FloatArray, bounds: tuple[tuple[float, float], float]
+) -> tuple[FloatArray, FloatArray]:
+    """Local maximisation of the NCC from starts (S, 3) of (D, h_x, h_y) with L-BFGS-B (analytic gradient).
 
-    The variables are scaled so that a unit step moves the phase at the top of the band by 1 rad; D is
-    bounded to the search range and h_x, h_y to ±h_max (``_parameter_bounds``).
+    Row r is fitted to spectrum row r of ``pixels`` (or its only row); the rows are independent, so
+    the sum of their NCCs is maximised over all 3 S variables at once, every evaluation one pass over
+    the pixels for all rows.  The variables are scaled so that a unit step moves the phase at the top of
+    the band by 1 rad; D is bounded to the search range and h_x, h_y to ±h_max (``_parameter_bounds``).
+    Returns the parameters (S, 3) and each row's NCC (S,).
     """
-    scale = 1.0 / max(float(block.phase_basis[0].max()) for block in pixels.blocks)
-    origin = start.detach().clone()
+    scale = 1.0 / pixels.top_phase_rate_per_angstrom
     (d_min, d_max), h_max = bounds
-    lower = (np.array([d_min, -h_max, -h_max]) - origin.cpu().numpy()) / scale
-    upper = (np.array([d_max, h_max, h_max]) - origin.cpu().numpy()) / scale
+    lower = ((np.array([d_min, -h_max, -h_max]) - starts) / scale).ravel()
+    upper = ((np.array([d_max, h_max, h_max]) - starts) / scale).ravel()
+    last: dict[str, FloatArray] = {}
 
-    def objective(x: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-        shift = torch.as_tensor(x, dtype=torch.float64, device=origin.device)
-        ncc, gradient = _ncc_and_gradient(pixels, origin + shift * scale)
-        return -ncc, -(gradient * scale).cpu().numpy().astype(np.float64)
+    def objective(x: FloatArray) -> tuple[float, FloatArray]:
+        ncc, gradient = _ncc_and_gradient(pixels, starts + x.reshape(starts.shape) * scale)
+        last["x"], last["ncc"] = x.copy(), ncc
+        return -float(ncc.sum()), -(gradient * scale).ravel()
 
     result = scipy.optimize.minimize(
         objective,
-        np.clip(np.zeros(3), lower, upper),
+        np.clip(np.zeros(starts.size), lower, upper),
         jac=True,
         method="L-BFGS-B",
         bounds=list(zip(lower, upper, strict=True)),
         options={"maxiter": 60, "gtol": 1e-7},
     )
-    best = origin + torch.as_tensor(result.x, dtype=torch.float64, device=origin.device) * scale
-    return best, -float(result.fun)
+    best = starts + result.x.reshape(starts.shape) * scale
+    if np.array_equal(last["x"], result.x):
+        return best, last["ncc"]
+    return best, _ncc_and_gradient(pixels, best)[0]
 
 
 # --------------------------------------------------------------------------------------------------
 # Equiphase average, fit resolution, uncertainty, spectral model
 
 
-def _equiphase_average(spectrum: _Spectrum, power: torch.Tensor, params: torch.Tensor, optics: _Optics) -> torch.Tensor:
+def _equiphase_average(spectrum: _Spectrum, power: torch.Tensor, params: FloatArray, optics: _Optics) -> torch.Tensor:
     """Average of the spectrum in rings of equal CTF phase at the mean defocus (CTFFIND4 §2.5).
 
     Each pixel (k, θ) has defocus-and-C_s phase χ_d = A k² Δf(θ) − C k⁴; it is moved to the k' with
     A k'² D − C k'⁴ = χ_d (the root before the C_s turning point).  Pixels past their own turning point,
     or with a phase the mean defocus never reaches, are left out; rings no pixel maps to are NaN.
     """
-    d = params[0]
-    defocus = d + params[1] * spectrum.cos2 + params[2] * spectrum.sin2
+    d, hx, hy = (float(v) for v in params)
+    defocus = d + hx * spectrum.cos2 + hy * spectrum.sin2
     k2 = spectrum.k**2
     chi = optics.a_angstrom * k2 * defocus - optics.c_angstrom4 * k2**2
     a_d = optics.a_angstrom * d
@@ -752,8 +873,8 @@ def _equiphase_average(spectrum: _Spectrum, power: torch.Tensor, params: torch.T
         before_turn = torch.ones_like(chi, dtype=torch.bool)
         u = chi / a_d
     bins = torch.round(torch.sqrt(u.clamp_min(0.0)) / spectrum.bin_width_per_angstrom).long()
-    keep = before_turn & (bins < spectrum.n_bins)
-    average, counts = _ring_average(spectrum, bins[keep], power[keep], spectrum.weight[keep])
+    bins = torch.where(before_turn, bins, spectrum.n_bins)  # left out by _ring_average
+    average, counts = _ring_average(spectrum, bins, power)
     return torch.where(counts > 0, average, torch.nan)
 
 
@@ -762,7 +883,7 @@ def _fit_resolution_per_angstrom(
     equiphase: torch.Tensor,
     signal: torch.Tensor,
     background: torch.Tensor,
-    params: torch.Tensor,
+    params: FloatArray,
     optics: _Optics,
     k_lo: float,
 ) -> float:
@@ -821,18 +942,17 @@ def _defocus_sigma_angstrom(
     background: torch.Tensor,
     band: tuple[float, float],
     optics: _Optics,
-    params: torch.Tensor,
+    params: FloatArray,
     bounds: tuple[tuple[float, float], float],
 ) -> float:
-    """σ of the mean defocus from refits on the two independent half sets (module docstring, step 5)."""
+    """σ of the mean defocus from refits on the two independent half sets (module docstring, step 5);
+    both refits run as one (``_refine`` with a row per half)."""
     if min(halves.n_half_tiles) == 0:
         return _DEFOCUS_SIGMA_FLOOR_ANGSTROM
-    estimates = []
-    for half in halves.half_power:
-        power = half.double()[spectrum.keep]
-        refined, _ = _refine(_pixel_set(spectrum, power, signal, background, band, optics), params, bounds)
-        estimates.append(float(refined[0]))
-    return max(_DEFOCUS_SIGMA_FLOOR_ANGSTROM, 0.5 * abs(estimates[0] - estimates[1]))
+    power = halves.half_power.reshape(2, -1).double()[:, spectrum.index]
+    pixels = _band_pixels(_pixel_model(spectrum, power, signal, background, band, optics), band[1])
+    refined, _ = _refine(pixels, np.stack([params, params]), bounds)
+    return max(_DEFOCUS_SIGMA_FLOOR_ANGSTROM, 0.5 * abs(float(refined[0, 0] - refined[1, 0])))
 
 
 def _spectral_model(

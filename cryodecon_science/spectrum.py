@@ -30,8 +30,10 @@ import numpy.typing as npt
 import torch
 
 _MIN_TILE_SIZE_PX = 8
-# Tiles per FFT batch: bounds the working memory (a batch of 16 tiles of 512² is 17 MB of float32).
+# Tiles per FFT batch on a CPU: bounds the working memory (a batch of 16 tiles of 512² is 17 MB of
+# float32); on an accelerator the batch is bounded by bytes instead (``_tiles_per_batch``).
 _TILES_PER_BATCH = 16
+_DEVICE_BATCH_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -175,29 +177,54 @@ def hann_window_2d(
     return (h[:, None] * h[None, :]).to(dtype)
 
 
-def _tile_power_rows(
-    image: npt.NDArray[np.floating], grid: TileGrid, device: str | torch.device
-) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """Yield (tile row i, first tile column j0, periodograms of tiles (i, j0), (i, j0 + 1), …)."""
+def _tiles_per_batch(tile_size_px: int, device: torch.device) -> int:
+    """Tiles per FFT batch: ``_TILES_PER_BATCH`` on a CPU; on an accelerator as many as
+    ``_DEVICE_BATCH_BYTES`` holds (a tile's copy, windowed copy, transform and power ≈ 4 × 4 L² bytes), so
+    that a 4096² micrograph's 225 tiles of 512² are one batch: a handful of kernel launches instead of a
+    loop over tile rows."""
+    if device.type == "cpu":
+        return _TILES_PER_BATCH
+    return max(1, _DEVICE_BATCH_BYTES // (16 * tile_size_px * tile_size_px))
+
+
+def frame_tensor(image: npt.NDArray[np.floating] | torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """A micrograph as a float32 tensor on ``device`` (no copy if it is one already)."""
+    if isinstance(image, torch.Tensor):
+        return image.to(device=device, dtype=torch.float32)
     array = np.ascontiguousarray(image, dtype=np.float32)
     if not array.flags.writeable:  # e.g. a memory-mapped MRC: torch wants a writable buffer
         array = array.copy()
-    tensor = torch.as_tensor(array, device=device)
+    return torch.as_tensor(array, device=device)
+
+
+def _tile_power_batches(
+    image: npt.NDArray[np.floating] | torch.Tensor, grid: TileGrid, device: str | torch.device
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (raster index of the first tile, periodograms of that and the following tiles), in raster
+    order (row of tiles i, then column j)."""
+    tensor = frame_tensor(image, device)
     tile = grid.tile_size_px
-    window = hann_window_2d(tile, device=device)
+    window = hann_window_2d(tile, device=tensor.device)
     norm = float((window.double() ** 2).sum())
-    x0 = grid.origins_x_px[0]
-    step_x = grid.origins_x_px[1] - x0 if len(grid.origins_x_px) > 1 else tile
-    n_x = len(grid.origins_x_px)
-    width = (n_x - 1) * step_x + tile
-    for i, y0 in enumerate(grid.origins_y_px):
-        strip = tensor[y0 : y0 + tile, x0 : x0 + width]
-        tiles = strip.unfold(1, tile, step_x).permute(1, 0, 2)  # (n_x, L, L), a view
-        for j0 in range(0, n_x, _TILES_PER_BATCH):
-            batch = tiles[j0 : j0 + _TILES_PER_BATCH]
-            batch = (batch - batch.mean(dim=(1, 2), keepdim=True)) * window
-            spectrum = torch.fft.rfft2(batch)
-            yield i, j0, (spectrum.real.square() + spectrum.imag.square()) / norm
+    n_y, n_x = len(grid.origins_y_px), len(grid.origins_x_px)
+
+    def step(origins: tuple[int, ...]) -> int:
+        return origins[1] - origins[0] if len(origins) > 1 else tile
+
+    y0, x0 = grid.origins_y_px[0], grid.origins_x_px[0]
+    step_y, step_x = step(grid.origins_y_px), step(grid.origins_x_px)
+    region = tensor[y0 : y0 + (n_y - 1) * step_y + tile, x0 : x0 + (n_x - 1) * step_x + tile]
+    tiles = region.unfold(0, tile, step_y).unfold(1, tile, step_x)  # (n_y, n_x, L, L), a view
+    per_batch = _tiles_per_batch(tile, tensor.device)
+    if per_batch < n_x:  # consecutive tiles of one row: views, no copy
+        batches = ((i * n_x + j0, tiles[i, j0 : j0 + per_batch]) for i in range(n_y) for j0 in range(0, n_x, per_batch))
+    else:  # whole rows of tiles, copied into one (B, L, L) tensor
+        rows = per_batch // n_x
+        batches = ((i * n_x, tiles[i : i + rows].reshape(-1, tile, tile)) for i in range(0, n_y, rows))
+    for first, batch in batches:
+        batch = (batch - batch.mean(dim=(1, 2), keepdim=True)) * window
+        spectrum = torch.fft.rfft2(batch)
+        yield first, (spectrum.real.square() + spectrum.imag.square()) / norm
 
 
 def tile_power_spectra(
@@ -227,13 +254,13 @@ def tile_power_spectra(
     torch.Tensor, shape (n_tiles, L, L // 2 + 1), float32
         Periodograms in ``rfft2`` layout, tiles in raster order (row of tiles i, then column j).
     """
-    image = _as_2d_image(image)
-    grid = tile_grid(image.shape, tile_size_px, overlap_fraction)
-    return torch.cat([power for _, _, power in _tile_power_rows(image, grid, device)], dim=0)
+    frame = _as_2d_image(image)
+    grid = tile_grid((int(frame.shape[0]), int(frame.shape[1])), tile_size_px, overlap_fraction)
+    return torch.cat([power for _, power in _tile_power_batches(frame, grid, device)], dim=0)
 
 
 def half_set_power_spectra(
-    image: npt.NDArray[np.floating],
+    image: npt.NDArray[np.floating] | torch.Tensor,
     tile_size_px: int = 512,
     overlap_fraction: float = 0.5,
     device: str | torch.device = "cpu",
@@ -241,37 +268,37 @@ def half_set_power_spectra(
     """Tile-averaged periodogram and two independent half-set periodograms (``HalfSetSpectra``).
 
     Same tiles, window and normalisation as ``tile_power_spectra`` but accumulated on the fly, so the
-    memory needed does not grow with the number of tiles.
+    memory needed does not grow with the number of tiles.  ``image`` may be a tensor already on
+    ``device`` (no copy then).
     """
-    image = _as_2d_image(image)
-    grid = tile_grid(image.shape, tile_size_px, overlap_fraction)
+    frame = _as_2d_image(image)
+    grid = tile_grid((int(frame.shape[0]), int(frame.shape[1])), tile_size_px, overlap_fraction)
     tile = grid.tile_size_px
     sub_y = _non_overlapping(grid.origins_y_px, tile)
     sub_x = _non_overlapping(grid.origins_x_px, tile)
-    # Half of each tile (i, j): 0 or 1 on the non-overlapping sub-grid, -1 elsewhere.
-    half_of = torch.full((len(grid.origins_y_px), len(grid.origins_x_px)), -1, dtype=torch.long)
+    n_y, n_x = len(grid.origins_y_px), len(grid.origins_x_px)
+    # Rows of the accumulation weights, per tile in raster order: all tiles, half 0, half 1 (the
+    # checkerboard of the non-overlapping sub-grid).
+    membership = np.zeros((3, n_y, n_x))
+    membership[0] = 1.0
     for p, i in enumerate(sub_y):
         for q, j in enumerate(sub_x):
-            half_of[i, j] = (p + q) % 2
-    total = torch.zeros((tile, tile // 2 + 1), dtype=torch.float64, device=device)
-    halves = torch.zeros((2, tile, tile // 2 + 1), dtype=torch.float64, device=device)
-    n_half = [0, 0]
-    n_tiles = 0
-    for i, j0, power in _tile_power_rows(image, grid, device):
-        total += power.sum(dim=0, dtype=torch.float64)
-        n_tiles += power.shape[0]
-        row = half_of[i, j0 : j0 + power.shape[0]]
-        for half in (0, 1):
-            selected = (row == half).nonzero().flatten().to(power.device)
-            if selected.numel():
-                halves[half] += power.index_select(0, selected).sum(dim=0, dtype=torch.float64)
-                n_half[half] += int(selected.numel())
-    counts = torch.tensor([max(n, 1) for n in n_half], dtype=torch.float64, device=device)
+            membership[1 + (p + q) % 2, i, j] = 1.0
+    rows = membership.reshape(3, n_y * n_x)
+    n_half = (int(rows[1].sum()), int(rows[2].sum()))
+    weights = torch.as_tensor(
+        rows / np.maximum(rows.sum(axis=1, keepdims=True), 1.0), dtype=torch.float32, device=device
+    )
+    sums = torch.zeros((3, tile * (tile // 2 + 1)), dtype=torch.float64, device=weights.device)
+    for first, power in _tile_power_batches(frame, grid, device):
+        # Each batch's weighted sums in float32 (≤ a few hundred terms), accumulated in float64.
+        sums += (weights[:, first : first + power.shape[0]] @ power.reshape(power.shape[0], -1)).double()
+    sums = sums.reshape(3, tile, tile // 2 + 1)
     return HalfSetSpectra(
-        mean_power=(total / n_tiles).float(),
-        half_power=(halves / counts[:, None, None]).float(),
-        n_tiles=n_tiles,
-        n_half_tiles=(n_half[0], n_half[1]),
+        mean_power=sums[0].float(),
+        half_power=sums[1:].float(),
+        n_tiles=n_y * n_x,
+        n_half_tiles=n_half,
     )
 
 
@@ -344,8 +371,8 @@ def radial_average(power_2d: torch.Tensor, pixel_size_angstrom: float) -> tuple[
     return frequency, sums / counts
 
 
-def _as_2d_image(image: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-    array = np.asarray(image)
+def _as_2d_image(image: npt.NDArray[np.floating] | torch.Tensor) -> npt.NDArray[np.floating] | torch.Tensor:
+    array = image if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim != 2:
-        raise ValueError(f"expected a 2-D image [y, x], got shape {array.shape}")
+        raise ValueError(f"expected a 2-D image [y, x], got shape {tuple(array.shape)}")
     return array

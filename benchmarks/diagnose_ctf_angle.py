@@ -4,7 +4,8 @@
 
 Re-simulates ``bench_ctf.py``'s micrographs (same seeds, same constant particle density) and runs
 ``estimate_ctf`` on each.  The final refinement's pixel set (the weighted periodogram pixels of the fit
-band, ``ctf_estimate._pixel_set``) is captured by wrapping ``ctf_estimate._refine``; on it the script
+band, ``ctf_estimate._band_pixels``, of the whole spectrum: the half-set refits that follow it for the
+defocus σ are skipped) is captured by wrapping ``ctf_estimate._refine``; on it the script
 evaluates the fit's objective, the weighted NCC (``ctf_estimate._ncc``), at the estimate and at the true
 (D, h_x, h_y), and refines from the truth with the estimator's own local optimiser.  If the NCC at the
 estimate is at least that at the truth, the estimator found the better optimum of its objective and the
@@ -19,6 +20,7 @@ import argparse
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from _common import write_results
 from bench_ctf import angle_error_deg, particles_at_constant_density
@@ -28,12 +30,12 @@ from cryodecon_science.optics import CtfParams
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 
-def components(p: CtfParams) -> torch.Tensor:
+def components(p: CtfParams) -> np.ndarray:
     """(mean defocus, h_x, h_y) in Å, h = (U − V)/2 at twice the astigmatism angle (the estimator's variables)."""
     d = 0.5 * (p.defocus_u_angstrom + p.defocus_v_angstrom)
     h = 0.5 * (p.defocus_u_angstrom - p.defocus_v_angstrom)
     a = math.radians(p.astigmatism_angle_deg)
-    return torch.tensor([d, h * math.cos(2 * a), h * math.sin(2 * a)], dtype=torch.float64)
+    return np.array([d, h * math.cos(2 * a), h * math.sin(2 * a)])
 
 
 def main() -> None:
@@ -52,9 +54,10 @@ def main() -> None:
     captured: dict[str, Any] = {}
     refine = ce._refine
 
-    def recording_refine(pixels: Any, start: torch.Tensor, bounds: Any) -> tuple[torch.Tensor, float]:
-        captured["pixels"], captured["bounds"] = pixels, bounds
-        return refine(pixels, start, bounds)
+    def recording_refine(pixels: Any, starts: np.ndarray, bounds: Any) -> tuple[np.ndarray, np.ndarray]:
+        if len(pixels.s_norm2) == 1:  # the whole spectrum, not the two half sets
+            captured["pixels"], captured["bounds"] = pixels, bounds
+        return refine(pixels, starts, bounds)
 
     ce._refine = recording_refine  # type: ignore[assignment]
     rows = []
@@ -66,8 +69,9 @@ def main() -> None:
         )
         pixels, bounds = captured["pixels"], captured["bounds"]  # the last refinement: the full fit band
         estimate_params, truth_params = components(fit.ctf), components(truth)
-        ncc = ce._ncc(pixels, torch.stack([estimate_params, truth_params]))
-        from_truth, ncc_from_truth = refine(pixels, truth_params, bounds)
+        ncc = ce._ncc(pixels, torch.as_tensor(np.stack([estimate_params, truth_params])))
+        refined, refined_ncc = refine(pixels, truth_params[None, :], bounds)
+        from_truth, ncc_from_truth = refined[0], float(refined_ncc[0])
         angle_from_truth = math.degrees(math.atan2(float(from_truth[2]), float(from_truth[1]))) / 2 % 180
         rows.append(
             {

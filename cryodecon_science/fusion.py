@@ -83,6 +83,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import scipy.fft
 import torch
 
 from cryodecon_science.denoiser import DenoiserUNet, denoise_learned
@@ -165,14 +166,20 @@ def fourier_rings(shape_px: tuple[int, int]) -> tuple[IntArray, FloatArray]:
     ValueError
         For a side shorter than 2 pixels.
     """
+    ring, multiplicity = _rings_on(shape_px, "cpu")
+    return ring.numpy(), multiplicity.numpy()
+
+
+def _rings_on(shape_px: tuple[int, int], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fourier_rings` as tensors on ``device`` (int64, float64)."""
     ny, nx = shape_px
     if ny < 2 or nx < 2:
         raise ValueError(f"shape_px must be at least 2 x 2, got {shape_px}")
     n = max(ny, nx)
-    fy = np.fft.fftfreq(ny)
-    fx = np.fft.rfftfreq(nx)
-    ring = np.rint(np.hypot(fy[:, None], fx[None, :]) * n).astype(np.int64)
-    multiplicity = np.full(ring.shape, 2.0)
+    fy = torch.fft.fftfreq(ny, dtype=torch.float64, device=device)
+    fx = torch.fft.rfftfreq(nx, dtype=torch.float64, device=device)
+    ring = torch.round(torch.hypot(fy[:, None], fx[None, :]) * n).to(torch.int64)
+    multiplicity = torch.full(ring.shape, 2.0, dtype=torch.float64, device=device)
     multiplicity[:, 0] = 1.0
     if nx % 2 == 0:
         multiplicity[:, -1] = 1.0
@@ -180,9 +187,14 @@ def fourier_rings(shape_px: tuple[int, int]) -> tuple[IntArray, FloatArray]:
 
 
 def n_rings_of(shape_px: tuple[int, int]) -> int:
-    """Number of rings of the rfft grid of ``shape_px`` (:func:`fourier_rings`): the corner ring + 1."""
-    ring, _ = fourier_rings(shape_px)
-    return int(ring.max()) + 1
+    """Number of rings of the rfft grid of ``shape_px`` (:func:`fourier_rings`): the corner ring + 1 (the
+    ring of the largest |k_y| and |k_x|, as the radius grows with both)."""
+    ny, nx = shape_px
+    if ny < 2 or nx < 2:
+        raise ValueError(f"shape_px must be at least 2 x 2, got {shape_px}")
+    fy = float(np.abs(np.fft.fftfreq(ny)).max())
+    fx = float(np.abs(np.fft.rfftfreq(nx)).max())
+    return int(np.rint(np.hypot(fy, fx) * max(ny, nx))) + 1
 
 
 def ring_knots(n_rings: int, knots_per_octave: float, max_spacing: int) -> FloatArray:
@@ -234,50 +246,90 @@ def hat_basis(knots: FloatArray, n_rings: int) -> FloatArray:
 
 
 # --------------------------------------------------------------------------------------------- fitting
-def _stack_spectra(estimates: Sequence[npt.ArrayLike]) -> tuple[npt.NDArray[np.complex128], tuple[int, int]]:
+def _images_on(
+    estimates: Sequence[npt.ArrayLike], device: torch.device | str, what: str = "an estimate"
+) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """The estimates as float64 tensors on ``device``, checked: at least one, 2-D, one shape, finite (the
+    finiteness checked on the device, one read-back for all)."""
     if len(estimates) < 1:
         raise ValueError("at least one estimate is required")
-    images = [np.asarray(e, dtype=np.float64) for e in estimates]
-    shape = images[0].shape
+    arrays = [np.asarray(e) for e in estimates]
+    shape = arrays[0].shape
     if len(shape) != 2:
         raise ValueError(f"estimates must be 2-D [y, x], got shape {shape}")
-    for image in images:
-        if image.shape != shape:
-            raise ValueError(f"estimates differ in shape: {image.shape} vs {shape}")
-        if not np.all(np.isfinite(image)):
-            raise ValueError("an estimate contains NaN or Inf")
-    return np.stack([np.fft.rfft2(image) for image in images]), (int(shape[0]), int(shape[1]))
+    for array in arrays:
+        if array.shape != shape:
+            raise ValueError(f"estimates differ in shape: {array.shape} vs {shape}")
+    tensors = [
+        torch.as_tensor(np.array(a, dtype=np.result_type(a.dtype, np.float32), copy=not a.flags.writeable)).to(
+            device=device, dtype=torch.float64
+        )
+        for a in arrays
+    ]
+    if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise ValueError(f"{what} contains NaN or Inf")
+    return tensors, (int(shape[0]), int(shape[1]))
 
 
-def ring_normal_equations(estimates: Sequence[npt.ArrayLike], target: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+def _spectrum(image: torch.Tensor) -> torch.Tensor:
+    """rfft2 of a float64 image as real pairs (ny, nx // 2 + 1, 2), float64 (the ring sums below need
+    it); real arithmetic on the pairs avoids promoting real weights to complex.
+
+    On a CPU the transforms go through ``scipy.fft`` (pocketfft), which measured 2× faster than torch's
+    CPU FFT for the inverse transform of a 4096² float64 image on one thread (0.44 vs 0.94 s).
+    """
+    if image.device.type == "cpu":
+        spectrum: npt.NDArray[np.complex128] = scipy.fft.rfft2(image.numpy())
+        return torch.view_as_real(torch.from_numpy(spectrum))
+    return torch.view_as_real(torch.fft.rfft2(image))
+
+
+def _image(spectrum: torch.Tensor, shape_px: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`_spectrum` (real pairs in, float64 image of ``shape_px`` out)."""
+    if spectrum.device.type == "cpu":
+        image: FloatArray = scipy.fft.irfft2(torch.view_as_complex(spectrum).numpy(), s=shape_px)
+        return torch.from_numpy(image)
+    out: torch.Tensor = torch.fft.irfft2(torch.view_as_complex(spectrum), s=shape_px)
+    return out
+
+
+def ring_normal_equations(
+    estimates: Sequence[npt.ArrayLike], target: npt.ArrayLike, device: torch.device | str = "cpu"
+) -> tuple[FloatArray, FloatArray]:
     """Per-ring Gram matrices and right-hand sides of the least-squares fit of ``target`` by the estimates.
 
     Returns (G, c): G of shape (n_rings, m, m), G[r, i, j] = Σ_{ring(k)=r} Re(Êᵢ Ê*ⱼ), and c of shape
     (n_rings, m), c[r, i] = Σ_{ring(k)=r} Re(Êᵢ T̂*), summed over the full Fourier plane (module docstring).
+    The transforms and ring sums run on ``device`` in float64.
 
     Raises
     ------
     ValueError
         For no estimates, shapes that differ, or non-finite values.
     """
-    spectra, shape = _stack_spectra(estimates)
-    t = np.asarray(target, dtype=np.float64)
-    if t.shape != shape:
-        raise ValueError(f"target shape {t.shape} does not match the estimates' {shape}")
-    if not np.all(np.isfinite(t)):
-        raise ValueError("target contains NaN or Inf")
-    t_hat = np.fft.rfft2(t)
-    ring, multiplicity = fourier_rings(shape)
-    n_rings = int(ring.max()) + 1
-    flat_ring = ring.ravel()
-    m = spectra.shape[0]
+    images, shape = _images_on(estimates, device)
+    if np.shape(target) != shape:
+        raise ValueError(f"target shape {np.shape(target)} does not match the estimates' {shape}")
+    (t,), _ = _images_on([target], device, "target")
+    ring, weight = _rings_on(shape, device)
+    n_rings = n_rings_of(shape)
+    flat_ring = ring.flatten()
+    spectra = [_spectrum(image) for image in images] + [_spectrum(t)]
+    m = len(images)
+    pairs = [(i, j) for i in range(m) for j in range(i, m + 1)]  # j = m is the target
+    sums = torch.zeros((len(pairs), n_rings), dtype=torch.float64, device=flat_ring.device)
+    for row, (i, j) in enumerate(pairs):
+        (re_i, im_i), (re_j, im_j) = spectra[i].unbind(-1), spectra[j].unbind(-1)
+        cross = torch.addcmul(re_i * re_j, im_i, im_j).mul_(weight)  # multiplicity · Re(Êᵢ Ê*ⱼ)
+        sums[row].index_add_(0, flat_ring, cross.flatten())
+    values = sums.cpu().numpy()
     gram = np.empty((n_rings, m, m), dtype=np.float64)
     rhs = np.empty((n_rings, m), dtype=np.float64)
-    for i in range(m):
-        rhs[:, i] = np.bincount(flat_ring, (multiplicity * np.real(spectra[i] * np.conj(t_hat))).ravel(), n_rings)
-        for j in range(i, m):
-            cross = multiplicity * np.real(spectra[i] * np.conj(spectra[j]))
-            gram[:, i, j] = gram[:, j, i] = np.bincount(flat_ring, cross.ravel(), n_rings)
+    for row, (i, j) in enumerate(pairs):
+        if j == m:
+            rhs[:, i] = values[row]
+        else:
+            gram[:, i, j] = gram[:, j, i] = values[row]
     return gram, rhs
 
 
@@ -367,26 +419,34 @@ def fit_fusion_weights(
     )
 
 
-def apply_fusion_weights(estimates: Sequence[npt.ArrayLike], weights: FusionWeights) -> Float32Image:
+def apply_fusion_weights(
+    estimates: Sequence[npt.ArrayLike], weights: FusionWeights, device: torch.device | str = "cpu"
+) -> Float32Image:
     """F̂(k) = Σᵢ wᵢ(r(k)) Êᵢ(k), the first estimate's mean kept; float32 image of the estimates' shape.
+
+    The transforms run on ``device`` in float64.
 
     Raises
     ------
     ValueError
         If the number or shape of the estimates does not match ``weights``, or values are not finite.
     """
-    spectra, shape = _stack_spectra(estimates)
+    images, shape = _images_on(estimates, device)
     if shape != weights.shape_px:
         raise ValueError(f"estimates are {shape}, the weights were fitted for {weights.shape_px}")
-    if spectra.shape[0] != weights.n_estimates:
-        raise ValueError(f"{spectra.shape[0]} estimates for weights of {weights.n_estimates}")
-    ring, _ = fourier_rings(shape)
-    per_ring = weights.ring_weights()
-    fused = np.zeros(spectra.shape[1:], dtype=np.complex128)
-    for i in range(spectra.shape[0]):
-        fused += per_ring[ring, i] * spectra[i]
-    fused[0, 0] = spectra[0, 0, 0]
-    return np.ascontiguousarray(np.fft.irfft2(fused, s=shape), dtype=np.float32)
+    if len(images) != weights.n_estimates:
+        raise ValueError(f"{len(images)} estimates for weights of {weights.n_estimates}")
+    flat_ring, _ = _rings_on(shape, device)
+    per_ring = torch.as_tensor(weights.ring_weights(), device=device)
+    fused = torch.zeros((*flat_ring.shape, 2), dtype=torch.float64, device=flat_ring.device)
+    for i, image in enumerate(images):
+        spectrum = _spectrum(image)
+        if i == 0:
+            mean = spectrum[0, 0].clone()
+        fused.addcmul_(spectrum, per_ring[:, i][flat_ring].unsqueeze(-1))
+    fused[0, 0] = mean
+    out = _image(fused, shape).to(torch.float32)
+    return np.ascontiguousarray(out.cpu().numpy())
 
 
 # ---------------------------------------------------------------------------------------------- splits
@@ -413,11 +473,13 @@ def fit_split_fusion_weights(
     prior_std: float = DEFAULT_PRIOR_STD,
     knots_per_octave: float = DEFAULT_KNOTS_PER_OCTAVE,
     max_knot_spacing: int = DEFAULT_MAX_KNOT_SPACING,
+    device: torch.device | str = "cpu",
 ) -> FusionWeights:
     """Weights fitted on ``n_splits`` binomial splits of ``counts``, no ground truth (module docstring).
 
     For split s (seed ``seed + s``): estimates fᵢ(A, p)/p, target T = B/(1 − p); G and c averaged over
-    the splits; ν = N_pixels·mean(counts)/(1 − p) (Poisson noise of T).
+    the splits; ν = N_pixels·mean(counts)/(1 − p) (Poisson noise of T).  The normal equations are
+    summed on ``device``.
 
     Raises
     ------
@@ -434,7 +496,7 @@ def fit_split_fusion_weights(
     for s in range(n_splits):
         part_a, part_b = split_counts(data, fraction, seed + s)
         estimates = [np.asarray(f(part_a, fraction), dtype=np.float64) / fraction for f in estimators]
-        g, c = ring_normal_equations(estimates, part_b.astype(np.float64) / (1.0 - fraction))
+        g, c = ring_normal_equations(estimates, part_b.astype(np.float64) / (1.0 - fraction), device)
         gram = g if gram is None else gram + g
         rhs = c if rhs is None else rhs + c
     assert gram is not None and rhs is not None
@@ -454,6 +516,7 @@ def self_supervised_fusion(
     prior_std: float = DEFAULT_PRIOR_STD,
     full_estimates: Sequence[npt.ArrayLike] | None = None,
     max_fit_px: int | None = DEFAULT_MAX_FIT_PX,
+    device: torch.device | str = "cpu",
 ) -> tuple[Float32Image, FusionWeights]:
     """Fuse the estimators' outputs on the full micrograph with weights fitted on its own splits.
 
@@ -479,6 +542,9 @@ def self_supervised_fusion(
         fᵢ(counts, 1) when already computed (they are computed otherwise).
     max_fit_px : int or None
         Longest side the weights are fitted on (None: the whole micrograph).
+    device : torch.device or str
+        Where the Fourier transforms and ring sums of the fit and of the fusion run (the estimators
+        choose their own device).
 
     Returns
     -------
@@ -493,7 +559,7 @@ def self_supervised_fusion(
     """
     data = np.asarray(counts)
     fit_on = central_fit_crop(data, max_fit_px) if data.ndim == 2 else data
-    weights = fit_split_fusion_weights(fit_on, estimators, fraction, seed, n_splits, prior_std)
+    weights = fit_split_fusion_weights(fit_on, estimators, fraction, seed, n_splits, prior_std, device=device)
     if fit_on is not data:
         weights = weights.for_shape((int(data.shape[0]), int(data.shape[1])))
     if full_estimates is None:
@@ -501,7 +567,7 @@ def self_supervised_fusion(
         full_estimates = [f(image, 1.0) for f in estimators]
     if len(full_estimates) != len(estimators):
         raise ValueError(f"{len(full_estimates)} full estimates for {len(estimators)} estimators")
-    return apply_fusion_weights(full_estimates, weights), weights
+    return apply_fusion_weights(full_estimates, weights, device), weights
 
 
 def fuse_learned_and_wiener(
@@ -534,4 +600,6 @@ def fuse_learned_and_wiener(
     full: list[npt.ArrayLike] | None = None
     if learned_full is not None and wiener_full is not None:
         full = [learned_full, wiener_full]
-    return self_supervised_fusion(counts, [learned, wiener], seed=seed, full_estimates=full, max_fit_px=max_fit_px)
+    return self_supervised_fusion(
+        counts, [learned, wiener], seed=seed, full_estimates=full, max_fit_px=max_fit_px, device=device
+    )

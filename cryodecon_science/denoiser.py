@@ -239,6 +239,12 @@ def _normalise_deferred(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return ((x64 - mean) / scale).to(torch.float32), mean, scale
 
 
+def _check_frame_shape(shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``shape`` is 2-D with both sides ≥ 16 px (the network's smallest input)."""
+    if len(shape) != 2 or min(shape) < 16:
+        raise ValueError(f"image must be 2-D [y, x], at least 16 x 16 pixels, got {shape}")
+
+
 def _check_mean(mean: float) -> None:
     """Raise ``ValueError`` unless the image mean is finite and at least :data:`MIN_MEAN_COUNTS`.
 
@@ -356,8 +362,7 @@ def denoise_learned(
     target = torch.device(device)
     source = image_counts.detach() if isinstance(image_counts, torch.Tensor) else image_counts
     z_t, mean, scale = _normalise_on(source, target)
-    if min(z_t.shape) < 16:
-        raise ValueError(f"image must be at least 16 x 16 pixels, got {tuple(z_t.shape)}")
+    _check_frame_shape(tuple(z_t.shape))
     if tile_px < 16 or batch_size < 1 or margin_px < 0:
         raise ValueError("tile_px must be >= 16, batch_size >= 1 and margin_px >= 0")
     was_training = model.training
@@ -439,8 +444,15 @@ def _denoise_pipelined_cuda(
         model.to(target)
     compute = torch.cuda.current_stream(target)
     copy_in = torch.cuda.Stream(target)  # type: ignore[no-untyped-call]
-    pinned_in: dict[tuple[tuple[int, ...], torch.dtype, int], torch.Tensor] = {}
-    pinned_out: dict[tuple[tuple[int, ...], int], torch.Tensor] = {}
+    pinned: dict[tuple[str, tuple[int, ...], torch.dtype, int], torch.Tensor] = {}
+
+    def pinned_buffer(role: str, shape: tuple[int, ...], dtype: torch.dtype, slot: int) -> torch.Tensor:
+        """The page-locked host buffer of this role ("in"/"out"), frame shape, dtype and slot."""
+        key = (role, shape, dtype, slot)
+        if key not in pinned:
+            pinned[key] = torch.empty(shape, dtype=dtype, pin_memory=True)
+        return pinned[key]
+
     copied: list[torch.cuda.Event | None] = [None, None]  # slot's host buffer free again
     pending: list[tuple[int, int, torch.Tensor, torch.Tensor, torch.cuda.Event]] = []  # (index, slot, out, mean, done)
 
@@ -458,17 +470,16 @@ def _denoise_pipelined_cuda(
     try:
         for index, image in enumerate(images_counts):
             array = np.ascontiguousarray(image)
-            if array.ndim != 2 or min(array.shape) < 16:
-                outcomes[index] = ValueError(f"image must be 2-D [y, x], at least 16 x 16 pixels, got {array.shape}")
+            try:
+                _check_frame_shape(array.shape)
+            except ValueError as error:
+                outcomes[index] = error
                 continue
             if not np.issubdtype(array.dtype, np.floating):
                 array = array.astype(np.float32)
             source = torch.from_numpy(array)
             slot = index % 2
-            host_in = pinned_in.get((array.shape, source.dtype, slot))
-            if host_in is None:
-                host_in = torch.empty(array.shape, dtype=source.dtype, pin_memory=True)
-                pinned_in[(array.shape, source.dtype, slot)] = host_in
+            host_in = pinned_buffer("in", array.shape, source.dtype, slot)
             event = copied[slot]
             if event is not None:
                 event.synchronize()  # the copy of frame index − 2 out of this buffer is done
@@ -484,10 +495,7 @@ def _denoise_pipelined_cuda(
             pred = _run_tiles(model, z, tile_px, margin_px, batch_size, target)
             restored = (pred.to(torch.float64) * scale + mean).to(torch.float32)
             collect(slot)  # frame index − 2's result has left this slot's output buffer
-            host_out = pinned_out.get((array.shape, slot))
-            if host_out is None:
-                host_out = torch.empty(array.shape, dtype=torch.float32, pin_memory=True)
-                pinned_out[(array.shape, slot)] = host_out
+            host_out = pinned_buffer("out", array.shape, torch.float32, slot)
             host_out.copy_(restored, non_blocking=True)
             host_mean = torch.empty((), dtype=torch.float64, pin_memory=True)
             host_mean.copy_(mean, non_blocking=True)

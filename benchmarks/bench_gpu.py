@@ -1,20 +1,22 @@
 """GPU figures, one CUDA device, one run: the CTF fit and restoration of full-size micrographs, cryodecon
 beside Topaz-Denoise on the same GPU.
 
-    python benchmarks/bench_gpu.py --out DIR [--device cuda] [--size 4096] [--count 3]
+    python benchmarks/bench_gpu.py --out DIR [--device cuda] [--size 4096] [--count 3] [--sections …] [--tag T]
 
 Topaz-Denoise (``topaz-em``, benchmark-only) must be importable in the same interpreter (on the lent GPU
 machine it travels as an unpacked wheel on ``PYTHONPATH``; see the README's GPU section).  Writes
-``gpu_<device>_<size>.json`` and ``.md`` to ``--out`` (section by section, so a run cut short keeps what it
-measured), plus ``gpu_<device>_ctf_profile_<size>.txt`` (``torch.profiler`` of one CTF fit) and prints the table.
+``gpu_<device>_<size>[_<tag>].json`` and ``.md`` to ``--out`` (section by section, so a run cut short keeps
+what it measured), plus ``gpu_<device>_ctf_profile_<size>.txt`` (``torch.profiler`` of one CTF fit) and prints
+the table.
 
 What is timed, per micrograph (host ``time.perf_counter`` around the call with ``torch.cuda.synchronize``
 before and after; each configuration warmed up once on the first micrograph, which is timed again):
 
 * ``ctf_fit`` — ``estimate_ctf(counts, …, device)`` from a float32 numpy array in host memory to the
   ``CtfFit`` (the issue's goal: ≤ 20 ms on an H100-class GPU), with the periodogram alone
-  (``half_set_power_spectra``, the FFT-bound part) and the host→device copy alone beside it; the GPU
-  estimate is compared with the CPU one on the same micrograph;
+  (``half_set_power_spectra``, the FFT-bound part) and the host→device copy alone beside it, the time of
+  each stage of one fit (``ctf_stage_seconds``) and the profiler's counts of kernel launches, stream
+  synchronisations and copies; the GPU estimate is compared with the CPU one on the same micrograph;
 * ``unet_*`` — ``denoise_learned`` (bf16 autocast) numpy in, numpy out, for several tilings/batch sizes,
   with and without ``torch.backends.cudnn.benchmark``; compared with the CPU float32 output;
 * ``topaz_unet`` — Topaz-Denoise's pretrained ``unet`` through ``topaz.denoise.denoise_image`` with the
@@ -23,7 +25,8 @@ before and after; each configuration warmed up once on the first micrograph, whi
   reference of the throughput ratio;
 * ``fused`` — what the asset ``fused_denoised_micrographs`` costs on the GPU: CTF fit, causal-priors loop
   (``causal.fit_priors(device=…)``), Wiener filter, U-Net and the per-ring fusion.
-* ``ctf_concurrent`` — throughput of 1, 2, 4, 8 CTF fits in flight (host threads, one CUDA stream each);
+* ``ctf_concurrent`` — throughput of 1, 2, 4, 8 CTF fits in flight (host threads, one CUDA stream each),
+  and how many of those fits came out wrong (|ΔD|/D > 1 %: threads on CUDA are not safe, README);
 * ``motion`` — global and 5×5-patch motion correction of ``bench_motion.py --large``'s 4096² × 40-frame
   movie (its CPU times, from ``results/motion_cpu.json``, quoted for scale).
 
@@ -123,6 +126,60 @@ def relative_defocus_error(fit: Any, truth: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------------ sections
+CTF_STAGES = (
+    "_validated_image",
+    "half_set_power_spectra",
+    "_flatten_spectrum",
+    "_smooth_level",
+    "_search_mean_defocus",
+    "_fit_envelopes",
+    "_grid_and_refine",
+    "_refine",
+    "_equiphase_average",
+    "_fit_resolution_per_angstrom",
+    "_defocus_sigma_angstrom",
+    "_spectral_model",
+)
+"""``ctf_estimate`` functions timed one by one in ``ctf_stage_seconds`` (outermost calls only)."""
+
+
+def ctf_stage_seconds(fit: Callable[[], Any], device: torch.device) -> dict[str, float]:
+    """Wall time of each stage of one ``estimate_ctf`` call, the device synchronised around each stage
+    (which adds a few synchronisations: the stages sum to a little more than an undisturbed fit).
+    Inspects the estimator's private functions on purpose, as ``diagnose_ctf_angle.py`` does."""
+    import cryodecon_science.ctf_estimate as ce
+
+    clock = Clock(device)
+    seconds: dict[str, float] = {}
+    depth = [0]
+    originals = {name: getattr(ce, name) for name in CTF_STAGES}
+
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:
+                return function(*args, **kwargs)
+            depth[0] += 1
+            try:
+                out, s = clock(function, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+            seconds[name] = seconds.get(name, 0.0) + s
+            return out
+
+        return wrapper
+
+    for name, function in originals.items():
+        setattr(ce, name, timed(name, function))
+    try:
+        _, total = clock(fit)
+    finally:
+        for name, function in originals.items():
+            setattr(ce, name, function)
+    seconds["total"] = total
+    seconds["other"] = total - sum(v for k, v in seconds.items() if k != "total")
+    return seconds
+
+
 def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, profile_path: Path) -> dict[str, Any]:
     microscope = SimulationConfig().microscope
 
@@ -174,7 +231,10 @@ def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, profil
             f"ctf {sim.name}: gpu {min(times) * 1e3:.1f} ms, periodogram {p * 1e3:.1f} ms, cpu {cpu_s:.2f} s",
             flush=True,
         )
+    stages = ctf_stage_seconds(lambda: fit(sims[0], device), device)
+    print("ctf stages: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in stages.items()), flush=True)
     profile_text = ""
+    profile_counts: dict[str, int] = {}
     if device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
@@ -182,6 +242,12 @@ def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, profil
             fit(sims[0], device)
             torch.cuda.synchronize()
         averages = prof.key_averages()
+        calls = {e.key: e.count for e in averages}
+        profile_counts = {
+            "kernel_launches": sum(n for k, n in calls.items() if k.startswith(("cudaLaunchKernel", "cuLaunchKernel"))),
+            "stream_synchronisations": calls.get("cudaStreamSynchronize", 0),
+            "memcpy_calls": calls.get("cudaMemcpyAsync", 0),
+        }
         profile_text = (
             "== by self CPU time ==\n"
             + averages.table(sort_by="self_cpu_time_total", row_limit=45)
@@ -194,6 +260,8 @@ def bench_ctf(sims: list[Simulation], device: torch.device, clock: Clock, profil
         "seconds_mean": statistics.fmean(seconds),
         "periodogram_seconds": periodogram,
         "host_to_device_copy_seconds": copy,
+        "profile_counts_one_fit": profile_counts,
+        "stage_seconds_one_fit": stages,
         "per_micrograph": per_sim,
         "goal_seconds": GOAL_CTF_SECONDS,
         "goal_met": statistics.fmean(seconds) <= GOAL_CTF_SECONDS,
@@ -359,6 +427,10 @@ def bench_topaz(sims: list[Simulation], device: torch.device, clock: Clock) -> d
 
 
 CONCURRENT_FITS = 24
+CONCURRENT_REPEATS = 3
+"""Timed passes over the ``CONCURRENT_FITS`` micrographs per worker count (the median is reported)."""
+CONCURRENT_WRONG_FIT = 0.01
+"""|ΔD|/D above which a fit counts as wrong (one fit at a time is within 0.1 % on these micrographs)."""
 """Fits per worker count in ``ctf_concurrent`` (the micrographs repeated)."""
 
 
@@ -389,15 +461,27 @@ def bench_ctf_concurrent(sims: list[Simulation], device: torch.device, clock: Cl
 
     runs: dict[str, Any] = {}
     for workers in (1, 2, 4, 8):
+        errors: list[float] = []
+        times: list[float] = []
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(fit, frames[:workers]))  # warm-up per thread
-            errors, seconds = clock(lambda: list(pool.map(fit, frames)))
+            for _ in range(CONCURRENT_REPEATS):
+                out, seconds = clock(lambda: list(pool.map(fit, frames)))
+                errors += out
+                times.append(seconds)
+        seconds = statistics.median(times)
         runs[str(workers)] = {
-            "seconds_total": seconds,
+            "seconds_total": times,
             "seconds_per_micrograph": seconds / len(frames),
             "max_relative_defocus_error": max(errors),
+            "fits": len(errors),
+            "wrong_fits": sum(e > CONCURRENT_WRONG_FIT for e in errors),
         }
-        print(f"ctf, {workers} concurrent: {seconds / len(frames) * 1e3:.1f} ms per micrograph", flush=True)
+        print(
+            f"ctf, {workers} concurrent: {seconds / len(frames) * 1e3:.1f} ms per micrograph, "
+            f"{runs[str(workers)]['wrong_fits']} of {len(errors)} fits off by > {CONCURRENT_WRONG_FIT:.0%}",
+            flush=True,
+        )
     best = min(runs, key=lambda k: runs[k]["seconds_per_micrograph"])
     return {
         "fits_per_run": len(frames),
@@ -527,12 +611,28 @@ def markdown(result: dict[str, Any]) -> str:
             "| of which the periodogram (half_set_power_spectra) | "
             f"{statistics.fmean(ctf['periodogram_seconds']) * 1e3:.1f} | |",
             f"| host→device copy of the frame | {statistics.fmean(ctf['host_to_device_copy_seconds']) * 1e3:.1f} | |",
+            "| the fit less that copy (a frame already on the GPU) | "
+            f"{(ctf['seconds_mean'] - statistics.fmean(ctf['host_to_device_copy_seconds'])) * 1e3:.1f} | |",
         ]
+        stages = ctf.get("stage_seconds_one_fit")
+        if stages:
+            lines.append(
+                "| stages of one fit (synchronised around each): "
+                + ", ".join(f"{k.strip('_')} {v * 1e3:.1f}" for k, v in stages.items())
+                + " | | |"
+            )
+        counts = ctf.get("profile_counts_one_fit")
+        if counts:
+            lines.append(
+                f"| one fit under `torch.profiler`: {counts['kernel_launches']} kernel launches, "
+                f"{counts['stream_synchronisations']} stream synchronisations, {counts['memcpy_calls']} copies | | |",
+            )
         concurrent = result.get("ctf_concurrent")
         if concurrent and "runs" in concurrent:
             lines += [
                 f"| throughput with {k} fits in flight (threads × streams), per micrograph | "
-                f"{r['seconds_per_micrograph'] * 1e3:.1f} | (throughput, not latency) |"
+                f"{r['seconds_per_micrograph'] * 1e3:.1f} | (throughput, not latency; "
+                f"{r.get('wrong_fits', '?')} of {r.get('fits', '?')} fits off by > 1 %) |"
                 for k, r in concurrent["runs"].items()
             ]
         lines += [
@@ -614,6 +714,7 @@ def main() -> None:
     parser.add_argument("--snr", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=2027)
     parser.add_argument("--sections", nargs="+", default=["unet", "topaz", "ctf", "ctf_concurrent", "motion", "fused"])
+    parser.add_argument("--tag", default="", help="suffix of the results files' names (a run of some sections)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -651,7 +752,7 @@ def main() -> None:
         + " ".join("DIR" if a == str(args.out) else a for a in sys.argv[1:]),
         "environment": environment,
     }
-    name = f"gpu_{slug}_{args.size}"
+    name = f"gpu_{slug}_{args.size}" + (f"_{args.tag}" if args.tag else "")
 
     def save() -> None:
         (args.out / f"{name}.json").write_text(json.dumps(json_ready(result), indent=1))

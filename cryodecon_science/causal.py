@@ -401,6 +401,55 @@ class _Spectrum:
     ctf2: FloatArray  # CTF²_eff of restore.expected_ctf_squared per sample (fixed while the CTF is)
     tile_px: int
     tile_ctf2: FloatArray  # the same on the rfft grid of one heterogeneity tile, shape (tile, tile//2+1)
+    tiles: _Tiles  # the whole frame's heterogeneity tiles (fixed: they do not depend on any model)
+
+
+@dataclass(frozen=True)
+class _Tiles:
+    """The whole frame cut into ``tile_px`` tiles (:func:`_tiles`): what :func:`_heterogeneity_and_dose_se`
+    needs of them, computed once per micrograph instead of once per pass of the loop.
+
+    ``band_power`` holds each tile's periodogram P = |FFT(w·(x − mean))|²/Σw² (Hann window w) on the
+    samples of the heterogeneity band (``band_iy``, ``band_ix`` on the tile's rfft grid, at
+    ``band_k_per_angstrom``).
+    """
+
+    means: FloatArray  # (n_tiles,)
+    frame_mean: float
+    frame_size: int
+    band_iy: npt.NDArray[np.intp]
+    band_ix: npt.NDArray[np.intp]
+    band_k_per_angstrom: FloatArray
+    band_power: FloatArray  # (n_tiles, n_band)
+    window: FloatArray  # (tile, tile)
+
+
+def _tile_statistics(full: FloatArray, tile: int, microscope: MicroscopeSettings) -> _Tiles:
+    """:class:`_Tiles` of a frame; band 50–10 Å (``HETEROGENEITY_BAND_ANGSTROM``), from ≥ 2 cycles per tile."""
+    tiles = _tiles(full, tile)
+    px = microscope.pixel_size_angstrom
+    cycles = 1.0 / (tile * px)
+    k_lo = max(1.0 / HETEROGENEITY_BAND_ANGSTROM[0], 2.0 * cycles)
+    k_hi = min(max(1.0 / HETEROGENEITY_BAND_ANGSTROM[1], k_lo + 2.0 * cycles), microscope.nyquist_per_angstrom)
+    ky, kx = frequency_grid_per_angstrom((tile, tile), px, rfft=True)
+    k = np.hypot(ky, kx)
+    iy, ix = np.nonzero((k >= k_lo) & (k <= k_hi))
+    hann = np.hanning(tile)
+    window = np.outer(hann, hann)
+    norm = float(np.sum(window**2))
+    band_power = np.empty((len(tiles), iy.size))
+    for i, t in enumerate(tiles):
+        band_power[i] = (np.abs(np.fft.rfft2(window * (t - t.mean()))) ** 2 / norm)[iy, ix]
+    return _Tiles(
+        means=np.array([float(t.mean()) for t in tiles]),
+        frame_mean=float(full.mean()),
+        frame_size=int(full.size),
+        band_iy=iy,
+        band_ix=ix,
+        band_k_per_angstrom=k[iy, ix],
+        band_power=band_power,
+        window=window,
+    )
 
 
 def _spectrum(
@@ -440,6 +489,7 @@ def _spectrum(
         ctf2=expected_ctf_squared((ny, nx), ctf_fit, microscope).double().numpy().ravel(),
         tile_px=tile,
         tile_ctf2=expected_ctf_squared((tile, tile), ctf_fit, microscope).double().numpy(),
+        tiles=_tile_statistics(full, tile, microscope),
     )
 
 
@@ -779,47 +829,31 @@ def _windowed_sum_variance(
 
 
 def _heterogeneity_and_dose_se(
-    spectrum: _Spectrum, image: FloatArray, ctf_fit: CtfFit, microscope: MicroscopeSettings
+    spectrum: _Spectrum, ctf_fit: CtfFit, microscope: MicroscopeSettings
 ) -> tuple[tuple[float, float], float]:
     """((excess CV, σ) of low-frequency signal over tiles, standard error of the mean counts).
 
-    Per tile t (Hann-windowed, mean removed, periodogram P = |FFT(w·x)|²/Σw²), the low-frequency signal
-    is the least-squares amplitude s_t = Σ c (P − B) / Σ c² over the band (c = CTF²_eff, B the model
-    background), with sampling variance v from :func:`_windowed_sum_variance` (μ = S·c + B).  The
-    excess CV removes the expected sampling scatter: CV = √max(0, Var_t(s) − v) / mean_t(s);
-    σ_CV = SD_t(s) / (mean_t(s) √(2(n−1))) (normal-theory SE of a sample SD).  Band: 50–10 Å, starting
-    at ≥ 2 cycles per tile.
+    Per tile t (Hann-windowed, mean removed, periodogram P = |FFT(w·x)|²/Σw²; :class:`_Tiles`), the
+    low-frequency signal is the least-squares amplitude s_t = Σ c (P − B) / Σ c² over the band
+    (c = CTF²_eff, B the model background), with sampling variance v from :func:`_windowed_sum_variance`
+    (μ = S·c + B).  The excess CV removes the expected sampling scatter: CV = √max(0, Var_t(s) − v) /
+    mean_t(s); σ_CV = SD_t(s) / (mean_t(s) √(2(n−1))) (normal-theory SE of a sample SD).  Band: 50–10 Å,
+    starting at ≥ 2 cycles per tile.
     """
-    tile = spectrum.tile_px
-    tiles = _tiles(image, tile)
-    n = len(tiles)
-    tile_means = np.array([float(t.mean()) for t in tiles])
-    dose_se = float(np.std(tile_means, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    dose_se = max(dose_se, math.sqrt(max(float(image.mean()), 0.0) / image.size))
+    tiles = spectrum.tiles
+    n = tiles.means.size
+    dose_se = float(np.std(tiles.means, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    dose_se = max(dose_se, math.sqrt(max(tiles.frame_mean, 0.0) / tiles.frame_size))
     if n < 3:
         return (0.0, UNDETECTED_HETEROGENEITY_SIGMA), dose_se
-    px = microscope.pixel_size_angstrom
-    cycles = 1.0 / (tile * px)
-    k_lo = max(1.0 / HETEROGENEITY_BAND_ANGSTROM[0], 2.0 * cycles)
-    k_hi = min(max(1.0 / HETEROGENEITY_BAND_ANGSTROM[1], k_lo + 2.0 * cycles), microscope.nyquist_per_angstrom)
-    ky, kx = frequency_grid_per_angstrom((tile, tile), px, rfft=True)
-    k = np.hypot(ky, kx)
-    band = (k >= k_lo) & (k <= k_hi)
-    c = spectrum.tile_ctf2[band]
-    signal, background = ctf_fit.spectral_model.interpolate(k[band])
+    c = spectrum.tile_ctf2[tiles.band_iy, tiles.band_ix]
+    signal, background = ctf_fit.spectral_model.interpolate(tiles.band_k_per_angstrom)
     mu = np.maximum(signal, 0.0) * c + np.maximum(background, 0.0)
     c2 = float(np.sum(c**2))
     if not c2 > 0:
         return (0.0, UNDETECTED_HETEROGENEITY_SIGMA), dose_se
-    hann = np.hanning(tile)
-    window = np.outer(hann, hann)
-    norm = float(np.sum(window**2))
-    s = np.empty(n)
-    for i, t in enumerate(tiles):
-        power = np.abs(np.fft.rfft2(window * (t - t.mean()))) ** 2 / norm
-        s[i] = float(np.sum(c * (power[band] - background))) / c2
-    iy, ix = np.nonzero(band)
-    v = _windowed_sum_variance(c / c2, mu, iy, ix, window)
+    s = (tiles.band_power - background) @ c / c2
+    v = _windowed_sum_variance(c / c2, mu, tiles.band_iy, tiles.band_ix, tiles.window)
     mean_s = float(np.mean(s))
     var_s = float(np.var(s, ddof=1))
     if not mean_s > 0:
@@ -829,14 +863,23 @@ def _heterogeneity_and_dose_se(
     return (cv, sigma), dose_se
 
 
-def _anisotropy_fit(
-    y: FloatArray, c: FloatArray, theta: FloatArray, weights: FloatArray
-) -> tuple[FloatArray, FloatArray, float]:
-    """WLS of y ≈ c·(a₀ + a₁ cos 2θ + a₂ sin 2θ); returns (a, covariance, reduced χ²)."""
+def _anisotropy_normal_equations(
+    c: FloatArray, theta: FloatArray, weights: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Design X = c·(1, cos 2θ, sin 2θ), Xᵀ W and the (ridged) normal matrix Xᵀ W X of
+    :func:`_anisotropy_fit`."""
     design = np.stack([c, c * np.cos(2 * theta), c * np.sin(2 * theta)], axis=1)
     xtw = design.T * weights
     normal = xtw @ design
     normal = normal + np.eye(3) * (1e-12 * max(float(np.trace(normal)), 1e-300))
+    return design, xtw, normal
+
+
+def _anisotropy_fit(
+    y: FloatArray, c: FloatArray, theta: FloatArray, weights: FloatArray
+) -> tuple[FloatArray, FloatArray, float]:
+    """WLS of y ≈ c·(a₀ + a₁ cos 2θ + a₂ sin 2θ); returns (a, covariance, reduced χ²)."""
+    design, xtw, normal = _anisotropy_normal_equations(c, theta, weights)
     coef = np.asarray(np.linalg.solve(normal, xtw @ y), dtype=np.float64)
     residual = y - design @ coef
     chi2 = float(np.sum(weights * residual**2)) / max(y.size - 3, 1)
@@ -879,18 +922,22 @@ def _blur_from_anisotropy(
     # motion direction: where the power is lowest, 90° from the harmonic's maximum
     theta_m = 0.5 * math.atan2(float(coef[2]), float(coef[1])) + 0.5 * math.pi
     stride = max(1, c.size // _MAX_MOTION_SAMPLES)
-    k_px = (k[annulus] * microscope.pixel_size_angstrom)[::stride]
     c_s, th_s, w_s = c[::stride], theta[::stride], weights[::stride]
+    # The same WLS on the noiseless model A(θ; d) for every trial d: its coefficients are projector @ y.
+    _, xtw_s, normal_s = _anisotropy_normal_equations(c_s, th_s, w_s)
+    projector = np.linalg.solve(normal_s, xtw_s)  # (3, n)
+    phase_per_px = (k[annulus] * microscope.pixel_size_angstrom)[::stride] * np.cos(th_s - theta_m)
 
-    def anisotropy_of(d: float) -> float:
-        model = c_s * np.sinc(k_px * d * np.cos(th_s - theta_m)) ** 2
-        b, _, _ = _anisotropy_fit(model, c_s, th_s, w_s)
-        return math.hypot(float(b[1]), float(b[2])) / float(b[0])
+    def anisotropy_of(blur_px: npt.ArrayLike) -> FloatArray:
+        """a(d) for blur lengths d (any shape)."""
+        d = np.asarray(blur_px, dtype=np.float64)
+        b = (c_s * np.sinc(d[..., None] * phase_per_px) ** 2) @ projector.T
+        return np.asarray(np.hypot(b[..., 1], b[..., 2]) / b[..., 0], dtype=np.float64)
 
     # a(d) rises from 0 and ripples once sinc zeros enter the annulus: take the first crossing on a grid
     # of [0, 4 d_max], refined by bisection; beyond the grid the blur is only bounded below.
     d_grid = np.linspace(0.0, 4.0 * d_max, 65)
-    a_grid = np.array([anisotropy_of(float(x)) for x in d_grid])
+    a_grid = anisotropy_of(d_grid)
 
     def solve(target: float) -> float:
         if target <= 0:
@@ -904,7 +951,7 @@ def _blur_from_anisotropy(
         lo_d, hi_d = float(d_grid[j - 1]), float(d_grid[j])
         for _ in range(_N_BISECTION):
             mid = 0.5 * (lo_d + hi_d)
-            if anisotropy_of(mid) < target:
+            if float(anisotropy_of(mid)) < target:
                 lo_d = mid
             else:
                 hi_d = mid
@@ -936,7 +983,7 @@ def _estimate_raw(
     px2 = microscope.pixel_size_angstrom**2
     out: dict[str, tuple[float, float]] = {}
 
-    heterogeneity, mean_se = _heterogeneity_and_dose_se(spectrum, image, ctf_fit, microscope)
+    heterogeneity, mean_se = _heterogeneity_and_dose_se(spectrum, ctf_fit, microscope)
     dose = float(image.mean()) / px2  # the whole frame (the spectrum may be of its central crop)
     dose_var = (mean_se / px2) ** 2
     if dose_e_per_angstrom2 is not None:

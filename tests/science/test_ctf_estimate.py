@@ -26,6 +26,7 @@ from cryodecon_science.spectrum import (
     fitting_tile_size_px,
     half_set_power_spectra,
     radial_average,
+    tile_grid,
     tile_power_spectra,
 )
 
@@ -149,6 +150,43 @@ def test_half_sets_are_disjoint_and_mean_matches_all_tiles() -> None:
     assert halves.n_half_tiles == (8, 8)
     # Same tiles, float32 accumulation order differs: 1e-5 relative.
     torch.testing.assert_close(halves.mean_power, all_tiles.mean(dim=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "tile"), [((256, 1200), 64), ((1024, 1024), 256)])
+def test_tile_periodograms_and_half_sets_equal_a_direct_computation(shape: tuple[int, int], tile: int) -> None:
+    """Both batch layouts (35 tiles per row: views of one row; 7 per row: whole rows copied) give each tile's
+    |FFT(w·(x − mean))|²/Σw² in raster order, and the half sets average the checkerboard of the
+    non-overlapping sub-grid."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(10.0, 2.0, shape).astype(np.float32)
+    grid = tile_grid(shape, tile, 0.5)
+    window = np.outer(np.hanning(tile), np.hanning(tile))
+    tiles = {
+        (i, j): image[y : y + tile, x : x + tile].astype(np.float64)
+        for i, y in enumerate(grid.origins_y_px)
+        for j, x in enumerate(grid.origins_x_px)
+    }
+    expected = {
+        key: np.abs(np.fft.rfft2(window * (t - t.mean()))) ** 2 / float(np.sum(window**2)) for key, t in tiles.items()
+    }
+    power = tile_power_spectra(image, tile, 0.5).numpy()
+    scale = max(float(p.max()) for p in expected.values())
+    np.testing.assert_allclose(power, np.stack(list(expected.values())), rtol=0, atol=1e-4 * scale)
+
+    def every_other(origins: tuple[int, ...]) -> list[int]:  # a greedy run of origins ≥ one tile apart
+        chosen: list[int] = []
+        for index, origin in enumerate(origins):
+            if not chosen or origin >= origins[chosen[-1]] + tile:
+                chosen.append(index)
+        return chosen
+
+    sub_y, sub_x = every_other(grid.origins_y_px), every_other(grid.origins_x_px)
+    halves = half_set_power_spectra(image, tile)
+    for half in (0, 1):
+        members = [expected[(i, j)] for p, i in enumerate(sub_y) for q, j in enumerate(sub_x) if (p + q) % 2 == half]
+        assert halves.n_half_tiles[half] == len(members)
+        np.testing.assert_allclose(halves.half_power[half].numpy(), np.mean(members, axis=0), rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(halves.mean_power.numpy(), power.mean(axis=0), rtol=0, atol=1e-5 * scale)
 
 
 def test_radial_average_of_isotropic_spectrum() -> None:

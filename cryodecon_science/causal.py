@@ -967,7 +967,6 @@ def _blur_from_anisotropy(
 
 def _estimate_raw(
     spectrum: _Spectrum,
-    image: FloatArray,
     ctf_fit: CtfFit,
     microscope: MicroscopeSettings,
     dose_e_per_angstrom2: float | None,
@@ -984,7 +983,7 @@ def _estimate_raw(
     out: dict[str, tuple[float, float]] = {}
 
     heterogeneity, mean_se = _heterogeneity_and_dose_se(spectrum, ctf_fit, microscope)
-    dose = float(image.mean()) / px2  # the whole frame (the spectrum may be of its central crop)
+    dose = spectrum.tiles.frame_mean / px2  # the whole frame (the spectrum may be of its central crop)
     dose_var = (mean_se / px2) ** 2
     if dose_e_per_angstrom2 is not None:
         dose_var += (dose - float(dose_e_per_angstrom2)) ** 2
@@ -1061,9 +1060,8 @@ def estimate_nodes(
     session_prior : SessionPrior or None
         Session prior for shrinkage, or None.
     """
-    pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
-    spectrum = _spectrum(pixels, microscope, ctf_fit)  # float64 already: _spectrum converts nothing again
-    raw = _estimate_raw(spectrum, pixels, ctf_fit, microscope, dose_e_per_angstrom2, drift_total_px)
+    spectrum = _spectrum(image, microscope, ctf_fit)
+    raw = _estimate_raw(spectrum, ctf_fit, microscope, dose_e_per_angstrom2, drift_total_px)
     return shrink_towards_prior(raw, session_prior)
 
 
@@ -1367,11 +1365,10 @@ def fit_priors(
     """
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
-    pixels = np.asarray(torch.as_tensor(image).detach().cpu().numpy(), dtype=np.float64)
-    spectrum = _spectrum(pixels, microscope, ctf_fit, max_fit_px)  # float64 already: no second conversion
+    spectrum = _spectrum(image, microscope, ctf_fit, max_fit_px)
 
     def measure(fit: CtfFit) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-        raw = _estimate_raw(spectrum, pixels, fit, microscope, dose_e_per_angstrom2, drift_total_px)
+        raw = _estimate_raw(spectrum, fit, microscope, dose_e_per_angstrom2, drift_total_px)
         return raw, shrink_towards_prior(raw, session_prior)
 
     fit = ctf_fit

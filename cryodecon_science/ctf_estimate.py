@@ -669,22 +669,21 @@ def _band_pixels(model: _PixelModel, k_max: float) -> _PixelSet:
     """The model's pixels with |k| ≤ k_max, centred (s_c = s − its weighted mean over these pixels) and
     cut into blocks (``_block_pixels``)."""
     n = int(np.searchsorted(model.k_host, k_max, side="right"))
-    weight = model.weight[:n]
-    s = model.s[:, :n]
+    weight, s = model.weight[:n], model.s[:, :n]
+    basis, offset, wg, wg2 = model.phase_basis[:, :n], model.phase_offset[:n], model.wg[:n], model.wg2[:n]
     weight_sum = weight.sum()
     s_centered = s - (weight * s).sum(dim=1, keepdim=True) / weight_sum
-    wgs = model.wg[:n] * s_centered
+    wgs = wg * s_centered
     scalars = torch.cat([weight_sum[None], (weight * s_centered**2).sum(dim=1)]).tolist()  # one read-back
     size = _block_pixels(weight.device) or max(n, 1)
-    basis = model.phase_basis[:, :n]
     blocks = tuple(
         _PixelBlock(
             phase_basis=basis[:, i : i + size].contiguous(),
             phase_basis_t=basis[:, i : i + size].T.contiguous(),
-            phase_offset=model.phase_offset[i : min(i + size, n)].contiguous(),
-            wg=model.wg[i : min(i + size, n)].contiguous(),
+            phase_offset=offset[i : i + size].contiguous(),
+            wg=wg[i : i + size].contiguous(),
             wgs=wgs[:, i : i + size].contiguous(),
-            wg2=model.wg2[i : min(i + size, n)].contiguous(),
+            wg2=wg2[i : i + size].contiguous(),
         )
         for i in range(0, n, size)
     )

@@ -92,7 +92,7 @@ from cryodecon_science.records import CtfFit
 from cryodecon_science.reproducibility import binomial_split_counts
 from cryodecon_science.restore import wiener_denoise
 from cryodecon_science.spectrum import DEFAULT_MAX_FIT_PX as DEFAULT_MAX_FIT_PX
-from cryodecon_science.spectrum import central_fit_crop
+from cryodecon_science.spectrum import central_fit_crop, frame_tensor
 
 Float32Image = npt.NDArray[np.float32]
 FloatArray = npt.NDArray[np.float64]
@@ -260,12 +260,7 @@ def _images_on(
     for array in arrays:
         if array.shape != shape:
             raise ValueError(f"estimates differ in shape: {array.shape} vs {shape}")
-    tensors = [
-        torch.as_tensor(np.array(a, dtype=np.result_type(a.dtype, np.float32), copy=not a.flags.writeable)).to(
-            device=device, dtype=torch.float64
-        )
-        for a in arrays
-    ]
+    tensors = [frame_tensor(a, device, torch.float64) for a in arrays]
     if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         raise ValueError(f"{what} contains NaN or Inf")
     return tensors, (int(shape[0]), int(shape[1]))

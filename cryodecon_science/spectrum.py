@@ -187,11 +187,16 @@ def _tiles_per_batch(tile_size_px: int, device: torch.device) -> int:
     return max(1, _DEVICE_BATCH_BYTES // (16 * tile_size_px * tile_size_px))
 
 
-def frame_tensor(image: npt.NDArray[np.floating] | torch.Tensor, device: str | torch.device) -> torch.Tensor:
-    """A micrograph as a float32 tensor on ``device`` (no copy if it is one already)."""
+_NUMPY_FLOAT = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def frame_tensor(
+    image: npt.ArrayLike | torch.Tensor, device: str | torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """An image as a ``dtype`` (float32 or float64) tensor on ``device`` (no copy if it is one already)."""
     if isinstance(image, torch.Tensor):
-        return image.to(device=device, dtype=torch.float32)
-    array = np.ascontiguousarray(image, dtype=np.float32)
+        return image.to(device=device, dtype=dtype)
+    array = np.ascontiguousarray(image, dtype=_NUMPY_FLOAT[dtype])
     if not array.flags.writeable:  # e.g. a memory-mapped MRC: torch wants a writable buffer
         array = array.copy()
     return torch.as_tensor(array, device=device)

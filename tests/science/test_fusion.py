@@ -74,6 +74,14 @@ def test_normal_equations_and_fusion_on_every_device(shape: tuple[int, int], dev
     np.testing.assert_allclose(fused, expected, atol=1e-5)
 
 
+def test_normal_equations_accept_integer_counts() -> None:
+    counts = np.random.default_rng(4).poisson(5.0, (32, 48)).astype(np.int32)
+    gram, rhs = fusion.ring_normal_equations([counts], counts)
+    gram_f, rhs_f = fusion.ring_normal_equations([counts.astype(np.float64)], counts.astype(np.float64))
+    np.testing.assert_array_equal(gram, gram_f)
+    np.testing.assert_array_equal(rhs, rhs_f)
+
+
 def test_knots_and_hat_basis() -> None:
     knots = fusion.ring_knots(725, 6.0, 32)
     assert knots[0] == 1.0 and knots[-1] == 724.0

@@ -1,8 +1,9 @@
 """Attribution of the causal graph: does the varied factor's node move, and only it?
 
-    .venv/bin/python benchmarks/bench_attribution.py [--size 1024] [--replicates 3] [--seed 2026]
+    .venv/bin/python benchmarks/bench_attribution.py [--size 1024] [--replicates 3] [--seed 2026] [--tag TAG]
 
-Writes ``benchmarks/results/attribution.json`` and ``attribution.md`` and prints the Markdown tables.
+Writes ``benchmarks/results/attribution.json`` and ``attribution.md`` (``attribution_<TAG>.*`` with ``--tag``)
+and prints the Markdown tables.
 No network, deterministic seeds, one torch thread (``--threads``).
 
 Design.  One factor at a time, the others fixed at mid values: mean defocus 1.5 µm, no astigmatism
@@ -286,6 +287,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--sweeps", nargs="+", default=[s.name for s in SWEEPS], choices=[s.name for s in SWEEPS])
+    parser.add_argument("--tag", default="", help="suffix of the results files (attribution_<tag>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -341,7 +343,7 @@ def main() -> None:
     }
     result["runtime_seconds"] = time.perf_counter() - started
     table = markdown(result)
-    out = write_results("attribution", result, table)
+    out = write_results(f"attribution_{args.tag}" if args.tag else "attribution", result, table)
     print(table)
     print(f"wrote {out}; runtime {result['runtime_seconds']:.0f} s")
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cryodecon_science.causal import (
+    ATTRIBUTION_BAND_ANGSTROM,
     CAUSE_NODES,
     EFFECT_NODES,
     UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2,
@@ -26,12 +27,14 @@ from cryodecon_science.causal import (
     degradation_weights,
     estimate_nodes,
     fit_priors,
+    optimal_exposure_e_per_angstrom2,
     ring_average_sinc2,
     shrink_towards_prior,
     update_session_prior,
 )
-from cryodecon_science.optics import amorphous_ice_spectrum_shape
-from cryodecon_science.records import CtfFit
+from cryodecon_science.optics import amorphous_ice_spectrum_shape, frequency_grid_per_angstrom
+from cryodecon_science.records import CtfFit, SpectralModel
+from cryodecon_science.restore import expected_ctf_squared
 from tests.science.test_restore import synthesize_micrograph
 
 
@@ -265,6 +268,98 @@ def test_weights_sum_to_one_and_follow_the_varied_factor() -> None:
     w_large = degradation_weights(moved, syn.ctf_fit, syn.microscope, syn.image.shape)
     change = {node: w_large[node] - w_small[node] for node in CAUSE_NODES}
     assert max(change, key=lambda node: change[node]) == "beam_induced_motion"
+
+
+def _flat_spectrum_fit(signal: float, floor: float, inelastic: float = 0.0) -> tuple[CtfFit, dict[str, float]]:
+    """A 256² micrograph's true CTF with a hand-made spectral model: flat signal, floor F and an inelastic
+    background ``inelastic``·F·exp(−(k/0.02 Å⁻¹)²); fit to 10 Å, so no ice phase contrast is split off."""
+    syn = synthesize_micrograph(seed=8)
+    f = syn.ctf_fit.spectral_model.frequency_per_angstrom
+    background = floor * (1.0 + inelastic * np.exp(-((f / 0.02) ** 2)))
+    model = SpectralModel(f, np.full_like(f, signal), background, floor, 1, f.size - 1)
+    fit = replace(syn.ctf_fit, spectral_model=model, fit_resolution_angstrom=10.0)
+    px = syn.microscope.pixel_size_angstrom
+    ky, kx = frequency_grid_per_angstrom(syn.image.shape, px, rfft=True)
+    k = np.hypot(ky, kx).ravel()
+    band = (k >= f[1]) & (k <= 1.0 / ATTRIBUTION_BAND_ANGSTROM)
+    transfer = expected_ctf_squared(syn.image.shape, fit, syn.microscope).numpy().astype(np.float64).ravel()
+    return fit, {"k": k[band], "transfer": transfer[band], "px": px, "shape": syn.image.shape}
+
+
+def _nodes(**values: float) -> dict[str, tuple[float, float]]:
+    nodes = {node: (0.0, 1.0) for node in CAUSE_NODES}
+    nodes.update({node: (value, 1.0) for node, value in values.items()})
+    return nodes
+
+
+def test_information_losses_have_their_known_values() -> None:
+    # Pure shot noise (F = ⟨counts⟩), no envelope, blur, ice or heterogeneity: only the CTF and the dose
+    # below its optimal exposure lose information; ψ = S·C/F per sample, I = ln(1 + ψ).
+    floor, signal = 40.0, 8.0
+    fit, grid = _flat_spectrum_fit(signal, floor)
+    microscope = synthesize_micrograph(seed=8).microscope
+    nodes = _nodes(dose=floor / grid["px"] ** 2)
+    losses = degradation_losses(nodes, fit, microscope, grid["shape"])
+    psi = signal * grid["transfer"] / floor
+    for node in (
+        "beam_induced_motion",
+        "ice_thickness",
+        "detector_noise",
+        "coherence_envelope",
+        "sample_heterogeneity",
+    ):
+        assert losses[node] == 0.0
+    ctf_loss = np.mean(np.log1p(signal / floor) - np.log1p(psi))
+    assert losses["defocus"] + losses["astigmatism"] + losses["spherical_aberration"] == pytest.approx(ctf_loss)
+    assert losses["defocus"] > 10.0 * losses["astigmatism"] > 0.0  # 14.5 k vs 1 k Å of phase
+    exposure = np.maximum(optimal_exposure_e_per_angstrom2(grid["k"]) / (floor / grid["px"] ** 2), 1.0)
+    assert losses["dose"] == pytest.approx(np.mean(np.log1p(exposure * psi) - np.log1p(psi)))
+    # Above the optimal exposure at every frequency of the band (≈ 2.5 k e/Å² at its first ring), more
+    # electrons would only add damage: dose loses nothing.
+    many = degradation_losses(_nodes(dose=1e5), fit, microscope, grid["shape"])
+    assert many["dose"] == 0.0
+
+    # Every other cause on, one term each: envelope B, a 3-px blur, an excess detector floor (F = 1.3
+    # ⟨counts⟩), an inelastic background and tile-to-tile variation CV.
+    b_factor, drift, cv = 60.0, 3.0, 0.5
+    fit, grid = _flat_spectrum_fit(signal, floor, inelastic=0.5)
+    counts = floor / 1.3
+    nodes = _nodes(
+        dose=counts / grid["px"] ** 2,
+        coherence_envelope=b_factor,
+        beam_induced_motion=drift,
+        sample_heterogeneity=cv,
+    )
+    losses = degradation_losses(nodes, fit, microscope, grid["shape"])
+    k, c = grid["k"], grid["transfer"]
+    noise = fit.spectral_model.interpolate(k)[1]  # F + the inelastic background, between the model's rings
+    inelastic = noise - floor
+    psi = signal * c / noise
+    blur = ring_average_sinc2(k, drift, grid["px"])
+
+    def gain(psi_after: np.ndarray) -> float:
+        return float(np.mean(np.log1p(psi_after) - np.log1p(psi)))
+
+    assert losses["coherence_envelope"] == pytest.approx(gain(psi * np.exp(b_factor * k**2 / 2.0)))
+    assert losses["beam_induced_motion"] == pytest.approx(gain(psi / blur))
+    assert losses["detector_noise"] == pytest.approx(gain(signal * c / (counts + inelastic)))
+    assert losses["ice_thickness"] == pytest.approx(gain(signal * c / floor))
+    assert losses["sample_heterogeneity"] == pytest.approx(
+        float(np.mean(psi**2 * cv**2 / (2 * (1 + psi) ** 2))), rel=1e-4
+    )
+    # The envelope is charged for signal that exists: a hundredfold weaker signal loses ≈ a hundredth
+    # (low-SNR limit ψ·(e^{Bk²/2} − 1)), not the same B k²/2 as the log-SNR loss would.
+    faint, _ = _flat_spectrum_fit(signal / 100.0, floor, inelastic=0.5)
+    weak = degradation_losses(nodes, faint, microscope, grid["shape"])["coherence_envelope"]
+    assert weak == pytest.approx(float(np.mean(psi / 100.0 * np.expm1(b_factor * k**2 / 2.0))), rel=0.02)
+    assert weak < 0.02 * float(np.mean(b_factor * k**2 / 2.0))
+
+
+def test_optimal_exposure_follows_grant_and_grigorieff() -> None:
+    # N_e(k) = 0.245 k^−1.665 + 2.81 e/Å² (eLife 2015; 4:e06980), optimum 2.51 N_e: 35.5 e/Å² at 10 Å,
+    # 97 e/Å² at 20 Å, falling towards 2.51·2.81 = 7.05 e/Å² at high resolution.
+    values = optimal_exposure_e_per_angstrom2(np.array([1 / 10.0, 1 / 20.0, 1 / 1.0]))
+    assert values == pytest.approx([35.5, 97.2, 2.51 * (0.245 + 2.81)], abs=0.1)
 
 
 def test_priors_are_json_ready_and_feed_the_session_prior() -> None:

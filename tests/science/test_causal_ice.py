@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cryodecon_science.causal import CAUSE_NODES, degradation_losses, degradation_weights, estimate_nodes
+from cryodecon_science.causal import CAUSE_NODES, degradation_losses, degradation_weights, estimate_nodes, fit_priors
 from cryodecon_science.ctf_estimate import estimate_ctf
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
@@ -82,3 +82,24 @@ def test_weights_are_the_normalised_losses() -> None:
     assert total > 0 and all(v >= 0.0 for v in losses.values())
     for node in CAUSE_NODES:
         assert weights[node] == pytest.approx(losses[node] / total)
+
+
+def _weights(config: SimulationConfig, seed: int) -> dict[str, float]:
+    sim = simulate_micrograph(config, "dose", (2026, seed))
+    fit = estimate_ctf(sim.counts, config.microscope, nominal_defocus_angstrom=sim.truth.nominal_defocus_angstrom)
+    priors = fit_priors(sim.counts, fit, config.microscope, dose_e_per_angstrom2=config.dose_e_per_angstrom2)
+    return {e.node: e.weight for e in priors.estimates}
+
+
+def test_more_dose_lowers_the_dose_weight_most() -> None:
+    # 10 → 100 e/Å²: below the optimal exposure (35 e/Å² at 10 Å, 97 e/Å² at 20 Å) the dose is what limits
+    # the particle band; at 100 e/Å² it hardly is.  Mean change over two exposures: the dose weight falls,
+    # by more than any other weight moves (by about half of the whole).
+    change = dict.fromkeys(CAUSE_NODES, 0.0)
+    for seed in (0, 1):
+        low = _weights(replace(BASE, dose_e_per_angstrom2=10.0), seed)
+        high = _weights(replace(BASE, dose_e_per_angstrom2=100.0), seed)
+        for node in CAUSE_NODES:
+            change[node] += (high[node] - low[node]) / 2.0
+    assert max(change, key=lambda node: abs(change[node])) == "dose"
+    assert change["dose"] < -0.4

@@ -57,7 +57,7 @@ weights.
 
 The loop (:func:`fit_priors`, :func:`refine_spectral_model`) refines the spectral model, not the CTF:
 one damped Fisher-scoring step of the Whittle likelihood per pass in the signal amplitude and envelope
-(ln S += α + β k² d_fit²) and a smooth background correction (ln B += Σ γ_j φ_j(k)), with the scores
+(ln S += α + β min(k d_fit, 1)²) and a smooth background correction (ln B += Σ γ_j φ_j(k)), with the scores
 computed from the Wiener-restored image and its residual (EM expected powers).  The Cramér–Rao
 covariance of these parameters gives the σ of the B-factor, the noise floor and the ice index.
 """
@@ -584,15 +584,19 @@ def _background_basis(k_per_angstrom: FloatArray, nyquist_per_angstrom: float) -
 class _Fisher:
     """Whittle-likelihood Fisher information of the refinement parameters at the current model.
 
-    Parameters θ = (α, β, γ_0 … γ_J): ln S(k) += α + β (k/k_fit)² over the signal band (valid range up to
-    the fit resolution), ln B(k) += Σ γ_j φ_j(k) everywhere.  Each periodogram sample P ~ μ·Exp(1),
+    Parameters θ = (α, β, γ_0 … γ_J): ln S(k) += α + β min(k/k_fit, 1)² over the model's valid range
+    (beyond the fit resolution the change holds its value at the fit), ln B(k) += Σ γ_j φ_j(k)
+    everywhere.  The signal's change is scored on every ring it is applied to: beyond the fit the rings
+    constrain S·½ + B (CTF²_eff, the phase unknown), and an update extrapolated there unscored — β (k/k_fit)²
+    grows 16-fold to Nyquist at a 4 Å fit — raised the in-band likelihood while the whole spectrum's
+    fell and the background drifted to absorb it.  Each periodogram sample P ~ μ·Exp(1),
     μ = S·CTF² + B, contributes g gᵀ with g = ∂ ln μ/∂θ = (H, H x, G φ_j), H = S·CTF²/μ, G = 1 − H.
     ``covariance`` is its inverse: the Cramér–Rao covariance of θ from this micrograph.
     """
 
     information: FloatArray
     covariance: FloatArray
-    ring_signal_features: FloatArray  # (2, n_rings): [1, x] inside the signal band, 0 outside
+    ring_signal_features: FloatArray  # (2, n_rings): [1, min(x, 1)] over the valid range, 0 below it
     ring_basis: FloatArray  # (J+1, n_rings)
     ring_hh: FloatArray  # Σ H² per ring
 
@@ -611,8 +615,10 @@ def _fisher(spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope
     g = 1.0 - h
     hh, hg, gg = (_ring_sum(spectrum, v) for v in (h * h, h * g, g * g))
     k = spectrum.ring_k_per_angstrom
-    x = (k * ctf_fit.fit_resolution_angstrom) ** 2
-    in_band = _signal_band_rings(spectrum, ctf_fit).astype(np.float64)
+    x = np.minimum((k * ctf_fit.fit_resolution_angstrom) ** 2, 1.0)
+    k_from, _ = _band_indices(ctf_fit.spectral_model)
+    in_band = ((k >= k_from) & (spectrum.ring_counts > 0)).astype(np.float64)
+    in_band[0] = 0.0
     fs = np.stack([in_band, in_band * x])
     fb = _background_basis(k, microscope.nyquist_per_angstrom)
     fb[:, 0] = 0.0
@@ -1303,7 +1309,7 @@ def _refine_model(
     step = np.linalg.solve(damped, score)
 
     ring_k = spectrum.ring_k_per_angstrom
-    log_s = step[0] + step[1] * (ring_k * ctf_fit.fit_resolution_angstrom) ** 2
+    log_s = step[0] + step[1] * np.minimum((ring_k * ctf_fit.fit_resolution_angstrom) ** 2, 1.0)
     log_b = step[2:] @ _background_basis(ring_k, microscope.nyquist_per_angstrom)
     largest = max(float(np.max(np.abs(log_s))), float(np.max(np.abs(log_b))))
     if largest > _MAX_LOG_STEP:  # trust region: no profile changes by more than a factor 4 per pass
@@ -1345,8 +1351,8 @@ def refine_spectral_model(
        ρ_S − 1 = H (P/μ − 1) and ρ_B − 1 = (1 − H)(P/μ − 1): the Whittle-likelihood scores of ln S and
        ln B at each Fourier sample (P the periodogram, μ = S·CTF² + B).
     3. One damped Fisher-scoring (Levenberg–Marquardt, 10 % of the diagonal) step in the parameters of
-       :class:`_Fisher`: ln S(k) += α + β (k·d_fit)² (amplitude and envelope, so Δβ is a change of the
-       B-factor, ΔB = −2 Δβ d_fit²) and ln B(k) += Σ γ_j φ_j(k) (a smooth background correction on 11
+       :class:`_Fisher`: ln S(k) += α + β min(k·d_fit, 1)² (amplitude and envelope, so Δβ is a change of
+       the B-factor, ΔB = −2 Δβ d_fit², up to the fit resolution) and ln B(k) += Σ γ_j φ_j(k) (a smooth background correction on 11
        hat functions).  Signal and background separate because S is modulated by the CTF² rings and B
        is not (as in CTFFIND4's background fit).  No profile changes by more than a factor 4 per pass.
 

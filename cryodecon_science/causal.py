@@ -1352,9 +1352,10 @@ def refine_spectral_model(
        ln B at each Fourier sample (P the periodogram, μ = S·CTF² + B).
     3. One damped Fisher-scoring (Levenberg–Marquardt, 10 % of the diagonal) step in the parameters of
        :class:`_Fisher`: ln S(k) += α + β min(k·d_fit, 1)² (amplitude and envelope, so Δβ is a change of
-       the B-factor, ΔB = −2 Δβ d_fit², up to the fit resolution) and ln B(k) += Σ γ_j φ_j(k) (a smooth background correction on 11
-       hat functions).  Signal and background separate because S is modulated by the CTF² rings and B
-       is not (as in CTFFIND4's background fit).  No profile changes by more than a factor 4 per pass.
+       the B-factor, ΔB = −2 Δβ d_fit², up to the fit resolution) and ln B(k) += Σ γ_j φ_j(k) (a smooth
+       background correction on 11 hat functions).  Signal and background separate because S is
+       modulated by the CTF² rings and B is not (as in CTFFIND4's background fit).  No profile changes by
+       more than a factor 4 per pass.
 
     The result lives on rings of width 1/(max(ny, nx)·pixel) from 0 to Nyquist; its floor is the
     sample-weighted mean background over 0.75–1 Nyquist; its valid band is the input's.

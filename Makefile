@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_ctf.py
 	$(BIN)/python benchmarks/bench_ctf.py --size 4096
 	$(BIN)/python benchmarks/bench_attribution.py
+	$(BIN)/python benchmarks/bench_attribution.py --seed 11 --tag seed11
 	$(BIN)/python benchmarks/bench_quality_v.py
 	$(BIN)/python benchmarks/bench_library_ann.py
 	$(BIN)/python benchmarks/bench_impact.py

@@ -189,7 +189,7 @@ def main() -> None:
     if "topaz_unet" in mean:
         result["speedup_vs_topaz"] = {m: mean["topaz_unet"] / s for m, s in mean.items() if m != "topaz_unet"}
     text = markdown(result)
-    write_results(f"restoration_speed_cpu_{args.size}", result, text)
+    write_results(f"restoration_speed_cpu_{args.size}" + ("_no_topaz" if args.no_topaz else ""), result, text)
     print(text)
 
 

@@ -601,13 +601,20 @@ class _Fisher:
     ring_hh: FloatArray  # Σ H² per ring
 
 
-def _signal_band_rings(spectrum: _Spectrum, ctf_fit: CtfFit) -> npt.NDArray[np.bool_]:
+def _signal_band_rings(spectrum: _Spectrum, ctf_fit: CtfFit, stop_at_fit: bool = True) -> npt.NDArray[np.bool_]:
+    """Rings with samples from the model's first valid ring up to the fit resolution (``stop_at_fit``,
+    capped at the valid range's end) or to Nyquist; never the DC ring."""
     k_from, k_to = _band_indices(ctf_fit.spectral_model)
-    k_hi = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom)
+    k_hi = min(k_to, 1.0 / ctf_fit.fit_resolution_angstrom) if stop_at_fit else math.inf
     k = spectrum.ring_k_per_angstrom
     band: npt.NDArray[np.bool_] = (k >= k_from) & (k <= k_hi) & (spectrum.ring_counts > 0)
     band[0] = False
     return band
+
+
+def _signal_update_shape(k_per_angstrom: FloatArray, ctf_fit: CtfFit) -> FloatArray:
+    """x = min(k/k_fit, 1)² of the loop's signal update ln S += α + β x (:class:`_Fisher`)."""
+    return np.minimum((k_per_angstrom * ctf_fit.fit_resolution_angstrom) ** 2, 1.0)
 
 
 def _fisher(spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope: MicroscopeSettings) -> _Fisher:
@@ -615,10 +622,8 @@ def _fisher(spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope
     g = 1.0 - h
     hh, hg, gg = (_ring_sum(spectrum, v) for v in (h * h, h * g, g * g))
     k = spectrum.ring_k_per_angstrom
-    x = np.minimum((k * ctf_fit.fit_resolution_angstrom) ** 2, 1.0)
-    k_from, _ = _band_indices(ctf_fit.spectral_model)
-    in_band = ((k >= k_from) & (spectrum.ring_counts > 0)).astype(np.float64)
-    in_band[0] = 0.0
+    x = _signal_update_shape(k, ctf_fit)
+    in_band = _signal_band_rings(spectrum, ctf_fit, stop_at_fit=False).astype(np.float64)
     fs = np.stack([in_band, in_band * x])
     fb = _background_basis(k, microscope.nyquist_per_angstrom)
     fb[:, 0] = 0.0
@@ -1309,7 +1314,7 @@ def _refine_model(
     step = np.linalg.solve(damped, score)
 
     ring_k = spectrum.ring_k_per_angstrom
-    log_s = step[0] + step[1] * np.minimum((ring_k * ctf_fit.fit_resolution_angstrom) ** 2, 1.0)
+    log_s = step[0] + step[1] * _signal_update_shape(ring_k, ctf_fit)
     log_b = step[2:] @ _background_basis(ring_k, microscope.nyquist_per_angstrom)
     largest = max(float(np.max(np.abs(log_s))), float(np.max(np.abs(log_b))))
     if largest > _MAX_LOG_STEP:  # trust region: no profile changes by more than a factor 4 per pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -35,7 +36,7 @@ from cryodecon_science.causal import (
 from cryodecon_science.optics import amorphous_ice_spectrum_shape, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit, SpectralModel
 from cryodecon_science.restore import expected_ctf_squared
-from tests.science.test_restore import synthesize_micrograph
+from tests.science.test_restore import MICROSCOPE, synthesize_micrograph
 
 
 def _wrong_start(
@@ -270,7 +271,7 @@ def test_weights_sum_to_one_and_follow_the_varied_factor() -> None:
     assert max(change, key=lambda node: change[node]) == "beam_induced_motion"
 
 
-def _flat_spectrum_fit(signal: float, floor: float, inelastic: float = 0.0) -> tuple[CtfFit, dict[str, float]]:
+def _flat_spectrum_fit(signal: float, floor: float, inelastic: float = 0.0) -> tuple[CtfFit, dict[str, Any]]:
     """A 256² micrograph's true CTF with a hand-made spectral model: flat signal, floor F and an inelastic
     background ``inelastic``·F·exp(−(k/0.02 Å⁻¹)²); fit to 10 Å, so no ice phase contrast is split off."""
     syn = synthesize_micrograph(seed=8)
@@ -297,7 +298,7 @@ def test_information_losses_have_their_known_values() -> None:
     # below its optimal exposure lose information; ψ = S·C/F per sample, I = ln(1 + ψ).
     floor, signal = 40.0, 8.0
     fit, grid = _flat_spectrum_fit(signal, floor)
-    microscope = synthesize_micrograph(seed=8).microscope
+    microscope = MICROSCOPE  # synthesize_micrograph's, which _flat_spectrum_fit uses
     nodes = _nodes(dose=floor / grid["px"] ** 2)
     losses = degradation_losses(nodes, fit, microscope, grid["shape"])
     psi = signal * grid["transfer"] / floor

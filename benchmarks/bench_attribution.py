@@ -38,6 +38,9 @@ Per sweep: (a) the node whose weight changed most between the lowest and highest
 must be the varied factor's node; (b) Spearman ρ (``scipy.stats.spearmanr``, all levels × replicates)
 between the true level and the expected node's estimated value, goal ≥ 0.9 (ρ of its weight also given);
 (c) the loop stops within ``max_iterations`` on every case, non-converged fits counted and listed.
+Beside the goals, where the truth is in the node's own units (B, dose, defocus, drift path length): whether
+the reported σ covers the error, RMS of z = (estimate − truth)/σ and the share of cases within ±2σ
+(:func:`calibration`).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class Sweep:
     expected_nodes: tuple[str, ...]  # first = the node whose value is rank-correlated with the level
     movie: bool = False
     drift_given: bool = False
+    truth_key: str | None = None  # the case's truth in the primary node's units, for the σ calibration
 
     def config(self, base: SimulationConfig, level: float) -> SimulationConfig:
         if self.name == "ice_thickness":
@@ -90,13 +94,40 @@ class Sweep:
 
 SWEEPS = (
     Sweep("ice_thickness", "nm", (10.0, 28.0, 46.0, 64.0, 82.0, 100.0), ("ice_thickness",)),
-    Sweep("bfactor", "Å²", (20.0, 50.0, 80.0, 110.0, 140.0, 170.0), ("coherence_envelope",)),
-    Sweep("read_noise", "counts", (0.0, 1.0, 2.0, 3.0, 4.0, 5.0), ("detector_noise", "dose")),
-    Sweep("dose", "e/Å²", (10.0, 20.0, 40.0, 60.0, 80.0, 100.0), ("dose", "detector_noise")),
-    Sweep("defocus", "Å", (5000.0, 10000.0, 15000.0, 20000.0, 25000.0, 30000.0), ("defocus",)),
-    Sweep("drift", "px", (0.0, 4.0, 8.0, 12.0, 16.0, 20.0), ("beam_induced_motion",), movie=True),
     Sweep(
-        "drift_given", "px", (0.0, 4.0, 8.0, 12.0, 16.0, 20.0), ("beam_induced_motion",), movie=True, drift_given=True
+        "bfactor", "Å²", (20.0, 50.0, 80.0, 110.0, 140.0, 170.0), ("coherence_envelope",), truth_key="bfactor_angstrom2"
+    ),
+    Sweep("read_noise", "counts", (0.0, 1.0, 2.0, 3.0, 4.0, 5.0), ("detector_noise", "dose")),
+    Sweep(
+        "dose",
+        "e/Å²",
+        (10.0, 20.0, 40.0, 60.0, 80.0, 100.0),
+        ("dose", "detector_noise"),
+        truth_key="dose_e_per_angstrom2",
+    ),
+    Sweep(
+        "defocus",
+        "Å",
+        (5000.0, 10000.0, 15000.0, 20000.0, 25000.0, 30000.0),
+        ("defocus",),
+        truth_key="mean_defocus_angstrom",
+    ),
+    Sweep(
+        "drift",
+        "px",
+        (0.0, 4.0, 8.0, 12.0, 16.0, 20.0),
+        ("beam_induced_motion",),
+        movie=True,
+        truth_key="drift_total_px",
+    ),
+    Sweep(
+        "drift_given",
+        "px",
+        (0.0, 4.0, 8.0, 12.0, 16.0, 20.0),
+        ("beam_induced_motion",),
+        movie=True,
+        drift_given=True,
+        truth_key="drift_total_px",
     ),
 )
 
@@ -211,6 +242,7 @@ def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:
             }
         )
     return {
+        "calibration": calibration(sweep, cases),
         "levels": list(sweep.levels),
         "unit": sweep.unit,
         "expected_nodes": list(sweep.expected_nodes),
@@ -227,6 +259,30 @@ def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:
         "not_converged": len(not_converged),
         "not_converged_cases": not_converged,
         "per_level": per_level,
+    }
+
+
+def calibration(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Does the expected node's σ cover its error?  z = (estimate − truth)/σ over all cases of the sweep.
+
+    For an honest σ, the RMS of z is ≈ 1 and ≈ 95 % of the cases lie within ±2σ; larger values mean the
+    reported σ understates the error (model error, not only noise).  Only for sweeps whose truth is in
+    the node's own units (``Sweep.truth_key``); None otherwise.
+    """
+    if sweep.truth_key is None:
+        return None
+    node = sweep.expected_nodes[0]
+    errors = np.array([c["nodes"][node]["value"] - c["truth"][sweep.truth_key] for c in cases])
+    sigmas = np.array([c["nodes"][node]["sigma"] for c in cases])
+    z = errors / np.maximum(sigmas, 1e-12)
+    return {
+        "node": node,
+        "truth_key": sweep.truth_key,
+        "rms_z": float(np.sqrt(np.mean(z**2))),
+        "fraction_within_2_sigma": float(np.mean(np.abs(z) <= 2.0)),
+        "median_abs_error": float(np.median(np.abs(errors))),
+        "median_sigma": float(np.median(sigmas)),
+        "z": z.tolist(),
     }
 
 
@@ -277,6 +333,21 @@ def markdown(result: dict[str, Any]) -> str:
             )
     lines.append("")
     lines.append("(* = not converged within max_iterations; drift levels are path lengths, net = end-to-end shift)")
+    lines += [
+        "",
+        "Uncertainty calibration of the expected node, where the truth is in its units (z = (estimate − truth)/σ "
+        "over all cases; an honest σ gives RMS z ≈ 1 and ≈ 95 % within ±2σ):",
+        "",
+        "| sweep | node | RMS z | within ±2σ | median abs. error | median σ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in result["sweeps"].items():
+        cal = s.get("calibration")
+        if cal:
+            lines.append(
+                f"| {name} | {cal['node']} | {cal['rms_z']:.2f} | {100 * cal['fraction_within_2_sigma']:.0f} % "
+                f"| {fmt(cal['median_abs_error'])} {s['unit']} | {fmt(cal['median_sigma'])} {s['unit']} |"
+            )
     return "\n".join(lines)
 
 

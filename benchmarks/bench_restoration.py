@@ -85,6 +85,13 @@ Wiener ones included, barely move it; only restoration that adds information (a 
 simulations the clean image carries the amorphous-ice water ring at 3.7 Å, so raw's FRC with it stays
 above 0.143 to ≈ 3 Å; a low-pass removes that and comes out *worse* than raw, as it should.
 
+Where the error lies: per resolution band (``ERROR_BANDS_ANGSTROM``, DC excluded) the relative error
+Σ|F(a·x + b − truth)|² / Σ|F(truth − mean)|² over the whole image, the sums pooled over the SNR level's
+micrographs (1: the band is no better than an estimate of zero there; a Wiener filter's is 1/(1 + SNR_band),
+the least any estimator reaches on Gaussian content such as the ice), and each band's share of the total
+error.  The PSNR is set by the whole image's squared error, so this says which bands a better method
+would have to win.
+
 Goals (issue #3): PSNR ≥ Topaz + 1 dB at every SNR; FRC-0.143 resolution ≥ 30 % better than raw
 (d ≤ 0.7·d_raw) and better than Topaz (all for ``cryodecon_learned``, the product default; the PSNR goal is
 also reported for each of ``CANDIDATE_METHODS``, which are not the product default); and for the
@@ -96,6 +103,7 @@ is printed beside it).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -139,6 +147,16 @@ CALIBRATION_SEED = 777
 BOX_PX = 192
 MASK_RADIUS_FRACTION = 0.40
 MASK_EDGE_FRACTION = 0.08
+ERROR_BANDS_ANGSTROM = (math.inf, 40.0, 20.0, 12.0, 8.0, 5.0, 3.5, 2.5, 0.0)
+"""Edges (Å, coarse → fine) of the resolution bands of the error breakdown (module docstring)."""
+BAND_TABLE_METHODS = (
+    "raw",
+    "wiener_true_ctf",
+    "topaz_unet",
+    "cryodecon_wiener",
+    "cryodecon_learned",
+    "cryodecon_fused",
+)
 METHODS = (
     "raw",
     "gaussian",
@@ -553,10 +571,24 @@ def calibrate_gaussian(size: int, snr: float) -> tuple[float, dict[str, float]]:
     return best, scores
 
 
+def band_error_sums(fitted: np.ndarray, truth: np.ndarray, pixel_size_angstrom: float) -> np.ndarray:
+    """(2, n_bands): Σ|F(fitted − truth)|² and Σ|F(truth − mean)|² per band of ``ERROR_BANDS_ANGSTROM``."""
+    k = np.hypot(*frequency_grid_per_angstrom(truth.shape, pixel_size_angstrom, rfft=False))
+    resolution = np.divide(1.0, k, out=np.full_like(k, np.inf), where=k > 0)
+    error = np.abs(np.fft.fft2(fitted - truth)) ** 2
+    clean = np.abs(np.fft.fft2(truth - truth.mean())) ** 2
+    sums = np.zeros((2, len(ERROR_BANDS_ANGSTROM) - 1), dtype=np.float64)
+    for i, (coarse, fine) in enumerate(itertools.pairwise(ERROR_BANDS_ANGSTROM)):
+        band = (k > 0) & (resolution <= coarse) & (resolution > fine)
+        sums[:, i] = error[band].sum(), clean[band].sum()
+    return sums
+
+
 def evaluate(
-    estimate: np.ndarray, truth: np.ndarray, positions_px: np.ndarray, mask: np.ndarray
-) -> tuple[float, float, np.ndarray, int]:
-    """PSNR, SSIM (after the least-squares scale/offset) and the summed box-FRC terms against ``truth``."""
+    estimate: np.ndarray, truth: np.ndarray, positions_px: np.ndarray, mask: np.ndarray, pixel_size_angstrom: float
+) -> tuple[float, float, np.ndarray, int, np.ndarray]:
+    """PSNR, SSIM (after the least-squares scale/offset), the summed box-FRC terms and the band error sums
+    (:func:`band_error_sums`) against ``truth``."""
     truth = truth.astype(np.float64)
     fitted = least_squares_fit(estimate, truth)
     corners = particle_boxes(positions_px, truth.shape)
@@ -565,7 +597,8 @@ def evaluate(
         sums += frc_sums(
             estimate[y : y + BOX_PX, x : x + BOX_PX].astype(np.float64), truth[y : y + BOX_PX, x : x + BOX_PX], mask
         )
-    return psnr_db(fitted, truth), ssim(fitted, truth), sums, len(corners)
+    bands = band_error_sums(fitted, truth, pixel_size_angstrom)
+    return psnr_db(fitted, truth), ssim(fitted, truth), sums, len(corners), bands
 
 
 def score_methods(
@@ -583,12 +616,16 @@ def score_methods(
             continue
         psnrs, ssims = [], []
         sums = np.zeros((3, BOX_PX // 2), dtype=np.float64)
+        band_sums = np.zeros((2, len(ERROR_BANDS_ANGSTROM) - 1), dtype=np.float64)
         n_boxes = 0
         for sim, est in zip(sims, estimates, strict=True):
-            p, s, box_sums, n = evaluate(est, truth_of(sim), sim.truth.particle_positions_px, mask)
+            p, s, box_sums, n, bands = evaluate(
+                est, truth_of(sim), sim.truth.particle_positions_px, mask, pixel_size_angstrom
+            )
             psnrs.append(p)
             ssims.append(s)
             sums += box_sums
+            band_sums += bands
             n_boxes += n
         curve = frc_from_sums(sums)
         scored[method] = {
@@ -601,8 +638,33 @@ def score_methods(
             "ssim_per_micrograph": ssims,
             "n_boxes": n_boxes,
             "frc_curve": curve.tolist(),
+            "band_relative_error": (band_sums[0] / band_sums[1]).tolist(),
+            "band_error_share": (band_sums[0] / band_sums[0].sum()).tolist(),
+            "band_clean_share": (band_sums[1] / band_sums[1].sum()).tolist(),
         }
     return scored
+
+
+def _band_table(rows: dict[str, Any]) -> list[str]:
+    names = [
+        f"{coarse:g}–{fine:g} Å" if math.isfinite(coarse) else f"> {fine:g} Å"
+        for coarse, fine in itertools.pairwise(ERROR_BANDS_ANGSTROM)
+    ]
+    names[-1] = f"< {ERROR_BANDS_ANGSTROM[-2]:g} Å"
+    lines = ["| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for method in BAND_TABLE_METHODS:
+        row = rows.get(method)
+        if row is not None:
+            lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for v in row["band_relative_error"]) + " |")
+    shares = (
+        ("band_clean_share", "share of the clean power"),
+        ("band_error_share", "share of cryodecon_fused's error"),
+    )
+    for key, label in shares:
+        row = rows.get("cryodecon_fused")
+        if row is not None:
+            lines.append(f"| *{label}* | " + " | ".join(f"{100 * v:.0f} %" for v in row[key]) + " |")
+    return lines
 
 
 def _table(rows: dict[str, Any], methods: tuple[str, ...]) -> list[str]:
@@ -650,6 +712,13 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{session['holdout_loss_shipped']:.5f} shipped → {session['holdout_loss_finetuned']:.5f} tuned "
                 f"({'kept' if session['kept'] else 'not kept: the shipped model is used'}).",
             ]
+        lines += [
+            "",
+            "Where the error lies (denoised, whole image): relative error per resolution band, "
+            "Σ|F(error)|² / Σ|F(clean)|² (1 = no better than zero in that band):",
+            "",
+        ]
+        lines += _band_table(block["methods"])
         lines += ["", "Deconvolved (CTF-corrected), vs the un-CTF'd particle projection:", ""]
         lines += _table(block["deconvolved"], DECONVOLUTION_METHODS)
         lines.append("")

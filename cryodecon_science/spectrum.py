@@ -34,6 +34,10 @@ _MIN_TILE_SIZE_PX = 8
 # float32); on an accelerator the batch is bounded by bytes instead (``_tiles_per_batch``).
 _TILES_PER_BATCH = 16
 _DEVICE_BATCH_BYTES = 1 << 30
+N_GROUPS = 4
+"""Disjoint groups of non-overlapping tiles in :class:`HalfSetSpectra` (two per half): a delete-one-group
+jackknife over them has 3 degrees of freedom, where the difference of the two halves has one.  (8 groups,
+7 degrees of freedom, cost 0.1 s more per 4096² CTF fit on one CPU thread: 0.99 against 0.90 s.)"""
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,15 @@ class TileGrid:
 
 @dataclass(frozen=True)
 class HalfSetSpectra:
-    """Tile-averaged periodogram plus two independent half-set periodograms of the same micrograph.
+    """Tile-averaged periodogram plus independent half-set and group periodograms of the same micrograph.
 
     The halves are built from the non-overlapping sub-grid of the tile grid (every tile whose pixels
     no earlier selected tile in its row or column shares; with 50 % overlap, tiles (2p, 2q)), split as a
     checkerboard by the parity of p + q.  Tiles of different halves share no pixel, so their
     periodograms have independent noise; together the halves tile the image once (up to the grid's
-    edge margin).
+    edge margin).  Each half is further dealt, in raster order, into ``N_GROUPS // 2`` interleaved groups
+    (group 2r + h holds tiles r, r + N_GROUPS/2, … of half h), so that the groups, too, share no pixel and
+    a group-jackknife can measure the spread of an estimate (``ctf_estimate``'s defocus σ).
 
     Attributes
     ----------
@@ -79,12 +85,19 @@ class HalfSetSpectra:
         Number of tiles in ``mean_power``.
     n_half_tiles : tuple[int, int]
         Number of tiles in each half.
+    group_power : torch.Tensor
+        Mean periodograms of the :data:`N_GROUPS` groups, shape (N_GROUPS, L, L // 2 + 1), float32 (zeros
+        for an empty group).
+    n_group_tiles : tuple[int, ...]
+        Number of tiles in each group.
     """
 
     mean_power: torch.Tensor
     half_power: torch.Tensor
     n_tiles: int
     n_half_tiles: tuple[int, int]
+    group_power: torch.Tensor
+    n_group_tiles: tuple[int, ...]
 
 
 def fitting_tile_size_px(shape_px: tuple[int, int], tile_size_px: int = 512) -> int:
@@ -270,7 +283,8 @@ def half_set_power_spectra(
     overlap_fraction: float = 0.5,
     device: str | torch.device = "cpu",
 ) -> HalfSetSpectra:
-    """Tile-averaged periodogram and two independent half-set periodograms (``HalfSetSpectra``).
+    """Tile-averaged periodogram, two independent half-set and :data:`N_GROUPS` group periodograms
+    (``HalfSetSpectra``).
 
     Same tiles, window and normalisation as ``tile_power_spectra`` but accumulated on the fly, so the
     memory needed does not grow with the number of tiles.  ``image`` may be a tensor already on
@@ -283,27 +297,33 @@ def half_set_power_spectra(
     sub_x = _non_overlapping(grid.origins_x_px, tile)
     n_y, n_x = len(grid.origins_y_px), len(grid.origins_x_px)
     # Rows of the accumulation weights, per tile in raster order: all tiles, half 0, half 1 (the
-    # checkerboard of the non-overlapping sub-grid).
-    membership = np.zeros((3, n_y, n_x))
+    # checkerboard of the non-overlapping sub-grid), then the groups (each half dealt round-robin).
+    membership = np.zeros((3 + N_GROUPS, n_y, n_x))
     membership[0] = 1.0
+    dealt = [0, 0]
     for p, i in enumerate(sub_y):
         for q, j in enumerate(sub_x):
-            membership[1 + (p + q) % 2, i, j] = 1.0
-    rows = membership.reshape(3, n_y * n_x)
+            half = (p + q) % 2
+            membership[1 + half, i, j] = 1.0
+            membership[3 + half + 2 * (dealt[half] % (N_GROUPS // 2)), i, j] = 1.0
+            dealt[half] += 1
+    rows = membership.reshape(3 + N_GROUPS, n_y * n_x)
     n_half = (int(rows[1].sum()), int(rows[2].sum()))
     weights = torch.as_tensor(
         rows / np.maximum(rows.sum(axis=1, keepdims=True), 1.0), dtype=torch.float32, device=device
     )
-    sums = torch.zeros((3, tile * (tile // 2 + 1)), dtype=torch.float64, device=weights.device)
+    sums = torch.zeros((3 + N_GROUPS, tile * (tile // 2 + 1)), dtype=torch.float64, device=weights.device)
     for first, power in _tile_power_batches(frame, grid, device):
         # Each batch's weighted sums in float32 (≤ a few hundred terms), accumulated in float64.
         sums += (weights[:, first : first + power.shape[0]] @ power.reshape(power.shape[0], -1)).double()
-    sums = sums.reshape(3, tile, tile // 2 + 1)
+    sums = sums.reshape(3 + N_GROUPS, tile, tile // 2 + 1)
     return HalfSetSpectra(
         mean_power=sums[0].float(),
-        half_power=sums[1:].float(),
+        half_power=sums[1:3].float(),
         n_tiles=n_y * n_x,
         n_half_tiles=n_half,
+        group_power=sums[3:].float(),
+        n_group_tiles=tuple(int(n) for n in rows[3:].sum(axis=1)),
     )
 
 

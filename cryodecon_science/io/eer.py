@@ -40,6 +40,11 @@ from cryodecon_science.io.tiff import check_page_chain, checked_size_and_magic
 from cryodecon_science.metadata import Fields
 
 MAX_EER_FRAMES = 100_000
+EER_SENSOR_PX = 4096
+"""Side of the EER sensors (Falcon 4, 4i and C: 4096 × 4096 physical pixels); a frame decoded at
+super-resolution s has sides of at most 4096·2^s.  A header claiming more is corrupt: EER's run-length
+code turns a few bytes into any number of empty pixels, so a mutated width of 60000 would otherwise
+decode a 3.6-G-pixel frame and fill tens of GB before anything else was checked."""
 _BIGTIFF_MAGIC = (b"II+\0", b"MM\0+")
 
 
@@ -208,8 +213,9 @@ def read_eer(
             if compression not in (65000, 65001, 65002):
                 raise CorruptHeaderError(path, f"page 0 compression {compression} is not an EER encoding")
             shape = tuple(int(v) for v in first.shape)
-            if len(shape) != 2 or not all(0 < v <= 4 * MAX_DIMENSION_PX for v in shape):
-                raise CorruptHeaderError(path, f"impossible EER frame shape {shape}")
+            largest = EER_SENSOR_PX * 2**super_resolution
+            if len(shape) != 2 or not all(0 < v <= min(largest, 4 * MAX_DIMENSION_PX) for v in shape):
+                raise CorruptHeaderError(path, f"impossible EER frame shape {shape} (sensor {largest} px a side)")
             if frames_per_group is None:
                 frames_per_group = max(1, n_pages // n_groups) if n_groups else 1
             if frames_per_group < 1:
@@ -217,6 +223,11 @@ def read_eer(
             groups = n_pages // frames_per_group
             if groups == 0:
                 raise CorruptHeaderError(path, f"{n_pages} frames, fewer than one group of {frames_per_group}")
+            for index in range(1, groups * frames_per_group):  # from the tags, before decoding anything
+                if tuple(int(v) for v in pages[index].shape) != shape:
+                    raise CorruptHeaderError(
+                        path, f"frame {index} has shape {tuple(pages[index].shape)}, frame 0 {shape}"
+                    )
             out = np.zeros((groups, *shape), dtype=np.float32)
             for index in range(groups * frames_per_group):
                 page = pages[index]

@@ -488,6 +488,33 @@ def test_eer_bad_inputs(tmp_path: Path) -> None:
         read_eer(tmp_path / "empty.eer")
 
 
+@pytest.mark.parametrize(("width", "height", "match"), [(60000, 60000, "impossible"), (4000, 32, "frame 1 has shape")])
+def test_eer_header_claiming_a_huge_frame_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int, height: int, match: str
+) -> None:
+    """EER's run-length code decodes a few bytes into any number of pixels: page 0's width and height
+    rewritten to 60000 (found by the format fuzz test, which then filled 16 GB) must be refused from the
+    tags alone, as must one page whose size differs from the others' (checked before any frame is decoded)."""
+    path = tmp_path / "good.eer"
+    write_eer(path, eer_frames(np.random.default_rng(13)))
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        fields = [(tags[256].valueoffset, tags[256].dtype, width), (tags[257].valueoffset, tags[257].dtype, height)]
+    data = bytearray(path.read_bytes())
+    for offset, dtype, value in fields:
+        data[offset : offset + (2 if dtype == 3 else 4)] = value.to_bytes(2 if dtype == 3 else 4, "little")
+    mutated = tmp_path / "mutated.eer"
+    mutated.write_bytes(bytes(data))
+
+    def no_decoding(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a frame was decoded")
+
+    for page_class in (tifffile.TiffPage, tifffile.TiffFrame):
+        monkeypatch.setattr(page_class, "asarray", no_decoding)
+    with pytest.raises(CorruptHeaderError, match=match):
+        read_eer(mutated, frames_per_group=1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Gain and defects
 

@@ -14,6 +14,7 @@ on purpose.  ``database=None``: no example database is kept; a failure prints it
 from __future__ import annotations
 
 import math
+import os
 import struct
 import tracemalloc
 from collections.abc import Callable
@@ -43,6 +44,9 @@ from cryodecon_science.io.mrc import (
 FUZZ = settings(
     deadline=None,
     database=None,
+    # CI fixes the examples (.ci/run sets CRYODECON_FUZZ_DERANDOMIZE=1) so that a run is reproducible; a
+    # local run draws new ones each time, which is how the EER frame-size bomb was found.
+    derandomize=os.environ.get("CRYODECON_FUZZ_DERANDOMIZE") == "1",
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 READERS: tuple[Callable[[Path], Any], ...] = (read_geometry, check_complete, read_micrograph, read_movie)

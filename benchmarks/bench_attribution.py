@@ -95,6 +95,8 @@ class Sweep:
         raise ValueError(self.name)
 
 
+DRIFT_PX = (0.0, 4.0, 8.0, 12.0, 16.0, 20.0)
+"""Levels of both drift sweeps: they run on the same movies (``run_case``'s cache is keyed by level)."""
 SWEEPS = (
     Sweep("ice_thickness", "nm", (10.0, 28.0, 46.0, 64.0, 82.0, 100.0), ("ice_thickness",)),
     Sweep(
@@ -115,18 +117,11 @@ SWEEPS = (
         ("defocus",),
         truth_key="mean_defocus_angstrom",
     ),
-    Sweep(
-        "drift",
-        "px",
-        (0.0, 4.0, 8.0, 12.0, 16.0, 20.0),
-        ("beam_induced_motion",),
-        movie=True,
-        truth_key="drift_blur_equivalent_px",
-    ),
+    Sweep("drift", "px", DRIFT_PX, ("beam_induced_motion",), movie=True, truth_key="drift_blur_equivalent_px"),
     Sweep(
         "drift_given",
         "px",
-        (0.0, 4.0, 8.0, 12.0, 16.0, 20.0),
+        DRIFT_PX,
         ("beam_induced_motion",),
         movie=True,
         drift_given=True,

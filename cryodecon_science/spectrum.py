@@ -79,12 +79,8 @@ class HalfSetSpectra:
     ----------
     mean_power : torch.Tensor
         Mean periodogram of all (overlapping) tiles, shape (L, L // 2 + 1), float32.
-    half_power : torch.Tensor
-        Mean periodograms of the two halves, shape (2, L, L // 2 + 1), float32 (zeros for an empty half).
     n_tiles : int
         Number of tiles in ``mean_power``.
-    n_half_tiles : tuple[int, int]
-        Number of tiles in each half.
     group_power : torch.Tensor
         Mean periodograms of the :data:`N_GROUPS` groups, shape (N_GROUPS, L, L // 2 + 1), float32 (zeros
         for an empty group).
@@ -93,11 +89,24 @@ class HalfSetSpectra:
     """
 
     mean_power: torch.Tensor
-    half_power: torch.Tensor
     n_tiles: int
-    n_half_tiles: tuple[int, int]
     group_power: torch.Tensor
     n_group_tiles: tuple[int, ...]
+
+    @property
+    def n_half_tiles(self) -> tuple[int, int]:
+        """Number of tiles in each half (half h is the union of the groups h, h + 2, …)."""
+        return (sum(self.n_group_tiles[0::2]), sum(self.n_group_tiles[1::2]))
+
+    @property
+    def half_power(self) -> torch.Tensor:
+        """Mean periodograms of the two halves, shape (2, L, L // 2 + 1), float32 (zeros for an empty half):
+        the tile-weighted means of their groups."""
+        counts = torch.as_tensor(self.n_group_tiles, dtype=torch.float64, device=self.group_power.device)
+        sums = counts[:, None, None] * self.group_power.double()
+        halves = torch.stack([sums[0::2].sum(dim=0), sums[1::2].sum(dim=0)])
+        totals = torch.as_tensor(self.n_half_tiles, dtype=torch.float64, device=halves.device).clamp_min(1.0)
+        return (halves / totals[:, None, None]).float()
 
 
 def fitting_tile_size_px(shape_px: tuple[int, int], tile_size_px: int = 512) -> int:
@@ -296,34 +305,30 @@ def half_set_power_spectra(
     sub_y = _non_overlapping(grid.origins_y_px, tile)
     sub_x = _non_overlapping(grid.origins_x_px, tile)
     n_y, n_x = len(grid.origins_y_px), len(grid.origins_x_px)
-    # Rows of the accumulation weights, per tile in raster order: all tiles, half 0, half 1 (the
-    # checkerboard of the non-overlapping sub-grid), then the groups (each half dealt round-robin).
-    membership = np.zeros((3 + N_GROUPS, n_y, n_x))
+    # Rows of the accumulation weights, per tile in raster order: all tiles, then the groups (the
+    # checkerboard halves of the non-overlapping sub-grid, each dealt round-robin into N_GROUPS // 2 groups).
+    membership = np.zeros((1 + N_GROUPS, n_y, n_x))
     membership[0] = 1.0
     dealt = [0, 0]
     for p, i in enumerate(sub_y):
         for q, j in enumerate(sub_x):
             half = (p + q) % 2
-            membership[1 + half, i, j] = 1.0
-            membership[3 + half + 2 * (dealt[half] % (N_GROUPS // 2)), i, j] = 1.0
+            membership[1 + half + 2 * (dealt[half] % (N_GROUPS // 2)), i, j] = 1.0
             dealt[half] += 1
-    rows = membership.reshape(3 + N_GROUPS, n_y * n_x)
-    n_half = (int(rows[1].sum()), int(rows[2].sum()))
+    rows = membership.reshape(1 + N_GROUPS, n_y * n_x)
     weights = torch.as_tensor(
         rows / np.maximum(rows.sum(axis=1, keepdims=True), 1.0), dtype=torch.float32, device=device
     )
-    sums = torch.zeros((3 + N_GROUPS, tile * (tile // 2 + 1)), dtype=torch.float64, device=weights.device)
+    sums = torch.zeros((1 + N_GROUPS, tile * (tile // 2 + 1)), dtype=torch.float64, device=weights.device)
     for first, power in _tile_power_batches(frame, grid, device):
         # Each batch's weighted sums in float32 (≤ a few hundred terms), accumulated in float64.
         sums += (weights[:, first : first + power.shape[0]] @ power.reshape(power.shape[0], -1)).double()
-    sums = sums.reshape(3 + N_GROUPS, tile, tile // 2 + 1)
+    sums = sums.reshape(1 + N_GROUPS, tile, tile // 2 + 1)
     return HalfSetSpectra(
         mean_power=sums[0].float(),
-        half_power=sums[1:3].float(),
         n_tiles=n_y * n_x,
-        n_half_tiles=n_half,
-        group_power=sums[3:].float(),
-        n_group_tiles=tuple(int(n) for n in rows[3:].sum(axis=1)),
+        group_power=sums[1:].float(),
+        n_group_tiles=tuple(int(n) for n in rows[1:].sum(axis=1)),
     )
 
 

@@ -34,6 +34,16 @@ Every case: ``estimate_ctf(image, microscope, nominal_defocus)`` then ``causal.f
 microscope, dose_e_per_angstrom2=<header dose>, drift_total_px=...)``; every node's value, σ and weight,
 ``converged`` and ``n_iterations`` are recorded.
 
+Two modes on the same images and CTF fits.  *Alone*: each exposure without a session prior.  *As a
+session*: the sweep's exposures in a random arrival order (``run_session``), each fitted with the
+session prior of those before it and then added to it, as the ``causal_priors`` asset does batch by batch;
+the first ``MIN_PRIOR_MICROGRAPHS − 1`` arrivals have no prior, so on 18 exposures the order matters and
+each sweep runs in ``--orders`` seeded orders (default 5), reported as median and range;
+the warehouse's ``estimate`` (partially pooled) and ``measured_value`` (the micrograph alone, except for the
+ice power that the B-factor fit pools) are both analysed.  A sweep holds everything but its factor fixed, so
+the session prior is as strong as it can be for the fixed factors and as weak as the data make it for the
+varied one (its learned between-micrograph spread τ is the sweep's range).
+
 Per sweep: (a) the node whose weight changed most between the lowest and highest level (replicate means)
 must be the varied factor's node; (b) Spearman ρ (``scipy.stats.spearmanr``, all levels × replicates)
 between the true level and the expected node's estimated value, goal ≥ 0.9 (ρ of its weight also given);
@@ -67,6 +77,7 @@ from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, si
 
 GOAL_SPEARMAN = 0.9
 MAX_ITERATIONS = 10
+N_ORDERS = 5
 
 
 @dataclass(frozen=True)
@@ -156,10 +167,24 @@ def blur_equivalent_px(shifts_px: np.ndarray | None) -> float:
     return float(math.sqrt(12.0 * max(float(np.linalg.eigvalsh(covariance)[-1]), 0.0)))
 
 
-def run_case(
+@dataclass(frozen=True)
+class Exposure:
+    """One simulated case with its CTF fit, kept so that both modes fit the same images."""
+
+    name: str
+    level: float
+    seed: tuple[int, int]
+    image: np.ndarray
+    fit: Any
+    truth: dict[str, float]
+    drift_passed: float | None
+    seconds: dict[str, float]
+
+
+def simulate_case(
     sweep: Sweep, config: SimulationConfig, level: float, seed: tuple[int, int], movies: dict[Any, Any]
-) -> dict[str, Any]:
-    """Simulate one level, estimate the CTF, fit the priors; everything recorded."""
+) -> Exposure:
+    """Simulate one level and estimate its CTF."""
     name = f"{sweep.name}_{seed[1]}_{level:g}".replace(".", "p")
     t = time.perf_counter()
     if sweep.movie:
@@ -172,38 +197,47 @@ def run_case(
         sim = simulate_micrograph(config, name, seed)
         image = sim.counts
     simulate_seconds = time.perf_counter() - t
-    microscope = config.microscope
     t = time.perf_counter()
-    fit = estimate_ctf(image, microscope, nominal_defocus_angstrom=sim.truth.nominal_defocus_angstrom)
+    fit = estimate_ctf(image, config.microscope, nominal_defocus_angstrom=sim.truth.nominal_defocus_angstrom)
     ctf_seconds = time.perf_counter() - t
+    truth = {
+        "mean_defocus_angstrom": sim.truth.ctf.mean_defocus_angstrom,
+        "bfactor_angstrom2": sim.truth.bfactor_angstrom2,
+        "ice_thickness_nm": sim.truth.ice_thickness_nm,
+        "dose_e_per_angstrom2": sim.truth.dose_e_per_angstrom2,
+        "drift_total_px": sim.truth.drift_total_px,
+        "drift_net_px": (
+            float(np.linalg.norm(sim.truth.drift_shifts_px[-1])) if sim.truth.drift_shifts_px is not None else 0.0
+        ),
+        "drift_blur_equivalent_px": blur_equivalent_px(sim.truth.drift_shifts_px),
+        "snr": sim.truth.snr,
+    }
     drift = sim.truth.drift_total_px if sweep.drift_given else None
+    return Exposure(name, level, seed, image, fit, truth, drift, {"simulate": simulate_seconds, "ctf": ctf_seconds})
+
+
+def run_case(
+    exposure: Exposure, config: SimulationConfig, session_prior: causal.SessionPrior | None = None
+) -> tuple[dict[str, Any], causal.CausalPriors]:
+    """Fit the priors of one exposure (with the session's prior so far, if any); everything recorded."""
     t = time.perf_counter()
     priors = causal.fit_priors(
-        image,
-        fit,
-        microscope,
+        exposure.image,
+        exposure.fit,
+        config.microscope,
         dose_e_per_angstrom2=config.dose_e_per_angstrom2,
-        drift_total_px=drift,
+        drift_total_px=exposure.drift_passed,
+        session_prior=session_prior,
         max_iterations=MAX_ITERATIONS,
     )
     priors_seconds = time.perf_counter() - t
-    return {
-        "name": name,
-        "level": level,
-        "seed": list(seed),
-        "truth": {
-            "mean_defocus_angstrom": sim.truth.ctf.mean_defocus_angstrom,
-            "bfactor_angstrom2": sim.truth.bfactor_angstrom2,
-            "ice_thickness_nm": sim.truth.ice_thickness_nm,
-            "dose_e_per_angstrom2": sim.truth.dose_e_per_angstrom2,
-            "drift_total_px": sim.truth.drift_total_px,
-            "drift_net_px": (
-                float(np.linalg.norm(sim.truth.drift_shifts_px[-1])) if sim.truth.drift_shifts_px is not None else 0.0
-            ),
-            "drift_blur_equivalent_px": blur_equivalent_px(sim.truth.drift_shifts_px),
-            "snr": sim.truth.snr,
-        },
-        "drift_total_px_passed": drift,
+    fit = exposure.fit
+    record = {
+        "name": exposure.name,
+        "level": exposure.level,
+        "seed": list(exposure.seed),
+        "truth": exposure.truth,
+        "drift_total_px_passed": exposure.drift_passed,
         "ctf": {
             "mean_defocus_angstrom": fit.ctf.mean_defocus_angstrom,
             "astigmatism_angstrom": fit.ctf.astigmatism_angstrom,
@@ -212,10 +246,39 @@ def run_case(
         "nodes": {
             e.node: {"value": e.value, "unit": e.unit, "sigma": e.sigma, "weight": e.weight} for e in priors.estimates
         },
+        "ice_specimen_power": priors.ice_specimen_power,
         "converged": priors.converged,
         "n_iterations": priors.n_iterations,
-        "seconds": {"simulate": simulate_seconds, "ctf": ctf_seconds, "priors": priors_seconds},
+        "seconds": {**exposure.seconds, "priors": priors_seconds},
     }
+    return record, priors
+
+
+def run_session(
+    exposures: list[Exposure], configs: dict[str, SimulationConfig], order_seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The sweep's exposures as one session, in a seeded random arrival order, each fitted with the prior
+    of those before it (``causal_priors`` does this batch by batch).  Returns the records of the estimates
+    (partially pooled, what the warehouse's ``estimate`` column holds) and of the measurements (each
+    micrograph alone except for the ice power its B-factor fit pools), both in the sweep's order."""
+    order = np.random.default_rng(order_seed).permutation(len(exposures))
+    prior: causal.SessionPrior | None = None
+    estimates: dict[int, dict[str, Any]] = {}
+    measured: dict[int, dict[str, Any]] = {}
+    for arrival, index in enumerate(order):
+        exposure = exposures[int(index)]
+        record, priors = run_case(exposure, configs[exposure.name], prior)
+        prior = causal.update_session_prior(prior, priors.session_measurements())
+        record["arrival"] = arrival
+        estimates[int(index)] = record
+        measured[int(index)] = {
+            **record,
+            "nodes": {
+                e.node: {"value": e.value, "unit": e.unit, "sigma": e.sigma, "weight": e.weight}
+                for e in priors.measurements
+            },
+        }
+    return [estimates[i] for i in range(len(exposures))], [measured[i] for i in range(len(exposures))]
 
 
 def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -297,6 +360,51 @@ def calibration(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any] | N
     }
 
 
+def compact_session_cases(
+    sweep: Sweep, estimates: list[dict[str, Any]], measured: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One order's cases for the results file: arrival, the expected node's estimate and measurement, the ice
+    power, convergence (the alone-mode records hold everything else about the same exposures)."""
+    node = sweep.expected_nodes[0]
+    return [
+        {
+            "name": e["name"],
+            "level": e["level"],
+            "arrival": e["arrival"],
+            "estimate": [e["nodes"][node]["value"], e["nodes"][node]["sigma"], e["nodes"][node]["weight"]],
+            "measured": [m["nodes"][node]["value"], m["nodes"][node]["sigma"]],
+            "ice_specimen_power": e["ice_specimen_power"],
+            "converged": e["converged"],
+            "n_iterations": e["n_iterations"],
+        }
+        for e, m in zip(estimates, measured, strict=True)
+    ]
+
+
+def session_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range over the arrival orders of ρ (estimate, measured), (a), (b) and the σ calibration."""
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
+
+    estimate = [r["estimate"] for r in runs]
+    calibrated = [e["calibration"] for e in estimate if e.get("calibration")]
+    return {
+        "n_orders": len(runs),
+        "rho_estimate": spread([e["spearman_level_vs_value"] for e in estimate]),
+        "rho_measured": spread([r["measured"]["spearman_level_vs_value"] for r in runs]),
+        "rho_weight": spread([e["spearman_level_vs_weight"] for e in estimate]),
+        "orders_spearman_pass": sum(e["spearman_pass"] for e in estimate),
+        "orders_attribution_pass": sum(e["attribution_pass"] for e in estimate),
+        "largest_weight_change_nodes": sorted({e["largest_weight_change_node"] for e in estimate}),
+        "weight_change_expected": spread([e["weight_change_low_to_high"][e["expected_nodes"][0]] for e in estimate]),
+        "not_converged": sum(e["not_converged"] for e in estimate),
+        "n_cases": sum(e["n_cases"] for e in estimate),
+        "rms_z": spread([c["rms_z"] for c in calibrated]) if calibrated else None,
+        "within_2_sigma": spread([c["fraction_within_2_sigma"] for c in calibrated]) if calibrated else None,
+    }
+
+
 def fmt(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.0f}"
 
@@ -324,7 +432,34 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {s['spearman_node']}: {s['spearman_level_vs_value']:.2f} / {s['spearman_level_vs_weight']:.2f} "
             f"| {mark(s['spearman_pass'])} | {s['not_converged']}/{s['n_cases']} | {s['max_n_iterations']} |"
         )
-    lines += ["", "Per level (replicate means of the expected node):", ""]
+    if result.get("session"):
+        n_orders = next(iter(result["session"].values()))["summary"]["n_orders"]
+        lines += [
+            "",
+            f"As a session, in {n_orders} random arrival orders per sweep: each exposure fitted with the session prior "
+            "of those before it (`causal_priors` does this batch by batch; a quantity's prior is used from its "
+            f"{causal.MIN_PRIOR_MICROGRAPHS}th measurement on). *estimate*: the partially pooled values (the "
+            "warehouse's `estimate`); *measured*: each micrograph alone except for the ice power its B-factor fit "
+            "pools (`measured_value`). Median (min–max) over the orders.",
+            "",
+            "| sweep | expected node Δw | (a) orders passing | Spearman ρ estimate | ρ measured | ρ weight "
+            "| (b) orders with ρ ≥ 0.9 | RMS z (estimate) | not converged |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def med(d: dict[str, float], digits: int = 2) -> str:
+            return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}–{d['max']:.{digits}f})"
+
+        for name, both in result["session"].items():
+            summary = both["summary"]
+            n = summary["n_orders"]
+            rms = med(summary["rms_z"]) if summary["rms_z"] else "–"
+            lines.append(
+                f"| {name} | {med(summary['weight_change_expected'], 3)} | {summary['orders_attribution_pass']}/{n} "
+                f"| {med(summary['rho_estimate'])} | {med(summary['rho_measured'])} | {med(summary['rho_weight'])} "
+                f"| {summary['orders_spearman_pass']}/{n} | {rms} | {summary['not_converged']}/{summary['n_cases']} |"
+            )
+    lines += ["", "Per level (replicate means of the expected node, each micrograph alone):", ""]
     lines += [
         "| sweep | level | node value ± σ | weight | top-weight node | fit res. (Å) | iterations |",
         "|---|---|---|---|---|---|---|",
@@ -369,6 +504,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--sweeps", nargs="+", default=[s.name for s in SWEEPS], choices=[s.name for s in SWEEPS])
+    parser.add_argument("--orders", type=int, default=N_ORDERS, help="arrival orders of each sweep as a session")
     parser.add_argument("--tag", default="", help="suffix of the results files (attribution_<tag>.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -377,12 +513,19 @@ def main() -> None:
     movies: dict[Any, Any] = {}
     cases: dict[str, list[dict[str, Any]]] = {}
     sweeps: dict[str, dict[str, Any]] = {}
-    for sweep in (s for s in SWEEPS if s.name in args.sweeps):
+    session_sweeps: dict[str, dict[str, Any]] = {}
+    session_cases: dict[str, list[list[dict[str, Any]]]] = {}
+    for sweep_index, sweep in enumerate(s for s in SWEEPS if s.name in args.sweeps):
         cases[sweep.name] = []
+        exposures: list[Exposure] = []
+        configs: dict[str, SimulationConfig] = {}
         for level in sweep.levels:
             config = sweep.config(base, level)
             for r in range(args.replicates):
-                case = run_case(sweep, config, level, (args.seed, r), movies)
+                exposure = simulate_case(sweep, config, level, (args.seed, r), movies)
+                exposures.append(exposure)
+                configs[exposure.name] = config
+                case, _ = run_case(exposure, config)
                 cases[sweep.name].append(case)
                 print(
                     f"{case['name']}: {sweep.expected_nodes[0]} = {case['nodes'][sweep.expected_nodes[0]]['value']:.4g}"
@@ -393,6 +536,26 @@ def main() -> None:
         if sweep.drift_given:
             movies.clear()  # the drift sweeps share their movies; nothing after them needs them
         sweeps[sweep.name] = analyse(sweep, cases[sweep.name])
+        session_cases[sweep.name] = []
+        runs = []
+        for order in range(args.orders):
+            estimates, measured = run_session(
+                exposures, configs, order_seed=args.seed * 1000 + sweep_index * 100 + order
+            )
+            session_cases[sweep.name].append(compact_session_cases(sweep, estimates, measured))
+            runs.append(
+                {
+                    "estimate": analyse(sweep, estimates),
+                    "measured": analyse(sweep, measured),
+                    "arrival_order": [c["name"] for c in sorted(estimates, key=lambda c: c["arrival"])],
+                }
+            )
+            rho = {mode: runs[-1][mode]["spearman_level_vs_value"] for mode in ("estimate", "measured")}
+            print(
+                f"{sweep.name} as a session, order {order}: "
+                f"ρ estimate {rho['estimate']:.3f}, measured {rho['measured']:.3f}"
+            )
+        session_sweeps[sweep.name] = {"orders": runs, "summary": session_summary(runs)}
     all_cases = [c for per in cases.values() for c in per]
     result: dict[str, Any] = {
         "size_px": args.size,
@@ -413,6 +576,7 @@ def main() -> None:
         },
         "goals": {"spearman_min": GOAL_SPEARMAN, "attribution": "largest |Δweight| low→high is the varied node"},
         "sweeps": sweeps,
+        "session": session_sweeps,
         "totals": {
             "cases": len(all_cases),
             "not_converged": sum(1 for c in all_cases if not c["converged"]),
@@ -422,6 +586,7 @@ def main() -> None:
             },
         },
         "cases": cases,
+        "session_cases": session_cases,
     }
     result["runtime_seconds"] = time.perf_counter() - started
     table = markdown(result)

@@ -683,11 +683,12 @@ def ctf_estimates(
 def session_prior_before(warehouse: ScoreWarehouse, session: str, batch_sequence: int) -> causal.SessionPrior | None:
     """The session prior from every earlier batch of the session, replayed in batch order.
 
-    Only batches with a lower sequence number count, so a rerun of a batch sees the same prior.
+    Only batches with a lower sequence number count, so a rerun of a batch sees the same prior.  The rows'
+    measured values (each micrograph alone: the cause nodes and the ice power) are what is replayed.
     """
     directory = warehouse.table_dir("priors")
     files = sorted(directory.glob(f"{session}-*.parquet")) if directory.is_dir() else []
-    prior: causal.SessionPrior | None = None
+    per_micrograph: list[dict[str, tuple[float, float]]] = []
     for path in files:
         try:
             sequence = int(path.stem.rsplit("-", 1)[1])
@@ -697,12 +698,13 @@ def session_prior_before(warehouse: ScoreWarehouse, session: str, batch_sequence
             continue
         frame = warehouse.read_rows("priors", path.stem)
         for _, group in frame.sort_values(["micrograph", "node"]).groupby("micrograph", sort=True):
-            estimates = {
-                row["node"]: (float(row["measured_value"]), float(row["measured_sigma"]))
-                for row in group.to_dict("records")
-            }
-            prior = causal.update_session_prior(prior, estimates)
-    return prior
+            per_micrograph.append(
+                {
+                    row["node"]: (float(row["measured_value"]), float(row["measured_sigma"]))
+                    for row in group.to_dict("records")
+                }
+            )
+    return causal.session_prior_of(per_micrograph) if per_micrograph else None
 
 
 @dg.asset(
@@ -738,27 +740,31 @@ def causal_priors(
             session_prior=prior,
             device=torch_device,
         )
-        prior = causal.update_session_prior(prior, fitted.measured_values())
+        prior = causal.update_session_prior(prior, fitted.session_measurements())
         return fitted
 
     fitted_all = run_per_micrograph(context, warehouse, "causal_priors", items, step)
     rows, iteration_rows = [], []
     for name, fitted in fitted_all.items():
-        measured = fitted.measured_values()
-        for estimate in fitted.estimates:
+        measured = fitted.session_measurements()
+        # The cause nodes, then the ice power: a nuisance the session pools, not a cause (weight 0, never shrunk).
+        estimates = [(e.node, e.value, e.sigma, e.weight, e.unit) for e in fitted.estimates]
+        if fitted.ice_specimen_power is not None:
+            estimates.append((causal.ICE_SPECIMEN_POWER, *fitted.ice_specimen_power, 0.0, "ln(1)"))
+        for node, value, sigma, weight, unit in estimates:
             rows.append(
                 {
                     "micrograph": name,
                     "batch": batch,
                     "session": info[name].session,
                     "batch_sequence": info[name].batch_sequence,
-                    "node": estimate.node,
-                    "estimate": estimate.value,
-                    "sigma": estimate.sigma,
-                    "weight": estimate.weight,
-                    "measured_value": measured[estimate.node][0],
-                    "measured_sigma": measured[estimate.node][1],
-                    "unit": estimate.unit,
+                    "node": node,
+                    "estimate": value,
+                    "sigma": sigma,
+                    "weight": weight,
+                    "measured_value": measured[node][0],
+                    "measured_sigma": measured[node][1],
+                    "unit": unit,
                     "converged": fitted.converged,
                     "n_iterations": fitted.n_iterations,
                 }
@@ -772,9 +778,10 @@ def causal_priors(
     chosen = selection(context)
     warehouse.write_rows("priors", batch, rows, replace_micrographs=chosen)
     warehouse.write_rows("prior_iterations", batch, iteration_rows, replace_micrographs=chosen)
-    weights = {}
+    weights: dict[str, list[float]] = {}
     for row in rows:
-        weights.setdefault(row["node"], []).append(row["weight"])
+        if row["node"] in causal.CAUSE_NODES:
+            weights.setdefault(row["node"], []).append(row["weight"])
     return dg.Output(
         fitted_all,
         metadata={

@@ -27,7 +27,9 @@ Each cause is *measured* by :func:`estimate_nodes` (value, σ) and *weighted* by
 :func:`fit_priors` runs the self-evaluation loop: nodes → Wiener restoration with the current spectral
 model → re-estimation of signal and noise spectra from the restored image and the residual → nodes, until
 every node moves by less than 1σ (the proposal's convergence rule).  :class:`SessionPrior` /
-:func:`update_session_prior` carry a conjugate-normal prior across the micrographs of a session.
+:func:`update_session_prior` carry a hierarchical-normal (random-effects) prior across the micrographs of a
+session: every node's session mean and between-micrograph spread are learned from the measurements, and
+the specimen's ice power, a nuisance of the B-factor fit, is pooled the same way.
 
 Node definitions and units (all measured on the full micrograph, image in electron counts):
 
@@ -65,7 +67,7 @@ covariance of these parameters gives the σ of the B-factor, the noise floor and
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -141,6 +143,15 @@ MIN_ENVELOPE_RINGS = 6
 _PARTICLE_FALLOFF_STARTS_ANGSTROM2 = (200.0, 600.0, 2000.0)
 PRIOR_CONSISTENCY_Z = 3.0
 """A measurement further than this many predictive σ from the session prior is not shrunk towards it."""
+MIN_PRIOR_MICROGRAPHS = 5
+"""Fewest measurements of a quantity before the session prior is used for it: the between-micrograph
+variance τ² of :meth:`SessionPrior.population` needs a few to be more than a guess."""
+ICE_SPECIMEN_POWER = "ice_specimen_power"
+"""Key of the session's nuisance measurement η = ln(a/⟨counts⟩²) of the B-factor fit (:func:`_coherence_bfactor`):
+the vitreous ice's share of the specimen spectrum at k = 0, relative to the squared mean count (dimensionless,
+∝ the ice thickness).  Not a cause node; stored and pooled beside them."""
+ICE_SPECIMEN_POWER_SIGMA_CAP = 10.0
+"""Largest σ (ln units) recorded for η: where the rings stop before the ice shows, its σ is this, i.e. no weight."""
 UNDETECTED_HETEROGENEITY_SIGMA = 1.0
 """σ reported for sample_heterogeneity when no low-frequency signal is detected in the tiles (value 0)."""
 ATTRIBUTION_BAND_ANGSTROM = 12.0
@@ -255,24 +266,102 @@ class NodeEstimate:
 
 
 @dataclass(frozen=True)
-class SessionPrior:
-    """Normal prior per node, accumulated over the micrographs of a session.
+class Population:
+    """A session's population of one quantity under the hierarchical normal model (:class:`SessionPrior`).
 
     Attributes
     ----------
-    nodes : Mapping[str, tuple[float, float, int]]
-        node → (mean, variance, n): posterior mean and variance (unit², node's unit) after n
-        measurements (:func:`update_session_prior`).  Stored read-only.
+    mean : float
+        μ̂, the random-effects mean of the session's micrographs (the quantity's unit).
+    between_variance : float
+        τ̂², how much the true value varies from micrograph to micrograph (unit²; DerSimonian–Laird).
+    mean_variance : float
+        Var μ̂ = 1/Σ 1/(σ_i² + τ̂²) (unit²).
+    n : int
+        Number of measurements.
     """
 
-    nodes: Mapping[str, tuple[float, float, int]]
+    mean: float
+    between_variance: float
+    mean_variance: float
+    n: int
+
+    @property
+    def predictive_variance(self) -> float:
+        """τ̂² + Var μ̂: the prior variance of the true value on the session's next micrograph."""
+        return self.between_variance + self.mean_variance
+
+
+@dataclass(frozen=True)
+class SessionPrior:
+    """Hierarchical normal prior per quantity, learned from the measurements of a session's micrographs.
+
+    Model (random effects; Gelman et al., *Bayesian Data Analysis*, 3rd ed., §5.4–5.5): micrograph i's
+    true value θ_i ~ N(μ, τ²), the session's population, and its measurement x_i ~ N(θ_i, σ_i²).  μ and
+    τ² are learned from the (x_i, σ_i) (:meth:`population`), so a quantity that is the same on every
+    micrograph (C_s, a fixed exposure, the ice of one grid square) gets τ̂ ≈ 0 and pools strongly, and
+    one that varies (B-factor, drift) gets a τ̂ as wide as it varies and pools only where a micrograph's
+    own σ is wider still.  A fixed-effect (common value) update would instead pull every weakly measured
+    micrograph to the session's best-measured ones, hiding the micrographs that differ.
+
+    Attributes
+    ----------
+    measurements : Mapping[str, tuple[tuple[float, float], ...]]
+        key → ((x_i, σ_i), …) in arrival order: the cause nodes and :data:`ICE_SPECIMEN_POWER`, each
+        measured by one micrograph alone (:meth:`CausalPriors.session_measurements`).  Stored read-only.
+    """
+
+    measurements: Mapping[str, tuple[tuple[float, float], ...]]
+    _populations: dict[str, Population | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        frozen = {str(k): (float(m), float(v), int(n)) for k, (m, v, n) in self.nodes.items()}
-        for node, (_, variance, n) in frozen.items():
-            if not variance >= 0 or n < 0:
-                raise ValueError(f"prior for {node!r} needs variance >= 0 and n >= 0, got {variance}, {n}")
-        object.__setattr__(self, "nodes", MappingProxyType(frozen))
+        frozen: dict[str, tuple[tuple[float, float], ...]] = {}
+        for key, values in self.measurements.items():
+            pairs = tuple((float(x), float(sigma)) for x, sigma in values)
+            for x, sigma in pairs:
+                if not (math.isfinite(x) and math.isfinite(sigma) and sigma > 0):
+                    raise ValueError(f"measurement of {key!r} needs a finite value and σ > 0, got ({x}, {sigma})")
+            frozen[str(key)] = pairs
+        object.__setattr__(self, "measurements", MappingProxyType(frozen))
+
+    def population(self, key: str) -> Population | None:
+        """μ̂, τ̂² and Var μ̂ of ``key`` (None below :data:`MIN_PRIOR_MICROGRAPHS` measurements).
+
+        τ̂² by the Paule–Mandel estimator (Paule & Mandel 1982, J. Res. Natl. Bur. Stand. 87:377–385; the
+        one recommended by Veroniki et al. 2016, Res. Synth. Methods 7:55–79): the τ² ≥ 0 at which the
+        generalised Q statistic Σ w*(x − μ̂)² with w* = 1/(σ_i² + τ²) equals its expectation n − 1 (0 when
+        Q(0) ≤ n − 1); then μ̂ = Σ w* x/Σ w* and Var μ̂ = 1/Σ w*.  Unlike the one-step DerSimonian–Laird
+        moment, it is not dominated by the most precise measurements, which matters here: on a session
+        whose B runs 20–140 Å² with σ 1–30 Å², DerSimonian–Laird gives τ̂ = 15 Å², Paule–Mandel ≈ 45 Å².
+        Where the σ_i under-state the scatter, the excess shows up as τ̂²: the prior widens instead of
+        trusting them.
+        """
+        if key not in self._populations:  # computed once per key (the prior is immutable)
+            self._populations[key] = self._population(key)
+        return self._populations[key]
+
+    def _population(self, key: str) -> Population | None:
+        pairs = self.measurements.get(key, ())
+        n = len(pairs)
+        if n < MIN_PRIOR_MICROGRAPHS:
+            return None
+        x = np.array([p[0] for p in pairs])
+        variance = np.array([p[1] for p in pairs]) ** 2
+
+        def excess_q(tau2: float) -> float:
+            w = 1.0 / (variance + tau2)
+            mean = float(np.sum(w * x) / np.sum(w))
+            return float(np.sum(w * (x - mean) ** 2)) - (n - 1)
+
+        tau2 = 0.0
+        if excess_q(0.0) > 0.0:
+            high = max(float(np.var(x)), float(np.max(variance)), 1e-300)
+            while excess_q(high) > 0.0:  # Q decreases in τ² towards Σ(x − x̄)²/τ² → 0
+                high *= 4.0
+            tau2 = float(scipy.optimize.brentq(excess_q, 0.0, high, xtol=1e-12 * high, rtol=1e-10))
+        w_star = 1.0 / (variance + tau2)
+        mean = float(np.sum(w_star * x) / np.sum(w_star))
+        return Population(mean, tau2, 1.0 / float(np.sum(w_star)), n)
 
 
 @dataclass(frozen=True)
@@ -299,6 +388,9 @@ class CausalPriors:
     graph_node_link : dict
         ``networkx.node_link_data`` (edges under "links") of :func:`build_causal_graph` with ``value``,
         ``sigma`` and ``weight`` set on the cause nodes; JSON-ready (plain str/float/int/bool/None).
+    ice_specimen_power : tuple[float, float] or None
+        This micrograph's own ice power η = ln(a/⟨counts⟩²) with σ (:data:`ICE_SPECIMEN_POWER`, measured
+        without the session's), after the last pass; None where the envelope could not be fitted.
     """
 
     estimates: tuple[NodeEstimate, ...]
@@ -308,88 +400,93 @@ class CausalPriors:
     n_iterations: int
     spectral_model: SpectralModel = field(compare=False)
     graph_node_link: dict[str, Any] = field(compare=False)
+    ice_specimen_power: tuple[float, float] | None = None
 
     def values(self) -> dict[str, tuple[float, float]]:
         """node → (value, σ) of the final estimates."""
         return {e.node: (e.value, e.sigma) for e in self.estimates}
 
     def measured_values(self) -> dict[str, tuple[float, float]]:
-        """node → (value, σ) before shrinkage: the input for :func:`update_session_prior`."""
+        """node → (value, σ) before shrinkage."""
         return {e.node: (e.value, e.sigma) for e in self.measurements}
+
+    def session_measurements(self) -> dict[str, tuple[float, float]]:
+        """What this micrograph adds to the session prior (:func:`update_session_prior`): the cause nodes
+        before shrinkage and, where measured, :data:`ICE_SPECIMEN_POWER`."""
+        out = self.measured_values()
+        if self.ice_specimen_power is not None:
+            out[ICE_SPECIMEN_POWER] = self.ice_specimen_power
+        return out
 
 
 # ---------------------------------------------------------------------------- the session prior
 def update_session_prior(prior: SessionPrior | None, estimates: Mapping[str, tuple[float, float]]) -> SessionPrior:
-    """Conjugate normal update of each node's prior with one measurement of known variance.
-
-    With prior N(μ₀, τ₀²) and a measurement x of known variance σ², the posterior is normal with
-    precision 1/τ₁² = 1/τ₀² + 1/σ² and mean μ₁ = τ₁² (μ₀/τ₀² + x/σ²) (Gelman et al., *Bayesian Data
-    Analysis*, 3rd ed., §2.5).  A node without a prior starts from the measurement (flat prior):
-    (x, σ², 1).  A zero σ (or zero prior variance) is an exact value and dominates.  Nodes of the
-    prior not in ``estimates`` are carried over; n counts the measurements.
+    """The session prior with one more micrograph's measurements appended (:class:`SessionPrior`).
 
     Parameters
     ----------
     prior : SessionPrior or None
         The prior so far (None: nothing measured yet).
     estimates : Mapping[str, tuple[float, float]]
-        node → (value, σ) in the node's unit, e.g. :meth:`CausalPriors.measured_values` or the output
-        of :func:`estimate_nodes` without a session prior.
+        key → (value, σ > 0) in the quantity's unit, measured by this micrograph alone:
+        :meth:`CausalPriors.session_measurements` (its cause nodes before shrinkage and the ice power),
+        never the shrunk estimates, which would count the prior twice.  Keys of the prior not in
+        ``estimates`` are carried over.
     """
-    nodes: dict[str, tuple[float, float, int]] = dict(prior.nodes) if prior is not None else {}
-    for node, (value, sigma) in estimates.items():
-        variance = float(sigma) ** 2
-        if not (math.isfinite(value) and math.isfinite(variance)):
-            raise ValueError(f"measurement of {node!r} must be finite, got ({value}, {sigma})")
-        if node not in nodes:
-            nodes[node] = (float(value), variance, 1)
-            continue
-        mean0, var0, n0 = nodes[node]
-        nodes[node] = (*_combine_normal(mean0, var0, float(value), variance), n0 + 1)
-    return SessionPrior(nodes)
+    return session_prior_of([estimates], prior)
+
+
+def session_prior_of(
+    per_micrograph: Iterable[Mapping[str, tuple[float, float]]], prior: SessionPrior | None = None
+) -> SessionPrior:
+    """:func:`update_session_prior` for many micrographs at once (in order), in time linear in their number."""
+    measurements: dict[str, list[tuple[float, float]]] = (
+        {key: list(pairs) for key, pairs in prior.measurements.items()} if prior is not None else {}
+    )
+    for estimates in per_micrograph:
+        for key, (value, sigma) in estimates.items():
+            measurements.setdefault(key, []).append((float(value), float(sigma)))
+    return SessionPrior({key: tuple(pairs) for key, pairs in measurements.items()})
 
 
 def _combine_normal(mean0: float, var0: float, value: float, variance: float) -> tuple[float, float]:
-    """Posterior (mean, variance) of N(mean0, var0) prior × N(value, variance) likelihood."""
-    if var0 == 0.0 and variance == 0.0:
-        return 0.5 * (mean0 + value), 0.0
-    if var0 == 0.0:
-        return mean0, 0.0
-    if variance == 0.0:
-        return value, 0.0
+    """Posterior (mean, variance) of N(mean0, var0) prior × N(value, variance) likelihood (both variances > 0)."""
     precision = 1.0 / var0 + 1.0 / variance
     return (mean0 / var0 + value / variance) / precision, 1.0 / precision
+
+
+def _consistent(value: float, sigma: float, population: Population) -> bool:
+    """|x − μ̂| ≤ :data:`PRIOR_CONSISTENCY_Z` · √(σ² + τ̂² + Var μ̂), the prior predictive spread of one micrograph."""
+    spread = math.sqrt(sigma**2 + population.predictive_variance)
+    return abs(value - population.mean) <= PRIOR_CONSISTENCY_Z * spread
 
 
 def shrink_towards_prior(
     measured: Mapping[str, tuple[float, float]], prior: SessionPrior | None
 ) -> dict[str, tuple[float, float]]:
-    """Regularise weakly measured nodes by the session prior (posterior mean and σ).
+    """Each node's posterior under the session's hierarchical prior: partial pooling (posterior mean and σ).
 
-    A node is *weakly measured* when its measurement variance σ² exceeds n·τ², the variance of a typical
-    single measurement that built the prior (n measurements → posterior variance τ² ≈ σ²_typical/n):
-    this micrograph says less about it than the session's micrographs usually do, so it borrows
-    strength by the conjugate combination of :func:`update_session_prior`.  But only when the
-    measurement is *consistent* with the session, |x − μ₀| ≤ :data:`PRIOR_CONSISTENCY_Z` · √(σ² + n·τ²)
-    (the prior predictive spread of one micrograph): a micrograph that really differs (thicker ice on
-    this square, a drifting stage) keeps its own value instead of being pulled to the session mean.
-    This is the behaviour of a heavy-tailed (Student-t) prior, whose posterior ignores the prior for
-    outlying measurements (O'Hagan 1979, J. R. Stat. Soc. B 41:358, "On outlier rejection phenomena in
-    Bayes inference"), in its simplest form.  The CTF geometry nodes (:data:`CTF_GEOMETRY_NODES`) are
-    never shrunk: they are per-micrograph and the restoration uses the fitted values.  Others pass
-    unchanged.
+    With the prior predictive N(μ̂, τ̂² + Var μ̂) of :meth:`SessionPrior.population` and this micrograph's
+    measurement N(x, σ²), the posterior of its true value is the conjugate combination (Gelman et al.,
+    BDA3 §5.5): it moves x towards μ̂ by the fraction σ²/(σ² + τ̂² + Var μ̂), so a precise measurement
+    stays where it is and a weak one borrows strength from the session — by as much as the session's
+    micrographs agree with each other.  Only where the measurement is *consistent* with the session
+    (:func:`_consistent`, :data:`PRIOR_CONSISTENCY_Z` predictive σ): a micrograph that really differs
+    (thicker ice on this square, a drifting stage) keeps its own value, the behaviour of a heavy-tailed
+    prior in its simplest form (O'Hagan 1979, J. R. Stat. Soc. B 41:358, "On outlier rejection
+    phenomena in Bayes inference").  The CTF geometry nodes (:data:`CTF_GEOMETRY_NODES`) are never
+    shrunk: they are per-micrograph and the restoration uses the fitted values.  Nodes without a
+    population yet (fewer than :data:`MIN_PRIOR_MICROGRAPHS` measurements) pass unchanged.
     """
     out = dict(measured)
     if prior is None:
         return out
     for node, (value, sigma) in measured.items():
-        if node in CTF_GEOMETRY_NODES or node not in prior.nodes:
+        population = None if node in CTF_GEOMETRY_NODES else prior.population(node)
+        if population is None or not _consistent(value, sigma, population):
             continue
-        mean0, var0, n0 = prior.nodes[node]
-        consistent = abs(value - mean0) <= PRIOR_CONSISTENCY_Z * math.sqrt(sigma**2 + n0 * var0)
-        if sigma**2 > n0 * var0 and consistent:
-            mean1, var1 = _combine_normal(mean0, var0, value, sigma**2)
-            out[node] = (mean1, _sigma_floor(math.sqrt(var1), mean1))
+        mean1, var1 = _combine_normal(population.mean, population.predictive_variance, value, sigma**2)
+        out[node] = (mean1, _sigma_floor(math.sqrt(var1), mean1))
     return out
 
 
@@ -640,13 +737,24 @@ def _fisher(spectrum: _Spectrum, grid: _ModelOnGrid, ctf_fit: CtfFit, microscope
     return _Fisher(info, covariance, fs, fb, hh)
 
 
+@dataclass(frozen=True)
+class _EnvelopeFit:
+    """(B, σ_B) in Å² and the ice term's ln a with its σ, of :func:`_two_component_envelope`."""
+
+    b_factor: float
+    sigma_b_factor: float
+    ln_ice: float
+    sigma_ln_ice: float
+
+
 def _coherence_bfactor(
     spectrum: _Spectrum,
     fisher: _Fisher,
     ctf_fit: CtfFit,
     microscope: MicroscopeSettings,
     drift_px: float | None,
-) -> tuple[float, float]:
+    ice_prior: Population | None = None,
+) -> tuple[tuple[float, float], tuple[float, float] | None]:
     """Envelope B (Å²) from a two-component fit of the signal: particles' fall-off plus the ice, × envelope.
 
     Why two components.  The signal S(k) of the spectral model is the specimen's power spectrum times
@@ -669,6 +777,23 @@ def _coherence_bfactor(
     :data:`UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2`, which is also the σ when fewer than
     :data:`MIN_ENVELOPE_RINGS` rings carry signal).  A drift measured independently (``drift_px``) is
     divided out first (⟨sinc²⟩); otherwise the blur is part of B.
+
+    The session's ice.  The ice term's amplitude relative to the squared mean count,
+    η = ln(a/⟨counts⟩²), is the ice's projected-potential power per unit contrast, ∝ its thickness
+    (uncorrelated slabs add), and does not depend on the envelope.  Where the rings reach the water ring
+    (3.7 Å) one micrograph measures it to a few per cent; where they stop at 5–7 Å (high B, thick ice,
+    low dose) η and B trade off and B alone is noisy.  So η is a nuisance pooled over the session: its
+    population ``ice_prior`` (:meth:`SessionPrior.population` of :data:`ICE_SPECIMEN_POWER`) enters the
+    fit as a normal prior on ln a, N(μ̂ + ln⟨counts⟩², τ̂² + Var μ̂), unless this micrograph's own η is
+    inconsistent with it (:func:`_consistent`; ice that really differs keeps its own).  On a session of
+    constant ice τ̂ is small and pins the ice term; on one whose ice varies τ̂ is wide and the prior
+    weak.  The micrograph's own η (fit without the prior, σ capped at
+    :data:`ICE_SPECIMEN_POWER_SIGMA_CAP`) is returned for the session (None where no fit ran), so the
+    prior is never fed back into itself.
+
+    Returns
+    -------
+    ((B, σ_B), (η, σ_η) or None)
     """
     model = ctf_fit.spectral_model
     k_r = spectrum.ring_k_per_angstrom
@@ -678,13 +803,24 @@ def _coherence_bfactor(
         signal_r = signal_r / np.maximum(blur, 1e-6)
     use = _signal_band_rings(spectrum, ctf_fit) & (fisher.ring_hh > 0) & (signal_r > 0)
     if int(use.sum()) < MIN_ENVELOPE_RINGS:
-        return 0.0, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2
-    b_factor, sigma = _two_component_envelope(k_r[use], signal_r[use], fisher.ring_hh[use])
-    return b_factor, min(sigma, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2)
+        return (0.0, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2), None
+    k, signal, information = k_r[use], signal_r[use], fisher.ring_hh[use]
+    alone = _two_component_envelope(k, signal, information)
+    ln_counts2 = 2.0 * math.log(spectrum.mean_counts)
+    eta = (alone.ln_ice - ln_counts2, min(alone.sigma_ln_ice, ICE_SPECIMEN_POWER_SIGMA_CAP))
+    fit = alone
+    if ice_prior is not None and _consistent(eta[0], eta[1], ice_prior):
+        fit = _two_component_envelope(
+            k, signal, information, ln_ice_prior=(ice_prior.mean + ln_counts2, ice_prior.predictive_variance)
+        )
+    return (fit.b_factor, min(fit.sigma_b_factor, UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2)), eta
 
 
-def _two_component_envelope(k: FloatArray, signal: FloatArray, information: FloatArray) -> tuple[float, float]:
-    """(B, σ_B) of ln S = ln[p e^{−B_p k²/2} + a shape_ice(k)] − B k²/2 (:func:`_coherence_bfactor`)."""
+def _two_component_envelope(
+    k: FloatArray, signal: FloatArray, information: FloatArray, ln_ice_prior: tuple[float, float] | None = None
+) -> _EnvelopeFit:
+    """ln S = ln[p e^{−B_p k²/2} + a shape_ice(k)] − B k²/2 (:func:`_coherence_bfactor`), optionally with a
+    normal prior (mean, variance) on ln a: one more residual (ln a − mean)/√variance in the same χ²."""
     x = k**2
     y = np.log(signal)
     ln_shape = np.log(amorphous_ice_spectrum_shape(k))
@@ -694,7 +830,10 @@ def _two_component_envelope(k: FloatArray, signal: FloatArray, information: Floa
     def residual(theta: FloatArray) -> FloatArray:
         ln_p, b_particle, ln_a, b_factor = theta
         predicted = np.logaddexp(ln_p - b_particle * x / 2.0, ln_a + ln_shape) - b_factor * x / 2.0
-        return np.asarray(root_w * (predicted - y), dtype=np.float64)
+        r = root_w * (predicted - y)
+        if ln_ice_prior is not None:
+            r = np.append(r, (ln_a - ln_ice_prior[0]) / math.sqrt(ln_ice_prior[1] * scale))
+        return np.asarray(r, dtype=np.float64)
 
     best: Any = None
     for b_particle in _PARTICLE_FALLOFF_STARTS_ANGSTROM2:
@@ -707,7 +846,7 @@ def _two_component_envelope(k: FloatArray, signal: FloatArray, information: Floa
         )
         if best is None or result.cost < best.cost:
             best = result
-    dof = max(y.size - 4, 1)
+    dof = max(y.size + (ln_ice_prior is not None) - 4, 1)
     chi2_reduced = 2.0 * float(best.cost) * scale / dof
     jac = np.asarray(best.jac, dtype=np.float64)
     # No pseudo-inverse: where the data cannot tell B from the particles' fall-off (no ice term), the
@@ -715,7 +854,12 @@ def _two_component_envelope(k: FloatArray, signal: FloatArray, information: Floa
     information = jac.T @ jac
     ridge = 1e-12 * max(float(np.trace(information)), 1e-300)
     covariance = np.linalg.inv(information + ridge * np.eye(4)) / scale * max(1.0, chi2_reduced)
-    return float(best.x[3]), math.sqrt(max(float(covariance[3, 3]), 0.0))
+    return _EnvelopeFit(
+        b_factor=float(best.x[3]),
+        sigma_b_factor=math.sqrt(max(float(covariance[3, 3]), 0.0)),
+        ln_ice=float(best.x[2]),
+        sigma_ln_ice=math.sqrt(max(float(covariance[2, 2]), 0.0)),
+    )
 
 
 def _band_basis_mean(spectrum: _Spectrum, fisher: _Fisher, rings: npt.NDArray[np.bool_]) -> FloatArray:
@@ -990,7 +1134,11 @@ def _estimate_raw(
     microscope: MicroscopeSettings,
     dose_e_per_angstrom2: float | None,
     drift_total_px: float | None,
-) -> dict[str, tuple[float, float]]:
+    session_prior: SessionPrior | None = None,
+) -> tuple[dict[str, tuple[float, float]], tuple[float, float] | None]:
+    """Every cause node measured by this micrograph (node → (value, σ)) and its own ice power η
+    (:data:`ICE_SPECIMEN_POWER`, None where no envelope fit ran); the B-factor fit pools η with the
+    session's (:func:`_coherence_bfactor`), nothing else uses ``session_prior``."""
     if not spectrum.mean_counts > 0:
         raise ValueError(
             f"image mean is {spectrum.mean_counts}: node estimates need a micrograph in electron counts (> 0)"
@@ -1024,11 +1172,12 @@ def _estimate_raw(
         cs,
         max(SPHERICAL_ABERRATION_RELATIVE_SIGMA * abs(cs), SPHERICAL_ABERRATION_SIGMA_FLOOR_MM),
     )
-    out["coherence_envelope"] = _coherence_bfactor(
-        spectrum, fisher, ctf_fit, microscope, float(drift_total_px) if drift_total_px else None
+    ice_prior = session_prior.population(ICE_SPECIMEN_POWER) if session_prior is not None else None
+    out["coherence_envelope"], ice_power = _coherence_bfactor(
+        spectrum, fisher, ctf_fit, microscope, float(drift_total_px) if drift_total_px else None, ice_prior
     )
     out["sample_heterogeneity"] = heterogeneity
-    return {node: (float(v), _sigma_floor(s, v)) for node, (v, s) in out.items()}
+    return {node: (float(v), _sigma_floor(s, v)) for node, (v, s) in out.items()}, ice_power
 
 
 def estimate_nodes(
@@ -1049,7 +1198,8 @@ def estimate_nodes(
     * spherical_aberration: C_s of ``microscope``; σ assumed, 2 % (floor 0.01 mm).
     * coherence_envelope: B (Å²) of a Fisher-weighted two-component fit of ln S(k) over the valid band
       up to the fit resolution, ln[p e^{−B_p k²/2} + a shape_ice(k)] − B k²/2 (particles' Guinier
-      fall-off plus ice, under the envelope; :func:`_coherence_bfactor`); σ from its covariance.
+      fall-off plus ice, under the envelope; :func:`_coherence_bfactor`); σ from its covariance.  With a
+      session prior the ice term's amplitude is pooled with the session's (:data:`ICE_SPECIMEN_POWER`).
     * detector_noise: F/⟨counts⟩ with F = ``noise_floor_power``; ≈ 1 for Poisson counting.  σ from the
       number of floor-band samples (each periodogram sample has SD equal to its mean).
     * ice_thickness: relative RMS of the low-frequency (k ≤ 1/100 Å) intensity that the phase-contrast
@@ -1062,7 +1212,8 @@ def estimate_nodes(
       the blur length from the spectrum's 2θ anisotropy at mid frequencies (large, computed σ).
     * sample_heterogeneity: excess CV of the tiles' low-frequency signal (50–10 Å), σ computed.
 
-    With ``session_prior`` the weakly measured nodes are shrunk (:func:`shrink_towards_prior`).
+    With ``session_prior`` the B-factor fit pools the ice power with the session's and every node is
+    partially pooled (:func:`shrink_towards_prior`).
 
     Parameters
     ----------
@@ -1080,7 +1231,7 @@ def estimate_nodes(
         Session prior for shrinkage, or None.
     """
     spectrum = _spectrum(image, microscope, ctf_fit)
-    raw = _estimate_raw(spectrum, ctf_fit, microscope, dose_e_per_angstrom2, drift_total_px)
+    raw, _ = _estimate_raw(spectrum, ctf_fit, microscope, dose_e_per_angstrom2, drift_total_px, session_prior)
     return shrink_towards_prior(raw, session_prior)
 
 
@@ -1418,7 +1569,8 @@ def fit_priors(
     dose_e_per_angstrom2, drift_total_px : float or None
         Header exposure (e/Å²) and motion-correction drift (px), when known.
     session_prior : SessionPrior or None
-        Prior from earlier micrographs of the session (shrinks weakly measured nodes).
+        Prior from earlier micrographs of the session: partial pooling of every node
+        (:func:`shrink_towards_prior`) and of the ice power in the B-factor fit (:func:`_coherence_bfactor`).
     max_iterations : int
         Maximum number of refinement passes (≥ 1).
     device : torch.device or str
@@ -1442,19 +1594,21 @@ def fit_priors(
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
     spectrum = _spectrum(image, microscope, ctf_fit, max_fit_px)
 
-    def measure(fit: CtfFit) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-        raw = _estimate_raw(spectrum, fit, microscope, dose_e_per_angstrom2, drift_total_px)
-        return raw, shrink_towards_prior(raw, session_prior)
+    Measurement = tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]], tuple[float, float] | None]
+
+    def measure(fit: CtfFit) -> Measurement:
+        raw, ice_power = _estimate_raw(spectrum, fit, microscope, dose_e_per_angstrom2, drift_total_px, session_prior)
+        return raw, shrink_towards_prior(raw, session_prior), ice_power
 
     fit = ctf_fit
-    measured, current = measure(fit)
+    measured, current, ice_power = measure(fit)
     history: list[Mapping[str, float]] = [dict({n: current[n][0] for n in CAUSE_NODES})]
     converged = False
     passes = 0
     while passes < max_iterations:
         passes += 1
         fit = replace(fit, spectral_model=_refine_model(spectrum, fit, microscope, device))
-        new_measured, new = measure(fit)
+        new_measured, new, ice_power = measure(fit)
         history.append(dict({n: new[n][0] for n in CAUSE_NODES}))
         converged = all(abs(new[n][0] - current[n][0]) < new[n][1] for n in CAUSE_NODES)
         measured, current = new_measured, new
@@ -1477,6 +1631,7 @@ def fit_priors(
         n_iterations=passes,
         spectral_model=fit.spectral_model,
         graph_node_link=_node_link(current, measured, weights),
+        ice_specimen_power=ice_power,
     )
 
 

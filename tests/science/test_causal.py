@@ -20,6 +20,7 @@ from cryodecon_science.causal import (
     ATTRIBUTION_BAND_ANGSTROM,
     CAUSE_NODES,
     EFFECT_NODES,
+    ICE_SPECIMEN_POWER,
     UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2,
     NodeEstimate,
     SessionPrior,
@@ -30,6 +31,7 @@ from cryodecon_science.causal import (
     fit_priors,
     optimal_exposure_e_per_angstrom2,
     ring_average_sinc2,
+    session_prior_of,
     shrink_towards_prior,
     update_session_prior,
 )
@@ -160,38 +162,106 @@ def test_estimates_need_an_image_in_counts() -> None:
 
 
 # ------------------------------------------------------------------------------- session prior
-def test_conjugate_update_by_hand() -> None:
-    prior = update_session_prior(None, {"coherence_envelope": (10.0, 2.0)})
-    assert prior.nodes["coherence_envelope"] == (10.0, 4.0, 1)
-    posterior = update_session_prior(prior, {"coherence_envelope": (16.0, 1.0)})
-    # precision 1/4 + 1/1 = 1.25 -> variance 0.8; mean 0.8 · (10/4 + 16/1) = 14.8
-    mean, variance, n = posterior.nodes["coherence_envelope"]
-    assert mean == pytest.approx(14.8) and variance == pytest.approx(0.8) and n == 2
+def _session(key: str, measurements: list[tuple[float, float]]) -> SessionPrior:
+    prior = None
+    for value, sigma in measurements:
+        prior = update_session_prior(prior, {key: (value, sigma)})
+    assert prior is not None
+    return prior
+
+
+def test_population_by_hand() -> None:
+    # x = 10, 12, …, 18 with σ = 1: Σ(x − 14)² = 16 + 4 + 0 + 4 + 16 = 40, and Q(τ²) = 40/(1 + τ²) equals
+    # n − 1 = 4 at τ² = 9; w* = 1/10 each: μ = 14, Var μ = 1/(5/10) = 2, predictive 9 + 2 = 11.
+    values = [(10.0, 1.0), (12.0, 1.0), (14.0, 1.0), (16.0, 1.0), (18.0, 1.0)]
+    assert _session("coherence_envelope", values[:4]).population("coherence_envelope") is None
+    prior = _session("coherence_envelope", values)
+    population = prior.population("coherence_envelope")
+    assert population is not None and population.n == 5
+    expected = (14.0, 9.0, 2.0)
+    assert (population.mean, population.between_variance, population.mean_variance) == pytest.approx(expected)
+    assert population.predictive_variance == pytest.approx(11.0)
+    # Scatter no larger than the σ: no between-micrograph variance, the precision-weighted mean.
+    agreeing = _session("dose", [(40.0, 0.5), (40.2, 0.5), (39.9, 1.0), (40.1, 0.5), (40.0, 1.0)])
+    same = agreeing.population("dose")
+    assert same is not None and same.between_variance == 0.0
+    assert same.mean == pytest.approx((40.0 * 4 + 40.2 * 4 + 39.9 + 40.1 * 4 + 40.0) / 14.0)
+    assert same.mean_variance == pytest.approx(1.0 / 14.0)
+    # Built at once (the warehouse replay) or micrograph by micrograph: the same prior.
+    assert session_prior_of([{"coherence_envelope": v} for v in values]) == prior
     with pytest.raises(TypeError):
-        posterior.nodes["coherence_envelope"] = (0.0, 1.0, 1)  # type: ignore[index]
+        prior.measurements["dose"] = ((1.0, 1.0),)  # type: ignore[index]
+    with pytest.raises(ValueError, match="σ > 0"):
+        update_session_prior(prior, {"dose": (40.0, 0.0)})
 
 
-def test_shrinkage_only_for_weakly_measured_nodes() -> None:
-    prior = SessionPrior({"coherence_envelope": (60.0, 25.0, 4), "defocus": (15000.0, 100.0, 4)})
-    # 4 measurements gave variance 25 -> a typical single σ² of 100; σ² = 400 is weak, σ² = 25 strong.
-    weak = shrink_towards_prior({"coherence_envelope": (100.0, 20.0)}, prior)["coherence_envelope"]
-    assert weak[0] == pytest.approx((60.0 / 25.0 + 100.0 / 400.0) / (1 / 25.0 + 1 / 400.0))
-    assert weak[1] == pytest.approx(math.sqrt(1.0 / (1 / 25.0 + 1 / 400.0)))
-    strong = shrink_towards_prior({"coherence_envelope": (100.0, 5.0)}, prior)["coherence_envelope"]
-    assert strong == (100.0, 5.0)
-    defocus = shrink_towards_prior({"defocus": (20000.0, 500.0)}, prior)["defocus"]
-    assert defocus == (20000.0, 500.0)
+def test_partial_pooling_by_hand() -> None:
+    prior = _session("coherence_envelope", [(10.0, 1.0), (12.0, 1.0), (14.0, 1.0), (16.0, 1.0), (18.0, 1.0)])
+    # Predictive N(14, 11) × N(20, 9): the conjugate posterior.
+    weak = shrink_towards_prior({"coherence_envelope": (20.0, 3.0)}, prior)["coherence_envelope"]
+    assert weak[0] == pytest.approx((14.0 / 11.0 + 20.0 / 9.0) / (1 / 11.0 + 1 / 9.0))
+    assert weak[1] == pytest.approx(math.sqrt(1.0 / (1 / 11.0 + 1 / 9.0)))
+    # A precise measurement barely moves: by the fraction σ²/(σ² + 11).
+    precise = shrink_towards_prior({"coherence_envelope": (20.0, 0.1)}, prior)["coherence_envelope"]
+    assert precise[0] == pytest.approx(20.0 - 6.0 * 0.01 / 11.01)
+    # CTF geometry is never pooled; nodes without a population pass unchanged.
+    untouched = {"defocus": (20000.0, 500.0), "dose": (40.0, 3.0)}
+    assert shrink_towards_prior(untouched, prior) == untouched
 
 
-def test_shrinkage_spares_a_micrograph_that_differs_from_the_session() -> None:
-    # Weakly measured (σ² = 400 > n·τ² = 100) but 300 Å² from the session mean: the predictive σ is
-    # √(400 + 100) ≈ 22, so 300 is ≈ 13 σ away, beyond PRIOR_CONSISTENCY_Z = 3: kept as measured.
-    prior = SessionPrior({"coherence_envelope": (60.0, 25.0, 4)})
-    outlier = shrink_towards_prior({"coherence_envelope": (360.0, 20.0)}, prior)["coherence_envelope"]
-    assert outlier == (360.0, 20.0)
-    # At 2.9 predictive σ (60 + 2.9·√500 ≈ 124.8) it is still shrunk.
-    inside = shrink_towards_prior({"coherence_envelope": (124.0, 20.0)}, prior)["coherence_envelope"]
-    assert inside[0] == pytest.approx((60.0 / 25.0 + 124.0 / 400.0) / (1 / 25.0 + 1 / 400.0))
+def test_pooling_spares_a_micrograph_that_differs_from_the_session() -> None:
+    prior = _session("coherence_envelope", [(10.0, 1.0), (12.0, 1.0), (14.0, 1.0), (16.0, 1.0), (18.0, 1.0)])
+    # Predictive σ √(9 + 11) ≈ 4.5: 40 is 5.8 σ from 14, beyond PRIOR_CONSISTENCY_Z = 3, kept as measured.
+    assert shrink_towards_prior({"coherence_envelope": (40.0, 3.0)}, prior)["coherence_envelope"] == (40.0, 3.0)
+    # 27 is 2.9 σ away: pooled.
+    assert shrink_towards_prior({"coherence_envelope": (27.0, 3.0)}, prior)["coherence_envelope"][0] < 27.0
+
+
+def test_a_node_that_varies_over_the_session_is_not_pulled_to_its_best_measured_micrographs() -> None:
+    # B varies from micrograph to micrograph; the low ones are measured precisely, the high ones not
+    # (their rings stop early).  A common-value (fixed-effect) prior would be ≈ 21 Å² with σ < 1 and pull
+    # a weakly measured 170 Å² micrograph there; the hierarchical prior learns τ from the scatter (the
+    # sample SD of the six values is 47 Å²).
+    prior = _session(
+        "coherence_envelope", [(20.0, 1.0), (22.0, 1.0), (55.0, 2.5), (80.0, 6.0), (110.0, 25.0), (140.0, 30.0)]
+    )
+    population = prior.population("coherence_envelope")
+    assert population is not None and math.sqrt(population.between_variance) > 30.0
+    fixed_effect_mean = (20.0 + 22.0 + 55.0 / 6.25 + 80.0 / 36 + 110.0 / 625 + 140.0 / 900) / (
+        2.0 + 1 / 6.25 + 1 / 36 + 1 / 625 + 1 / 900
+    )
+    assert fixed_effect_mean < 25.0
+    high = shrink_towards_prior({"coherence_envelope": (170.0, 40.0)}, prior)["coherence_envelope"]
+    assert 120.0 < high[0] < 170.0 and high[1] < 40.0
+
+
+def test_the_session_ice_power_pins_a_weakly_measured_bfactor() -> None:
+    """Rings only to 10 Å: B and the ice amplitude trade off (wide σ).  A session whose ice is known —
+    η = ln(a/⟨counts⟩²) = ln(contrast²) for this specimen — pins the ice term: σ_B falls, B stays right.
+    The micrograph's own η is reported unchanged by the prior (never fed back into it)."""
+    syn = synthesize_micrograph(bfactor_angstrom2=80.0, seed=0, ice_shaped_specimen=True, contrast_sd=0.2)
+    coarse = replace(syn.ctf_fit, fit_resolution_angstrom=7.0)
+    alone = fit_priors(syn.image, coarse, syn.microscope, max_iterations=1)
+    sigma_alone = alone.values()["coherence_envelope"][1]
+    assert alone.ice_specimen_power is not None
+    eta, sigma_eta = alone.ice_specimen_power
+    eta_true = math.log(0.2**2)  # a = dose² · contrast², ⟨counts⟩ = dose
+    assert abs(eta - eta_true) < 3.0 * sigma_eta + 0.05
+    known_ice = _session(ICE_SPECIMEN_POWER, [(eta_true + d, 0.02) for d in (-0.01, 0.0, 0.01, 0.0, 0.005)])
+    pooled = fit_priors(syn.image, coarse, syn.microscope, max_iterations=1, session_prior=known_ice)
+    b_pooled, sigma_pooled = pooled.values()["coherence_envelope"]
+    assert sigma_pooled < 0.5 * sigma_alone
+    assert abs(b_pooled - 80.0) < 3.0 * sigma_pooled
+    assert pooled.ice_specimen_power == alone.ice_specimen_power
+    assert pooled.session_measurements()[ICE_SPECIMEN_POWER] == alone.ice_specimen_power
+    # Rings to 3.2 Å: this micrograph measures its own ice (σ_η ≈ 0.3).  A session whose ice has 10× the
+    # power is inconsistent with it (> 3 predictive σ): B as measured alone.
+    fine = replace(syn.ctf_fit, fit_resolution_angstrom=3.2)
+    own = fit_priors(syn.image, fine, syn.microscope, max_iterations=1)
+    thicker = math.log(10.0)
+    other_ice = _session(ICE_SPECIMEN_POWER, [(eta_true + thicker + d, 0.02) for d in (-0.01, 0.0, 0.01, 0.0, 0.0)])
+    apart = fit_priors(syn.image, fine, syn.microscope, max_iterations=1, session_prior=other_ice)
+    assert apart.values()["coherence_envelope"] == own.values()["coherence_envelope"]
 
 
 def test_bfactor_is_unconstrained_where_the_specimen_explains_the_falloff() -> None:
@@ -373,7 +443,9 @@ def test_priors_are_json_ready_and_feed_the_session_prior() -> None:
     assert by_id["coherence_envelope"]["weight"] == pytest.approx(_weights(first.estimates)["coherence_envelope"])
     assert len(data["links"]) == build_causal_graph().number_of_edges()
 
-    session = update_session_prior(None, first.measured_values())
+    session = None
+    for _ in range(5):  # five micrographs' worth: enough for a population (MIN_PRIOR_MICROGRAPHS)
+        session = update_session_prior(session, first.session_measurements())
     second = fit_priors(syn.image, syn.ctf_fit, syn.microscope, session_prior=session)
     assert set(second.values()) == set(CAUSE_NODES)
     for node in ("defocus", "astigmatism"):

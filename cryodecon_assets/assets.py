@@ -14,6 +14,7 @@ micrographs and replaces only their rows and files.
 import dataclasses
 import hashlib
 import json
+import math
 import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -707,6 +708,46 @@ def session_prior_before(warehouse: ScoreWarehouse, session: str, batch_sequence
     return causal.session_prior_of(per_micrograph) if per_micrograph else None
 
 
+def session_prior_rows(
+    prior: causal.SessionPrior, session: str, batch: str, batch_sequence: int
+) -> list[dict[str, object]]:
+    """The ``session_priors`` table: one row per quantity of the session prior after ``batch``.
+
+    ``mean``, ``between_sd`` (τ, how much the quantity varies from micrograph to micrograph) and ``mean_sd``
+    are the hierarchical population of :meth:`causal.SessionPrior.populations`; ``pooling`` says whether
+    the next micrograph is pooled with it (at least ``causal.MIN_PRIOR_MICROGRAPHS`` measurements).
+    """
+    units = {**causal.NODE_UNITS, causal.ICE_SPECIMEN_POWER: "ln(1)"}
+    return [
+        {
+            "session": session,
+            "batch": batch,
+            "batch_sequence": batch_sequence,
+            "quantity": key,
+            "unit": units.get(key, ""),
+            "n": population.n,
+            "mean": population.mean,
+            "between_sd": math.sqrt(population.between_variance),
+            "mean_sd": math.sqrt(population.mean_variance),
+            "pooling": population.n >= causal.MIN_PRIOR_MICROGRAPHS,
+        }
+        for key, population in sorted(prior.populations().items())
+    ]
+
+
+def session_prior_markdown(rows: list[dict[str, object]]) -> str:
+    """The session prior table for the UI."""
+    if not rows:
+        return "No session prior yet."
+    lines = ["| quantity | n | mean | τ (between micrographs) | σ of the mean | pooling |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['quantity']} ({r['unit']}) | {r['n']} | {r['mean']:.4g} | {r['between_sd']:.3g} "
+            f"| {r['mean_sd']:.3g} | {'yes' if r['pooling'] else 'not yet'} |"
+        )
+    return "\n".join(lines)
+
+
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
@@ -778,6 +819,10 @@ def causal_priors(
     chosen = selection(context)
     warehouse.write_rows("priors", batch, rows, replace_micrographs=chosen)
     warehouse.write_rows("prior_iterations", batch, iteration_rows, replace_micrographs=chosen)
+    # The session prior as it stands after this batch (every batch of the session up to this one).
+    after = session_prior_before(warehouse, first.session, first.batch_sequence + 1) if first else None
+    population_rows = session_prior_rows(after, first.session, batch, first.batch_sequence) if first and after else []
+    warehouse.write_rows("session_priors", batch, population_rows)
     weights: dict[str, list[float]] = {}
     for row in rows:
         if row["node"] in causal.CAUSE_NODES:
@@ -788,6 +833,7 @@ def causal_priors(
             "converged": sum(1 for p in fitted_all.values() if p.converged),
             "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
             "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),
+            "session_prior": dg.MetadataValue.md(session_prior_markdown(population_rows)),
             "causal_graph": dg.MetadataValue.md(
                 "\n\n".join(causal_graph_markdown(p, name) for name, p in list(fitted_all.items())[:PREVIEW_LIMIT])
             ),

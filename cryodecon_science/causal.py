@@ -312,7 +312,7 @@ class SessionPrior:
     """
 
     measurements: Mapping[str, tuple[tuple[float, float], ...]]
-    _populations: dict[str, Population | None] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _populations: dict[str, Population] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         frozen: dict[str, tuple[tuple[float, float], ...]] = {}
@@ -336,15 +336,20 @@ class SessionPrior:
         Where the σ_i under-state the scatter, the excess shows up as τ̂²: the prior widens instead of
         trusting them.
         """
-        if key not in self._populations:  # computed once per key (the prior is immutable)
-            self._populations[key] = self._population(key)
-        return self._populations[key]
+        population = self.populations().get(key)
+        return population if population is not None and population.n >= MIN_PRIOR_MICROGRAPHS else None
 
-    def _population(self, key: str) -> Population | None:
-        pairs = self.measurements.get(key, ())
+    def populations(self) -> dict[str, Population]:
+        """Every quantity's population as estimated so far (:meth:`population`, without its minimum count):
+        the session prior table."""
+        for key, pairs in self.measurements.items():
+            if pairs and key not in self._populations:  # computed once per key (the prior is immutable)
+                self._populations[key] = self._population(key)
+        return dict(self._populations)
+
+    def _population(self, key: str) -> Population:
+        pairs = self.measurements[key]
         n = len(pairs)
-        if n < MIN_PRIOR_MICROGRAPHS:
-            return None
         x = np.array([p[0] for p in pairs])
         variance = np.array([p[1] for p in pairs]) ** 2
 

@@ -148,6 +148,13 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
     assert frc.notna().all() and frc.between(2.0, 200.0).all()
     stages = set(warehouse.query("SELECT DISTINCT stage FROM step_times")["stage"])  # type: ignore[attr-defined]
     assert {"ctf_estimates", "causal_priors", "restored_micrographs", "evaluation_scores"} <= stages
+    # The session prior after each batch: 3 then 4 measurements of every node, too few to pool with yet.
+    session_priors = warehouse.query(  # type: ignore[attr-defined]
+        "SELECT batch, n, mean, between_sd, pooling FROM session_priors "
+        "WHERE quantity = 'coherence_envelope' ORDER BY batch_sequence"
+    )
+    assert list(session_priors["batch"]) == ["grid-00001", "grid-00002"] and list(session_priors["n"]) == [3, 4]
+    assert not session_priors["pooling"].any() and (session_priors["between_sd"] >= 0.0).all()
     # The default artifact steps ran once per exposure, each recorded with its causal node.
     corrections = warehouse.query("SELECT micrograph, step, causal_node FROM artifact_corrections")  # type: ignore[attr-defined]
     assert len(corrections) == 3 * 4

@@ -174,7 +174,13 @@ def test_population_by_hand() -> None:
     # x = 10, 12, …, 18 with σ = 1: Σ(x − 14)² = 16 + 4 + 0 + 4 + 16 = 40, and Q(τ²) = 40/(1 + τ²) equals
     # n − 1 = 4 at τ² = 9; w* = 1/10 each: μ = 14, Var μ = 1/(5/10) = 2, predictive 9 + 2 = 11.
     values = [(10.0, 1.0), (12.0, 1.0), (14.0, 1.0), (16.0, 1.0), (18.0, 1.0)]
-    assert _session("coherence_envelope", values[:4]).population("coherence_envelope") is None
+    # Four measurements: a population is estimated (the session prior table shows it) but not yet used.
+    # Σ(x − 13)² = 20 and 20/(1 + τ²) = n − 1 = 3 at τ² = 17/3.
+    early = _session("coherence_envelope", values[:4])
+    assert early.population("coherence_envelope") is None
+    first_four = early.populations()["coherence_envelope"]
+    assert first_four.n == 4 and first_four.between_variance == pytest.approx(17.0 / 3.0)
+    assert first_four.mean == pytest.approx(13.0)
     prior = _session("coherence_envelope", values)
     population = prior.population("coherence_envelope")
     assert population is not None and population.n == 5

@@ -35,10 +35,10 @@ microscope, dose_e_per_angstrom2=<header dose>, drift_total_px=...)``; every nod
 ``converged`` and ``n_iterations`` are recorded.
 
 Two modes on the same images and CTF fits.  *Alone*: each exposure without a session prior.  *As a
-session*: the sweep's exposures in a random arrival order (``run_session``), each fitted with the
-session prior of those before it and then added to it, as the ``causal_priors`` asset does batch by batch;
-the first ``MIN_PRIOR_MICROGRAPHS − 1`` arrivals have no prior, so on 18 exposures the order matters and
-each sweep runs in ``--orders`` seeded orders (default 5), reported as median and range;
+session*: the sweep's exposures as one batch in a random arrival order (``run_session``), each fitted with
+the session prior of those before it and then added to it, and the first ``MIN_PRIOR_MICROGRAPHS``
+arrivals, which had no population to pool with, fitted again with the prior of all the others, as the
+``causal_priors`` asset does; each sweep runs in ``--orders`` seeded orders (default 5), reported as median and range;
 the warehouse's ``estimate`` (partially pooled) and ``measured_value`` (the micrograph alone, except for the
 ice power that the B-factor fit pools) are both analysed.  A sweep holds everything but its factor fixed, so
 the session prior is as strong as it can be for the fixed factors and as weak as the data make it for the
@@ -257,21 +257,37 @@ def run_case(
 def run_session(
     exposures: list[Exposure], configs: dict[str, SimulationConfig], order_seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The sweep's exposures as one session, in a seeded random arrival order, each fitted with the prior
-    of those before it (``causal_priors`` does this batch by batch).  Returns the records of the estimates
-    (partially pooled, what the warehouse's ``estimate`` column holds) and of the measurements (each
-    micrograph alone except for the ice power its B-factor fit pools), both in the sweep's order."""
-    order = np.random.default_rng(order_seed).permutation(len(exposures))
+    """The sweep's exposures as one session (one batch), in a seeded random arrival order, each fitted with
+    the prior of those before it, and then the first ones, which had nothing to pool with, again with the
+    prior of all the others (``causal.leave_one_out_priors``), as ``causal_priors`` does.  Returns the
+    records of the estimates (partially pooled, what the warehouse's ``estimate`` column holds) and of the
+    measurements (each micrograph alone except for the ice power its B-factor fit pools), both in the
+    sweep's order; ``refitted`` marks the first ones."""
+    order = [int(i) for i in np.random.default_rng(order_seed).permutation(len(exposures))]
     prior: causal.SessionPrior | None = None
-    estimates: dict[int, dict[str, Any]] = {}
-    measured: dict[int, dict[str, Any]] = {}
+    fitted: dict[int, tuple[dict[str, Any], causal.CausalPriors]] = {}
+    early: list[int] = []
     for arrival, index in enumerate(order):
-        exposure = exposures[int(index)]
+        exposure = exposures[index]
+        if prior is None or prior.n_micrographs < causal.MIN_PRIOR_MICROGRAPHS:
+            early.append(index)
         record, priors = run_case(exposure, configs[exposure.name], prior)
         prior = causal.update_session_prior(prior, priors.session_measurements())
         record["arrival"] = arrival
-        estimates[int(index)] = record
-        measured[int(index)] = {
+        record["refitted"] = False
+        fitted[index] = (record, priors)
+    in_order = [(exposures[i].name, fitted[i][1].session_measurements()) for i in order]
+    refits = causal.leave_one_out_priors(in_order, [exposures[i].name for i in early])
+    for index in early:
+        exposure = exposures[index]
+        if exposure.name in refits:
+            record, priors = run_case(exposure, configs[exposure.name], refits[exposure.name])
+            fitted[index] = ({**record, "arrival": fitted[index][0]["arrival"], "refitted": True}, priors)
+    estimates: dict[int, dict[str, Any]] = {}
+    measured: dict[int, dict[str, Any]] = {}
+    for index, (record, priors) in fitted.items():
+        estimates[index] = record
+        measured[index] = {
             **record,
             "nodes": {
                 e.node: {"value": e.value, "unit": e.unit, "sigma": e.sigma, "weight": e.weight}
@@ -371,6 +387,7 @@ def compact_session_cases(
             "name": e["name"],
             "level": e["level"],
             "arrival": e["arrival"],
+            "refitted": e["refitted"],
             "estimate": [e["nodes"][node]["value"], e["nodes"][node]["sigma"], e["nodes"][node]["weight"]],
             "measured": [m["nodes"][node]["value"], m["nodes"][node]["sigma"]],
             "ice_specimen_power": e["ice_specimen_power"],
@@ -436,9 +453,10 @@ def markdown(result: dict[str, Any]) -> str:
         n_orders = next(iter(result["session"].values()))["summary"]["n_orders"]
         lines += [
             "",
-            f"As a session, in {n_orders} random arrival orders per sweep: each exposure fitted with the session prior "
-            "of those before it (`causal_priors` does this batch by batch; a quantity's prior is used from its "
-            f"{causal.MIN_PRIOR_MICROGRAPHS}th measurement on). *estimate*: the partially pooled values (the "
+            f"As a session (one batch), in {n_orders} random arrival orders per sweep: each exposure fitted with the "
+            "session prior of those before it, and the first "
+            f"{causal.MIN_PRIOR_MICROGRAPHS}, which had none, again with the prior of all the others, as "
+            "`causal_priors` does. *estimate*: the partially pooled values (the "
             "warehouse's `estimate`); *measured*: each micrograph alone except for the ice power its B-factor fit "
             "pools (`measured_value`). Median (min–max) over the orders.",
             "",

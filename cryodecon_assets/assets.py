@@ -767,24 +767,36 @@ def causal_priors(
     items = {k: v for k, v in selected(context, raw_micrographs).items() if k in ctf_estimates}
     torch_device = device.torch_device()
     first = next(iter(info.values()), None)
-    prior = session_prior_before(warehouse, first.session, first.batch_sequence) if first else None
+    prior_before = session_prior_before(warehouse, first.session, first.batch_sequence) if first else None
+    prior = prior_before
+    early: list[str] = []  # fitted before the session had MIN_PRIOR_MICROGRAPHS micrographs to pool with
 
-    def step(name: str, micrograph: Micrograph) -> causal.CausalPriors:
-        nonlocal prior
+    def fit(name: str, micrograph: Micrograph, session_prior: causal.SessionPrior | None) -> causal.CausalPriors:
         exposure = info[name]
-        fitted = causal.fit_priors(
+        return causal.fit_priors(
             micrograph.data,
             ctf_estimates[name],
             exposure.microscope,
             dose_e_per_angstrom2=exposure.dose_e_per_angstrom2,
             drift_total_px=exposure.residual_blur_px,
-            session_prior=prior,
+            session_prior=session_prior,
             device=torch_device,
         )
+
+    def step(name: str, micrograph: Micrograph) -> causal.CausalPriors:
+        nonlocal prior
+        if prior is None or prior.n_micrographs < causal.MIN_PRIOR_MICROGRAPHS:
+            early.append(name)
+        fitted = fit(name, micrograph, prior)
         prior = causal.update_session_prior(prior, fitted.session_measurements())
         return fitted
 
     fitted_all = run_per_micrograph(context, warehouse, "causal_priors", items, step)
+    # The session's first micrographs again, now with the prior of all the others (leave_one_out_priors).
+    measured_in_order = [(name, fitted.session_measurements()) for name, fitted in fitted_all.items()]
+    refits = causal.leave_one_out_priors(measured_in_order, [n for n in early if n in fitted_all], prior_before)
+    for name, loo_prior in refits.items():
+        fitted_all[name] = fit(name, items[name], loo_prior)
     rows, iteration_rows = [], []
     for name, fitted in fitted_all.items():
         measured = fitted.session_measurements()
@@ -830,6 +842,7 @@ def causal_priors(
     return dg.Output(
         fitted_all,
         metadata={
+            "refitted_with_the_session_prior": dg.MetadataValue.json(sorted(refits)),
             "converged": sum(1 for p in fitted_all.values() if p.converged),
             "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
             "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),

@@ -29,6 +29,7 @@ from cryodecon_science.causal import (
     degradation_weights,
     estimate_nodes,
     fit_priors,
+    leave_one_out_priors,
     optimal_exposure_e_per_angstrom2,
     ring_average_sinc2,
     session_prior_of,
@@ -199,6 +200,20 @@ def test_population_by_hand() -> None:
         prior.measurements["dose"] = ((1.0, 1.0),)  # type: ignore[index]
     with pytest.raises(ValueError, match="σ > 0"):
         update_session_prior(prior, {"dose": (40.0, 0.0)})
+
+
+def test_the_first_micrographs_are_refitted_with_the_prior_of_all_the_others() -> None:
+    session = [(f"m{i}", {"coherence_envelope": (10.0 + 2.0 * i, 1.0), "dose": (40.0, 0.1)}) for i in range(6)]
+    # Six micrographs: each of the first four gets the other five (a population); m0's is m1 … m5.
+    priors = leave_one_out_priors(session, ["m0", "m1", "m2", "m3"])
+    assert set(priors) == {"m0", "m1", "m2", "m3"}
+    assert priors["m0"] == session_prior_of([measured for _, measured in session[1:]])
+    assert priors["m2"].measurements["coherence_envelope"] == tuple((10.0 + 2.0 * i, 1.0) for i in (0, 1, 3, 4, 5))
+    # Five micrographs: the others are four, too few to pool with — no refit.
+    assert leave_one_out_priors(session[:5], ["m0"]) == {}
+    # Earlier batches count: one earlier micrograph makes four others enough.
+    earlier = update_session_prior(None, {"dose": (40.0, 0.1)})
+    assert set(leave_one_out_priors(session[:5], ["m0"], earlier)) == {"m0"}
 
 
 def test_partial_pooling_by_hand() -> None:

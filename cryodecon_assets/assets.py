@@ -795,8 +795,13 @@ def causal_priors(
     # The session's first micrographs again, now with the prior of all the others (leave_one_out_priors).
     measured_in_order = [(name, fitted.session_measurements()) for name, fitted in fitted_all.items()]
     refits = causal.leave_one_out_priors(measured_in_order, [n for n in early if n in fitted_all], prior_before)
+    refitted = []
     for name, loo_prior in refits.items():
-        fitted_all[name] = fit(name, items[name], loo_prior)
+        try:
+            fitted_all[name] = fit(name, items[name], loo_prior)
+            refitted.append(name)
+        except SCIENCE_ERRORS as exc:  # the first fit stands on its own: keep it
+            context.log.warning(f"causal_priors: {name} refit with the session prior failed, first fit kept: {exc}")
     rows, iteration_rows = [], []
     for name, fitted in fitted_all.items():
         measured = fitted.session_measurements()
@@ -842,7 +847,7 @@ def causal_priors(
     return dg.Output(
         fitted_all,
         metadata={
-            "refitted_with_the_session_prior": dg.MetadataValue.json(sorted(refits)),
+            "refitted_with_the_session_prior": dg.MetadataValue.json(sorted(refitted)),
             "converged": sum(1 for p in fitted_all.values() if p.converged),
             "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
             "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),

@@ -697,15 +697,18 @@ def session_prior_before(warehouse: ScoreWarehouse, session: str, batch_sequence
             continue
         if sequence >= batch_sequence:
             continue
-        frame = warehouse.read_rows("priors", path.stem)
-        for _, group in frame.sort_values(["micrograph", "node"]).groupby("micrograph", sort=True):
-            per_micrograph.append(
-                {
-                    row["node"]: (float(row["measured_value"]), float(row["measured_sigma"]))
-                    for row in group.to_dict("records")
-                }
-            )
+        per_micrograph += measured_per_micrograph(warehouse.read_rows("priors", path.stem))
     return causal.session_prior_of(per_micrograph) if per_micrograph else None
+
+
+def measured_per_micrograph(frame: Any) -> list[dict[str, tuple[float, float]]]:
+    """A ``priors`` partition's measured values, node → (value, σ), one mapping per micrograph (sorted)."""
+    if frame.empty:
+        return []
+    return [
+        {row["node"]: (float(row["measured_value"]), float(row["measured_sigma"])) for row in group.to_dict("records")}
+        for _, group in frame.sort_values(["micrograph", "node"]).groupby("micrograph", sort=True)
+    ]
 
 
 def session_prior_rows(
@@ -836,8 +839,9 @@ def causal_priors(
     chosen = selection(context)
     warehouse.write_rows("priors", batch, rows, replace_micrographs=chosen)
     warehouse.write_rows("prior_iterations", batch, iteration_rows, replace_micrographs=chosen)
-    # The session prior as it stands after this batch (every batch of the session up to this one).
-    after = session_prior_before(warehouse, first.session, first.batch_sequence + 1) if first else None
+    # The session prior as it stands after this batch: the earlier batches' plus this batch's whole partition.
+    batch_measured = measured_per_micrograph(warehouse.read_rows("priors", batch))
+    after = causal.session_prior_of(batch_measured, prior_before) if batch_measured else prior_before
     population_rows = session_prior_rows(after, first.session, batch, first.batch_sequence) if first and after else []
     warehouse.write_rows("session_priors", batch, population_rows)
     weights: dict[str, list[float]] = {}

@@ -274,7 +274,7 @@ class Population:
     mean : float
         μ̂, the random-effects mean of the session's micrographs (the quantity's unit).
     between_variance : float
-        τ̂², how much the true value varies from micrograph to micrograph (unit²; DerSimonian–Laird).
+        τ̂², how much the true value varies from micrograph to micrograph (unit²; Paule–Mandel).
     mean_variance : float
         Var μ̂ = 1/Σ 1/(σ_i² + τ̂²) (unit²).
     n : int
@@ -843,7 +843,9 @@ def _coherence_bfactor(
     k, signal, information = k_r[use], signal_r[use], fisher.ring_hh[use]
     alone = _two_component_envelope(k, signal, information)
     ln_counts2 = 2.0 * math.log(spectrum.mean_counts)
-    eta = (alone.ln_ice - ln_counts2, min(alone.sigma_ln_ice, ICE_SPECIMEN_POWER_SIGMA_CAP))
+    ln_power = alone.ln_ice - ln_counts2
+    # σ floored like every node's: the session prior refuses σ = 0 (a degenerate covariance can give it).
+    eta = (ln_power, _sigma_floor(min(alone.sigma_ln_ice, ICE_SPECIMEN_POWER_SIGMA_CAP), ln_power))
     fit = alone
     if ice_prior is not None and _consistent(eta[0], eta[1], ice_prior):
         fit = _two_component_envelope(

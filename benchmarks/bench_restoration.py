@@ -92,13 +92,15 @@ box, estimate and truth minus their mask-weighted mean, times the same soft circ
 ``MASK_RADIUS_FRACTION``·box, a raised-cosine edge of ``MASK_EDGE_FRACTION``·box, 0 from 0.48·box on, so
 the box edges carry no weight and leak no power across rings); per ring (1 Fourier pixel wide) the sums
 Σ Re(A·B*), Σ|A|², Σ|B|² accumulated over *all boxes of the SNR level* (all micrographs) and divided once,
-FRC = Σ Re(A·B*)/√(Σ|A|² Σ|B|²).  The resolution is where that curve first drops below 0.5 and 0.143
-(linear interpolation, Å; smaller is better; Nyquist 2·pixel if it never does, the box size if ring 1 is
-already below).  The FRC is invariant to scale and offset, and nearly so to any filter constant on
-Fourier rings (a masked box of a filtered image is close to the filtered masked box): linear filters,
-Wiener ones included, barely move it; only restoration that adds information (a prior) can.  On these
-simulations the clean image carries the amorphous-ice water ring at 3.7 Å, so raw's FRC with it stays
-above 0.143 to ≈ 3 Å; a low-pass removes that and comes out *worse* than raw, as it should.
+FRC = Σ Re(A·B*)/√(Σ|A|² Σ|B|²).  The resolution is where that curve first drops below 0.5 and 0.143 (linear
+interpolation, Å; smaller is better; Nyquist 2·pixel if it never does, the box size if ring 1 is already
+below), with a 95 % percentile-bootstrap interval over the boxes (``frc_resolution_interval``,
+``BOOTSTRAP_RESAMPLES`` resamples; overlapping boxes make it, if anything, too narrow).  The FRC is invariant
+to scale and offset, and nearly so to any filter constant on Fourier rings (a masked box of a filtered image
+is close to the filtered masked box): linear filters, Wiener ones included, barely move it; only restoration
+that adds information (a prior) can.  On these simulations the clean image carries the amorphous-ice water ring
+at 3.7 Å, so raw's FRC with it stays above 0.143 to ≈ 3 Å; a low-pass removes that and comes out *worse* than
+raw, as it should.
 
 Where the error lies: per resolution band (``ERROR_BANDS_ANGSTROM``, DC excluded) the relative error
 Σ|F(a·x + b − truth)|² / Σ|F(truth − mean)|² over the whole image, the sums pooled over the SNR level's
@@ -196,6 +198,9 @@ BOUND_METHOD = "bound_particles_known"
 # The other cryodecon outputs: the PSNR goal is reported for each.
 CANDIDATE_METHODS = ("cryodecon_learned", "cryodecon_session", "cryodecon_session_fused")
 DECONVOLUTION_METHODS = ("raw", "wiener_dec_true_ctf", "wiener_dec_oracle", "cryodecon_deconvolved")
+BOOTSTRAP_RESAMPLES = 1000
+"""Resamples of the boxes for the FRC resolutions' intervals (:func:`frc_resolution_interval`)."""
+BOOTSTRAP_SEED = 0
 GOAL_PSNR_MARGIN_DB = 1.0
 GOAL_FRC_IMPROVEMENT = 0.30
 # Deconvolution goal: FRC-0.143 "no worse" than the reference within this relative tolerance.  Filters
@@ -351,6 +356,31 @@ def frc_resolution_angstrom(curve: np.ndarray, threshold: float, pixel_size_angs
             k = (r0 + frac) / box_angstrom
             return 1.0 / k
     return 2.0 * pixel_size_angstrom
+
+
+def frc_resolution_interval(
+    per_box: np.ndarray,
+    threshold: float,
+    pixel_size_angstrom: float,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[float]:
+    """95 % percentile-bootstrap interval [low, high] (Å) of :func:`frc_resolution_angstrom` over the boxes.
+
+    Each resample draws the level's n boxes with replacement (multinomial counts), sums their FRC terms
+    and reads the crossing again.  Boxes of nearby particles overlap and are then not independent, so the
+    interval is, if anything, too narrow.  It says how far a difference between two methods' crossings
+    is the sampling of the boxes rather than the methods.
+    """
+    n = per_box.shape[0]
+    if n == 0:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
+    sums = np.einsum("rn,nkq->rkq", counts, per_box)
+    values = [frc_resolution_angstrom(frc_from_sums(s), threshold, pixel_size_angstrom) for s in sums]
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 # ------------------------------------------------------------------------------------------ methods
@@ -622,19 +652,19 @@ def band_error_sums(fitted: np.ndarray, truth: np.ndarray, pixel_size_angstrom: 
 
 def evaluate(
     estimate: np.ndarray, truth: np.ndarray, positions_px: np.ndarray, mask: np.ndarray, pixel_size_angstrom: float
-) -> tuple[float, float, np.ndarray, int, np.ndarray]:
-    """PSNR, SSIM (after the least-squares scale/offset), the summed box-FRC terms and the band error sums
-    (:func:`band_error_sums`) against ``truth``."""
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """PSNR, SSIM (after the least-squares scale/offset), the box-FRC terms of each box (n_boxes, 3, n/2)
+    and the band error sums (:func:`band_error_sums`) against ``truth``."""
     truth = truth.astype(np.float64)
     fitted = least_squares_fit(estimate, truth)
     corners = particle_boxes(positions_px, truth.shape)
-    sums = np.zeros((3, BOX_PX // 2), dtype=np.float64)
-    for y, x in corners:
-        sums += frc_sums(
+    per_box = np.zeros((len(corners), 3, BOX_PX // 2), dtype=np.float64)
+    for i, (y, x) in enumerate(corners):
+        per_box[i] = frc_sums(
             estimate[y : y + BOX_PX, x : x + BOX_PX].astype(np.float64), truth[y : y + BOX_PX, x : x + BOX_PX], mask
         )
     bands = band_error_sums(fitted, truth, pixel_size_angstrom)
-    return psnr_db(fitted, truth), ssim(fitted, truth), sums, len(corners), bands
+    return psnr_db(fitted, truth), ssim(fitted, truth), per_box, bands
 
 
 def score_methods(
@@ -651,24 +681,26 @@ def score_methods(
         if not estimates:
             continue
         psnrs, ssims = [], []
-        sums = np.zeros((3, BOX_PX // 2), dtype=np.float64)
+        boxes: list[np.ndarray] = []
         band_sums = np.zeros((2, len(ERROR_BANDS_ANGSTROM) - 1), dtype=np.float64)
-        n_boxes = 0
         for sim, est in zip(sims, estimates, strict=True):
-            p, s, box_sums, n, bands = evaluate(
+            p, s, per_box, bands = evaluate(
                 est, truth_of(sim), sim.truth.particle_positions_px, mask, pixel_size_angstrom
             )
             psnrs.append(p)
             ssims.append(s)
-            sums += box_sums
+            boxes.append(per_box)
             band_sums += bands
-            n_boxes += n
-        curve = frc_from_sums(sums)
+        per_box_all = np.concatenate(boxes)
+        n_boxes = int(per_box_all.shape[0])
+        curve = frc_from_sums(per_box_all.sum(axis=0))
         scored[method] = {
             "psnr_db": statistics.fmean(psnrs),
             "ssim": statistics.fmean(ssims),
             "frc_0.5_angstrom": frc_resolution_angstrom(curve, 0.5, pixel_size_angstrom),
             "frc_0.143_angstrom": frc_resolution_angstrom(curve, 0.143, pixel_size_angstrom),
+            "frc_0.5_angstrom_95ci": frc_resolution_interval(per_box_all, 0.5, pixel_size_angstrom),
+            "frc_0.143_angstrom_95ci": frc_resolution_interval(per_box_all, 0.143, pixel_size_angstrom),
             "seconds_per_micrograph": statistics.fmean(seconds[method]),
             "psnr_db_per_micrograph": psnrs,
             "ssim_per_micrograph": ssims,
@@ -703,6 +735,14 @@ def _band_table(rows: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _resolution(row: dict[str, Any], key: str) -> str:
+    """ "3.1 (3.0–3.2)": the crossing and its bootstrap interval over the boxes, when there is one."""
+    interval = row.get(f"{key}_95ci")
+    if not interval:
+        return f"{row[key]:.1f}"
+    return f"{row[key]:.1f} ({interval[0]:.1f}–{interval[1]:.1f})"
+
+
 def _table(rows: dict[str, Any], methods: tuple[str, ...]) -> list[str]:
     lines = [
         "| method | PSNR (dB) | SSIM | FRC-0.5 (Å) | FRC-0.143 (Å) | s / micrograph (CPU) |",
@@ -714,8 +754,8 @@ def _table(rows: dict[str, Any], methods: tuple[str, ...]) -> list[str]:
             lines.append(f"| {method} | n/a | n/a | n/a | n/a | n/a |")
             continue
         lines.append(
-            f"| {method} | {row['psnr_db']:.2f} | {row['ssim']:.3f} | {row['frc_0.5_angstrom']:.1f} | "
-            f"{row['frc_0.143_angstrom']:.1f} | {row['seconds_per_micrograph']:.2f} |"
+            f"| {method} | {row['psnr_db']:.2f} | {row['ssim']:.3f} | {_resolution(row, 'frc_0.5_angstrom')} | "
+            f"{_resolution(row, 'frc_0.143_angstrom')} | {row['seconds_per_micrograph']:.2f} |"
         )
     return lines
 
@@ -728,7 +768,8 @@ def markdown(result: dict[str, Any]) -> str:
         "PSNR/SSIM vs the truth after a least-squares scale/offset; FRC resolution vs the truth inside "
         f"{BOX_PX}-px particle boxes under a soft circular mask (radius {MASK_RADIUS_FRACTION:g}·box, raised-cosine "
         f"edge {MASK_EDGE_FRACTION:g}·box), FRC terms summed over all boxes of the SNR level before dividing "
-        "(Å, smaller is better); seconds per micrograph on this CPU.  Denoised targets are scored against the "
+        "(Å, smaller is better; in brackets the 95 % bootstrap interval over the boxes); seconds per "
+        "micrograph on this CPU.  Denoised targets are scored against the "
         "clean CTF-modulated image λ(x); the deconvolved (CTF-corrected) target against the un-CTF'd particle "
         "projection (`potential_image`).",
         "",
@@ -764,6 +805,11 @@ def markdown(result: dict[str, Any]) -> str:
     if not topaz.get("available"):
         lines.append(f"Topaz not run: {topaz.get('reason')}")
     return "\n".join(lines) + "\n"
+
+
+def _interval(row: dict[str, Any]) -> str:
+    interval = row.get("frc_0.143_angstrom_95ci")
+    return f"{interval[0]:.2f}–{interval[1]:.2f} Å" if interval else "n/a"
 
 
 def goals(result: dict[str, Any]) -> dict[str, Any]:
@@ -827,7 +873,8 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
             f"{ref['psnr_db']:.2f} dB / {ref['ssim']:.3f} / {d_ref:.2f} Å "
             f"({ours_d['psnr_db'] - ref['psnr_db']:+.2f} dB; goal: higher PSNR and SSIM, FRC-0.143 no worse "
             f"within {100 * GOAL_DECONVOLUTION_FRC_TOLERANCE:.0f} %: {verdict(ok_dec)}; "
-            f"strictly no worse: {'yes' if d_dec <= d_ref else 'no'})"
+            f"strictly no worse: {'yes' if d_dec <= d_ref else 'no'}; FRC-0.143 95 % intervals over the boxes: "
+            f"{_interval(ours_d)} vs {_interval(ref)})"
         )
     for snr_key, block in result["per_snr"].items():
         m = block["methods"]

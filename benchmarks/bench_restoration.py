@@ -735,12 +735,16 @@ def _band_table(rows: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _interval(row: dict[str, Any], key: str, digits: int) -> str | None:
+    """ "3.0–3.2": the bootstrap interval over the boxes of ``row[key]`` (:func:`frc_resolution_interval`)."""
+    interval = row.get(f"{key}_95ci")
+    return f"{interval[0]:.{digits}f}–{interval[1]:.{digits}f}" if interval else None
+
+
 def _resolution(row: dict[str, Any], key: str) -> str:
     """ "3.1 (3.0–3.2)": the crossing and its bootstrap interval over the boxes, when there is one."""
-    interval = row.get(f"{key}_95ci")
-    if not interval:
-        return f"{row[key]:.1f}"
-    return f"{row[key]:.1f} ({interval[0]:.1f}–{interval[1]:.1f})"
+    interval = _interval(row, key, 1)
+    return f"{row[key]:.1f}" + (f" ({interval})" if interval else "")
 
 
 def _table(rows: dict[str, Any], methods: tuple[str, ...]) -> list[str]:
@@ -807,11 +811,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _interval(row: dict[str, Any]) -> str:
-    interval = row.get("frc_0.143_angstrom_95ci")
-    return f"{interval[0]:.2f}–{interval[1]:.2f} Å" if interval else "n/a"
-
-
 def goals(result: dict[str, Any]) -> dict[str, Any]:
     """Each goal for ``PRODUCT_METHOD`` (met) and for ``BOUND_METHOD`` (reachable on these data at all)."""
     lines: list[str] = []
@@ -867,6 +866,7 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
             and d_dec <= (1.0 + GOAL_DECONVOLUTION_FRC_TOLERANCE) * d_ref
         )
         met["deconvolved_vs_true_ctf_wiener"] &= ok_dec
+        intervals = [f"{c} Å" if c else "n/a" for c in (_interval(r, "frc_0.143_angstrom", 2) for r in (ours_d, ref))]
         lines.append(
             f"SNR {snr_key} deconvolved vs un-CTF'd truth: cryodecon PSNR {ours_d['psnr_db']:.2f} dB / SSIM "
             f"{ours_d['ssim']:.3f} / FRC-0.143 {d_dec:.2f} Å vs true-CTF Wiener "
@@ -874,7 +874,7 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
             f"({ours_d['psnr_db'] - ref['psnr_db']:+.2f} dB; goal: higher PSNR and SSIM, FRC-0.143 no worse "
             f"within {100 * GOAL_DECONVOLUTION_FRC_TOLERANCE:.0f} %: {verdict(ok_dec)}; "
             f"strictly no worse: {'yes' if d_dec <= d_ref else 'no'}; FRC-0.143 95 % intervals over the boxes: "
-            f"{_interval(ours_d)} vs {_interval(ref)})"
+            f"{intervals[0]} vs {intervals[1]})"
         )
     for snr_key, block in result["per_snr"].items():
         m = block["methods"]

@@ -720,7 +720,7 @@ def session_prior_rows(
     are the hierarchical population of :meth:`causal.SessionPrior.populations`; ``pooling`` says whether
     the next micrograph is pooled with it (at least ``causal.MIN_PRIOR_MICROGRAPHS`` measurements).
     """
-    units = {**causal.NODE_UNITS, causal.ICE_SPECIMEN_POWER: "ln(1)"}
+    units = {**causal.NODE_UNITS, causal.ICE_SPECIMEN_POWER: causal.ICE_SPECIMEN_POWER_UNIT}
     return [
         {
             "session": session,
@@ -811,7 +811,9 @@ def causal_priors(
         # The cause nodes, then the ice power: a nuisance the session pools, not a cause (weight 0, never shrunk).
         estimates = [(e.node, e.value, e.sigma, e.weight, e.unit) for e in fitted.estimates]
         if fitted.ice_specimen_power is not None:
-            estimates.append((causal.ICE_SPECIMEN_POWER, *fitted.ice_specimen_power, 0.0, "ln(1)"))
+            estimates.append(
+                (causal.ICE_SPECIMEN_POWER, *fitted.ice_specimen_power, 0.0, causal.ICE_SPECIMEN_POWER_UNIT)
+            )
         for node, value, sigma, weight, unit in estimates:
             rows.append(
                 {

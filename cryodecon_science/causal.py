@@ -150,6 +150,8 @@ ICE_SPECIMEN_POWER = "ice_specimen_power"
 """Key of the session's nuisance measurement η = ln(a/⟨counts⟩²) of the B-factor fit (:func:`_coherence_bfactor`):
 the vitreous ice's share of the specimen spectrum at k = 0, relative to the squared mean count (dimensionless,
 ∝ the ice thickness).  Not a cause node; stored and pooled beside them."""
+ICE_SPECIMEN_POWER_UNIT = "ln(1)"
+"""Unit recorded for η (a natural log of a dimensionless ratio)."""
 ICE_SPECIMEN_POWER_SIGMA_CAP = 10.0
 """Largest σ (ln units) recorded for η: where the rings stop before the ice shows, its σ is this, i.e. no weight."""
 UNDETECTED_HETEROGENEITY_SIGMA = 1.0

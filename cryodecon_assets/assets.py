@@ -120,6 +120,21 @@ SCIENCE_ERRORS = (ValueError, InputFileError, FloatingPointError, np.linalg.LinA
 """What a micrograph's own data can make a science step raise: the micrograph is quarantined, not the batch."""
 
 
+class InvalidOutputError(ValueError):
+    """A step produced an image no later step can use (NaN/Inf, or constant): quarantined at that step."""
+
+
+def check_output(stage: str, name: str, result: Any) -> None:
+    """Refuse an image result that is not finite or has no variation, naming the step that produced it."""
+    data = getattr(result, "data", None)
+    if not isinstance(data, np.ndarray) or data.size == 0:
+        return
+    if not np.all(np.isfinite(data)):
+        raise InvalidOutputError(f"{stage} produced {int(data.size - np.isfinite(data).sum())} NaN/Inf pixels")
+    if data.max() == data.min():
+        raise InvalidOutputError(f"{stage} produced a constant image ({float(data.flat[0]):g} everywhere)")
+
+
 def run_per_micrograph(
     context: dg.AssetExecutionContext,
     warehouse: ScoreWarehouse,
@@ -128,7 +143,13 @@ def run_per_micrograph(
     step: Callable[[str, Any], T] | None = None,
     batch_step: Callable[[Mapping[str, Any]], Mapping[str, T | Exception]] | None = None,
 ) -> dict[str, T]:
-    """Apply ``step`` to each micrograph; a science error quarantines that micrograph, not the batch.
+    """Apply ``step`` to each micrograph; a failure of one micrograph quarantines it, not the batch.
+
+    A science error (``SCIENCE_ERRORS``) or an unusable image result (``check_output``) quarantines the
+    micrograph with its reason.  Any other exception of one micrograph is quarantined too (reason: its
+    type, logged with the traceback), unless it struck every micrograph of a batch of several: then it is
+    not the data but the step or the node (a lost GPU, a bug), and it is raised so the run fails and is
+    retried or looked at, instead of quarantining a whole batch of good exposures.
 
     ``batch_step`` instead takes the whole selection at once and returns, per micrograph, its result or
     the science error it met (a GPU pipeline that overlaps one frame's copies with another's compute,
@@ -141,6 +162,7 @@ def run_per_micrograph(
     batch = context.partition_key
     results: dict[str, T] = {}
     failures: list[dict[str, Any]] = []
+    unexpected: list[Exception] = []
     times: list[dict[str, Any]] = []
     outcomes: Mapping[str, T | Exception] = {}
     shared_seconds = 0.0
@@ -152,15 +174,22 @@ def run_per_micrograph(
         started = time.perf_counter()
         try:
             if step is not None:
-                results[name] = step(name, item)
+                result = step(name, item)
             else:
                 outcome = outcomes[name]
                 if isinstance(outcome, Exception):
                     raise outcome
-                results[name] = outcome
+                result = outcome
+            check_output(stage, name, result)
+            results[name] = result
         except SCIENCE_ERRORS as exc:
             context.log.warning(f"{stage}: {name} quarantined: {exc}")
             failures.append(quarantine_row(name, batch, stage, type(exc).__name__, str(exc)))
+            continue
+        except Exception as exc:
+            context.log.exception(f"{stage}: {name} quarantined after an unexpected {type(exc).__name__}")
+            failures.append(quarantine_row(name, batch, stage, type(exc).__name__, f"{exc!r} (unexpected)"))
+            unexpected.append(exc)
             continue
         data = getattr(item, "data", None)
         times.append(
@@ -173,6 +202,8 @@ def run_per_micrograph(
                 "run_id": context.run.run_id,
             }
         )
+    if len(items) > 1 and len(unexpected) == len(items):
+        raise unexpected[0]
     quarantine(warehouse, batch, stage, failures, selection(context))
     warehouse.write_rows("step_times", f"{batch}.{stage}", times, replace_micrographs=selection(context))
     return results
@@ -1269,7 +1300,7 @@ def evaluation_scores(
     prepared_graph = prepare_impact_graph(graph) if graph is not None else None
     model = load_or_train_impact_model(outputs, prepared_graph) if prepared_graph is not None else None
     publication_year = datetime.fromtimestamp(manifest.cut_at_s, UTC).year
-    library_distances = structure_library.library_nn_distances()
+    library_distances = structure_library.library_nn_distances(before_s=manifest.cut_at_s)
     items = {
         k: v
         for k, v in selected(context, raw_micrographs).items()

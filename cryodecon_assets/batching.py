@@ -16,13 +16,19 @@ The sensor cursor only carries the files still *pending* (seen, not yet stable),
 sequence numbers.  A file is *ready* when
 1. its size and mtime have not changed for ``settle_seconds`` across ticks, and
 2. its size on disk equals the size its MRC header declares (a copy in progress is shorter),
-and it is *quarantined* when its header is corrupt, or when it stays shorter than declared for
-``truncated_after_seconds`` (a copy that died).
+and it is *quarantined* when its header is corrupt, when it stays shorter than declared for
+``truncated_after_seconds`` (a copy that died), or when it cannot be read (reason ``unreadable``; examined
+again once its permissions change, which changes its ctime).
+
+A *duplicate* is a file whose SHA-256 equals that of a file already in a manifest (or of another file ready
+in the same tick): the exposure is recorded once, under the path that landed first, and the second landing
+is noted in ``quarantine`` with reason ``duplicate`` and the path it repeats.  It is never processed twice.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -90,9 +96,20 @@ class PlanState:
 
     pending: dict[str, dict[str, float]] = field(default_factory=dict)
     quarantined: dict[str, dict[str, float]] = field(default_factory=dict)
+    unreadable_folders: dict[str, float] = field(default_factory=dict)  # relative path -> first seen
+
+    def remembers(self, obs: FileObservation) -> bool:
+        """Whether ``obs`` was set aside (quarantined, duplicate) as it is now: same size, mtime and ctime."""
+        previous = self.quarantined.get(obs.relative_path)
+        return previous is not None and previous == _identity(obs)
 
     def to_cursor(self) -> str:
-        return json.dumps({"pending": self.pending, "quarantined": self.quarantined}, sort_keys=True)
+        document = {
+            "pending": self.pending,
+            "quarantined": self.quarantined,
+            "unreadable_folders": self.unreadable_folders,
+        }
+        return json.dumps(document, sort_keys=True)
 
     @classmethod
     def from_cursor(cls, cursor: str | None) -> PlanState:
@@ -100,9 +117,17 @@ class PlanState:
             return cls()
         try:
             data = json.loads(cursor)
-            return cls(dict(data.get("pending", {})), dict(data.get("quarantined", {})))
+            return cls(
+                dict(data.get("pending", {})),
+                dict(data.get("quarantined", {})),
+                dict(data.get("unreadable_folders", {})),
+            )
         except (ValueError, AttributeError):
             return cls()  # an unreadable cursor only costs one extra settle period: the ledger is on disk
+
+
+def _identity(obs: FileObservation) -> dict[str, float]:
+    return {"size": obs.size_bytes, "mtime": obs.mtime_s, "ctime": obs.ctime_s}
 
 
 @dataclass(frozen=True)
@@ -140,24 +165,29 @@ def plan_batches(
     truncated_after_seconds: float,
     max_batch_size: int,
     batch_window_seconds: float,
+    known_checksums: Mapping[str, str] | None = None,
 ) -> Plan:
-    """Decide, for one tick, which files are ready, which are quarantined and which batches to cut.
+    """Decide, for one tick, which files are ready, which are set aside and which batches to cut.
 
     Pure apart from reading file headers (``check_exposure_complete``: declared size, TIFF directory
     chain, frame count announced by a sidecar) and checksums of ready files.
     ``assigned`` holds the relative paths already in a manifest; ``next_sequence`` the next batch number
-    per session.  Files already quarantined with the same size and mtime are not re-examined.
+    per ``safe_session`` name; ``known_checksums`` maps the SHA-256 of every assigned file to its path.
+    Files already set aside with the same size, mtime and ctime are not re-examined.
     """
     pending: dict[str, dict[str, float]] = {}
     quarantined_state = dict(state.quarantined)
     ready: dict[str, list[tuple[float, FileObservation, str]]] = defaultdict(list)
     quarantined: list[Quarantined] = []
+    first_landing = dict(known_checksums or {})
+
+    def set_aside(obs: FileObservation, reason: str, detail: str) -> None:
+        quarantined.append(Quarantined(obs.relative_path, obs.session, reason, detail, obs.size_bytes, now_s))
+        quarantined_state[obs.relative_path] = _identity(obs)
+
     for obs in observations:
-        if obs.relative_path in assigned:
-            continue
-        previous_q = quarantined_state.get(obs.relative_path)
-        if previous_q and previous_q["size"] == obs.size_bytes and previous_q["mtime"] == obs.mtime_s:
-            continue  # already recorded; a fixed (rewritten) file has a new size/mtime and is re-examined
+        if obs.relative_path in assigned or state.remembers(obs):
+            continue  # a fixed (rewritten, re-permissioned) file has a new identity and is re-examined
         seen = state.pending.get(obs.relative_path)
         if seen is None or seen["size"] != obs.size_bytes or seen["mtime"] != obs.mtime_s:
             pending[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s, "since": now_s}
@@ -165,35 +195,35 @@ def plan_batches(
         if now_s - seen["since"] < settle_seconds:
             pending[obs.relative_path] = seen
             continue
+        path = absolute(obs.relative_path)
+        if not os.access(path, os.R_OK):
+            set_aside(obs, "unreadable", f"{path}: permission denied for the user running cryodecon")
+            continue
         try:
-            check_exposure_complete(absolute(obs.relative_path))
+            check_exposure_complete(path)
         except IncompleteFileError as exc:
             if now_s - seen["since"] >= truncated_after_seconds:
-                quarantined.append(
-                    Quarantined(obs.relative_path, obs.session, "truncated", exc.detail, obs.size_bytes, now_s)
-                )
-                quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
+                set_aside(obs, "truncated", exc.detail)
             else:
                 pending[obs.relative_path] = seen
             continue
         except InputFileError as exc:
-            quarantined.append(
-                Quarantined(obs.relative_path, obs.session, exc.reason, exc.detail, obs.size_bytes, now_s)
-            )
-            quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
+            set_aside(obs, exc.reason, exc.detail)
             continue
-        except OSError as exc:  # unreadable permissions, vanished file
-            quarantined.append(
-                Quarantined(obs.relative_path, obs.session, "unreadable", str(exc), obs.size_bytes, now_s)
-            )
-            quarantined_state[obs.relative_path] = {"size": obs.size_bytes, "mtime": obs.mtime_s}
+        except OSError as exc:  # vanished file, I/O error of the storage
+            set_aside(obs, "unreadable", str(exc))
             continue
-        ready[obs.session].append((seen["since"], obs, checksum(obs.relative_path)))
+        digest = checksum(obs.relative_path)
+        if digest in first_landing:
+            set_aside(obs, "duplicate", f"byte-identical to {first_landing[digest]} (SHA-256 {digest[:16]}…)")
+            continue
+        first_landing[digest] = obs.relative_path
+        ready[obs.session].append((seen["since"], obs, digest))
 
     batches: list[BatchManifest] = []
     for session in sorted(ready):
         files = sorted(ready[session], key=lambda item: (item[0], item[1].relative_path))
-        sequence = next_sequence.get(session, 1)
+        sequence = next_sequence.get(safe_session(session), 1)
         while files:
             full = len(files) >= max_batch_size
             oldest_wait = now_s - files[0][0]
@@ -212,4 +242,9 @@ def plan_batches(
             )
             batches.append(BatchManifest(batch_key(session, sequence), session, sequence, now_s, manifest_files))
             sequence += 1
-    return Plan(tuple(batches), tuple(quarantined), PlanState(pending, quarantined_state), len(pending))
+    return Plan(
+        tuple(batches),
+        tuple(quarantined),
+        PlanState(pending, quarantined_state, state.unreadable_folders),
+        len(pending),
+    )

@@ -159,22 +159,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- environment --------------------------------------------------------------------------------------
-def prepare_instance_home(home: Path) -> Path:
-    """Create ``$DAGSTER_HOME`` (default ``<home>/dagster_home``) with the repo's ``dagster.yaml``.
+class InstanceFileError(ValueError):
+    """``$DAGSTER_HOME/dagster.yaml`` disagrees with the environment in a way that would lose runs."""
 
-    With ``CRYODECON_POSTGRES_URL`` set, the instance stores runs, events and schedules in PostgreSQL.
+
+POSTGRES_STORAGE_BLOCK = "\nstorage:\n  postgres:\n    postgres_url:\n      env: CRYODECON_POSTGRES_URL\n"
+
+
+def prepare_instance_home(home: Path) -> Path:
+    """``$DAGSTER_HOME`` (default ``<home>/dagster_home``), with the repo's ``dagster.yaml`` where it has none.
+
+    An existing ``dagster.yaml`` is the operator's and is never rewritten.  It is checked against the
+    environment: with ``CRYODECON_POSTGRES_URL`` set, a file whose storage is not PostgreSQL is refused (the
+    runs would go to another database than the operator meant), as is a file that reads its storage URL
+    from an unset variable; a file without ``run_monitoring`` gets a warning (a killed run worker would
+    hold its ``gpu`` slot for ever).  A new file is the template, plus the PostgreSQL storage block when
+    ``CRYODECON_POSTGRES_URL`` is set.
+
+    Raises
+    ------
+    InstanceFileError
+        On a mismatch between the existing file and the environment, naming both.
     """
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster_home").resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
-    template = Path(__file__).resolve().parent.parent / "dagster.yaml"
-    text = template.read_text() if template.exists() else "telemetry:\n  enabled: false\n"
-    if os.environ.get("CRYODECON_POSTGRES_URL"):
-        text += "\nstorage:\n  postgres:\n    postgres_url:\n      env: CRYODECON_POSTGRES_URL\n"
     target = dagster_home / "dagster.yaml"
-    if not target.exists() or target.read_text() != text:
-        target.write_text(text)
+    postgres_url = os.environ.get("CRYODECON_POSTGRES_URL")
+    if not target.exists():
+        template = Path(__file__).resolve().parent.parent / "dagster.yaml"
+        text = template.read_text() if template.exists() else "telemetry:\n  enabled: false\n"
+        target.write_text(text + (POSTGRES_STORAGE_BLOCK if postgres_url else ""))
+    else:
+        _check_instance_file(target, postgres_url)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home
+
+
+def _check_instance_file(path: Path, postgres_url: str | None) -> None:
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InstanceFileError(f"{path}: not valid YAML: {exc}") from exc
+    storage = config.get("storage") or {}
+    kind = next(iter(storage), "sqlite (default)") if isinstance(storage, dict) else str(storage)
+    if postgres_url and kind != "postgres":
+        raise InstanceFileError(
+            f"CRYODECON_POSTGRES_URL is set but {path} stores runs in {kind}: add a `storage: postgres:` "
+            "block to that file (README, Instance) or unset the variable; the file is the operator's and is "
+            "not rewritten"
+        )
+    if kind == "postgres":
+        url = (storage.get("postgres") or {}).get("postgres_url")
+        variable = url.get("env") if isinstance(url, dict) else None
+        if variable and not os.environ.get(variable):
+            raise InstanceFileError(f"{path} reads its PostgreSQL URL from ${variable}, which is not set")
+    if not (config.get("run_monitoring") or {}).get("enabled"):
+        print(
+            f"cryodecon: warning: {path} has no `run_monitoring: enabled: true`: a run worker that is killed "
+            "keeps its gpu slot until someone frees it (see the repo's dagster.yaml)",
+            file=sys.stderr,
+        )
 
 
 def _resolve_device(name: str) -> str:
@@ -402,10 +448,25 @@ def cmd_tick(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
+    from cryodecon_assets.batching import MANIFESTS, BatchManifest
+    from cryodecon_assets.partitions import acquisition_batches
     from cryodecon_assets.sensors import PROCESS_JOB
+    from cryodecon_resources import resources_from_environment
     from cryodecon_resources.io_manager import SELECTION_TAG
 
+    warehouse = resources_from_environment()["warehouse"]
+    known = warehouse.list_documents(MANIFESTS)  # type: ignore[attr-defined]
+    if args.batch not in known:
+        print(f"cryodecon reprocess: no batch {args.batch!r} (known: {_some(known)})", file=sys.stderr)
+        return 2
+    manifest = BatchManifest.from_document(warehouse.read_document(MANIFESTS, args.batch))  # type: ignore[attr-defined]
+    unknown = sorted(set(args.micrograph) - {f.name for f in manifest.files})
+    if unknown:
+        print(f"cryodecon reprocess: batch {args.batch} has no micrograph {', '.join(unknown)}", file=sys.stderr)
+        return 2
     instance, defs = _instance_and_defs()
+    if not instance.has_dynamic_partition(acquisition_batches.name, args.batch):
+        instance.add_dynamic_partitions(acquisition_batches.name, [args.batch])  # a cut the sensor never registered
     tags = {"cryodecon/source": "reprocess"}
     if args.micrograph:
         tags[SELECTION_TAG] = ",".join(args.micrograph)
@@ -414,6 +475,12 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     )
     print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
     return 0 if result.success else 1
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    if not names:
+        return "none"
+    return ", ".join(names[-shown:]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def cmd_library(args: argparse.Namespace) -> int:
@@ -552,7 +619,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command](args)
+    try:
+        return COMMANDS[args.command](args)
+    except InstanceFileError as exc:
+        print(f"cryodecon: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ whose HyperScores were never materialised with no run under way (a run that died
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -27,33 +28,52 @@ from cryodecon_assets.batching import (
 )
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
-from cryodecon_resources.storage import sha256_of_file
+from cryodecon_resources.storage import UnreadableFolder, sha256_of_file
+from cryodecon_science.io.session import exposure_name
 
 PROCESS_JOB = "process_batch"
 
 
-def ledger(
-    warehouse: ScoreWarehouse, sessions: Iterable[str] | None = None
-) -> tuple[set[str], dict[str, int], list[BatchManifest]]:
-    """Paths already assigned to a batch, next sequence number per session, and the manifests.
+@dataclass(frozen=True)
+class Ledger:
+    """What the manifests of some sessions say: assigned paths, their checksums, next sequence numbers."""
 
-    With ``sessions``, only the manifests of those sessions are read (keys ``<session>-<sequence>``):
-    a tick reads the ledger of the sessions on storage now, not of every batch ever cut.
-    """
-    assigned: set[str] = set()
-    next_sequence: dict[str, int] = {}
-    manifests = []
+    assigned: set[str]
+    checksums: dict[str, str]  # SHA-256 -> the relative path that landed first
+    next_sequence: dict[str, int]  # per safe_session name
+    manifests: list[BatchManifest]
+
+
+def ledger(warehouse: ScoreWarehouse, sessions: Iterable[str] | None = None) -> Ledger:
+    """The manifests (of ``sessions`` only, when given: keys ``<safe_session>-<sequence>``) as a ledger."""
+    result = Ledger(set(), {}, {}, [])
     keys = warehouse.list_documents(MANIFESTS)
     if sessions is not None:
         prefixes = tuple(f"{safe_session(s)}-" for s in set(sessions))
         keys = [k for k in keys if k.startswith(prefixes)]
     for key in keys:
         manifest = BatchManifest.from_document(warehouse.read_document(MANIFESTS, key))
-        manifests.append(manifest)
-        assigned.update(f.relative_path for f in manifest.files)
+        result.manifests.append(manifest)
+        for f in manifest.files:
+            result.assigned.add(f.relative_path)
+            result.checksums.setdefault(f.sha256, f.relative_path)
         session = safe_session(manifest.session)
-        next_sequence[session] = max(next_sequence.get(session, 1), manifest.sequence + 1)
-    return assigned, next_sequence, manifests
+        result.next_sequence[session] = max(result.next_sequence.get(session, 1), manifest.sequence + 1)
+    return result
+
+
+def _quarantine_key(relative_path: str) -> str:
+    """One sensor-stage quarantine row per path: its latest verdict, removed once the file is batched."""
+    return "sensor-" + hashlib.sha1(relative_path.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CutResult:
+    plan: Plan
+    created: list[BatchManifest]
+    conflicts: list[str]  # batch keys whose manifest already existed: a fault, logged as an error
+    unreadable_folders: tuple[UnreadableFolder, ...]  # every folder this pass could not list
+    new_unreadable_folders: tuple[UnreadableFolder, ...]  # of those, the ones the previous pass could list
 
 
 def cut_batches(
@@ -62,37 +82,78 @@ def cut_batches(
     state: PlanState,
     now_s: float,
     settle_seconds: float,
-) -> tuple[Plan, list[BatchManifest]]:
-    """One planning pass over storage; writes new manifests (create-once) and quarantine rows."""
-    observations = list(storage.scan())
-    assigned, next_sequence, _ = ledger(warehouse, {obs.session for obs in observations})
-    plan = plan_batches(
-        observations,
-        assigned,
-        state,
-        {safe_session(k): v for k, v in next_sequence.items()},
-        now_s,
-        absolute=lambda rel: str(storage.absolute(rel)),
-        checksum=lambda rel: sha256_of_file(storage.absolute(rel)),
-        settle_seconds=settle_seconds,
-        truncated_after_seconds=storage.truncated_after_seconds,
-        max_batch_size=storage.max_batch_size,
-        batch_window_seconds=storage.batch_window_seconds,
-    )
-    created = [m for m in plan.new_batches if warehouse.write_document_once(MANIFESTS, m.batch_key, m.to_document())]
+) -> CutResult:
+    """One planning pass over storage; writes new manifests (create-once) and quarantine rows.
+
+    Reading the ledger, planning and writing the manifests happen under the warehouse's manifest lock,
+    so the sensor and the sweep (or two daemons) never plan from the same ledger: a file can be in one
+    manifest only, whatever order each of them sorts ready files in.
+    """
+    scan = storage.scan()
+    with warehouse.lock(MANIFESTS):
+        book = ledger(warehouse, {obs.session for obs in scan.files})
+        plan = plan_batches(
+            scan.files,
+            book.assigned,
+            state,
+            book.next_sequence,
+            now_s,
+            absolute=lambda rel: str(storage.absolute(rel)),
+            checksum=lambda rel: sha256_of_file(storage.absolute(rel)),
+            settle_seconds=settle_seconds,
+            truncated_after_seconds=storage.truncated_after_seconds,
+            max_batch_size=storage.max_batch_size,
+            batch_window_seconds=storage.batch_window_seconds,
+            known_checksums=book.checksums,
+        )
+        created, conflicts = [], []
+        for manifest in plan.new_batches:
+            if warehouse.write_document_once(MANIFESTS, manifest.batch_key, manifest.to_document()):
+                created.append(manifest)
+            else:
+                conflicts.append(manifest.batch_key)
+    for manifest in created:
+        for f in manifest.files:
+            warehouse.delete_rows("quarantine", _quarantine_key(f.relative_path))
     for q in plan.quarantined:
-        key = "sensor-" + hashlib.sha1(f"{q.relative_path}:{q.size_bytes}".encode()).hexdigest()[:16]
         row = asdict(q)
         row.update(
-            {
-                "micrograph": q.relative_path.rsplit("/", 1)[-1].split(".")[0],
-                "batch": None,
-                "stage": "sensor",
-                "recorded_at": q.seen_at_s,
-            }
+            {"micrograph": exposure_name(q.relative_path), "batch": None, "stage": "sensor", "recorded_at": q.seen_at_s}
         )
-        warehouse.write_rows("quarantine", key, [row])
-    return plan, created
+        warehouse.write_rows("quarantine", _quarantine_key(q.relative_path), [row])
+    unreadable = {folder.relative_path: folder for folder in scan.unreadable_folders}
+    for relative_path in set(state.unreadable_folders) - set(unreadable):
+        warehouse.delete_rows("quarantine", _quarantine_key(relative_path))  # listed again: its files are seen
+    new_folders = tuple(f for path, f in sorted(unreadable.items()) if path not in state.unreadable_folders)
+    for folder in new_folders:
+        row = {
+            "relative_path": folder.relative_path,
+            "session": folder.session,
+            "reason": "unreadable_folder",
+            "detail": folder.detail,
+            "size_bytes": None,
+            "seen_at_s": now_s,
+            "micrograph": None,
+            "batch": None,
+            "stage": "sensor",
+            "recorded_at": now_s,
+        }
+        warehouse.write_rows("quarantine", _quarantine_key(folder.relative_path), [row])
+    plan.state.unreadable_folders = {path: state.unreadable_folders.get(path, now_s) for path in unreadable}
+    return CutResult(plan, created, conflicts, scan.unreadable_folders, new_folders)
+
+
+def report_cut(log: Any, cut: CutResult) -> None:
+    """Log what a pass set aside; an existing manifest is an error, never a silent no-op."""
+    for q in cut.plan.quarantined:
+        log.warning(f"set aside {q.relative_path}: {q.reason}: {q.detail}")
+    for folder in cut.new_unreadable_folders:
+        log.warning(f"cannot list {folder.relative_path} (its exposures are not seen): {folder.detail}")
+    for key in cut.conflicts:
+        log.error(
+            f"batch {key}: a manifest with this key already exists in the warehouse, its files stay pending; "
+            "the ledger and the manifests disagree (was a manifest copied in or edited by hand?)"
+        )
 
 
 def run_requests_for(manifests: Sequence[BatchManifest], source: str) -> list[dg.RunRequest]:
@@ -117,16 +178,21 @@ def microscope_storage_sensor(
 ) -> dg.SensorResult:
     """Cut acquisition batches from complete new exposures and request a run for each."""
     state = PlanState.from_cursor(context.cursor)
-    plan, created = cut_batches(microscope_storage, warehouse, state, time.time(), microscope_storage.settle_seconds)
-    for q in plan.quarantined:
-        context.log.warning(f"quarantined {q.relative_path}: {q.reason}: {q.detail}")
+    cut = cut_batches(microscope_storage, warehouse, state, time.time(), microscope_storage.settle_seconds)
+    report_cut(context.log, cut)
+    plan, created = cut.plan, cut.created
     return dg.SensorResult(
         run_requests=run_requests_for(created, "sensor"),
         dynamic_partitions_requests=(
             [acquisition_batches.build_add_request([m.batch_key for m in created])] if created else []
         ),
         cursor=plan.state.to_cursor(),
-        skip_reason=None if created else f"no complete new batch ({plan.n_pending} files pending)",
+        skip_reason=None
+        if created
+        else f"no complete new batch ({plan.n_pending} files pending"
+        + (f", {len(cut.conflicts)} manifest conflicts" if cut.conflicts else "")
+        + (f", {len(cut.unreadable_folders)} unreadable folders" if cut.unreadable_folders else "")
+        + ")",
     )
 
 
@@ -145,11 +211,11 @@ def storage_sweep_schedule(
     state = PlanState(
         pending={
             obs.relative_path: {"size": obs.size_bytes, "mtime": obs.mtime_s, "since": obs.mtime_s}
-            for obs in microscope_storage.scan()
+            for obs in microscope_storage.scan().files
         }
     )
-    cut_batches(microscope_storage, warehouse, state, now, microscope_storage.settle_seconds)
-    _, _, manifests = ledger(warehouse)
+    report_cut(context.log, cut_batches(microscope_storage, warehouse, state, now, microscope_storage.settle_seconds))
+    manifests = ledger(warehouse).manifests
     known = set(instance.get_dynamic_partitions(acquisition_batches.name))
     missing_partitions = [m.batch_key for m in manifests if m.batch_key not in known]
     if missing_partitions:

@@ -12,15 +12,14 @@ output (e.g. an exposure quarantined on rerun).
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
-from cryodecon_science.io.mrc import Micrograph, read_micrograph, write_mrc
+from cryodecon_science.io.atomic import atomic_target
+from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph, write_mrc
 
 SELECTION_TAG = "cryodecon/micrographs"
 
@@ -48,10 +47,8 @@ class BatchIOManager(dg.ConfigurableIOManager):
                 (directory / f"{name}.pkl").unlink(missing_ok=True)
             else:
                 path = directory / f"{name}.pkl"
-                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-                with os.fdopen(fd, "wb") as handle:
+                with atomic_target(path) as tmp, open(tmp, "wb") as handle:
                     pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
-                os.replace(tmp, path)
             written.add(path.name)
         selective = bool(context.step_context.run_tags.get(SELECTION_TAG)) if context.has_asset_key else False
         if not selective:
@@ -66,12 +63,26 @@ class BatchIOManager(dg.ConfigurableIOManager):
         if not directory.is_dir():
             return result
         for path in sorted(directory.iterdir()):
-            if path.suffix == ".mrc" and not path.name.startswith("."):
-                result[path.stem] = read_micrograph(path)
-            elif path.suffix == ".pkl" and not path.name.startswith("."):
-                with open(path, "rb") as handle:
-                    result[path.stem] = pickle.load(handle)
+            if path.name.startswith(".") or path.suffix not in {".mrc", ".pkl"}:
+                continue
+            try:
+                if path.suffix == ".mrc":
+                    result[path.stem] = read_micrograph(path)
+                else:
+                    with open(path, "rb") as handle:
+                        result[path.stem] = pickle.load(handle)
+            except (InputFileError, OSError, pickle.UnpicklingError, EOFError) as exc:
+                producer = "/".join(context.asset_key.path)
+                raise StoredOutputError(
+                    f"{producer} (partition {context.asset_partition_key if context.has_asset_partitions else '-'}) "
+                    f"stored {path.name}, which cannot be read back: {exc}. The step {producer} wrote it; rerun "
+                    "that step for the batch (the file was damaged or written by another version)"
+                ) from exc
         return result
+
+
+class StoredOutputError(RuntimeError):
+    """A file the pipeline itself wrote cannot be read back (damaged storage, or another version's file)."""
 
 
 class OutputStore(dg.ConfigurableResource):

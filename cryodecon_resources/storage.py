@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +13,64 @@ import dagster as dg
 
 @dataclass(frozen=True)
 class FileObservation:
-    """One file seen on storage at one scan: path relative to the root, size and mtime."""
+    """One file seen on storage at one scan: path relative to the root, size, mtime and ctime.
+
+    ``ctime_s`` changes with the inode (``chmod``, ``chown``, a rename onto the path), not only with the
+    content, so a file set aside as unreadable is examined again once its permissions are fixed.
+    """
 
     relative_path: str
     session: str
     size_bytes: int
     mtime_s: float
+    ctime_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class UnreadableFolder:
+    """A folder under the storage root that cannot be listed: its exposures are invisible until fixed."""
+
+    relative_path: str
+    session: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class StorageScan:
+    """Everything one scan saw: the matching files and the folders it could not list."""
+
+    files: tuple[FileObservation, ...]
+    unreadable_folders: tuple[UnreadableFolder, ...]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A glob pattern relative to a session folder as a regex on '/'-separated relative paths.
+
+    ``**`` matches zero or more folders, ``*`` and ``?`` never cross a '/', ``[...]`` is a class (the
+    semantics of ``pathlib.Path.glob``).
+    """
+    parts = []
+    for segment in pattern.split("/"):
+        if segment == "**":
+            parts.append("(?:[^/]+/)*")
+            continue
+        regex, i = "", 0
+        while i < len(segment):
+            char = segment[i]
+            closing = segment.find("]", i + 2) if char == "[" else -1
+            if char == "*":
+                regex += "[^/]*"
+            elif char == "?":
+                regex += "[^/]"
+            elif closing > 0:
+                body = segment[i + 1 : closing]
+                regex += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+                i = closing
+            else:
+                regex += re.escape(char)
+            i += 1
+        parts.append(regex + "/")
+    return re.compile("".join(parts).removesuffix("/") + r"\Z")
 
 
 class MicroscopeStorage(dg.ConfigurableResource):
@@ -73,21 +125,51 @@ class MicroscopeStorage(dg.ConfigurableResource):
             return []
         return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def scan(self) -> Iterator[FileObservation]:
-        """Every file matching the patterns, skipping hidden/partial names (``.x.part``)."""
+    def scan(self) -> StorageScan:
+        """Every file matching the patterns, and every folder that could not be listed.
+
+        One walk per session folder; hidden names (``.x.part``, ``.snapshot``) are skipped, symbolic links
+        to folders are followed once (a link loop is cut).  A folder that cannot be listed (permissions,
+        a stale mount) is reported, never skipped in silence: the exposures in it are not pending, they
+        are unseen.
+        """
         root = Path(self.root)
+        patterns = [_pattern_regex(p) for p in self.patterns]
+        files: list[FileObservation] = []
+        unreadable: list[UnreadableFolder] = []
         for session_dir in self.session_dirs():
-            seen: set[Path] = set()  # a file matching several patterns is observed once
-            for pattern in self.patterns:
-                for path in sorted(session_dir.glob(pattern)):
-                    if path in seen or path.name.startswith(".") or not path.is_file():
+            session = session_dir.name
+
+            def report(error: OSError, session: str = session, session_dir: Path = session_dir) -> None:
+                folder = Path(error.filename or session_dir)
+                unreadable.append(UnreadableFolder(str(folder.relative_to(root)), session, str(error)))
+
+            visited: set[tuple[int, int]] = set()
+            for folder, subfolders, names in os.walk(session_dir, onerror=report, followlinks=True):
+                stat = os.stat(folder)
+                if (stat.st_dev, stat.st_ino) in visited:
+                    subfolders[:] = []
+                    continue
+                visited.add((stat.st_dev, stat.st_ino))
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+                prefix = os.path.relpath(folder, session_dir)
+                for name in sorted(names):
+                    relative = name if prefix == "." else f"{prefix}/{name}"
+                    if name.startswith(".") or not any(p.match(relative) for p in patterns):
                         continue
-                    seen.add(path)
+                    path = Path(folder) / name
                     try:
                         stat = path.stat()
                     except OSError:
                         continue  # vanished between listing and stat: seen again next tick if it returns
-                    yield FileObservation(str(path.relative_to(root)), session_dir.name, stat.st_size, stat.st_mtime)
+                    if not path.is_file():
+                        continue
+                    files.append(
+                        FileObservation(
+                            str(path.relative_to(root)), session, stat.st_size, stat.st_mtime, stat.st_ctime
+                        )
+                    )
+        return StorageScan(tuple(files), tuple(unreadable))
 
     def absolute(self, relative_path: str) -> Path:
         return Path(self.root) / relative_path

@@ -53,6 +53,7 @@ merge.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import random
 import re
@@ -587,7 +588,9 @@ class StructureLibrary(dg.ConfigurableResource):
         rows.sort(key=lambda r: (r["query_index"], r["_distance"]))
         return rows
 
-    def library_nn_distances(self, sample: int = 2000, seed: int = 0) -> npt.NDArray[np.float64]:
+    def library_nn_distances(
+        self, sample: int = 2000, seed: int = 0, before_s: float | None = None
+    ) -> npt.NDArray[np.float64]:
         """Each sampled entry's cosine distance to its nearest entry from *another batch*.
 
         The calibration sample for ``embedding.novelty_score``.  It mirrors how a batch is queried
@@ -597,26 +600,47 @@ class StructureLibrary(dg.ConfigurableResource):
         published structures: for them only the entry itself is left out.  Entries with no qualifying
         neighbour (a library holding a single batch) contribute nothing.
 
+        With ``before_s`` only entries registered before it count, as samples and as neighbours: the
+        library as it was known at that time, so a rerun of a batch is calibrated on what its first run
+        saw, not on the batches registered since.  The sample is drawn by a seeded hash of the entry ids,
+        not by row position, so compaction or a batch's re-registration does not change it.
+
         Parameters
         ----------
         sample : int
-            At most this many entries, drawn uniformly without replacement (all when the library is
-            smaller).
+            At most this many entries (all when fewer qualify).
         seed : int
             Seed of the sample, for reproducible calibration.
+        before_s : float or None
+            Only entries with ``registered_s < before_s``.
 
         Returns
         -------
         ndarray of float64, shape (m,)
-            m ≤ min(sample, count()); empty for a library with fewer than two entries.
+            m ≤ min(sample, qualifying entries); empty when fewer than two entries qualify.
         """
         table = self._open()
-        total = 0 if table is None else int(table.count_rows())
-        if table is None or total < 2:
+        if table is None or int(table.count_rows()) < 2:
             return np.zeros(0)
-        rng = np.random.default_rng(seed)
-        offsets = np.arange(total) if total <= sample else np.sort(rng.choice(total, size=sample, replace=False))
-        picked = table.take_offsets([int(o) for o in offsets]).select(["entry_id", "batch_key", "vector"]).to_arrow()
+        known = None if before_s is None else f"registered_s < {float(before_s)!r}"
+        query = table.search()
+        if known is not None:
+            query = query.where(known)
+        ids = query.select(["entry_id"]).limit(None).to_arrow().column("entry_id").to_pylist()
+        if len(ids) < 2:
+            return np.zeros(0)
+        if len(ids) > sample:
+            rank = {e: hashlib.sha256(f"{seed}:{e}".encode()).digest() for e in ids}
+            ids = sorted(ids, key=rank.__getitem__)[:sample]
+        chosen = ", ".join("'" + e.replace("'", "''") + "'" for e in sorted(ids))
+        picked = (
+            table.search()
+            .where(f"entry_id IN ({chosen})")
+            .select(["entry_id", "batch_key", "vector"])
+            .limit(None)
+            .to_arrow()
+            .sort_by("entry_id")
+        )
         entry_ids = picked.column("entry_id").to_pylist()
         batches = picked.column("batch_key").to_pylist()
         vectors = np.asarray(picked.column("vector").to_pylist(), dtype=np.float32)
@@ -629,12 +653,13 @@ class StructureLibrary(dg.ConfigurableResource):
                 i for i, b in enumerate(batches) if (REFERENCE_BATCH_KEY if is_reference_batch(b) else b) == batch
             ]
             if batch == REFERENCE_BATCH_KEY:
-                rows = self._search(table, vectors[members], None, 2)
+                rows = self._search(table, vectors[members], known, 2)
                 for local, i in enumerate(members):
                     others = [r for r in rows if r["query_index"] == local and r["entry_id"] != entry_ids[i]]
                     if others:
                         out.append(float(others[0]["_distance"]))
             else:
-                rows = self._search(table, vectors[members], f"batch_key != '{_checked_key('batch_key', batch)}'", 1)
+                other = f"batch_key != '{_checked_key('batch_key', batch)}'"
+                rows = self._search(table, vectors[members], other if known is None else f"{other} AND {known}", 1)
                 out.extend(float(r["_distance"]) for r in rows)
         return np.asarray(out, dtype=np.float64)

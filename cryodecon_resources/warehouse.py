@@ -13,11 +13,12 @@ Documents (batch manifests, causal-graph JSON) live beside the tables as JSON fi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from cryodecon_science.io.atomic import atomic_target, create_once
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A table folder is a table only when its name is a plain SQL identifier; anything else under
+# ``tables/`` (``hyperscores.bak``, ``tmp copy``) is someone's copy and gets no view.
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Views over the base tables that answer the common questions (README "Querying the warehouse").
 # Each view lists the base tables it needs; it is created only when they all hold data.
@@ -69,6 +75,11 @@ def _check_name(kind: str, value: str) -> str:
     return value
 
 
+def _quoted(identifier: str) -> str:
+    """``identifier`` as a double-quoted SQL identifier (keywords such as ``order`` stay usable)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def _view_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
     """The user-defined views of an open connection, sorted."""
     return sorted(
@@ -76,16 +87,10 @@ def _view_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
     )
 
 
-def _atomic_write_bytes(target: Path, write: Any) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _atomic_write_bytes(target: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(temporary path)`` and move the result onto ``target`` (``atomic_target``: umask modes)."""
+    with atomic_target(target) as tmp:
+        write(str(tmp))
 
 
 class ScoreWarehouse(dg.ConfigurableResource):
@@ -123,6 +128,31 @@ class ScoreWarehouse(dg.ConfigurableResource):
         _atomic_write_bytes(target, lambda tmp: frame.to_parquet(tmp, index=False))
         return len(frame)
 
+    def delete_rows(self, table: str, partition_key: str) -> bool:
+        """Remove the partition's rows of ``table``; False if it held none."""
+        target = self.table_dir(table) / f"{_check_name('partition', partition_key)}.parquet"
+        try:
+            target.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    @contextlib.contextmanager
+    def lock(self, collection: str) -> Iterator[None]:
+        """An exclusive lock over a document collection, across processes (``flock`` on its ``.lock``).
+
+        Held by whoever reads a collection's ledger and writes to it in one step (the sensor and the sweep
+        cutting batches), so two of them never plan from the same ledger.
+        """
+        directory = Path(self.root) / "documents" / _check_name("collection", collection)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def read_rows(self, table: str, partition_key: str | None = None) -> pd.DataFrame:
         directory = self.table_dir(table)
         if partition_key is not None:
@@ -134,10 +164,16 @@ class ScoreWarehouse(dg.ConfigurableResource):
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
     def tables(self) -> list[str]:
+        """Tables holding data: folders under ``tables/`` named as plain SQL identifiers, with Parquet files.
+
+        Other folders (``hyperscores.bak``, ``tmp copy``) are ignored.
+        """
         base = Path(self.root) / "tables"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+        return sorted(
+            p.name for p in base.iterdir() if _TABLE_NAME.match(p.name) and p.is_dir() and any(p.glob("*.parquet"))
+        )
 
     # ---- documents ----------------------------------------------------------------------------------
     def document_path(self, collection: str, key: str) -> Path:
@@ -155,19 +191,8 @@ class ScoreWarehouse(dg.ConfigurableResource):
         Used for frozen records such as batch manifests: two sensor ticks racing on the same key cannot
         both create it.
         """
-        target = self.document_path(collection, key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(document, indent=1, sort_keys=True, default=float)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        try:
-            os.link(tmp, target)  # atomic create-if-absent with full content
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        return create_once(self.document_path(collection, key), text.encode())
 
     def read_document(self, collection: str, key: str) -> dict[str, Any]:
         path = self.document_path(collection, key)
@@ -189,11 +214,11 @@ class ScoreWarehouse(dg.ConfigurableResource):
         for table in sorted(present):
             glob = str(self.table_dir(table) / "*.parquet").replace("'", "''")
             statements.append(
-                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
+                f"CREATE OR REPLACE VIEW {_quoted(table)} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
             )
         for name, (needs, sql) in _DERIVED_VIEWS.items():
             if needs <= present:
-                statements.append(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+                statements.append(f"CREATE OR REPLACE VIEW {_quoted(name)} AS {sql}")
         return statements
 
     def views(self) -> list[str]:
@@ -214,7 +239,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
 
                 def write(tmp: str, view: str = view) -> None:
                     escaped = tmp.replace("'", "''")
-                    connection.execute(f"COPY (SELECT * FROM {view}) TO '{escaped}' (FORMAT parquet)")
+                    connection.execute(f"COPY (SELECT * FROM {_quoted(view)}) TO '{escaped}' (FORMAT parquet)")
 
                 _atomic_write_bytes(target, write)
                 written.append(target)

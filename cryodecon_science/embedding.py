@@ -175,6 +175,10 @@ def _features(boxes: torch.Tensor, n_rings: int) -> torch.Tensor:
     return torch.where(norm > 0, features / norm.clamp_min(1e-300), torch.zeros_like(features))
 
 
+# float32 unit vectors: 1 − e·e reaches −d·ε₃₂ ≈ −64 × 6e−8 ≈ −4e−6 for d = 64; 1e−5 leaves room.
+DISTANCE_ROUNDING = 1e-5
+
+
 def novelty_score(
     query_nn_distances: npt.NDArray[np.floating], library_nn_distances: npt.NDArray[np.floating]
 ) -> float:
@@ -195,7 +199,9 @@ def novelty_score(
     Parameters
     ----------
     query_nn_distances : ndarray, shape (n,)
-        δ_j ≥ 0, in the library's distance (cosine distance for ``StructureLibrary``); n ≥ 1.
+        δ_j ≥ 0, in the library's distance (cosine distance for ``StructureLibrary``); n ≥ 1.  Values
+        down to −``DISTANCE_ROUNDING`` are rounding of a zero distance (float32 cosine of a vector with
+        itself) and count as 0.
     library_nn_distances : ndarray, shape (M,)
         D_i ≥ 0, same distance; may be empty.
 
@@ -207,15 +213,16 @@ def novelty_score(
     Raises
     ------
     ValueError
-        With no query distances, or NaN/negative distances.
+        With no query distances, or NaN or negative (beyond rounding) distances.
     """
     query = np.asarray(query_nn_distances, dtype=np.float64).ravel()
     library = np.asarray(library_nn_distances, dtype=np.float64).ravel()
     if query.size == 0:
         raise ValueError("no query distances: a batch without particles has no novelty")
     for name, values in (("query", query), ("library", library)):
-        if np.any(np.isnan(values)) or np.any(values < 0):
+        if np.any(np.isnan(values)) or np.any(values < -DISTANCE_ROUNDING):
             raise ValueError(f"{name} nearest-neighbour distances must be >= 0 and not NaN")
+    query, library = np.maximum(query, 0.0), np.maximum(library, 0.0)
     if library.size == 0:
         return 1.0
     ordered = np.sort(library)

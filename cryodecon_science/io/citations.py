@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from cryodecon_science.io.atomic import atomic_target
 
 EDGE_SCHEMA = pa.schema([("citing", pa.string()), ("cited", pa.string()), ("year", pa.int32())])
 NODE_SCHEMA = pa.schema(
@@ -49,16 +50,8 @@ class CitationTableError(ValueError):
 
 
 def _write_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_citation_edges(graph: nx.DiGraph, path: str | os.PathLike[str]) -> None:

@@ -37,16 +37,20 @@ from cryodecon_science.io.eer import MAX_EER_FRAMES, read_eer
 from cryodecon_science.io.epu import read_epu_xml
 from cryodecon_science.io.gain import GainReference, apply_gain, correct_defects, detect_hot_pixels
 from cryodecon_science.io.mrc import (
+    MAX_DIMENSION_PX,
     MAX_FRAMES,
+    PREALLOCATED_DETAIL,
     CorruptHeaderError,
     IncompleteFileError,
     check_complete,
+    check_not_zero_filled,
     read_fei_extended_header,
     read_geometry,
     read_mrc_frames,
+    zero_tail_detail,
 )
 from cryodecon_science.io.serialem import read_mdoc
-from cryodecon_science.io.tiff import check_page_chain, read_tiff_movie
+from cryodecon_science.io.tiff import MAX_EXPANSION, check_page_chain, read_tiff_movie
 from cryodecon_science.metadata import ExposureKind, ExposureMetadata, FieldValue, merge_metadata
 
 ImageFormat = Literal["mrc", "tiff", "eer"]
@@ -386,28 +390,50 @@ def _sidecar(path: Path) -> Path | None:
 
 
 def check_exposure_complete(path: str | os.PathLike[str]) -> int:
-    """Whether an exposure file is completely written, without decoding pixels; returns its frame count.
+    """Whether an exposure file is completely written, reading at most its last frame; returns its frame count.
 
-    * MRC: the size on disk equals the size the header declares (``mrc.check_complete``);
+    * MRC: the size on disk equals the size the header declares (``mrc.check_complete``), and the last
+      section's final rows are not all zero (``mrc.check_not_zero_filled``);
     * TIFF and EER: every image directory and strip lies inside the file and the directory chain ends
       (``tiff.check_ifd_chain_ends``: a copy in progress otherwise reads as a shorter movie);
+    * TIFF: the last image directory is not zeros, and the last page, decoded, does not end in rows of
+      zeros (its stored bytes are not zeros when they do not decode);
     * and, where an EPU XML or SerialEM mdoc sidecar beside the file announces a frame count, the file
       holds exactly that many frames.
 
     A sidecar's frame count is a better completeness test than a settle timer: a copy that paused for a
     minute still has fewer frames than announced.
 
+    Zero-filled (preallocated) files: some transfer tools create the file at its full size and fill it
+    afterwards, so its size and header say complete while its data is zeros.  The last
+    ``mrc.filled_tail_rows`` rows of the last section/frame are read: the last 1/16 of the rows and at
+    least 4096 pixels.  A real frame at a dose of λ e⁻/px has all of those n pixels empty with
+    probability exp(−λ·n): for a 4096² frame at 0.5 e⁻/px, n = 1,048,576 and exp(−524,288) ≈ 10^−227,695;
+    for the smallest region (4096 px) at 0.5 e⁻/px, exp(−2048) ≈ 10^−889; even at 0.01 e⁻/px (far below
+    any counting movie's fraction) exp(−41) ≈ 10^−18.  So real data never trips it.  Not detected:
+
+    * zeros in the middle (earlier sections/frames or rows still zero, later ones already written);
+    * a file filled in non-sequential order (its tail written before the rest);
+    * a partly written last frame whose zeros cover fewer than its last ``filled_tail_rows`` rows;
+    * EER: no zero-fill check (a raw EER frame is a run-length code of events, and zeros decode to events,
+      not to an empty frame), beyond the directory chain and a sidecar's frame count.
+
+    And wrongly reported as incomplete (then quarantined as truncated after ``truncated_after_seconds``): a
+    real exposure whose last rows are zero over that whole region, e.g. a dead readout section at the
+    bottom of the detector, or an aligned sum zero-padded by at least 1/16 of its height.
+
     Raises
     ------
     IncompleteFileError
-        Shorter than declared or fewer frames than announced (may still be copying).
+        Shorter than declared, fewer frames than announced (may still be copying), or the data's tail
+        still zeros ("last section all zeros: the file may be preallocated and still being filled").
     CorruptHeaderError, InputFileError
         A header or sidecar that cannot be valid, or more frames than announced.
     """
     target = Path(path)
     image_format = _FORMATS.get(target.suffix.lower())
     if image_format == "mrc":
-        frames = int(check_complete(target).shape_zyx[0])
+        frames = int(check_not_zero_filled(target, check_complete(target)).shape_zyx[0])
     elif image_format in ("tiff", "eer"):
         size = target.stat().st_size
         if size == 0:
@@ -416,6 +442,8 @@ def check_exposure_complete(path: str | os.PathLike[str]) -> int:
         try:
             with tifffile.TiffFile(target) as tif:
                 frames = check_page_chain(tif, target, size, limit)
+                if image_format == "tiff":
+                    _check_last_page_written(tif, target, size)
         except (tifffile.TiffFileError, struct.error, ValueError, IndexError) as exc:
             if isinstance(exc, CorruptHeaderError | IncompleteFileError):
                 raise
@@ -431,3 +459,48 @@ def check_exposure_complete(path: str | os.PathLike[str]) -> int:
         if announced is not None and frames > announced:
             raise CorruptHeaderError(target, f"{frames} frames on disk, {sidecar.name} announces only {announced}")
     return frames
+
+
+def _check_last_page_written(tif: tifffile.TiffFile, path: Path, size: int) -> None:
+    """Raise ``IncompleteFileError`` when the last page of a TIFF movie looks preallocated (zeros).
+
+    An image directory of zeros (no tags) is one not yet written.  The page is decoded with ``tifffile``
+    and checked like an MRC section (``mrc.zero_tail_detail``); compressed data that does not decode is
+    unwritten when its stored bytes end in zeros, corrupt otherwise.  Pages that ``read_tiff_movie`` would
+    reject for their shape or sizes are left to it.
+    """
+    page = tif.pages[-1]
+    if not isinstance(page, tifffile.TiffPage):
+        page = page.aspage()
+    if len(page.tags) == 0:
+        raise IncompleteFileError(path, f"image directory at byte {page.offset} all zeros: {PREALLOCATED_DETAIL}")
+    shape = tuple(int(v) for v in page.shape)
+    offsets, counts = [int(o) for o in page.dataoffsets], [int(c) for c in page.databytecounts]
+    if len(shape) != 2 or page.dtype is None or not offsets or len(offsets) != len(counts):
+        return
+    ny, nx = shape
+    decoded = ny * nx * np.dtype(page.dtype).itemsize
+    stored = sum(counts)
+    if not (0 < ny <= MAX_DIMENSION_PX and 0 < nx <= MAX_DIMENSION_PX) or not 0 < stored <= decoded * 2:
+        return
+    if decoded > MAX_EXPANSION * stored or min(offsets) <= 0:
+        return
+    end = max(o + c for o, c in zip(offsets, counts, strict=True))
+    if end > size:
+        raise IncompleteFileError(path, f"last frame's data ends at byte {end}, file has {size}")
+    try:
+        data = page.asarray()
+    except Exception as exc:  # tifffile/imagecodecs raise many types on undecodable data
+        raw = b"".join(_read_at(tif, o, c) for o, c in zip(offsets, counts, strict=True))
+        if not any(raw[-max(len(raw) // 16, min(len(raw), 64)) :]):
+            raise IncompleteFileError(path, f"last frame's stored data ends in zeros: {PREALLOCATED_DETAIL}") from exc
+        raise CorruptHeaderError(path, f"last frame not decodable ({type(exc).__name__}: {exc})") from exc
+    detail = zero_tail_detail(np.asarray(data).reshape(ny, nx))
+    if detail is not None:
+        raise IncompleteFileError(path, detail)
+
+
+def _read_at(tif: tifffile.TiffFile, offset: int, count: int) -> bytes:
+    tif.filehandle.seek(offset)
+    data: bytes = tif.filehandle.read(count)
+    return data

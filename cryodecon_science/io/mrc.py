@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -39,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from mrcfile.mrcfile import MrcFile
 
+from cryodecon_science.io.atomic import atomic_target
 from cryodecon_science.io.rawread import read_converted, read_ranges
 from cryodecon_science.metadata import Fields
 
@@ -240,6 +240,75 @@ def check_complete(path: str | os.PathLike[str]) -> MrcGeometry:
     return geometry
 
 
+# The zero-fill check reads the last 1/TAIL_ROW_FRACTION of the rows of the last section, and at least
+# MIN_TAIL_PIXELS pixels (the whole section when it is smaller).
+TAIL_ROW_FRACTION = 16
+MIN_TAIL_PIXELS = 4096
+PREALLOCATED_DETAIL = "the file may be preallocated and still being filled"
+
+
+def filled_tail_rows(ny: int, nx: int) -> int:
+    """Rows at the end of a section (ny × nx px) that are never all zero in a complete exposure.
+
+    The last 1/16 of the rows (256 of 4096), and at least 4096 pixels, so that even a small
+    frame at low dose holds electrons there (reasoning in ``layout.check_exposure_complete``).
+    """
+    return min(ny, max(-(-ny // TAIL_ROW_FRACTION), -(-MIN_TAIL_PIXELS // nx)))
+
+
+def zero_tail_detail(section: npt.NDArray[Any], rows: int | None = None) -> str | None:
+    """Why the last section (ny, nx) of an exposure looks unwritten, or None when its last rows hold data.
+
+    ``rows``: how many final rows must hold data (default ``filled_tail_rows``).  The detail says whether
+    the whole section or only its last rows are zero.
+    """
+    ny, nx = section.shape
+    rows = filled_tail_rows(ny, nx) if rows is None else rows
+    if section[ny - rows :].any():
+        return None
+    if section.any():
+        return f"last {rows} rows of the last section all zeros: {PREALLOCATED_DETAIL}"
+    return f"last section all zeros: {PREALLOCATED_DETAIL}"
+
+
+def check_not_zero_filled(path: str | os.PathLike[str], geometry: MrcGeometry | None = None) -> MrcGeometry:
+    """Return the geometry unless the last section's final rows are all zero bytes (``filled_tail_rows``).
+
+    A file preallocated at full size and filled in order has a valid header and the declared size while
+    its data is still zeros.  Only the tail rows of the last section are read (1/16 of one section); the
+    whole last section is read only when they are zero, to say which part is.  ``geometry``: the result of
+    ``check_complete`` (computed when not given).
+
+    Raises
+    ------
+    IncompleteFileError
+        The tail of the data is zero (the detail says "last section all zeros: ..." or "last N rows ...").
+    """
+    geometry = check_complete(path) if geometry is None else geometry
+    _, ny, nx = geometry.shape_zyx
+    if geometry.mode == 101:
+        row_bytes = (nx + 1) // 2
+    elif geometry.data_dtype:
+        row_bytes = nx * np.dtype(geometry.data_dtype).itemsize
+    else:
+        return geometry  # a mode the readers reject with their own error
+    rows = filled_tail_rows(ny, nx)
+    end = geometry.declared_size_bytes  # the data block ends the file
+    with open(path, "rb") as handle:
+        handle.seek(end - rows * row_bytes)
+        tail = handle.read(rows * row_bytes)
+        if len(tail) < rows * row_bytes:
+            raise IncompleteFileError(path, f"shorter than the {geometry.declared_size_bytes} bytes declared")
+        if np.frombuffer(tail, dtype=np.uint8).any():
+            return geometry
+        handle.seek(end - ny * row_bytes)
+        section = np.frombuffer(handle.read(ny * row_bytes), dtype=np.uint8)
+    detail = zero_tail_detail(section.reshape(ny, row_bytes), rows)
+    if detail is not None:
+        raise IncompleteFileError(path, detail)
+    return geometry
+
+
 def _read_data_block(
     path: str | os.PathLike[str], geometry: MrcGeometry, out_dtype: npt.DTypeLike | None
 ) -> npt.NDArray[Any]:
@@ -413,20 +482,11 @@ def write_mrc(path: str | os.PathLike[str], data: npt.NDArray[np.generic], pixel
     """Write ``data`` (2D image or 3D stack) with the pixel size in the header, atomically.
 
     The file is written under a temporary name in the same folder and renamed, so a reader (or the
-    storage sensor) never sees it half-written.
+    storage sensor) never sees it half-written; its permissions follow the umask (``io.atomic``).
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(data))
-            mrc.voxel_size = pixel_size_angstrom
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_target(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(data))
+        mrc.voxel_size = pixel_size_angstrom
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import mrcfile
 import numpy as np
 import numpy.typing as npt
 
+from cryodecon_science.io.atomic import atomic_target
 from cryodecon_science.io.mrc import InputFileError, check_complete, write_mrc
 from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.simulate import MicrographTruth, SimulatedMicrograph, SimulatedMovie, SimulatedSession
@@ -109,17 +109,10 @@ def _write_bytes_if_changed(path: Path, content: bytes) -> None:
     """Atomic write (temporary file + os.replace) unless the file already holds these exact bytes."""
     if path.is_file() and _sha256_file(path) == hashlib.sha256(content).hexdigest():
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_target(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _mrc_holds(path: Path, data: npt.NDArray[np.generic], pixel_size_angstrom: float) -> bool:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import starfile
 
+from cryodecon_science.io.atomic import atomic_target
 from cryodecon_science.optics import CtfParams, MicroscopeSettings
 from cryodecon_science.records import CtfFit
 
@@ -256,21 +255,12 @@ def _optics_groups(microscopes: list[MicroscopeSettings]) -> tuple[dict[Microsco
 
 def _write_star_atomically(path: str | os.PathLike[str], optics: pd.DataFrame, micrographs: pd.DataFrame) -> None:
     """Both blocks with RELION's version comment, via a temporary file moved into place (module docstring)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         starfile.write({OPTICS_BLOCK: optics, MICROGRAPHS_BLOCK: micrographs}, tmp)
-        text = Path(tmp).read_text()
+        text = tmp.read_text()
         version = f"# version {RELION_STAR_VERSION}\n\n"
         text = "".join(version + line if line.startswith("data_") else line for line in text.splitlines(True))
-        Path(tmp).write_text(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a table is meant to be read by the whole project
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp.write_text(text)
 
 
 def read_micrographs_ctf_star(path: str | os.PathLike[str]) -> list[MicrographCtfRecord]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from cryodecon_science.io.atomic import atomic_target
 
 
 class TorchFileError(ValueError):
@@ -27,19 +28,10 @@ class TorchFileError(ValueError):
         super().__init__(f"{path}: {detail}")
 
 
-def save_payload(payload: dict[str, Any], path: str | os.PathLike[str], mode: int = 0o644) -> None:
-    """Write ``payload`` with ``torch.save`` atomically; ``mode`` is the file's permission bits."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
+def save_payload(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``payload`` with ``torch.save`` atomically; the file's permissions follow the umask."""
+    with atomic_target(path) as tmp:
         torch.save(payload, tmp)
-        os.chmod(tmp, mode)  # mkstemp creates 0600
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_payload(

@@ -36,8 +36,8 @@ def test_concurrent_runs_lose_and_duplicate_no_rows(tmp_path: Path, monkeypatch:
     nan_image[10:20, 10:20] = np.nan
     write_mrc(Path(storage.root) / "grid" / "micrographs" / "grid_mic_9999.mrc", nan_image, 1.0)  # type: ignore[attr-defined]
     # Cut the batches exactly as the sensor does (two passes: seen, then stable).
-    state = cut_batches(storage, resources["warehouse"], PlanState(), time.time(), 0.0)[0].state  # type: ignore[arg-type]
-    _, created = cut_batches(storage, resources["warehouse"], state, time.time(), 0.0)  # type: ignore[arg-type]
+    state = cut_batches(storage, resources["warehouse"], PlanState(), time.time(), 0.0).plan.state  # type: ignore[arg-type]
+    created = cut_batches(storage, resources["warehouse"], state, time.time(), 0.0).created  # type: ignore[arg-type]
     assert [m.batch_key for m in created] == ["grid-00001", "grid-00002"]
     home = prepare_instance_home(tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -254,3 +254,17 @@ def test_compact_without_table_and_without_index(library: StructureLibrary) -> N
     stats = library.compact()
     assert stats["rows"] == 5 and stats["unindexed_rows"] == 0 and stats["versions_pruned"] == 0
     assert library.index_info() == {"indexed": False, "rows": 5}
+
+
+def test_a_rerun_is_calibrated_on_the_library_its_first_run_saw(library: StructureLibrary) -> None:
+    """Novelty of a rerun must not move because batches were registered since (or rows were rewritten)."""
+    add(library, "b1", unit_vectors(30, 1), 100.0)
+    add(library, "b2", unit_vectors(30, 2), 200.0)
+    first = library.library_nn_distances(sample=20, before_s=300.0)
+    add(library, "b3", unit_vectors(30, 3), 400.0)  # cut after the batch being rerun
+    add(library, "b1", unit_vectors(30, 1), 100.0)  # an earlier batch rerun: same rows, new physical order
+    library.compact()
+    again = library.library_nn_distances(sample=20, before_s=300.0)
+    np.testing.assert_array_equal(np.sort(first), np.sort(again))
+    assert first.size == 20
+    assert library.library_nn_distances(sample=20).size == 20  # without a time: the whole library

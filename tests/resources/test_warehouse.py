@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import shutil
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from cryodecon_resources.warehouse import ScoreWarehouse
@@ -95,3 +97,34 @@ def test_names_are_checked(tmp_path: Path) -> None:
         warehouse.write_rows("scores", "../escape", _rows("x", 1))
     with pytest.raises(ValueError, match="table"):
         warehouse.write_rows("scores; DROP", "a", _rows("x", 1))
+
+
+@pytest.mark.parametrize("stray", ["hyperscores.bak", "tmp copy"])
+def test_stray_folders_under_tables_do_not_break_queries_or_exports(tmp_path: Path, stray: str) -> None:
+    """A backup copy (``hyperscores.bak``) or a desktop copy (``tmp copy``) of a table folder is ignored."""
+    warehouse = ScoreWarehouse(root=str(tmp_path / "warehouse"))
+    warehouse.write_rows("scores", "a-00001", _rows("a-00001", 3))
+    warehouse.write_rows("scores", "a-00002", _rows("a-00002", 4))
+    tables = tmp_path / "warehouse" / "tables"
+    (tables / stray).mkdir()
+    shutil.copy(tables / "scores" / "a-00001.parquet", tables / stray / "a-00001.parquet")
+
+    assert warehouse.tables() == ["scores"]
+    assert warehouse.views() == ["scores"]
+    assert int(warehouse.query("SELECT count(*) AS n FROM scores")["n"][0]) == 7
+    exported = warehouse.export_parquet(tmp_path / "export")
+    assert [p.name for p in exported] == ["scores.parquet"]
+    assert len(pd.read_parquet(exported[0])) == 7
+    with duckdb.connect(str(warehouse.export_views()), read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM scores").fetchone() == (7,)
+
+
+def test_view_names_are_quoted_in_the_generated_sql(tmp_path: Path) -> None:
+    """Table names that are SQL keywords still make working views (identifiers are double-quoted)."""
+    warehouse = ScoreWarehouse(root=str(tmp_path))
+    warehouse.write_rows("select", "a-00001", _rows("a-00001", 2))
+    warehouse.write_rows("order", "a-00001", _rows("a-00001", 5))
+    assert warehouse.views() == ["order", "select"]
+    assert int(warehouse.query('SELECT count(*) AS n FROM "order"')["n"][0]) == 5
+    assert int(warehouse.query('SELECT count(*) AS n FROM "select"')["n"][0]) == 2
+    assert [p.name for p in warehouse.export_parquet(tmp_path / "export")] == ["order.parquet", "select.parquet"]

@@ -255,3 +255,11 @@ def test_novelty_calibration_arithmetic_and_edge_cases() -> None:
         novelty_score(np.zeros(0), library_nn)
     with pytest.raises(ValueError):
         novelty_score(np.array([np.nan]), library_nn)
+
+
+def test_a_duplicate_at_rounding_distance_has_novelty_zero_not_an_error() -> None:
+    """The float32 cosine distance of an embedding to itself can come out a few 1e-7 below zero."""
+    library_nn = np.array([0.1, 0.2, 0.3])
+    assert novelty_score(np.array([-3e-7, -1e-6]), library_nn) == 0.0
+    with pytest.raises(ValueError, match=">= 0"):
+        novelty_score(np.array([-0.01]), library_nn)

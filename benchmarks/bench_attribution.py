@@ -72,7 +72,7 @@ import torch
 from _common import write_results
 
 from cryodecon_science import causal
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
 
 GOAL_SPEARMAN = 0.9
@@ -160,7 +160,7 @@ def blur_equivalent_px(shifts_px: np.ndarray | None) -> float:
     shifts: the summed movie's blur kernel is the mean of deltas at the shifts, with covariance Σ; a straight
     blur of length d has variance d²/12 along it, and both transfer functions are 1 − 4π² kᵀΣk to second
     order in k, so d = √(12 λ_max(Σ)).  This is what the spectrum's anisotropy measures
-    (``causal._blur_from_anisotropy``); a curved path of length L gives d < L."""
+    (``causal.nodes``, blur from the anisotropy); a curved path of length L gives d < L."""
     if shifts_px is None:
         return 0.0
     covariance = np.cov(np.asarray(shifts_px, dtype=np.float64).T, bias=True)

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from _common import write_results
 
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.io.mrc import write_mrc
 from cryodecon_science.optics import CtfParams, MicroscopeSettings, canonical_ctf_params, ctf_2d
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph

@@ -57,7 +57,8 @@ import torch
 from _common import json_ready, ls_psnr_db
 
 from cryodecon_science import causal, fusion
-from cryodecon_science.ctf_estimate import _TILE_OVERLAP_FRACTION, estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
+from cryodecon_science.ctf.layout import TILE_OVERLAP_FRACTION as _TILE_OVERLAP_FRACTION
 from cryodecon_science.denoiser import (
     DEFAULT_TILE_PX,
     TILE_MARGIN_PX,
@@ -127,27 +128,28 @@ def relative_defocus_error(fit: Any, truth: Any) -> float:
 
 # ------------------------------------------------------------------------------------------ sections
 CTF_STAGES = (
-    "_validated_image",
+    "validated_image",
     "half_set_power_spectra",
-    "_flatten_spectrum",
-    "_smooth_level",
-    "_search_mean_defocus",
-    "_fit_envelopes",
-    "_grid_and_refine",
-    "_refine",
-    "_equiphase_average",
-    "_fit_resolution_per_angstrom",
-    "_defocus_sigma_angstrom",
-    "_spectral_model",
+    "flatten_spectrum",
+    "smooth_level",
+    "search_mean_defocus",
+    "fit_envelopes",
+    "grid_and_refine",
+    "refine",
+    "equiphase_average",
+    "fit_resolution_per_angstrom",
+    "defocus_sigma_angstrom",
+    "spectral_model",
 )
-"""``ctf_estimate`` functions timed one by one in ``ctf_stage_seconds`` (outermost calls only)."""
+"""Functions called by ``cryodecon_science.ctf.estimate``, timed one by one in ``ctf_stage_seconds`` (outermost
+calls only)."""
 
 
 def ctf_stage_seconds(fit: Callable[[], Any], device: torch.device) -> dict[str, float]:
     """Wall time of each stage of one ``estimate_ctf`` call, the device synchronised around each stage
     (which adds a few synchronisations: the stages sum to a little more than an undisturbed fit).
     Inspects the estimator's private functions on purpose, as ``diagnose_ctf_angle.py`` does."""
-    import cryodecon_science.ctf_estimate as ce
+    import cryodecon_science.ctf.estimate as ce
 
     clock = Clock(device)
     seconds: dict[str, float] = {}

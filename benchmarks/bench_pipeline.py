@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cryodecon_science import causal
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.embedding import embed_particles
 from cryodecon_science.picking import extract_boxes, pick_particles
 from cryodecon_science.restore import wiener_deconvolve, wiener_denoise

@@ -142,7 +142,7 @@ import torch
 from _common import write_results
 
 from cryodecon_science import causal, fusion
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.denoiser import (
     DenoiserUNet,
     TrainingConfig,

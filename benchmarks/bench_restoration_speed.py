@@ -43,7 +43,7 @@ from _common import write_results
 from bench_restoration import FUSION_SEED, least_squares_fit, psnr_db, run_topaz, topaz_environment
 
 from cryodecon_science import causal, fusion
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.denoiser import denoise_learned
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
 from cryodecon_science.restore import wiener_denoise

@@ -4,9 +4,9 @@
 
 Re-simulates ``bench_ctf.py``'s micrographs (same seeds, same constant particle density) and runs
 ``estimate_ctf`` on each.  The final refinement's pixel set (the weighted periodogram pixels of the fit
-band, ``ctf_estimate._band_pixels``, of the whole spectrum: the half-set refits that follow it for the
-defocus σ are skipped) is captured by wrapping ``ctf_estimate._refine``; on it the script
-evaluates the fit's objective, the weighted NCC (``ctf_estimate._ncc``), at the estimate and at the true
+band, ``ctf.refine_2d.band_pixels``, of the whole spectrum: the jackknife refits that follow it for the
+defocus σ are skipped) is captured by wrapping ``refine`` where ``ctf.estimate`` calls it; on it the script
+evaluates the fit's objective, the weighted NCC (``ctf.refine_2d._ncc``), at the estimate and at the true
 (D, h_x, h_y), and refines from the truth with the estimator's own local optimiser.  If the NCC at the
 estimate is at least that at the truth, the estimator found the better optimum of its objective and the
 angle error comes from the noise in the data, not from the search.  Writes
@@ -25,7 +25,8 @@ import torch
 from _common import write_results
 from bench_ctf import angle_error_deg, particles_at_constant_density
 
-import cryodecon_science.ctf_estimate as ce
+import cryodecon_science.ctf.estimate as ce
+from cryodecon_science.ctf import refine_2d
 from cryodecon_science.optics import CtfParams
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
@@ -52,14 +53,14 @@ def main() -> None:
         particles_per_micrograph=particles_at_constant_density(args.size),
     )
     captured: dict[str, Any] = {}
-    refine = ce._refine
+    refine = ce.refine
 
     def recording_refine(pixels: Any, starts: np.ndarray, bounds: Any) -> tuple[np.ndarray, np.ndarray]:
-        if len(pixels.s_norm2) == 1:  # the whole spectrum, not the two half sets
+        if len(pixels.s_norm2) == 1:  # the whole spectrum, not the jackknife's group spectra
             captured["pixels"], captured["bounds"] = pixels, bounds
         return refine(pixels, starts, bounds)
 
-    ce._refine = recording_refine  # type: ignore[assignment]
+    ce.refine = recording_refine  # type: ignore[assignment]
     rows = []
     for i in args.cases:
         sim = simulate_micrograph(config, f"case{i}", (args.seed, i))
@@ -69,7 +70,7 @@ def main() -> None:
         )
         pixels, bounds = captured["pixels"], captured["bounds"]  # the last refinement: the full fit band
         estimate_params, truth_params = components(fit.ctf), components(truth)
-        ncc = ce._ncc(pixels, torch.as_tensor(np.stack([estimate_params, truth_params])))
+        ncc = refine_2d._ncc(pixels, torch.as_tensor(np.stack([estimate_params, truth_params])))
         refined, refined_ncc = refine(pixels, truth_params[None, :], bounds)
         from_truth, ncc_from_truth = refined[0], float(refined_ncc[0])
         angle_from_truth = math.degrees(math.atan2(float(from_truth[2]), float(from_truth[1]))) / 2 % 180
@@ -87,7 +88,7 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    ce._refine = refine  # type: ignore[assignment]
+    ce.refine = refine  # type: ignore[assignment]
     lines = [
         f"Astigmatism angle at SNR {args.snr:g}, {args.size}² (bench_ctf.py's micrographs with U − V > 500 Å): "
         "the fit's objective at the estimate vs at the truth.",

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import dagster as dg
 import numpy as np
 
-from cryodecon_assets.batching import MANIFESTS, BatchManifest
+from cryodecon_assets.batching import MANIFESTS, BatchManifest, ManifestFile
 from cryodecon_assets.figures import (
     PREVIEW_LIMIT,
     before_after_markdown,
@@ -51,18 +51,18 @@ from cryodecon_resources.io_manager import SELECTION_TAG
 from cryodecon_resources.scoring import WEIGHTS_TABLE
 from cryodecon_resources.storage import sha256_of_file
 from cryodecon_science import causal, scores
-from cryodecon_science.artifacts import remove_artifacts
 from cryodecon_science.citations import max_citations_within_years
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.denoiser import DenoiserUNet, denoise_learned_many
 from cryodecon_science.embedding import embed_particles, novelty_score
+from cryodecon_science.exposure import FALLBACK_VOLTAGE_KV, Exposure
 from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
+from cryodecon_science.ingest import MovieMotion, PreparedExposure, prepare_exposure
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
 from cryodecon_science.io.layout import read_exposure
-from cryodecon_science.io.mrc import CorruptHeaderError, InputFileError, Micrograph, write_mrc
-from cryodecon_science.io.session import SessionMetadataError, exposure_name, read_session_metadata
-from cryodecon_science.metadata import ExposureMetadata, flatten_metadata, metadata_to_json
-from cryodecon_science.motion import accumulated_motion, align_movie
+from cryodecon_science.io.mrc import InputFileError, Micrograph, write_mrc
+from cryodecon_science.io.session import SessionMetadata, SessionMetadataError, read_session_metadata
+from cryodecon_science.metadata import flatten_metadata, metadata_to_json
 from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.picking import excluded_area_mask, extract_boxes, pick_particles
 from cryodecon_science.records import CtfFit
@@ -223,122 +223,146 @@ def quarantine_row(
     }
 
 
-@dataclass(frozen=True)
-class ExposureInfo:
-    """What the warehouse's ``micrographs`` table says about one exposure (written by raw_micrographs)."""
-
-    session: str
-    microscope: MicroscopeSettings
-    dose_e_per_angstrom2: float | None
-    nominal_defocus_angstrom: float | None
-    drift_total_px: float | None
-    residual_blur_px: float | None
-    batch_sequence: int
-    cut_at_s: float
-
-
-def exposure_info(warehouse: ScoreWarehouse, batch: str) -> dict[str, ExposureInfo]:
-    frame = warehouse.read_rows("micrographs", batch)
-    info: dict[str, ExposureInfo] = {}
-    for row in frame.to_dict("records"):
-        info[row["micrograph"]] = ExposureInfo(
-            session=row["session"],
-            microscope=MicroscopeSettings(
-                voltage_kv=row["voltage_kv"],
-                spherical_aberration_mm=row["spherical_aberration_mm"],
-                amplitude_contrast_fraction=row["amplitude_contrast_fraction"],
-                pixel_size_angstrom=row["pixel_size_angstrom"],
-            ),
-            dose_e_per_angstrom2=_optional(row.get("dose_e_per_angstrom2")),
-            nominal_defocus_angstrom=_optional(row.get("nominal_defocus_angstrom")),
-            drift_total_px=_optional(row.get("drift_total_px")),
-            residual_blur_px=_optional(row.get("residual_blur_px")),
-            batch_sequence=int(row["batch_sequence"]),
-            cut_at_s=float(row["cut_at_s"]),
-        )
-    return info
-
-
-def microscope_from_record(record: ExposureMetadata, micrograph: Micrograph) -> MicroscopeSettings:
-    """Optics from the exposure's metadata record, where no session description exists (real data).
-
-    Voltage from the header/sidecar (300 kV if absent); C_s is in none of EPU's or SerialEM's files, so
-    it is the 2.7 mm of the Krios/Glacios objective unless a session description says otherwise;
-    amplitude contrast 0.07 (vitreous ice, RELION's default).
-    """
-    defaults = MicroscopeSettings()
-    return MicroscopeSettings(
-        voltage_kv=record.optics.voltage_kv or defaults.voltage_kv,
-        spherical_aberration_mm=record.optics.spherical_aberration_mm or defaults.spherical_aberration_mm,
-        amplitude_contrast_fraction=defaults.amplitude_contrast_fraction,
-        pixel_size_angstrom=micrograph.pixel_size_angstrom,
-    )
-
-
 # MotionCor2's names for the dose-weighted, even-frame and odd-frame sums beside the aligned sum.
 MOTION_SUM_SUFFIXES = ("_DW", "_EVN", "_ODD")
 
 
-def movie_dose_and_voltage(session: Any, record: ExposureMetadata) -> tuple[float | None, float | None]:
-    """Total exposure (e⁻/Å²) and voltage (kV) of a movie: the session description where there is one,
-    else the exposure's own metadata record (header + sidecar); None where no source gives it."""
-    if session is not None:
-        return session.dose_e_per_angstrom2, session.microscope.voltage_kv
-    return record.dose.total_dose_e_per_angstrom2, record.optics.voltage_kv
+def session_description(session_dir: Path, log: Any) -> SessionMetadata | None:
+    """The session's ``session.json`` where there is a usable one (simulated sessions), else None."""
+    try:
+        return read_session_metadata(session_dir)
+    except SessionMetadataError as exc:
+        log.info(f"no usable session description ({exc}): optics from each exposure's header and sidecar")
+        return None
 
 
-def correct_movie(
-    frames: np.ndarray,
-    pixel_size_angstrom: float,
-    dose_and_voltage: tuple[float | None, float | None],
-    folder: Path,
-    name: str,
-    torch_device: Any,
-    patch_grid: tuple[int, ...] = (),
-) -> tuple[Any, dict[str, Any]]:
-    """Align a movie (global drift, SSNR-weighted), dose-weight it when its exposure is known and the voltage
-    is one the critical-exposure curve is fitted for (200/300 kV), write the _DW/_EVN/_ODD sums as MRC, and
-    return the correction with its warehouse row."""
-    total_dose, voltage = dose_and_voltage
-    n_frames = int(frames.shape[0])
-    dose_per_frame = total_dose / n_frames if total_dose is not None and total_dose > 0 else None
-    weighting_voltage = voltage if voltage is not None and round(voltage) in (200, 300) else None
-    weighted = dose_per_frame is not None and weighting_voltage is not None
-    correction = align_movie(
-        frames,
-        pixel_size_angstrom,
-        device=torch_device,
-        dose_per_frame_e_per_angstrom2=dose_per_frame if weighted else None,
-        voltage_kv=float(round(weighting_voltage)) if weighting_voltage is not None else 300.0,
-        patch_grid=(int(patch_grid[0]), int(patch_grid[1])) if len(patch_grid) == 2 else None,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    sums = {"_EVN": correction.even_sum, "_ODD": correction.odd_sum}
-    if correction.dose_weighted_sum is not None:
-        sums["_DW"] = correction.dose_weighted_sum
+def write_motion_sums(folder: Path, name: str, motion: MovieMotion, pixel_size_angstrom: float) -> None:
+    """MotionCor2's _EVN/_ODD (and _DW when dose-weighted) sums beside the aligned sum, float32 MRC."""
+    sums = {"_EVN": motion.correction.even_sum, "_ODD": motion.correction.odd_sum}
+    if motion.correction.dose_weighted_sum is not None:
+        sums["_DW"] = motion.correction.dose_weighted_sum
     for suffix, image in sums.items():
         write_mrc(folder / f"{name}{suffix}.mrc", image.astype(np.float32), pixel_size_angstrom)
-    motion = accumulated_motion(correction.shifts_px, pixel_size_angstrom, dose_per_frame)
-    row = {
-        "n_frames": n_frames,
-        "dose_per_frame_e_per_angstrom2": dose_per_frame,
-        "dose_weighted": correction.dose_weighted_sum is not None,
+
+
+def motion_row(motion: MovieMotion) -> dict[str, Any]:
+    """One row of ``motion_corrections`` (without micrograph and batch)."""
+    correction, patch = motion.correction, motion.correction.patch_motion
+    return {
+        "n_frames": motion.n_frames,
+        "dose_per_frame_e_per_angstrom2": motion.dose_per_frame_e_per_angstrom2,
+        "dose_weighted": motion.dose_weighted,
         "iterations": correction.iterations,
         "converged": correction.converged,
         "hot_pixels_replaced": correction.hot_pixel_count,
-        "motion_total_angstrom": motion.total_angstrom,
-        "motion_early_angstrom": motion.early_angstrom,
-        "motion_late_angstrom": motion.late_angstrom,
-        "pixel_size_angstrom": pixel_size_angstrom,
-        "voltage_kv": voltage,
+        "motion_total_angstrom": motion.accumulated.total_angstrom,
+        "motion_early_angstrom": motion.accumulated.early_angstrom,
+        "motion_late_angstrom": motion.accumulated.late_angstrom,
+        "pixel_size_angstrom": motion.pixel_size_angstrom,
+        "voltage_kv": motion.voltage_kv,
         # Local motion (patch correction on): the model BIC chose and the RMS of the patch shifts about it.
-        "patch_grid": "x".join(str(g) for g in patch_grid) if patch_grid else None,
-        "local_motion_model": correction.patch_motion.model if correction.patch_motion is not None else None,
-        "local_motion_residual_rms_px": (
-            correction.patch_motion.residual_rms_px if correction.patch_motion is not None else None
-        ),
+        "patch_grid": "x".join(str(g) for g in motion.patch_grid) if motion.patch_grid else None,
+        "local_motion_model": patch.model if patch is not None else None,
+        "local_motion_residual_rms_px": patch.residual_rms_px if patch is not None else None,
     }
-    return correction, row
+
+
+def exposure_tables(
+    batch: str, manifest: BatchManifest, prepared: Mapping[str, tuple[ManifestFile, PreparedExposure]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows ``raw_micrographs`` records, by warehouse table."""
+    tables: dict[str, list[dict[str, Any]]] = {
+        t: []
+        for t in (
+            "micrographs",
+            "exposure_metadata",
+            "motion_trajectories",
+            "motion_corrections",
+            "artifact_corrections",
+        )
+    }
+    for name, (entry, ready) in prepared.items():
+        exposure, record = ready.exposure, ready.exposure.metadata
+        key = {"micrograph": name, "batch": batch}
+        tables["micrographs"].append(
+            {
+                **key,
+                "session": manifest.session,
+                "batch_sequence": manifest.sequence,
+                "cut_at_s": manifest.cut_at_s,
+                "relative_path": entry.relative_path,
+                "sha256": entry.sha256,
+                "kind": entry.kind,
+                "n_frames": ready.n_frames,
+                "shape_y_px": int(exposure.data.shape[0]),
+                "shape_x_px": int(exposure.data.shape[1]),
+                "pixel_size_angstrom": exposure.pixel_size_angstrom,
+                "voltage_kv": exposure.microscope.voltage_kv,
+                "spherical_aberration_mm": exposure.microscope.spherical_aberration_mm,
+                "amplitude_contrast_fraction": exposure.microscope.amplitude_contrast_fraction,
+                "dose_e_per_angstrom2": exposure.dose_e_per_angstrom2,
+                "nominal_defocus_angstrom": exposure.nominal_defocus_angstrom,
+                "grid_square_id": record.acquisition.grid_square_id,
+                "foil_hole_id": record.acquisition.foil_hole_id,
+                "mean_counts_per_px": float(exposure.data.mean()),
+                "drift_total_px": exposure.drift_total_px,
+                "residual_blur_px": exposure.residual_blur_px,
+            }
+        )
+        tables["exposure_metadata"].append(
+            {
+                **key,
+                **{k.replace(".", "__"): v for k, v in flatten_metadata(record).items()},
+                "n_disagreements": len(record.disagreements),
+                "record_json": metadata_to_json(record, indent=None),
+            }
+        )
+        tables["artifact_corrections"].extend({**key, **dataclasses.asdict(c)} for c in ready.artifact_corrections)
+        if ready.motion is not None:
+            # The drift trajectory (frame × [dy, dx] relative to frame 0) the beam-induced-motion node reads.
+            tables["motion_corrections"].append({**key, **motion_row(ready.motion)})
+            tables["motion_trajectories"].extend(
+                {**key, "frame": frame, "shift_y_px": float(shift[0]), "shift_x_px": float(shift[1])}
+                for frame, shift in enumerate(ready.motion.correction.shifts_px)
+            )
+    return tables
+
+
+def raw_metadata(
+    manifest: BatchManifest,
+    prepared: Mapping[str, tuple[ManifestFile, PreparedExposure]],
+    tables: Mapping[str, list[dict[str, Any]]],
+    failures: list[dict[str, Any]],
+    star_path: Path | None,
+) -> dict[str, Any]:
+    """The UI metadata of ``raw_micrographs``: counts, the motion trajectories and thumbnails."""
+    motion_rows = {r["micrograph"]: r for r in tables["motion_corrections"]}
+    trajectories = {n: ready.motion.correction.shifts_px for n, (_, ready) in prepared.items() if ready.motion}
+    return {
+        "session": manifest.session,
+        "exposures_in_manifest": len(manifest.files),
+        "read": len(prepared),
+        "quarantined": len(failures),
+        "movies_motion_corrected": len(motion_rows),
+        "movies_dose_weighted": sum(1 for r in motion_rows.values() if r["dose_weighted"]),
+        "corrected_micrographs_star": dg.MetadataValue.path(str(star_path)) if star_path else "no movies",
+        "motion": dg.MetadataValue.md(
+            trajectories_markdown(trajectories, motion_rows) if trajectories else "no movies in this batch"
+        ),
+        "preview": dg.MetadataValue.md(thumbnails_markdown({k: r.exposure.data for k, (_, r) in prepared.items()})),
+    }
+
+
+def metadata_disagreements(prepared: Mapping[str, tuple[ManifestFile, PreparedExposure]]) -> dict[str, list[str]]:
+    """Per file, the fields on which header and sidecar disagree beyond tolerance, with every source's value."""
+    return {
+        entry.relative_path: [
+            f"{d.field_name}: " + ", ".join(f"{source}={value}" for source, value in d.values)
+            for d in ready.exposure.metadata.disagreements
+        ]
+        for entry, ready in prepared.values()
+        if ready.exposure.metadata.disagreements
+    }
 
 
 def remove_stale_sums(folder: Path, kept: set[str]) -> None:
@@ -364,10 +388,9 @@ def write_motion_star(warehouse: ScoreWarehouse, outputs: OutputStore, batch: st
             continue
         aligned = str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc"))
         weighted = bool(row["dose_weighted"]) and dw.is_file()
-        defaults = MicroscopeSettings()
         voltage = row.get("voltage_kv")
         microscope = MicroscopeSettings(
-            voltage_kv=float(voltage) if voltage is not None and voltage == voltage else defaults.voltage_kv,
+            voltage_kv=float(voltage) if voltage is not None and voltage == voltage else FALLBACK_VOLTAGE_KV,
             pixel_size_angstrom=float(row["pixel_size_angstrom"]),
         )
         early, late = row.get("motion_early_angstrom"), row.get("motion_late_angstrom")
@@ -398,13 +421,6 @@ def load_stored_fits(outputs: OutputStore, batch: str) -> dict[str, CtfFit]:
         with open(path, "rb") as handle:
             fits[path.stem] = pickle.load(handle)
     return fits
-
-
-def _optional(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    return None if np.isnan(number) else number
 
 
 # ---- the assets -------------------------------------------------------------------------------------
@@ -441,162 +457,49 @@ def raw_micrographs(
     restoration: RestorationSettings,
     outputs: OutputStore,
     motion: MotionSettings,
-) -> Iterable[dg.Output[dict[str, Micrograph]] | dg.AssetCheckResult]:
+) -> Iterable[dg.Output[dict[str, Exposure]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
     chosen = selection(context)
-    files = [f for f in manifest.files if chosen is None or f.name in chosen]
-    session_dir = Path(microscope_storage.root) / manifest.session
-    micrographs: dict[str, Micrograph] = {}
-    rows: list[dict[str, Any]] = []
-    metadata_rows: list[dict[str, Any]] = []
-    trajectory_rows: list[dict[str, Any]] = []
-    motion_rows: list[dict[str, Any]] = []
-    movie_trajectories: dict[str, np.ndarray] = {}
-    corrections: list[dict[str, Any]] = []
-    disagreements: dict[str, list[str]] = {}
+    session_metadata = session_description(Path(microscope_storage.root) / manifest.session, context.log)
+    sums_folder = outputs.asset_path("motion_corrected", batch)
+    exposures: dict[str, Exposure] = {}
+    prepared: dict[str, tuple[ManifestFile, PreparedExposure]] = {}
     failures: list[dict[str, Any]] = []
-    try:
-        metadata = read_session_metadata(session_dir)
-    except SessionMetadataError as exc:
-        metadata = None
-        context.log.info(f"no usable session description ({exc}): optics from each exposure's header and sidecar")
-    for entry in files:
+    for entry in (f for f in manifest.files if chosen is None or f.name in chosen):
         path = microscope_storage.absolute(entry.relative_path)
-        drift_total_px: float | None = None
-        n_frames = 1
         try:
             if sha256_of_file(path) != entry.sha256:
                 raise ChangedSinceCutError(path, "checksum differs from the batch manifest")
-            # Any format the acquisition software writes (MRC in every mode, TIFF, EER), with the metadata
-            # of header and sidecar (EPU XML, SerialEM mdoc) merged and the announced frame count checked.
-            exposure = read_exposure(path)
-            if not exposure.pixel_size_angstrom > 0:
-                raise CorruptHeaderError(path, "no source gives the pixel size")
-            if entry.kind == "movie":
-                n_frames = int(exposure.frames.shape[0])
-                correction, motion_row = correct_movie(
-                    exposure.frames,
-                    exposure.pixel_size_angstrom,
-                    movie_dose_and_voltage(metadata, exposure.metadata),
-                    outputs.asset_path("motion_corrected", batch),
-                    entry.name,
-                    device.torch_device(),
-                    tuple(motion.patch_grid),
-                )
-                motion_rows.append({"micrograph": entry.name, "batch": batch, **motion_row})
-                movie_trajectories[entry.name] = correction.shifts_px
-                micrograph = Micrograph(
-                    entry.name, correction.aligned_sum.astype(np.float32), exposure.pixel_size_angstrom
-                )
-                drift_total_px = float(correction.total_drift_px)
-                trajectory_rows.extend(
-                    {
-                        "micrograph": entry.name,
-                        "batch": batch,
-                        "frame": frame,
-                        "shift_y_px": float(shift[0]),
-                        "shift_x_px": float(shift[1]),
-                    }
-                    for frame, shift in enumerate(correction.shifts_px)
-                )
-            else:
-                micrograph = Micrograph(entry.name, exposure.micrograph, exposure.pixel_size_angstrom)
-            # Detector and ice artifacts, each tied to its causal node, removed once for every consumer.
-            cleaned, records = remove_artifacts(
-                micrograph.data, micrograph.pixel_size_angstrom, tuple(restoration.artifact_steps)
+            ready = prepare_exposure(
+                read_exposure(path),  # any format; header + sidecar merged, announced frames checked
+                entry.name,
+                entry.kind == "movie",
+                manifest.session,
+                session_metadata,
+                tuple(restoration.artifact_steps),
+                device.torch_device(),
+                tuple(motion.patch_grid),
             )
-            micrograph = Micrograph(entry.name, cleaned, micrograph.pixel_size_angstrom)
-            corrections.extend(
-                {"micrograph": entry.name, "batch": batch, **dataclasses.asdict(record)} for record in records
-            )
+            if ready.motion is not None:
+                write_motion_sums(sums_folder, entry.name, ready.motion, ready.exposure.pixel_size_angstrom)
         except (InputFileError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", type(exc).__name__)
             context.log.warning(f"quarantined {entry.relative_path}: {exc}")
+            reason = getattr(exc, "reason", type(exc).__name__)
             failures.append(quarantine_row(entry.name, batch, "raw_micrographs", reason, str(exc), entry.relative_path))
             continue
-        micrographs[entry.name] = micrograph
-        record = exposure.metadata
-        metadata_rows.append(
-            {
-                "micrograph": entry.name,
-                "batch": batch,
-                **{k.replace(".", "__"): v for k, v in flatten_metadata(record).items()},
-                "n_disagreements": len(record.disagreements),
-                "record_json": metadata_to_json(record, indent=None),
-            }
-        )
-        if record.disagreements:
-            disagreements[entry.relative_path] = [
-                f"{d.field_name}: " + ", ".join(f"{source}={value}" for source, value in d.values)
-                for d in record.disagreements
-            ]
-        microscope = metadata.microscope if metadata is not None else microscope_from_record(record, micrograph)
-        rows.append(
-            {
-                "micrograph": entry.name,
-                "batch": batch,
-                "session": manifest.session,
-                "batch_sequence": manifest.sequence,
-                "cut_at_s": manifest.cut_at_s,
-                "relative_path": entry.relative_path,
-                "sha256": entry.sha256,
-                "kind": entry.kind,
-                "n_frames": n_frames,
-                "shape_y_px": int(micrograph.data.shape[0]),
-                "shape_x_px": int(micrograph.data.shape[1]),
-                "pixel_size_angstrom": micrograph.pixel_size_angstrom,
-                "voltage_kv": microscope.voltage_kv,
-                "spherical_aberration_mm": microscope.spherical_aberration_mm,
-                "amplitude_contrast_fraction": microscope.amplitude_contrast_fraction,
-                "dose_e_per_angstrom2": (
-                    metadata.dose_e_per_angstrom2 if metadata else record.dose.total_dose_e_per_angstrom2
-                ),
-                "nominal_defocus_angstrom": (
-                    metadata.nominal_defocus_angstrom.get(exposure_name(path))
-                    if metadata
-                    else record.optics.nominal_defocus_angstrom
-                ),
-                "grid_square_id": record.acquisition.grid_square_id,
-                "foil_hole_id": record.acquisition.foil_hole_id,
-                "mean_counts_per_px": float(micrograph.data.mean()),
-                "drift_total_px": drift_total_px,
-                # After alignment, what blurs the sum is the motion within each frame: about the
-                # trajectory length over the number of frames.
-                "residual_blur_px": drift_total_px / n_frames if drift_total_px is not None else None,
-            }
-        )
-    warehouse.write_rows("micrographs", batch, rows, replace_micrographs=chosen)
-    warehouse.write_rows("exposure_metadata", batch, metadata_rows, replace_micrographs=chosen)
-    # The drift trajectory of each movie (frame × [dy, dx] relative to frame 0): what the causal graph's
-    # beam-induced-motion node reads as the total path length, per frame for staff.
-    warehouse.write_rows("motion_trajectories", batch, trajectory_rows, replace_micrographs=chosen)
-    # Dose-weighted, even and odd sums of every movie (MotionCor2's _DW/_EVN/_ODD files) and RELION's
-    # corrected_micrographs.star over the whole batch (a selective rerun keeps the other movies' rows).
-    warehouse.write_rows("motion_corrections", batch, motion_rows, replace_micrographs=chosen)
+        exposures[entry.name] = ready.exposure
+        prepared[entry.name] = (entry, ready)
+    tables = exposure_tables(batch, manifest, prepared)
+    for table, rows in tables.items():
+        warehouse.write_rows(table, batch, rows, replace_micrographs=chosen)
     if chosen is None:
-        remove_stale_sums(outputs.asset_path("motion_corrected", batch), set(micrographs))
+        remove_stale_sums(sums_folder, set(exposures))
+    # RELION's corrected_micrographs.star over the whole batch (a selective rerun keeps the other movies' rows).
     star_path = write_motion_star(warehouse, outputs, batch)
-    warehouse.write_rows("artifact_corrections", batch, corrections, replace_micrographs=chosen)
     quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
-    yield dg.Output(
-        micrographs,
-        metadata={
-            "session": manifest.session,
-            "exposures_in_manifest": len(manifest.files),
-            "read": len(micrographs),
-            "quarantined": len(failures),
-            "movies_motion_corrected": sum(1 for r in rows if r["kind"] == "movie"),
-            "movies_dose_weighted": sum(1 for r in motion_rows if r["dose_weighted"]),
-            "corrected_micrographs_star": dg.MetadataValue.path(str(star_path)) if star_path else "no movies",
-            "motion": dg.MetadataValue.md(
-                trajectories_markdown(movie_trajectories, {r["micrograph"]: r for r in motion_rows})
-                if movie_trajectories
-                else "no movies in this batch"
-            ),
-            "preview": dg.MetadataValue.md(thumbnails_markdown({k: v.data for k, v in micrographs.items()})),
-        },
-    )
+    yield dg.Output(exposures, metadata=raw_metadata(manifest, prepared, tables, failures, star_path))
+    disagreements = metadata_disagreements(prepared)
     yield dg.AssetCheckResult(
         check_name="metadata_sources_agree",
         passed=not disagreements,
@@ -627,7 +530,7 @@ def raw_micrographs(
 )
 def ctf_estimates(
     context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     warehouse: ScoreWarehouse,
     outputs: OutputStore,
     device: TorchDevice,
@@ -635,13 +538,11 @@ def ctf_estimates(
     from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
 
     batch = context.partition_key
-    info = exposure_info(warehouse, batch)
     torch_device = device.torch_device()
 
-    def step(name: str, micrograph: Micrograph) -> CtfFit:
-        exposure = info[name]
+    def step(name: str, exposure: Exposure) -> CtfFit:
         return estimate_ctf(
-            micrograph.data,
+            exposure.data,
             exposure.microscope,
             nominal_defocus_angstrom=exposure.nominal_defocus_angstrom,
             device=torch_device,
@@ -652,7 +553,7 @@ def ctf_estimates(
         {
             "micrograph": name,
             "batch": batch,
-            "session": info[name].session,
+            "session": raw_micrographs[name].session,
             "defocus_u_angstrom": fit.ctf.defocus_u_angstrom,
             "defocus_v_angstrom": fit.ctf.defocus_v_angstrom,
             "astigmatism_angle_degrees": fit.ctf.astigmatism_angle_deg,
@@ -660,7 +561,7 @@ def ctf_estimates(
             "fit_resolution_angstrom": fit.fit_resolution_angstrom,
             "cross_correlation": fit.cross_correlation,
             "defocus_sigma_angstrom": fit.defocus_sigma_angstrom,
-            "nominal_defocus_angstrom": info[name].nominal_defocus_angstrom,
+            "nominal_defocus_angstrom": raw_micrographs[name].nominal_defocus_angstrom,
         }
         for name, fit in fits.items()
     ]
@@ -672,12 +573,12 @@ def ctf_estimates(
     for row in all_rows.to_dict("records"):
         name = row["micrograph"]
         fit = fits.get(name) or stored.get(name)
-        if fit is not None and name in info:
+        if fit is not None and name in raw_micrographs:
             star_rows.append(
                 MicrographCtfRow(
                     str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc")),
                     fit,
-                    info[name].microscope,
+                    raw_micrographs[name].microscope,
                 )
             )
     if star_rows:
@@ -696,7 +597,7 @@ def ctf_estimates(
                 ctf_markdown(
                     {k: raw_micrographs[k].data for k in list(fits)[:PREVIEW_LIMIT]},
                     fits,
-                    {k: info[k].microscope for k in fits},
+                    {k: raw_micrographs[k].microscope for k in fits},
                 )
             ),
             "fits": dg.MetadataValue.md(
@@ -791,24 +692,22 @@ def session_prior_markdown(rows: list[dict[str, object]]) -> str:
 )
 def causal_priors(
     context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     ctf_estimates: dict[str, CtfFit],
     warehouse: ScoreWarehouse,
     device: TorchDevice,
 ) -> dg.Output[dict[str, causal.CausalPriors]]:
     batch = context.partition_key
-    info = exposure_info(warehouse, batch)
+    manifest = load_manifest(warehouse, batch)
     items = {k: v for k, v in selected(context, raw_micrographs).items() if k in ctf_estimates}
     torch_device = device.torch_device()
-    first = next(iter(info.values()), None)
-    prior_before = session_prior_before(warehouse, first.session, first.batch_sequence) if first else None
+    prior_before = session_prior_before(warehouse, manifest.session, manifest.sequence)
     prior = prior_before
     early: list[str] = []  # fitted before the session had MIN_PRIOR_MICROGRAPHS micrographs to pool with
 
-    def fit(name: str, micrograph: Micrograph, session_prior: causal.SessionPrior | None) -> causal.CausalPriors:
-        exposure = info[name]
+    def fit(name: str, exposure: Exposure, session_prior: causal.SessionPrior | None) -> causal.CausalPriors:
         return causal.fit_priors(
-            micrograph.data,
+            exposure.data,
             ctf_estimates[name],
             exposure.microscope,
             dose_e_per_angstrom2=exposure.dose_e_per_angstrom2,
@@ -817,11 +716,11 @@ def causal_priors(
             device=torch_device,
         )
 
-    def step(name: str, micrograph: Micrograph) -> causal.CausalPriors:
+    def step(name: str, exposure: Exposure) -> causal.CausalPriors:
         nonlocal prior
         if prior is None or prior.n_micrographs < causal.MIN_PRIOR_MICROGRAPHS:
             early.append(name)
-        fitted = fit(name, micrograph, prior)
+        fitted = fit(name, exposure, prior)
         prior = causal.update_session_prior(prior, fitted.session_measurements())
         return fitted
 
@@ -850,8 +749,8 @@ def causal_priors(
                 {
                     "micrograph": name,
                     "batch": batch,
-                    "session": info[name].session,
-                    "batch_sequence": info[name].batch_sequence,
+                    "session": manifest.session,
+                    "batch_sequence": manifest.sequence,
                     "node": node,
                     "estimate": value,
                     "sigma": sigma,
@@ -875,7 +774,7 @@ def causal_priors(
     # The session prior as it stands after this batch: the earlier batches' plus this batch's whole partition.
     batch_measured = measured_per_micrograph(warehouse.read_rows("priors", batch))
     after = causal.session_prior_of(batch_measured, prior_before) if batch_measured else prior_before
-    population_rows = session_prior_rows(after, first.session, batch, first.batch_sequence) if first and after else []
+    population_rows = session_prior_rows(after, manifest.session, batch, manifest.sequence) if after else []
     warehouse.write_rows("session_priors", batch, population_rows)
     weights: dict[str, list[float]] = {}
     for row in rows:
@@ -899,26 +798,25 @@ def causal_priors(
 def _restore(
     context: dg.AssetExecutionContext,
     stage: str,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     ctf_estimates: dict[str, CtfFit],
     causal_priors: dict[str, causal.CausalPriors],
     warehouse: ScoreWarehouse,
     device: TorchDevice,
     restore: Callable[..., np.ndarray],
 ) -> dict[str, Micrograph]:
-    info = exposure_info(warehouse, context.partition_key)
     torch_device = device.torch_device()
     items = {k: v for k, v in selected(context, raw_micrographs).items() if k in ctf_estimates and k in causal_priors}
 
-    def step(name: str, micrograph: Micrograph) -> Micrograph:
+    def step(name: str, exposure: Exposure) -> Micrograph:
         fit = causal.refined_ctf_fit(ctf_estimates[name], causal_priors[name])
-        data = restore(micrograph.data, fit, info[name].microscope, device=torch_device)
-        return Micrograph(name, np.asarray(data, dtype=np.float32), micrograph.pixel_size_angstrom)
+        data = restore(exposure.data, fit, exposure.microscope, device=torch_device)
+        return Micrograph(name, np.asarray(data, dtype=np.float32), exposure.pixel_size_angstrom)
 
     return run_per_micrograph(context, warehouse, stage, items, step)
 
 
-def before_after(raw: Mapping[str, Micrograph], restored: Mapping[str, Micrograph], label: str) -> dg.MetadataValue:
+def before_after(raw: Mapping[str, Exposure], restored: Mapping[str, Micrograph], label: str) -> dg.MetadataValue:
     """Before/after thumbnails of the first ``PREVIEW_LIMIT`` restored micrographs, as UI markdown."""
     shown = list(restored)[:PREVIEW_LIMIT]
     return dg.MetadataValue.md(
@@ -939,7 +837,7 @@ def restoration_asset(name: str, restore: Callable[..., np.ndarray], description
     )
     def _asset(
         context: dg.AssetExecutionContext,
-        raw_micrographs: dict[str, Micrograph],
+        raw_micrographs: dict[str, Exposure],
         ctf_estimates: dict[str, CtfFit],
         causal_priors: dict[str, causal.CausalPriors],
         warehouse: ScoreWarehouse,
@@ -1106,7 +1004,7 @@ def finetune_denoiser(micrographs: Mapping[str, Micrograph], steps: int, seed: i
 )
 def session_denoiser(
     context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     restoration: RestorationSettings,
     outputs: OutputStore,
 ) -> dg.Output[dict[str, DenoiserRecord]]:
@@ -1149,7 +1047,7 @@ def session_model(session_denoiser: Mapping[str, DenoiserRecord]) -> tuple[Denoi
 )
 def learned_denoised_micrographs(
     context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     session_denoiser: dict[str, DenoiserRecord],
     warehouse: ScoreWarehouse,
     device: TorchDevice,
@@ -1196,7 +1094,7 @@ def learned_denoised_micrographs(
 )
 def fused_denoised_micrographs(
     context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     ctf_estimates: dict[str, CtfFit],
     causal_priors: dict[str, causal.CausalPriors],
     session_denoiser: dict[str, DenoiserRecord],
@@ -1208,7 +1106,6 @@ def fused_denoised_micrographs(
     from cryodecon_science.fusion import fuse_learned_and_wiener
 
     model, model_description = session_model(session_denoiser)
-    info = exposure_info(warehouse, context.partition_key)
     torch_device = device.torch_device()
     items = {
         k: v
@@ -1217,20 +1114,20 @@ def fused_denoised_micrographs(
     }
     low_weights: dict[str, float] = {}
 
-    def step(name: str, micrograph: Micrograph) -> Micrograph:
+    def step(name: str, exposure: Exposure) -> Micrograph:
         fit = causal.refined_ctf_fit(ctf_estimates[name], causal_priors[name])
         data, weights = fuse_learned_and_wiener(
-            micrograph.data,
+            exposure.data,
             model,
             fit,
-            info[name].microscope,
+            exposure.microscope,
             seed=_stable_seed(name),
             learned_full=learned_denoised_micrographs[name].data,
             wiener_full=restored_micrographs[name].data,
             device=torch_device,
         )
         low_weights[name] = float(weights.ring_weights()[1:9, 0].mean())
-        return Micrograph(name, np.asarray(data, dtype=np.float32), micrograph.pixel_size_angstrom)
+        return Micrograph(name, np.asarray(data, dtype=np.float32), exposure.pixel_size_angstrom)
 
     result = run_per_micrograph(context, warehouse, "fused_denoised_micrographs", items, step)
     return dg.Output(
@@ -1280,7 +1177,7 @@ EVALUATION_CHECKS = [
 )
 def evaluation_scores(
     context: dg.AssetExecutionContext,
-    raw_micrographs: dict[str, Micrograph],
+    raw_micrographs: dict[str, Exposure],
     ctf_estimates: dict[str, CtfFit],
     causal_priors: dict[str, causal.CausalPriors],
     restored_micrographs: dict[str, Micrograph],
@@ -1293,7 +1190,6 @@ def evaluation_scores(
 ) -> Iterable[dg.Output[dict[str, EvaluationRecord]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
-    info = exposure_info(warehouse, batch)
     torch_device = device.torch_device()
     graph = load_citation_graph(scoring)
     max_citations = max_citations_within_years(graph, 5) if graph is not None else 0
@@ -1309,8 +1205,8 @@ def evaluation_scores(
     embeddings_by_name: dict[str, np.ndarray] = {}
     cost_deviations = compute_cost_deviations(warehouse, batch)
 
-    def step(name: str, raw: Micrograph) -> EvaluationRecord:
-        exposure = info[name]
+    def step(name: str, exposure: Exposure) -> EvaluationRecord:
+        raw = exposure
         fit = ctf_estimates[name]
         priors = causal_priors[name]
         restored = restored_micrographs[name].data

@@ -1,6 +1,6 @@
 """Acquisition batches: which files are complete, and when a batch is cut.
 
-Partitioning arithmetic (README "Partitions"): a facility records 5,000–15,000 exposures a day; Dagster
+Partitioning arithmetic (docs/operations.md, "Partitions"): a facility records 5,000–15,000 exposures a day; Dagster
 recommends at most ~100,000 partitions per asset, which one-partition-per-exposure would reach in 7–20
 days.  A partition here is an *acquisition batch*: up to ``max_batch_size`` exposures of one session
 (default 50), or whatever arrived within ``batch_window_seconds`` (default 300 s).  At 15,000 exposures a

@@ -37,6 +37,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI imports Dagster and torch only for the commands that need them
+    from cryodecon_resources import Resources, ScoreWarehouse, Settings
 
 DEMO_SESSION = "demo"
 SCORE_COLUMNS = [
@@ -191,7 +195,6 @@ def prepare_instance_home(home: Path) -> Path:
         target.write_text(text + (POSTGRES_STORAGE_BLOCK if postgres_url else ""))
     else:
         _check_instance_file(target, postgres_url)
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home
 
 
@@ -207,8 +210,8 @@ def _check_instance_file(path: Path, postgres_url: str | None) -> None:
     if postgres_url and kind != "postgres":
         raise InstanceFileError(
             f"CRYODECON_POSTGRES_URL is set but {path} stores runs in {kind}: add a `storage: postgres:` "
-            "block to that file (README, Instance) or unset the variable; the file is the operator's and is "
-            "not rewritten"
+            "block to that file (docs/operations.md, Instance) or unset the variable; the file is the "
+            "operator's and is not rewritten"
         )
     if kind == "postgres":
         url = (storage.get("postgres") or {}).get("postgres_url")
@@ -247,7 +250,7 @@ def _microscope(args: argparse.Namespace, pixel_size_angstrom: float):  # type: 
 
 # ---- commands -----------------------------------------------------------------------------------------
 def cmd_ctf(args: argparse.Namespace) -> int:
-    from cryodecon_science.ctf_estimate import estimate_ctf
+    from cryodecon_science.ctf import estimate_ctf
     from cryodecon_science.io.mrc import InputFileError, read_micrograph
     from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
 
@@ -284,7 +287,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cryodecon_science import causal
-    from cryodecon_science.ctf_estimate import estimate_ctf
+    from cryodecon_science.ctf import estimate_ctf
     from cryodecon_science.io.mrc import InputFileError, read_micrograph, write_mrc
     from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
 
@@ -318,14 +321,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 2 if failed == len(args.inputs) else (1 if failed else 0)
 
 
-def _warehouse():  # type: ignore[no-untyped-def]
-    from cryodecon_resources import resources_from_environment
+def _resources(settings: Settings | None = None) -> Resources:
+    from cryodecon_resources import Settings, build_resources
 
-    return resources_from_environment()["warehouse"]
+    return build_resources(settings or Settings.from_environment())
 
 
-def score_rows(session: str | None):  # type: ignore[no-untyped-def]
-    warehouse = _warehouse()
+def _warehouse() -> ScoreWarehouse:
+    return _resources().warehouse
+
+
+def score_rows(session: str | None, warehouse: ScoreWarehouse | None = None):  # type: ignore[no-untyped-def]
+    warehouse = warehouse or _warehouse()
     if "hyperscores" not in warehouse.tables():
         import pandas as pd
 
@@ -377,12 +384,11 @@ def cmd_scores(args: argparse.Namespace) -> int:
             else pd.DataFrame()
         )
     else:
-        from cryodecon_resources import resources_from_environment
         from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, shipped_weights_row
 
         learned = warehouse.read_rows(WEIGHTS_TABLE)
         records = learned.to_dict("records") if not learned.empty else []
-        in_use, _ = resources_from_environment()["scoring"].resolve_weights(records)  # type: ignore[attr-defined]
+        in_use, _ = _resources().scoring.resolve_weights(records)
         if not any(r["version"] == shipped_weights().version for r in records):
             records.append(shipped_weights_row())
         frame = pd.DataFrame(records).drop(columns=["details"], errors="ignore")
@@ -427,22 +433,24 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _instance_and_defs():  # type: ignore[no-untyped-def]
+def _instance_and_defs(settings: Settings | None = None):  # type: ignore[no-untyped-def]
     import dagster as dg
 
     from cryodecon_assets.definitions import build_definitions
-    from cryodecon_resources import cryodecon_home
+    from cryodecon_resources import Settings
 
-    prepare_instance_home(cryodecon_home())
-    return dg.DagsterInstance.get(), build_definitions()
+    settings = settings or Settings.from_environment()
+    home = prepare_instance_home(settings.home)
+    return dg.DagsterInstance.from_config(str(home)), build_definitions(settings)
 
 
 def cmd_tick(args: argparse.Namespace) -> int:
     from cryodecon_assets.driver import drive
+    from cryodecon_resources import Settings
 
-    instance, defs = _instance_and_defs()
-    settle = float(os.environ.get("CRYODECON_SETTLE_SECONDS", "30"))
-    report = drive(instance, defs, settle_seconds=settle, max_ticks=args.max_ticks)
+    settings = Settings.from_environment()
+    instance, defs = _instance_and_defs(settings)
+    report = drive(instance, defs, settle_seconds=settings.settle_seconds, max_ticks=args.max_ticks)
     print(f"ticks={report.ticks} batches={report.partitions_added} runs={report.runs}")
     return 0 if all(report.runs.values()) else 1
 
@@ -451,15 +459,14 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     from cryodecon_assets.batching import MANIFESTS, BatchManifest
     from cryodecon_assets.partitions import acquisition_batches
     from cryodecon_assets.sensors import PROCESS_JOB
-    from cryodecon_resources import resources_from_environment
     from cryodecon_resources.io_manager import SELECTION_TAG
 
-    warehouse = resources_from_environment()["warehouse"]
-    known = warehouse.list_documents(MANIFESTS)  # type: ignore[attr-defined]
+    warehouse = _warehouse()
+    known = warehouse.list_documents(MANIFESTS)
     if args.batch not in known:
         print(f"cryodecon reprocess: no batch {args.batch!r} (known: {_some(known)})", file=sys.stderr)
         return 2
-    manifest = BatchManifest.from_document(warehouse.read_document(MANIFESTS, args.batch))  # type: ignore[attr-defined]
+    manifest = BatchManifest.from_document(warehouse.read_document(MANIFESTS, args.batch))
     unknown = sorted(set(args.micrograph) - {f.name for f in manifest.files})
     if unknown:
         print(f"cryodecon reprocess: batch {args.batch} has no micrograph {', '.join(unknown)}", file=sys.stderr)
@@ -484,17 +491,15 @@ def _some(names: Sequence[str], shown: int = 5) -> str:
 
 
 def cmd_library(args: argparse.Namespace) -> int:
-    from cryodecon_resources import resources_from_environment
-
-    resources = resources_from_environment()
-    library = resources["structure_library"]
+    resources = _resources()
+    library = resources.structure_library
     if args.library_command == "status":
         print(f"rows: {library.count()}")  # type: ignore[attr-defined]
         index_info = getattr(library, "index_info", None)
         if callable(index_info):
             print(f"index: {index_info()}")
         return 0
-    return _library_seed(args, library, resources["scoring"].particle_diameter_angstrom)  # type: ignore[attr-defined]
+    return _library_seed(args, library, resources.scoring.particle_diameter_angstrom)
 
 
 def _library_seed(args: argparse.Namespace, library, default_diameter_angstrom: float) -> int:  # type: ignore[no-untyped-def]
@@ -546,24 +551,26 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
+    from cryodecon_assets.driver import drive
     from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
+    from cryodecon_resources import Settings
     from cryodecon_science.io.citations import read_citation_graph
     from cryodecon_science.io.session import write_simulated_session
     from cryodecon_science.simulate import SimulationConfig, simulate_session
 
-    if args.home:
-        os.environ["CRYODECON_HOME"] = args.home
-    # The demo's files are complete when written (atomic renames), so a short settle window suffices;
-    # batches are cut as soon as they are ready.
-    os.environ.setdefault("CRYODECON_SETTLE_SECONDS", "1")
-    os.environ.setdefault("CRYODECON_BATCH_WINDOW_SECONDS", "0")
-    os.environ.setdefault("CRYODECON_MAX_BATCH_SIZE", str(args.batch_size))
-    from cryodecon_assets.driver import drive
-    from cryodecon_resources import resources_from_environment
-
+    # The demo's files are complete when written (atomic renames), so a short settle window suffices and
+    # batches are cut as soon as they are ready; variables set in the environment still win.
+    demo_defaults = {
+        "CRYODECON_SETTLE_SECONDS": "1",
+        "CRYODECON_BATCH_WINDOW_SECONDS": "0",
+        "CRYODECON_MAX_BATCH_SIZE": str(args.batch_size),
+    }
+    settings = Settings.from_environment(
+        demo_defaults | dict(os.environ) | ({"CRYODECON_HOME": args.home} if args.home else {})
+    )
     started = time.time()
-    resources = resources_from_environment()
-    storage_root = Path(resources["microscope_storage"].root)  # type: ignore[attr-defined]
+    resources = _resources(settings)
+    storage_root = Path(resources.microscope_storage.root)
     config = SimulationConfig(shape_px=(args.size, args.size))
     session = simulate_session(config, DEMO_SESSION, args.micrographs, args.movies, args.seed)
     written = write_simulated_session(session, storage_root)
@@ -572,16 +579,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"({args.size}×{args.size}) in {storage_root / DEMO_SESSION} "
         f"({len(written)} files; unchanged ones are not rewritten)"
     )
-    graph_folder = ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=args.seed)  # type: ignore[attr-defined]
+    graph_folder = ensure_citation_graph(Path(resources.scoring.citation_graph_path), seed=args.seed)
     papers = established_papers(read_citation_graph(graph_folder))
-    added = ensure_reference_library(resources["structure_library"], config, seed=args.seed, papers=papers)  # type: ignore[arg-type]
+    added = ensure_reference_library(resources.structure_library, config, seed=args.seed, papers=papers)
     if added:
         print(f"[demo] seeded the structure library with {added} reference projections")
-    instance, defs = _instance_and_defs()
+    instance, defs = _instance_and_defs(settings)
     print(f"[demo] Dagster instance: {instance.root_directory}")
-    report = drive(
-        instance, defs, settle_seconds=float(os.environ["CRYODECON_SETTLE_SECONDS"]), log_level=args.log_level
-    )
+    report = drive(instance, defs, settle_seconds=settings.settle_seconds, log_level=args.log_level)
     if report.runs:
         ok = sum(report.runs.values())
         print(
@@ -590,8 +595,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     else:
         print("[demo] nothing new on storage: every exposure is already in a processed batch")
-    views = resources["warehouse"].export_views()  # type: ignore[attr-defined]
-    frame = score_rows(DEMO_SESSION)
+    views = resources.warehouse.export_views()
+    frame = score_rows(DEMO_SESSION, resources.warehouse)
     print(f"[demo] DuckDB views over the warehouse: {views}")
     print(f"[demo] HyperScores ({len(frame)} micrographs, from DuckDB over the warehouse):")
     print_scores(frame, "table")

@@ -18,7 +18,7 @@ from cryodecon_assets.maintenance import (
 )
 from cryodecon_assets.sensors import PROCESS_JOB, microscope_storage_sensor, storage_sweep_schedule
 from cryodecon_assets.summary import daily_summary, daily_summary_job, daily_summary_schedule
-from cryodecon_resources import resources_from_environment
+from cryodecon_resources import Settings, build_resources
 
 # One run processes one batch through the whole lineage in one process: per-step processes would
 # re-import torch for each of the eight steps (~19 s vs 6–8 s for a small run, measured).
@@ -30,7 +30,13 @@ process_batch = dg.define_asset_job(
 )
 
 
-def build_definitions() -> dg.Definitions:
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """The code location; ``settings`` default to the environment's, whose paths the runs resolve as EnvVars."""
+    resources = (
+        build_resources(settings, env_vars=False)
+        if settings
+        else build_resources(Settings.from_environment(), env_vars=True)
+    )
     return dg.Definitions(
         assets=[*BATCH_ASSETS, daily_summary, score_weights, structure_library_index, impact_model],
         jobs=[process_batch, daily_summary_job, score_weights_job, library_maintenance_job, impact_model_job],
@@ -42,7 +48,7 @@ def build_definitions() -> dg.Definitions:
             library_maintenance_schedule,
             impact_model_schedule,
         ],
-        resources=resources_from_environment(),
+        resources=resources.as_dict(),
     )
 
 

@@ -176,13 +176,25 @@ def impact_model(
 
 impact_model_job = dg.define_asset_job("train_impact_model", selection=[impact_model])
 impact_model_schedule = dg.ScheduleDefinition(
-    job=impact_model_job, cron_schedule="0 3 * * 0", execution_timezone="UTC", name="weekly_impact_model"
+    job=impact_model_job,
+    cron_schedule="0 3 * * 0",
+    execution_timezone="UTC",
+    name="weekly_impact_model",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 score_weights_job = dg.define_asset_job("learn_score_weights", selection=[score_weights])
 library_maintenance_job = dg.define_asset_job("library_maintenance", selection=[structure_library_index])
 score_weights_schedule = dg.ScheduleDefinition(
-    job=score_weights_job, cron_schedule="0 1 * * *", execution_timezone="UTC", name="daily_score_weights"
+    job=score_weights_job,
+    cron_schedule="0 1 * * *",
+    execution_timezone="UTC",
+    name="daily_score_weights",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 library_maintenance_schedule = dg.ScheduleDefinition(
-    job=library_maintenance_job, cron_schedule="0 2 * * *", execution_timezone="UTC", name="nightly_library_index"
+    job=library_maintenance_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone="UTC",
+    name="nightly_library_index",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )

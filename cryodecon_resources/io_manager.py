@@ -2,8 +2,10 @@
 
 Every partitioned asset of the pipeline returns ``dict[micrograph name, value]``.  Images
 (:class:`~cryodecon_science.io.mrc.Micrograph`) are written as float32 MRC with the pixel size in the
-header, so RELION, cryoSPARC or any viewer can open them; other values (CTF fits, priors, score records)
-are pickled.  Layout: ``<root>/<asset key path>/<partition>/<micrograph>.mrc|.pkl``.
+header, so RELION, cryoSPARC or any viewer can open them; an
+:class:`~cryodecon_science.exposure.Exposure` is its micrograph's MRC plus ``<micrograph>.exposure.pkl``
+(optics, dose, record: everything but the pixels), read back as one value; other values (CTF fits,
+priors, score records) are pickled.  Layout: ``<root>/<asset key path>/<partition>/<micrograph>.mrc|.pkl``.
 
 Writes merge: storing a dict writes only its keys, so reprocessing one micrograph of a batch leaves the
 others in place.  A full run of a partition removes files of micrographs that are no longer in its
@@ -12,20 +14,23 @@ output (e.g. an exposure quarantined on rerun).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
+from cryodecon_science.exposure import Exposure
 from cryodecon_science.io.atomic import atomic_target
 from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph, write_mrc
 
 SELECTION_TAG = "cryodecon/micrographs"
+EXPOSURE_SUFFIX = ".exposure.pkl"
 
 
 class BatchIOManager(dg.ConfigurableIOManager):
-    """Stores ``dict[str, Micrograph | object]`` outputs one file per key (see the module docstring)."""
+    """Stores ``dict[str, Exposure | Micrograph | object]`` outputs one file per key (module docstring)."""
 
     root: str
 
@@ -41,15 +46,19 @@ class BatchIOManager(dg.ConfigurableIOManager):
         directory.mkdir(parents=True, exist_ok=True)
         written = set()
         for name, value in obj.items():
-            if isinstance(value, Micrograph):
+            image = value.micrograph if isinstance(value, Exposure) else value
+            if isinstance(image, Micrograph):
                 path = directory / f"{name}.mrc"
-                write_mrc(path, value.data, value.pixel_size_angstrom)
+                write_mrc(path, image.data, image.pixel_size_angstrom)
                 (directory / f"{name}.pkl").unlink(missing_ok=True)
-            else:
-                path = directory / f"{name}.pkl"
-                with atomic_target(path) as tmp, open(tmp, "wb") as handle:
-                    pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
-            written.add(path.name)
+                written.add(path.name)
+            if isinstance(value, Exposure):
+                rest = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name != "micrograph"}
+                _pickle(directory / f"{name}{EXPOSURE_SUFFIX}", rest)
+                written.add(f"{name}{EXPOSURE_SUFFIX}")
+            elif not isinstance(value, Micrograph):
+                _pickle(directory / f"{name}.pkl", value)
+                written.add(f"{name}.pkl")
         selective = bool(context.step_context.run_tags.get(SELECTION_TAG)) if context.has_asset_key else False
         if not selective:
             for stale in directory.iterdir():
@@ -66,8 +75,16 @@ class BatchIOManager(dg.ConfigurableIOManager):
             if path.name.startswith(".") or path.suffix not in {".mrc", ".pkl"}:
                 continue
             try:
+                if path.name.endswith(EXPOSURE_SUFFIX):
+                    continue  # read with its image
                 if path.suffix == ".mrc":
-                    result[path.stem] = read_micrograph(path)
+                    image = read_micrograph(path)
+                    rest = path.with_name(f"{path.stem}{EXPOSURE_SUFFIX}")
+                    if rest.is_file():
+                        with open(rest, "rb") as handle:
+                            result[path.stem] = Exposure(micrograph=image, **pickle.load(handle))
+                    else:
+                        result[path.stem] = image
                 else:
                     with open(path, "rb") as handle:
                         result[path.stem] = pickle.load(handle)
@@ -79,6 +96,11 @@ class BatchIOManager(dg.ConfigurableIOManager):
                     "that step for the batch (the file was damaged or written by another version)"
                 ) from exc
         return result
+
+
+def _pickle(path: Path, value: Any) -> None:
+    with atomic_target(path) as tmp, open(tmp, "wb") as handle:
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class StoredOutputError(RuntimeError):

@@ -33,7 +33,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # ``tables/`` (``hyperscores.bak``, ``tmp copy``) is someone's copy and gets no view.
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Views over the base tables that answer the common questions (README "Querying the warehouse").
+# Views over the base tables that answer the common questions (docs/warehouse.md).
 # Each view lists the base tables it needs; it is created only when they all hold data.
 _DERIVED_VIEWS: dict[str, tuple[frozenset[str], str]] = {
     "micrograph_scores": (

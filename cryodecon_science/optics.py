@@ -18,7 +18,7 @@ Conventions, written once here and used everywhere in cryodecon:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,7 @@ class MicroscopeSettings:
     voltage_kv: float = 300.0
     spherical_aberration_mm: float = 2.7
     amplitude_contrast_fraction: float = 0.07
-    pixel_size_angstrom: float = 1.0
+    pixel_size_angstrom: float = field(kw_only=True)  # no default: the sampling is the image's, never assumed
 
     def __post_init__(self) -> None:
         if not self.voltage_kv > 0:

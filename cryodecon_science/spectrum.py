@@ -73,7 +73,7 @@ class HalfSetSpectra:
     periodograms have independent noise; together the halves tile the image once (up to the grid's
     edge margin).  Each half is further dealt, in raster order, into ``N_GROUPS // 2`` interleaved groups
     (group 2r + h holds tiles r, r + N_GROUPS/2, … of half h), so that the groups, too, share no pixel and
-    a group-jackknife can measure the spread of an estimate (``ctf_estimate``'s defocus σ).
+    a group-jackknife can measure the spread of an estimate (``ctf.uncertainty``'s defocus σ).
 
     Attributes
     ----------

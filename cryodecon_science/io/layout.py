@@ -95,8 +95,9 @@ class ExposureFile:
 
 
 @dataclass(frozen=True)
-class Exposure:
-    """One exposure read from disk.
+class RawExposure:
+    """One exposure as read from disk: frames, sampling and record (``cryodecon_science.exposure.Exposure``
+    is what the pipeline makes of it).
 
     Attributes
     ----------
@@ -245,7 +246,7 @@ def read_exposure(
     pixel_size_angstrom: float | None = None,
     check_frame_count: bool = True,
     tolerances: dict[str, tuple[float, float]] | None = None,
-) -> Exposure:
+) -> RawExposure:
     """Read one exposure (micrograph or movie) with its merged metadata record.
 
     Parameters
@@ -270,7 +271,7 @@ def read_exposure(
 
     Returns
     -------
-    Exposure
+    RawExposure
 
     Raises
     ------
@@ -338,7 +339,7 @@ def read_exposure(
     if mask is not None:
         frames = correct_defects(frames, mask)
     pixel = record.optics.pixel_size_angstrom or 0.0
-    return Exposure(file, frames, float(pixel), record, mask)
+    return RawExposure(file, frames, float(pixel), record, mask)
 
 
 def _classify(path: Path) -> ExposureFile:

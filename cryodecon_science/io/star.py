@@ -127,7 +127,7 @@ class MicrographCtfRow:
     micrograph_path : str
         Path of the micrograph as RELION should find it (usually relative to the project folder).
     ctf_fit : CtfFit
-        Result of ``ctf_estimate.estimate_ctf``.
+        Result of ``ctf.estimate_ctf``.
     microscope : MicroscopeSettings
         Voltage, C_s, amplitude contrast and pixel size; rows with equal settings share an optics group.
     ctf_image_path : str, optional

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from cryodecon_assets.figures import ctf_diagnostic, png_data_uri
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 

@@ -8,8 +8,9 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryodecon_assets.assets import correct_movie
+from cryodecon_assets.assets import motion_row, write_motion_sums
 from cryodecon_resources import MotionSettings, parse_patch_grid
+from cryodecon_science.ingest import correct_movie
 from cryodecon_science.simulate import SimulationConfig, simulate_movie
 
 
@@ -28,9 +29,9 @@ def test_patch_grid_setting_parses_and_validates() -> None:
 def test_correct_movie_writes_the_sums_and_records_the_motion(tmp_path: Path, patch_grid: tuple[int, ...]) -> None:
     config = SimulationConfig(shape_px=(256, 256), pixel_size_angstrom=2.0, n_frames=8)
     movie = simulate_movie(config, "m", 5)
-    correction, row = correct_movie(
-        movie.frames, 2.0, (config.dose_e_per_angstrom2, 300.0), tmp_path, "m", "cpu", patch_grid
-    )
+    motion = correct_movie(movie.frames, 2.0, config.dose_e_per_angstrom2, 300.0, "cpu", patch_grid)
+    write_motion_sums(tmp_path, "m", motion, 2.0)
+    correction, row = motion.correction, motion_row(motion)
     assert row["dose_weighted"] and row["dose_per_frame_e_per_angstrom2"] == pytest.approx(
         config.dose_e_per_angstrom2 / 8
     )
@@ -47,7 +48,9 @@ def test_correct_movie_writes_the_sums_and_records_the_motion(tmp_path: Path, pa
         assert correction.patch_motion is None and row["patch_grid"] is None and row["local_motion_model"] is None
     # Without a known dose there is nothing to weight by: no _DW file is written.
     unweighted = tmp_path / "unweighted"
-    _, plain = correct_movie(movie.frames, 2.0, (None, 300.0), unweighted, "m", "cpu", patch_grid)
+    unweighted_motion = correct_movie(movie.frames, 2.0, None, 300.0, "cpu", patch_grid)
+    write_motion_sums(unweighted, "m", unweighted_motion, 2.0)
+    plain = motion_row(unweighted_motion)
     assert not plain["dose_weighted"] and not (unweighted / "m_DW.mrc").exists()
     assert plain["motion_early_angstrom"] is None
 

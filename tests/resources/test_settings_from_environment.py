@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cryodecon_resources import RestorationSettings, resources_from_environment
@@ -32,3 +34,33 @@ def test_pinned_weights_from_the_environment_are_validated(monkeypatch: pytest.M
         resources_from_environment()
     with pytest.raises(ValueError, match="finite and >= 0"):
         ScoringSettings(weights=[1.0, -1.0, 0.0, 0.0, 0.0])
+
+
+def test_settings_are_read_once_and_passed_not_put_into_the_environment(tmp_path: Path) -> None:
+    """The demo and tests configure by value: the environment they were given is left as it was."""
+    from cryodecon_resources import Settings, build_resources
+
+    env = {"CRYODECON_HOME": str(tmp_path), "CRYODECON_SETTLE_SECONDS": "5"}
+    settings = Settings.from_environment(env).replace(max_batch_size=3)
+    resources = build_resources(settings)
+    assert resources.microscope_storage.root == str(tmp_path / "storage")
+    assert resources.microscope_storage.settle_seconds == 5.0 and resources.microscope_storage.max_batch_size == 3
+    assert env == {"CRYODECON_HOME": str(tmp_path), "CRYODECON_SETTLE_SECONDS": "5"}
+    with pytest.raises(ValueError, match="CRYODECON_MAX_BATCH_SIZE must be an integer"):
+        Settings.from_environment({"CRYODECON_MAX_BATCH_SIZE": "many"})
+
+
+def test_paths_set_in_the_environment_reach_the_code_location_as_env_vars(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from cryodecon_resources import Settings, build_resources
+
+    settings = Settings.from_environment({"CRYODECON_HOME": str(tmp_path), "CRYODECON_WAREHOUSE_ROOT": "/data/wh"})
+    located = build_resources(settings, env_vars=True)
+    assert (
+        isinstance(located.warehouse.root, dg.EnvVar)
+        and located.warehouse.root.env_var_name == "CRYODECON_WAREHOUSE_ROOT"
+    )
+    assert located.outputs.root == str(tmp_path / "outputs")  # not set in the environment: the default path
+    assert build_resources(settings).warehouse.root == "/data/wh"  # resolved for direct use (CLI, tests)
+    assert build_resources(settings.replace(warehouse_root=tmp_path), env_vars=True).warehouse.root == str(tmp_path)

@@ -3,7 +3,7 @@
 ``simulate_micrograph`` forms an unfiltered image: a fraction f_in = 1 − exp(−t/λ_in) of the electrons is
 scattered inelastically and arrives as a smooth, non-phase-contrast intensity background whose relative
 modulation grows with f_in (``cryodecon_science.simulate``, step 3).  The mean count stays at the dose,
-so the index must come from the low-frequency intensity (``causal._ice_index``), not from the mean.
+so the index must come from the low-frequency intensity (``causal.nodes`` ice index), not from the mean.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cryodecon_science.causal import (
     fit_priors,
     refine_spectral_model,
 )
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.optics import MicroscopeSettings, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit
 from cryodecon_science.restore import expected_ctf_squared

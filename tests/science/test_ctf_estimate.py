@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from cryodecon_science.ctf_estimate import CtfEstimationError, estimate_ctf
+from cryodecon_science.ctf import CtfEstimationError, estimate_ctf
 from cryodecon_science.optics import CtfParams, MicroscopeSettings, ctf_2d
 from cryodecon_science.records import CtfFit
 from cryodecon_science.spectrum import (
@@ -309,7 +309,7 @@ def test_spectral_model_and_uncertainty(sweep: list[tuple[Case, CtfFit]]) -> Non
 )
 def test_unusable_input_raises(image: npt.NDArray[np.float32], message: str) -> None:
     with pytest.raises(CtfEstimationError, match=message):
-        estimate_ctf(image, MicroscopeSettings())
+        estimate_ctf(image, MicroscopeSettings(pixel_size_angstrom=1.0))
 
 
 def test_ctf_estimation_error_is_a_value_error() -> None:

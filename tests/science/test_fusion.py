@@ -9,7 +9,7 @@ import scipy.ndimage
 import torch
 
 from cryodecon_science import fusion
-from cryodecon_science.ctf_estimate import estimate_ctf
+from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.denoiser import DenoiserUNet, denoise_learned
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
 from cryodecon_science.reproducibility import binomial_split_counts

@@ -290,7 +290,7 @@ def test_config_validation() -> None:
         SimulationConfig(amplitude_contrast_fraction=1.5)
     with pytest.raises(ValueError):
         simulate_micrograph(SMALL, "bad name/../x", 0)
-    assert SimulationConfig().microscope == MicroscopeSettings(300.0, 2.7, 0.07, 1.0)
+    assert SimulationConfig().microscope == MicroscopeSettings(300.0, 2.7, 0.07, pixel_size_angstrom=1.0)
 
 
 # ----------------------------------------------------------------------------------------- movies

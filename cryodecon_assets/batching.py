@@ -16,9 +16,10 @@ The sensor cursor only carries the files still *pending* (seen, not yet stable),
 sequence numbers.  A file is *ready* when
 1. its size and mtime have not changed for ``settle_seconds`` across ticks, and
 2. its size on disk equals the size its MRC header declares (a copy in progress is shorter),
-and it is *quarantined* when its header is corrupt, when it stays shorter than declared for
-``truncated_after_seconds`` (a copy that died), or when it cannot be read (reason ``unreadable``; examined
-again once its permissions change, which changes its ctime).
+and it is *quarantined* when its header is corrupt, when it stays incomplete for ``truncated_after_seconds``
+(reason ``empty``: zero bytes, a copy that never started; ``preallocated``: full size but the data's tail
+still zeros; ``truncated``: shorter than declared, a copy that died), or when it cannot be read (reason
+``unreadable``; examined again once its permissions change, which changes its ctime).
 
 A *duplicate* is a file whose SHA-256 equals that of a file already in a manifest (or of another file ready
 in the same tick): the exposure is recorded once, under the path that landed first, and the second landing
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 from cryodecon_resources.storage import FileObservation
 from cryodecon_science.io.layout import check_exposure_complete, exposure_kind
-from cryodecon_science.io.mrc import IncompleteFileError, InputFileError
+from cryodecon_science.io.mrc import IncompleteFileError, InputFileError, ZeroFilledError
 from cryodecon_science.io.session import exposure_name
 
 MANIFESTS = "manifests"
@@ -203,7 +204,15 @@ def plan_batches(
             check_exposure_complete(path)
         except IncompleteFileError as exc:
             if now_s - seen["since"] >= truncated_after_seconds:
-                set_aside(obs, "truncated", exc.detail)
+                # A copy that never started, one preallocated and never filled, or one that died.
+                reason = (
+                    "empty"
+                    if obs.size_bytes == 0
+                    else "preallocated"
+                    if isinstance(exc, ZeroFilledError)
+                    else "truncated"
+                )
+                set_aside(obs, reason, exc.detail)
             else:
                 pending[obs.relative_path] = seen
             continue

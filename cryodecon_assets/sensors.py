@@ -156,6 +156,16 @@ def report_cut(log: Any, cut: CutResult) -> None:
         )
 
 
+def queue_priority(manifest: BatchManifest) -> int:
+    """First cut, first served: ``dagster/priority`` falls by one per minute of cut time.
+
+    The queue otherwise serves runs in the order they were created, so the retry of a run whose worker
+    died (created minutes later) would wait behind every batch cut since; it inherits its parent's tags,
+    this priority with them, and goes first.  The `gpu` pool's waiting steps are ordered the same way.
+    """
+    return -int(manifest.cut_at_s // 60)
+
+
 def run_requests_for(manifests: Sequence[BatchManifest], source: str) -> list[dg.RunRequest]:
     return [
         dg.RunRequest(
@@ -166,6 +176,7 @@ def run_requests_for(manifests: Sequence[BatchManifest], source: str) -> list[dg
                 "cryodecon/session": m.session,
                 "cryodecon/source": source,
                 "cryodecon/exposures": str(len(m.files)),
+                "dagster/priority": str(queue_priority(m)),
             },
         )
         for m in manifests
@@ -245,7 +256,11 @@ def storage_sweep_schedule(
             run_key=f"sweep-{m.batch_key}-{stamp}",
             partition_key=m.batch_key,
             job_name=PROCESS_JOB,
-            tags={"cryodecon/session": m.session, "cryodecon/source": "sweep"},
+            tags={
+                "cryodecon/session": m.session,
+                "cryodecon/source": "sweep",
+                "dagster/priority": str(queue_priority(m)),
+            },
         )
         for m in unfinished
     ]

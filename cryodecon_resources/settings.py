@@ -1,27 +1,28 @@
 """Every setting of a cryodecon deployment, read from the environment in one place.
 
-==============================  ==========================================  =============================
-variable                        meaning                                     default
-==============================  ==========================================  =============================
-CRYODECON_HOME                  root of the embedded (laptop) setup         ``./.cryodecon``
-CRYODECON_STORAGE_ROOT          microscope storage (``<root>/<session>/``)  ``$CRYODECON_HOME/storage``
-CRYODECON_WAREHOUSE_ROOT        Parquet tables + DuckDB views               ``$CRYODECON_HOME/warehouse``
-CRYODECON_LIBRARY_URI           LanceDB structure library                   ``$CRYODECON_HOME/library``
-CRYODECON_OUTPUT_ROOT           MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
-CRYODECON_CITATION_GRAPH        citation graph Parquet folder               ``$CRYODECON_HOME/citations``
-CRYODECON_WEIGHTS               w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
-                                repro, meta), pinning the weights
-CRYODECON_WEIGHTS_VERSION       version recorded with pinned weights        ``configured``
-CRYODECON_ARTIFACT_STEPS        artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
-CRYODECON_FINETUNE_STEPS        per-batch fine-tuning of the denoiser       0 (off: the shipped model)
-CRYODECON_MOTION_PATCHES        patch motion correction, e.g. ``5x5``       none (global alignment)
-CRYODECON_DEVICE                auto | cpu | cuda:N                         ``auto``
-CRYODECON_CPU_THREADS           torch threads for CPU steps                 1
-CRYODECON_SETTLE_SECONDS        stability window of the storage sensor      30
-CRYODECON_MAX_BATCH_SIZE        exposures per acquisition batch             50
-CRYODECON_BATCH_WINDOW_SECONDS  cut a partial batch after this wait         300
-CRYODECON_POSTGRES_URL          PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
-==============================  ==========================================  =============================
+==================================  ==========================================  =============================
+variable                            meaning                                     default
+==================================  ==========================================  =============================
+CRYODECON_HOME                      root of the embedded (laptop) setup         ``./.cryodecon``
+CRYODECON_STORAGE_ROOT              microscope storage (``<root>/<session>/``)  ``$CRYODECON_HOME/storage``
+CRYODECON_WAREHOUSE_ROOT            Parquet tables + DuckDB views               ``$CRYODECON_HOME/warehouse``
+CRYODECON_LIBRARY_URI               LanceDB structure library                   ``$CRYODECON_HOME/library``
+CRYODECON_OUTPUT_ROOT               MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
+CRYODECON_CITATION_GRAPH            citation graph Parquet folder               ``$CRYODECON_HOME/citations``
+CRYODECON_WEIGHTS                   w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
+                                    repro, meta), pinning the weights
+CRYODECON_WEIGHTS_VERSION           version recorded with pinned weights        ``configured``
+CRYODECON_ARTIFACT_STEPS            artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
+CRYODECON_FINETUNE_STEPS            per-batch fine-tuning of the denoiser       0 (off: the shipped model)
+CRYODECON_MOTION_PATCHES            patch motion correction, e.g. ``5x5``       none (global alignment)
+CRYODECON_DEVICE                    auto | cpu | cuda:N                         ``auto``
+CRYODECON_CPU_THREADS               torch threads for CPU steps                 1
+CRYODECON_SETTLE_SECONDS            stability window of the storage sensor      30
+CRYODECON_MAX_BATCH_SIZE            exposures per acquisition batch             50
+CRYODECON_BATCH_WINDOW_SECONDS      cut a partial batch after this wait         300
+CRYODECON_TRUNCATED_AFTER_SECONDS   quarantine a file still incomplete after    600
+CRYODECON_POSTGRES_URL              PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
+==================================  ==========================================  =============================
 
 ``Settings.from_environment`` is the only reader of these variables; the resources are built from a
 ``Settings`` value (``build_resources``), so a caller that wants other values (the demo's short settle
@@ -90,6 +91,7 @@ class Settings:
     settle_seconds: float = 30.0
     max_batch_size: int = 50
     batch_window_seconds: float = 300.0
+    truncated_after_seconds: float = 600.0
     env_paths: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -129,6 +131,7 @@ class Settings:
             settle_seconds=_number(env, "CRYODECON_SETTLE_SECONDS", 30.0, float),
             max_batch_size=_number(env, "CRYODECON_MAX_BATCH_SIZE", 50, int),
             batch_window_seconds=_number(env, "CRYODECON_BATCH_WINDOW_SECONDS", 300.0, float),
+            truncated_after_seconds=_number(env, "CRYODECON_TRUNCATED_AFTER_SECONDS", 600.0, float),
             env_paths=tuple((field, variable) for field, (variable, _) in paths.items() if variable in env),
         )
 
@@ -179,6 +182,7 @@ def build_resources(settings: Settings, env_vars: bool = False) -> Resources:
             settle_seconds=settings.settle_seconds,
             max_batch_size=settings.max_batch_size,
             batch_window_seconds=settings.batch_window_seconds,
+            truncated_after_seconds=settings.truncated_after_seconds,
         ),
         warehouse=ScoreWarehouse(root=path("warehouse_root")),
         structure_library=StructureLibrary(uri=path("library_uri")),

@@ -42,6 +42,7 @@ from cryodecon_science.io.mrc import (
     PREALLOCATED_DETAIL,
     CorruptHeaderError,
     IncompleteFileError,
+    ZeroFilledError,
     check_complete,
     check_not_zero_filled,
     read_fei_extended_header,
@@ -474,7 +475,7 @@ def _check_last_page_written(tif: tifffile.TiffFile, path: Path, size: int) -> N
     if not isinstance(page, tifffile.TiffPage):
         page = page.aspage()
     if len(page.tags) == 0:
-        raise IncompleteFileError(path, f"image directory at byte {page.offset} all zeros: {PREALLOCATED_DETAIL}")
+        raise ZeroFilledError(path, f"image directory at byte {page.offset} all zeros: {PREALLOCATED_DETAIL}")
     shape = tuple(int(v) for v in page.shape)
     offsets, counts = [int(o) for o in page.dataoffsets], [int(c) for c in page.databytecounts]
     if len(shape) != 2 or page.dtype is None or not offsets or len(offsets) != len(counts):
@@ -494,11 +495,11 @@ def _check_last_page_written(tif: tifffile.TiffFile, path: Path, size: int) -> N
     except Exception as exc:  # tifffile/imagecodecs raise many types on undecodable data
         raw = b"".join(_read_at(tif, o, c) for o, c in zip(offsets, counts, strict=True))
         if not any(raw[-max(len(raw) // 16, min(len(raw), 64)) :]):
-            raise IncompleteFileError(path, f"last frame's stored data ends in zeros: {PREALLOCATED_DETAIL}") from exc
+            raise ZeroFilledError(path, f"last frame's stored data ends in zeros: {PREALLOCATED_DETAIL}") from exc
         raise CorruptHeaderError(path, f"last frame not decodable ({type(exc).__name__}: {exc})") from exc
     detail = zero_tail_detail(np.asarray(data).reshape(ny, nx))
     if detail is not None:
-        raise IncompleteFileError(path, detail)
+        raise ZeroFilledError(path, detail)
 
 
 def _read_at(tif: tifffile.TiffFile, offset: int, count: int) -> bytes:

@@ -69,6 +69,12 @@ class IncompleteFileError(InputFileError):
     reason = "incomplete"
 
 
+class ZeroFilledError(IncompleteFileError):
+    """Full size and a valid header, but the data's tail still zeros: preallocated and not yet filled."""
+
+    reason = "preallocated"
+
+
 class CorruptHeaderError(InputFileError):
     """The header is not a valid MRC header, or declares impossible dimensions or mode."""
 
@@ -305,7 +311,7 @@ def check_not_zero_filled(path: str | os.PathLike[str], geometry: MrcGeometry | 
         section = np.frombuffer(handle.read(ny * row_bytes), dtype=np.uint8)
     detail = zero_tail_detail(section.reshape(ny, row_bytes), rows)
     if detail is not None:
-        raise IncompleteFileError(path, detail)
+        raise ZeroFilledError(path, detail)
     return geometry
 
 

@@ -270,3 +270,26 @@ def test_an_unreadable_file_is_set_aside_as_unreadable_and_rechecked_once_readab
     fixed = _cut_unprivileged(storage, warehouse, str(fixed["cursor"]))
     assert fixed["created"] == ["grid-00001"]
     assert ScoreWarehouse(root=str(warehouse)).read_rows("quarantine").empty, "a batched file is no longer quarantined"
+
+
+def test_an_empty_or_preallocated_file_is_quarantined_with_its_own_reason(tmp_path: Path) -> None:
+    storage, warehouse = tmp_path / "storage", ScoreWarehouse(root=str(tmp_path / "warehouse"))
+    folder = storage / "grid" / "micrographs"
+    folder.mkdir(parents=True)
+    (folder / "never_started.mrc").write_bytes(b"")
+    write_mrc(folder / "preallocated.mrc", np.zeros((64, 64), np.float32), 1.0)
+    cut_short = _write(storage, "grid", "cut_short", 4)
+    cut_short.write_bytes(cut_short.read_bytes()[:3000])
+    resources = {"microscope_storage": _storage(storage, truncated_after_seconds=0.0), "warehouse": warehouse}
+    _tick(resources, _tick(resources, None).cursor)
+    reasons = warehouse.read_rows("quarantine").set_index("micrograph")["reason"].to_dict()
+    assert reasons == {"never_started": "empty", "preallocated": "preallocated", "cut_short": "truncated"}
+
+
+def test_the_retry_of_an_older_batch_is_queued_ahead_of_newer_batches() -> None:
+    """Dagster's run retry inherits its parent's tags: a priority that falls with cut time puts it first."""
+    older = BatchManifest("grid-00001", "grid", 1, 1_800_000_000.0, ())
+    newer = BatchManifest("grid-00002", "grid", 2, 1_800_000_000.0 + 90.0, ())
+    requests = {r.partition_key: r for r in sensors.run_requests_for([older, newer], "sensor")}
+    priority = {k: int(r.tags["dagster/priority"]) for k, r in requests.items()}
+    assert priority["grid-00001"] > priority["grid-00002"]

@@ -120,7 +120,7 @@ def test_corrupt_and_truncated_files_are_quarantined_and_the_rest_goes_on(
     quarantine = ScoreWarehouse(root=str(warehouse)).read_rows("quarantine").set_index("micrograph")
     assert quarantine.loc["garbage", "reason"] == "corrupt_header"
     assert quarantine.loc["cut_short", "reason"] == "truncated"
-    assert quarantine.loc["empty", "reason"] == "truncated"
+    assert quarantine.loc["empty", "reason"] == "empty"
     # Recorded once: later ticks do not add the same quarantine rows again.
     later = _tick(instance, resources, result.cursor)
     assert len(ScoreWarehouse(root=str(warehouse)).read_rows("quarantine")) == 3

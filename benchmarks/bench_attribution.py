@@ -257,44 +257,42 @@ def run_case(
 def run_session(
     exposures: list[Exposure], configs: dict[str, SimulationConfig], order_seed: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The sweep's exposures as one session (one batch), in a seeded random arrival order, each fitted with
-    the prior of those before it, and then the first ones, which had nothing to pool with, again with the
-    prior of all the others (``causal.leave_one_out_priors``), as ``causal_priors`` does.  Returns the
+    """The sweep's exposures as one session (one batch), in a seeded random arrival order, fitted by
+    ``causal.fit_session`` as ``causal_priors`` fits a batch: each with the prior of those before it, then the
+    first ones, which had nothing to pool with, again with the prior of all the others.  Returns the
     records of the estimates (partially pooled, what the warehouse's ``estimate`` column holds) and of the
     measurements (each micrograph alone except for the ice power its B-factor fit pools), both in the
-    sweep's order; ``refitted`` marks the first ones."""
+    sweep's order; ``refitted`` marks the first ones.  Any failed fit is raised."""
     order = [int(i) for i in np.random.default_rng(order_seed).permutation(len(exposures))]
-    prior: causal.SessionPrior | None = None
-    fitted: dict[int, tuple[dict[str, Any], causal.CausalPriors]] = {}
-    early: list[int] = []
-    for arrival, index in enumerate(order):
-        exposure = exposures[index]
-        if prior is None or prior.n_micrographs < causal.MIN_PRIOR_MICROGRAPHS:
-            early.append(index)
-        record, priors = run_case(exposure, configs[exposure.name], prior)
-        prior = causal.update_session_prior(prior, priors.session_measurements())
-        record["arrival"] = arrival
-        record["refitted"] = False
-        fitted[index] = (record, priors)
-    in_order = [(exposures[i].name, fitted[i][1].session_measurements()) for i in order]
-    refits = causal.leave_one_out_priors(in_order, [exposures[i].name for i in early])
-    for index in early:
-        exposure = exposures[index]
-        if exposure.name in refits:
-            record, priors = run_case(exposure, configs[exposure.name], refits[exposure.name])
-            fitted[index] = ({**record, "arrival": fitted[index][0]["arrival"], "refitted": True}, priors)
-    estimates: dict[int, dict[str, Any]] = {}
-    measured: dict[int, dict[str, Any]] = {}
-    for index, (record, priors) in fitted.items():
-        estimates[index] = record
-        measured[index] = {
-            **record,
-            "nodes": {
-                e.node: {"value": e.value, "unit": e.unit, "sigma": e.sigma, "weight": e.weight}
-                for e in priors.measurements
-            },
-        }
-    return [estimates[i] for i in range(len(exposures))], [measured[i] for i in range(len(exposures))]
+    by_name = {exposure.name: exposure for exposure in exposures}
+    records: dict[str, dict[str, Any]] = {}  # each micrograph's latest fit (its refit, where it had one)
+
+    def fit(name: str, session_prior: causal.SessionPrior | None) -> causal.CausalPriors:
+        records[name], priors = run_case(by_name[name], configs[name], session_prior)
+        return priors
+
+    arrivals = [exposures[i].name for i in order]
+    session = causal.fit_session(arrivals, fit, recoverable=())
+    failed = [outcome for outcome in session.priors.values() if isinstance(outcome, Exception)]
+    if failed:
+        raise failed[0]
+    fitted = session.fitted()
+    estimates: list[dict[str, Any]] = []
+    measured: list[dict[str, Any]] = []
+    for exposure in exposures:
+        name = exposure.name
+        record = {**records[name], "arrival": arrivals.index(name), "refitted": name in session.refitted}
+        estimates.append(record)
+        measured.append(
+            {
+                **record,
+                "nodes": {
+                    e.node: {"value": e.value, "unit": e.unit, "sigma": e.sigma, "weight": e.weight}
+                    for e in fitted[name].measurements
+                },
+            }
+        )
+    return estimates, measured
 
 
 def analyse(sweep: Sweep, cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ Data.  ``citations.generate_citation_graph(n_papers, start_year=1985, end_year=2
 generator seed s: SYNTHETIC (preferential attachment with fitness and ageing; a paper's hidden fitness
 shapes its reference list, see that docstring).  Nothing here is bibliometrics.
 
-Split.  ``impact_gnn.evaluate_temporal_split`` with cutoff C = 2016 and T = 5: the model is trained on the
+Split.  ``impact.evaluate_temporal_split`` with cutoff C = 2016 and T = 5: the model is trained on the
 graph as of 2016 (papers of 1995-2011 after a 10-year burn-in; 2010-2011 hold out for early stopping),
 and tested on papers of 2017-2020, whose 5-year windows close by 2025.  Each test paper is forecast from the
 snapshot of its own publication year; the target is ln(1 + c₅).
@@ -40,7 +40,7 @@ import torch
 from _common import json_ready
 
 from cryodecon_science.citations import generate_citation_graph
-from cryodecon_science.impact_gnn import evaluate_temporal_split, prepare_impact_graph
+from cryodecon_science.impact import evaluate_temporal_split, prepare_impact_graph
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

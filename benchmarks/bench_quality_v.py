@@ -159,7 +159,7 @@ def main() -> int:
     import optuna
     import torch
 
-    from cryodecon_science.scores import COMPONENT_NAMES, ScoreWeights
+    from cryodecon_science.scoring import COMPONENT_NAMES, ScoreWeights
     from cryodecon_science.weight_learning import (
         calibrate_hyperscore_shape,
         learn_score_weights,
@@ -216,7 +216,7 @@ def main() -> int:
     result["goal_met"] = result["spearman_test_learned"] >= 0.8
     # Ablation of ΔRepro's aggregation, from the same runs' recorded deviations: weakest link (what the
     # pipeline computes) against the plain mean of the exp(−δ/τ) terms.
-    from cryodecon_assets.assets import REPRO_TOLERANCES
+    from cryodecon_science.reproducibility import REPRO_TOLERANCES
 
     def repro_terms(row: dict) -> list[float]:
         return [

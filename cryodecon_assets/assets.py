@@ -12,18 +12,18 @@ micrographs and replaces only their rows and files.
 """
 
 import dataclasses
-import hashlib
+import functools
 import json
 import math
 import pickle
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
+import networkx as nx
 import numpy as np
 
 from cryodecon_assets.batching import MANIFESTS, BatchManifest, ManifestFile
@@ -36,7 +36,7 @@ from cryodecon_assets.figures import (
     trajectories_markdown,
 )
 from cryodecon_assets.partitions import acquisition_batches
-from cryodecon_assets.references import load_citation_graph, load_or_train_impact_model, particle_box_px
+from cryodecon_assets.references import load_citation_graph, load_or_train_impact_model
 from cryodecon_resources import (
     MicroscopeStorage,
     MotionSettings,
@@ -50,39 +50,37 @@ from cryodecon_resources import (
 from cryodecon_resources.io_manager import SELECTION_TAG
 from cryodecon_resources.scoring import WEIGHTS_TABLE
 from cryodecon_resources.storage import sha256_of_file
-from cryodecon_science import causal, scores
+from cryodecon_resources.tables import tables_metadata
+from cryodecon_science import causal
 from cryodecon_science.citations import max_citations_within_years
 from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.denoiser import DenoiserUNet, denoise_learned_many
-from cryodecon_science.embedding import embed_particles, novelty_score
+from cryodecon_science.denoiser_finetune import DENOISER_WEIGHTS_NAME, DenoiserRecord, finetune_denoiser
 from cryodecon_science.exposure import FALLBACK_VOLTAGE_KV, Exposure
-from cryodecon_science.impact_gnn import forecast_new_paper, prepare_impact_graph
+from cryodecon_science.impact import forecast_new_paper, prepare_impact_graph
 from cryodecon_science.ingest import MovieMotion, PreparedExposure, prepare_exposure
-from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
+from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser, save_finetuned_denoiser
 from cryodecon_science.io.layout import read_exposure
 from cryodecon_science.io.mrc import InputFileError, Micrograph, write_mrc
 from cryodecon_science.io.session import SessionMetadata, SessionMetadataError, read_session_metadata
 from cryodecon_science.metadata import flatten_metadata, metadata_to_json
 from cryodecon_science.optics import MicroscopeSettings
-from cryodecon_science.picking import excluded_area_mask, extract_boxes, pick_particles
 from cryodecon_science.records import CtfFit
-from cryodecon_science.reproducibility import (
-    binomial_split_counts,
-    defocus_phase_error_rad,
-    filtered_half_correlation,
-    frc_resolution_angstrom,
-    half_set_frc,
-    predict_seconds,
-    relative_cost_deviation,
+from cryodecon_science.reproducibility import COST_MODEL_STAGES, StepTime, cost_deviations, stable_seed
+from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
+from cryodecon_science.scoring import (
+    COMPONENT_NAMES,
+    LOGIC_RULES,
+    EvaluationRecord,
+    EvaluationSettings,
+    MicrographEvaluation,
+    ReferenceData,
+    evaluate_micrograph,
+    hyperscore,
+    quality_v,
 )
-from cryodecon_science.restore import wiener_deconvolve, wiener_denoise, wiener_denoise_filter
 
 GROUP = "batch_pipeline"
-DENOISER_WEIGHTS_NAME = "denoiser_v1 (cryodecon_science/data/denoiser_v1.pt)"
-# DoG peak threshold in robust σ of the filtered map.  2.0 measured on the demo session (demo seed 0,
-# deconvolved images): recall 0.1–0.44, precision 0.43–0.91 against the simulator's true positions; 3.0
-# gave recall ≤ 0.2.  A learned picker replaces this with the picking issue.
-PICK_THRESHOLD_SIGMA = 2.0
 T = TypeVar("T")
 
 
@@ -142,6 +140,8 @@ def run_per_micrograph(
     items: Mapping[str, Any],
     step: Callable[[str, Any], T] | None = None,
     batch_step: Callable[[Mapping[str, Any]], Mapping[str, T | Exception]] | None = None,
+    outcomes: Mapping[str, T | Exception] | None = None,
+    seconds: Mapping[str, float] | None = None,
 ) -> dict[str, T]:
     """Apply ``step`` to each micrograph; a failure of one micrograph quarantines it, not the batch.
 
@@ -154,29 +154,32 @@ def run_per_micrograph(
     ``batch_step`` instead takes the whole selection at once and returns, per micrograph, its result or
     the science error it met (a GPU pipeline that overlaps one frame's copies with another's compute,
     ``denoiser.denoise_learned_many``); then each micrograph's time is the batch's wall time over the
-    number of micrographs.  Each successful step's wall time goes to the warehouse table ``step_times``
-    (partition ``<batch>.<stage>``): staff see where time goes, and the cost model of ΔRepro calibrates on it.
+    number of micrographs.  ``outcomes`` instead are the results already computed by a step over the batch
+    that must see the micrographs in sequence (``causal.fit_session``), with each one's wall time in
+    ``seconds``.  Each successful step's wall time goes to the warehouse table ``step_times`` (partition
+    ``<batch>.<stage>``): staff see where time goes, and the cost model of ΔRepro calibrates on it.
     """
-    if (step is None) == (batch_step is None):
-        raise TypeError("give exactly one of step and batch_step")
+    if sum(given is not None for given in (step, batch_step, outcomes)) != 1:
+        raise TypeError("give exactly one of step, batch_step and outcomes")
     batch = context.partition_key
     results: dict[str, T] = {}
     failures: list[dict[str, Any]] = []
     unexpected: list[Exception] = []
     times: list[dict[str, Any]] = []
-    outcomes: Mapping[str, T | Exception] = {}
+    own_seconds: Mapping[str, float] = seconds or {}
     shared_seconds = 0.0
     if batch_step is not None and items:
         started = time.perf_counter()
         outcomes = batch_step(items)
         shared_seconds = (time.perf_counter() - started) / len(items)
+    computed: Mapping[str, T | Exception] = outcomes or {}
     for name, item in items.items():
         started = time.perf_counter()
         try:
             if step is not None:
                 result = step(name, item)
             else:
-                outcome = outcomes[name]
+                outcome = computed[name]
                 if isinstance(outcome, Exception):
                     raise outcome
                 result = outcome
@@ -197,7 +200,7 @@ def run_per_micrograph(
                 "micrograph": name,
                 "batch": batch,
                 "stage": stage,
-                "seconds": time.perf_counter() - started if step is not None else shared_seconds,
+                "seconds": time.perf_counter() - started if step is not None else own_seconds.get(name, shared_seconds),
                 "n_pixels": int(data.size) if data is not None else None,
                 "run_id": context.run.run_id,
             }
@@ -365,6 +368,32 @@ def metadata_disagreements(prepared: Mapping[str, tuple[ManifestFile, PreparedEx
     }
 
 
+def raw_checks(
+    prepared: Mapping[str, tuple[ManifestFile, PreparedExposure]], failures: list[dict[str, Any]]
+) -> Iterator[dg.AssetCheckResult]:
+    """The checks of ``raw_micrographs``: header and sidecar agree, and no exposure was quarantined."""
+    disagreements = metadata_disagreements(prepared)
+    yield warning_check(
+        "metadata_sources_agree",
+        not disagreements,
+        exposures_with_disagreements=len(disagreements),
+        disagreements=dg.MetadataValue.json(disagreements),
+    )
+    yield warning_check(
+        "no_quarantined_exposures",
+        not failures,
+        quarantined=len(failures),
+        reasons=dg.MetadataValue.json({f["relative_path"]: f"{f['reason']}: {f['detail']}" for f in failures}),
+    )
+
+
+def warning_check(check_name: str, passed: bool, **metadata: Any) -> dg.AssetCheckResult:
+    """An asset check result of severity WARN: a failure is shown, downstream assets still run."""
+    return dg.AssetCheckResult(
+        check_name=check_name, passed=passed, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
+    )
+
+
 def remove_stale_sums(folder: Path, kept: set[str]) -> None:
     """After a full run of a batch: drop the sums of movies no longer in its output (quarantined on rerun)."""
     for path in folder.glob("*.mrc") if folder.is_dir() else []:
@@ -491,33 +520,18 @@ def raw_micrographs(
         exposures[entry.name] = ready.exposure
         prepared[entry.name] = (entry, ready)
     tables = exposure_tables(batch, manifest, prepared)
-    for table, rows in tables.items():
-        warehouse.write_rows(table, batch, rows, replace_micrographs=chosen)
+    held = {
+        table: warehouse.write_rows(table, batch, rows, replace_micrographs=chosen) for table, rows in tables.items()
+    }
     if chosen is None:
         remove_stale_sums(sums_folder, set(exposures))
     # RELION's corrected_micrographs.star over the whole batch (a selective rerun keeps the other movies' rows).
     star_path = write_motion_star(warehouse, outputs, batch)
     quarantine(warehouse, batch, "raw_micrographs", failures, chosen)
-    yield dg.Output(exposures, metadata=raw_metadata(manifest, prepared, tables, failures, star_path))
-    disagreements = metadata_disagreements(prepared)
-    yield dg.AssetCheckResult(
-        check_name="metadata_sources_agree",
-        passed=not disagreements,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "exposures_with_disagreements": len(disagreements),
-            "disagreements": dg.MetadataValue.json(disagreements),
-        },
+    yield dg.Output(
+        exposures, metadata={**raw_metadata(manifest, prepared, tables, failures, star_path), **tables_metadata(held)}
     )
-    yield dg.AssetCheckResult(
-        check_name="no_quarantined_exposures",
-        passed=not failures,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "quarantined": len(failures),
-            "reasons": dg.MetadataValue.json({f["relative_path"]: f"{f['reason']}: {f['detail']}" for f in failures}),
-        },
-    )
+    yield from raw_checks(prepared, failures)
 
 
 @dg.asset(
@@ -535,8 +549,6 @@ def ctf_estimates(
     outputs: OutputStore,
     device: TorchDevice,
 ) -> dg.Output[dict[str, CtfFit]]:
-    from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
-
     batch = context.partition_key
     torch_device = device.torch_device()
 
@@ -549,11 +561,19 @@ def ctf_estimates(
         )
 
     fits = run_per_micrograph(context, warehouse, "ctf_estimates", selected(context, raw_micrographs), step)
-    rows = [
+    rows = ctf_rows(batch, raw_micrographs, fits)
+    held = {"ctf": warehouse.write_rows("ctf", batch, rows, replace_micrographs=selection(context))}
+    star_path = write_ctf_star(warehouse, outputs, batch, raw_micrographs, fits)
+    return dg.Output(fits, metadata={**ctf_metadata(raw_micrographs, fits, rows, star_path), **tables_metadata(held)})
+
+
+def ctf_rows(batch: str, raw: Mapping[str, Exposure], fits: Mapping[str, CtfFit]) -> list[dict[str, Any]]:
+    """The ``ctf`` table: one row per fitted micrograph."""
+    return [
         {
             "micrograph": name,
             "batch": batch,
-            "session": raw_micrographs[name].session,
+            "session": raw[name].session,
             "defocus_u_angstrom": fit.ctf.defocus_u_angstrom,
             "defocus_v_angstrom": fit.ctf.defocus_v_angstrom,
             "astigmatism_angle_degrees": fit.ctf.astigmatism_angle_deg,
@@ -561,56 +581,68 @@ def ctf_estimates(
             "fit_resolution_angstrom": fit.fit_resolution_angstrom,
             "cross_correlation": fit.cross_correlation,
             "defocus_sigma_angstrom": fit.defocus_sigma_angstrom,
-            "nominal_defocus_angstrom": raw_micrographs[name].nominal_defocus_angstrom,
+            "nominal_defocus_angstrom": raw[name].nominal_defocus_angstrom,
         }
         for name, fit in fits.items()
     ]
-    warehouse.write_rows("ctf", batch, rows, replace_micrographs=selection(context))
-    all_rows = warehouse.read_rows("ctf", batch)
+
+
+def write_ctf_star(
+    warehouse: ScoreWarehouse,
+    outputs: OutputStore,
+    batch: str,
+    raw: Mapping[str, Exposure],
+    fits: Mapping[str, CtfFit],
+) -> Path:
+    """RELION ``micrographs_ctf.star`` over the batch's ``ctf`` rows (a selective rerun keeps the others' fits)."""
+    from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
+
     star_path = outputs.star_path(batch, "micrographs_ctf.star")
     star_rows = []
     stored = load_stored_fits(outputs, batch)
-    for row in all_rows.to_dict("records"):
+    for row in warehouse.read_rows("ctf", batch).to_dict("records"):
         name = row["micrograph"]
         fit = fits.get(name) or stored.get(name)
-        if fit is not None and name in raw_micrographs:
+        if fit is not None and name in raw:
             star_rows.append(
                 MicrographCtfRow(
-                    str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc")),
-                    fit,
-                    raw_micrographs[name].microscope,
+                    str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc")), fit, raw[name].microscope
                 )
             )
     if star_rows:
         write_micrographs_ctf_star(star_path, star_rows)
+    return star_path
+
+
+def ctf_metadata(
+    raw: Mapping[str, Exposure], fits: Mapping[str, CtfFit], rows: list[dict[str, Any]], star_path: Path
+) -> dict[str, Any]:
+    """The UI metadata of ``ctf_estimates``: medians, the STAR file, diagnostics and the fits' table."""
     defoci = [r["defocus_u_angstrom"] for r in rows]
-    return dg.Output(
-        fits,
-        metadata={
-            "fitted": len(fits),
-            "median_defocus_u_angstrom": float(np.median(defoci)) if defoci else float("nan"),
-            "median_fit_resolution_angstrom": (
-                float(np.median([r["fit_resolution_angstrom"] for r in rows])) if rows else float("nan")
-            ),
-            "star_file": dg.MetadataValue.path(str(star_path)),
-            "diagnostics": dg.MetadataValue.md(
-                ctf_markdown(
-                    {k: raw_micrographs[k].data for k in list(fits)[:PREVIEW_LIMIT]},
-                    fits,
-                    {k: raw_micrographs[k].microscope for k in fits},
-                )
-            ),
-            "fits": dg.MetadataValue.md(
-                "| micrograph | ΔfU (Å) | ΔfV (Å) | angle (°) | fit res (Å) | CC |\n|---|---|---|---|---|---|\n"
-                + "\n".join(
-                    f"| {r['micrograph']} | {r['defocus_u_angstrom']:.0f} | {r['defocus_v_angstrom']:.0f} | "
-                    f"{r['astigmatism_angle_degrees']:.1f} | {r['fit_resolution_angstrom']:.2f} | "
-                    f"{r['cross_correlation']:.3f} |"
-                    for r in rows
-                )
-            ),
-        },
-    )
+    return {
+        "fitted": len(fits),
+        "median_defocus_u_angstrom": float(np.median(defoci)) if defoci else float("nan"),
+        "median_fit_resolution_angstrom": (
+            float(np.median([r["fit_resolution_angstrom"] for r in rows])) if rows else float("nan")
+        ),
+        "star_file": dg.MetadataValue.path(str(star_path)),
+        "diagnostics": dg.MetadataValue.md(
+            ctf_markdown(
+                {k: raw[k].data for k in list(fits)[:PREVIEW_LIMIT]},
+                fits,
+                {k: raw[k].microscope for k in fits},
+            )
+        ),
+        "fits": dg.MetadataValue.md(
+            "| micrograph | ΔfU (Å) | ΔfV (Å) | angle (°) | fit res (Å) | CC |\n|---|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {r['micrograph']} | {r['defocus_u_angstrom']:.0f} | {r['defocus_v_angstrom']:.0f} | "
+                f"{r['astigmatism_angle_degrees']:.1f} | {r['fit_resolution_angstrom']:.2f} | "
+                f"{r['cross_correlation']:.3f} |"
+                for r in rows
+            )
+        ),
+    }
 
 
 def session_prior_before(warehouse: ScoreWarehouse, session: str, batch_sequence: int) -> causal.SessionPrior | None:
@@ -702,10 +734,9 @@ def causal_priors(
     items = {k: v for k, v in selected(context, raw_micrographs).items() if k in ctf_estimates}
     torch_device = device.torch_device()
     prior_before = session_prior_before(warehouse, manifest.session, manifest.sequence)
-    prior = prior_before
-    early: list[str] = []  # fitted before the session had MIN_PRIOR_MICROGRAPHS micrographs to pool with
 
-    def fit(name: str, exposure: Exposure, session_prior: causal.SessionPrior | None) -> causal.CausalPriors:
+    def fit(name: str, session_prior: causal.SessionPrior | None) -> causal.CausalPriors:
+        exposure = items[name]
         return causal.fit_priors(
             exposure.data,
             ctf_estimates[name],
@@ -716,26 +747,33 @@ def causal_priors(
             device=torch_device,
         )
 
-    def step(name: str, exposure: Exposure) -> causal.CausalPriors:
-        nonlocal prior
-        if prior is None or prior.n_micrographs < causal.MIN_PRIOR_MICROGRAPHS:
-            early.append(name)
-        fitted = fit(name, exposure, prior)
-        prior = causal.update_session_prior(prior, fitted.session_measurements())
-        return fitted
+    session = causal.fit_session(list(items), fit, prior_before, recoverable=SCIENCE_ERRORS)
+    fitted_all = run_per_micrograph(
+        context, warehouse, "causal_priors", items, outcomes=session.priors, seconds=session.seconds
+    )
+    for name, exc in session.refit_errors.items():  # the first fit stands on its own: kept
+        context.log.warning(f"causal_priors: {name} refit with the session prior failed, first fit kept: {exc}")
+    rows = prior_rows(batch, manifest, fitted_all)
+    for name, fitted in fitted_all.items():
+        warehouse.write_document("causal_graphs", f"{batch}.{name}", fitted.graph_node_link)
+    chosen = selection(context)
+    held = {
+        "priors": warehouse.write_rows("priors", batch, rows, replace_micrographs=chosen),
+        "prior_iterations": warehouse.write_rows(
+            "prior_iterations", batch, iteration_rows(batch, fitted_all), replace_micrographs=chosen
+        ),
+    }
+    population_rows = record_session_prior(warehouse, manifest, batch, prior_before)
+    held["session_priors"] = len(population_rows)
+    metadata = causal_metadata(fitted_all, session.refitted, rows, population_rows)
+    return dg.Output(fitted_all, metadata={**metadata, **tables_metadata(held)})
 
-    fitted_all = run_per_micrograph(context, warehouse, "causal_priors", items, step)
-    # The session's first micrographs again, now with the prior of all the others (leave_one_out_priors).
-    measured_in_order = [(name, fitted.session_measurements()) for name, fitted in fitted_all.items()]
-    refits = causal.leave_one_out_priors(measured_in_order, [n for n in early if n in fitted_all], prior_before)
-    refitted = []
-    for name, loo_prior in refits.items():
-        try:
-            fitted_all[name] = fit(name, items[name], loo_prior)
-            refitted.append(name)
-        except SCIENCE_ERRORS as exc:  # the first fit stands on its own: keep it
-            context.log.warning(f"causal_priors: {name} refit with the session prior failed, first fit kept: {exc}")
-    rows, iteration_rows = [], []
+
+def prior_rows(
+    batch: str, manifest: BatchManifest, fitted_all: Mapping[str, causal.CausalPriors]
+) -> list[dict[str, Any]]:
+    """The ``priors`` table: per micrograph, each cause node and the ice power (estimate and measurement)."""
+    rows = []
     for name, fitted in fitted_all.items():
         measured = fitted.session_measurements()
         # The cause nodes, then the ice power: a nuisance the session pools, not a cause (weight 0, never shrunk).
@@ -762,37 +800,51 @@ def causal_priors(
                     "n_iterations": fitted.n_iterations,
                 }
             )
-        for index, values in enumerate(fitted.iterations):
-            for node, value in values.items():
-                iteration_rows.append(
-                    {"micrograph": name, "batch": batch, "iteration": index, "node": node, "value": value}
-                )
-        warehouse.write_document("causal_graphs", f"{batch}.{name}", fitted.graph_node_link)
-    chosen = selection(context)
-    warehouse.write_rows("priors", batch, rows, replace_micrographs=chosen)
-    warehouse.write_rows("prior_iterations", batch, iteration_rows, replace_micrographs=chosen)
-    # The session prior as it stands after this batch: the earlier batches' plus this batch's whole partition.
+    return rows
+
+
+def iteration_rows(batch: str, fitted_all: Mapping[str, causal.CausalPriors]) -> list[dict[str, Any]]:
+    """The ``prior_iterations`` table: every node's value at every iteration of the self-evaluation loop."""
+    return [
+        {"micrograph": name, "batch": batch, "iteration": index, "node": node, "value": value}
+        for name, fitted in fitted_all.items()
+        for index, values in enumerate(fitted.iterations)
+        for node, value in values.items()
+    ]
+
+
+def record_session_prior(
+    warehouse: ScoreWarehouse, manifest: BatchManifest, batch: str, prior_before: causal.SessionPrior | None
+) -> list[dict[str, object]]:
+    """Write (and return) the ``session_priors`` rows: the prior after this batch, from its whole partition."""
     batch_measured = measured_per_micrograph(warehouse.read_rows("priors", batch))
     after = causal.session_prior_of(batch_measured, prior_before) if batch_measured else prior_before
     population_rows = session_prior_rows(after, manifest.session, batch, manifest.sequence) if after else []
     warehouse.write_rows("session_priors", batch, population_rows)
+    return population_rows
+
+
+def causal_metadata(
+    fitted_all: Mapping[str, causal.CausalPriors],
+    refitted: Sequence[str],
+    rows: list[dict[str, Any]],
+    population_rows: list[dict[str, object]],
+) -> dict[str, Any]:
+    """The UI metadata of ``causal_priors``: refits, convergence, mean weights, the session prior, graphs."""
     weights: dict[str, list[float]] = {}
     for row in rows:
         if row["node"] in causal.CAUSE_NODES:
             weights.setdefault(row["node"], []).append(row["weight"])
-    return dg.Output(
-        fitted_all,
-        metadata={
-            "refitted_with_the_session_prior": dg.MetadataValue.json(sorted(refitted)),
-            "converged": sum(1 for p in fitted_all.values() if p.converged),
-            "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
-            "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),
-            "session_prior": dg.MetadataValue.md(session_prior_markdown(population_rows)),
-            "causal_graph": dg.MetadataValue.md(
-                "\n\n".join(causal_graph_markdown(p, name) for name, p in list(fitted_all.items())[:PREVIEW_LIMIT])
-            ),
-        },
-    )
+    return {
+        "refitted_with_the_session_prior": dg.MetadataValue.json(sorted(refitted)),
+        "converged": sum(1 for p in fitted_all.values() if p.converged),
+        "not_converged": sum(1 for p in fitted_all.values() if not p.converged),
+        "mean_weight_by_node": dg.MetadataValue.json({k: float(np.mean(v)) for k, v in sorted(weights.items())}),
+        "session_prior": dg.MetadataValue.md(session_prior_markdown(population_rows)),
+        "causal_graph": dg.MetadataValue.md(
+            "\n\n".join(causal_graph_markdown(p, name) for name, p in list(fitted_all.items())[:PREVIEW_LIMIT])
+        ),
+    }
 
 
 def _restore(
@@ -872,124 +924,14 @@ deconvolved_micrographs = restoration_asset(
 )
 
 
-# τ of each ΔRepro deviation (scores.reproducibility_score: a deviation of τ scores e⁻¹ ≈ 0.37).
-REPRO_TOLERANCES = {
-    # CTF phase error at the fit resolution from the defocus spread between independent sub-crops
-    # (reproducibility.defocus_phase_error_rad): at 1 rad a CTF correction keeps cos(1) ≈ 54 % of the
-    # signal at the fit resolution.
-    "defocus_subcrops_phase": 1.0,
-    # NRMSD of the restoration of a one-pixel-shifted input: a shift-invariant filter moves by round-off only.
-    "restoration_shift": 0.05,
-    # 1 − correlation of the restored independent noise halves above 1/200 Å⁻¹.  Measured half-set
-    # correlations of simulated 1k micrographs span 0.02–0.65; τ = 0.5 maps that to e^-2 … e^-0.7, using
-    # the score's range instead of crowding near 0.
-    "noise_split": 0.5,
-    # NRMSD between CPU and GPU restorations: float32 FFT round-off is ~1e-6; 1e-3 means a real difference.
-    "cpu_vs_device": 1e-3,
-    # |t − t̂|/t̂ of the compute time against the cost model; 2.0 because timings on a shared machine
-    # scatter by tens of per cent without anything being wrong, while a step taking 3× its prediction
-    # (δ = 2, a self-evaluation loop that needed every iteration, a silent CPU fallback) should register.
-    "compute_cost": 2.0,
-}
-COST_MODEL_STAGES = ("ctf_estimates", "causal_priors", "restored_micrographs", "deconvolved_micrographs")
-
-
-def _nrmsd(a: np.ndarray, b: np.ndarray) -> float:
-    """‖a − b‖_rms / std(b): image deviation relative to the image's own contrast."""
-    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2)) / (float(np.std(b)) + 1e-12))
-
-
-def _stable_seed(name: str) -> int:
-    """A seed derived from the micrograph name, so the noise split is the same on every rerun."""
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-
-
-def compute_cost_deviations(warehouse: ScoreWarehouse, batch: str) -> dict[str, float]:
-    """δ_cost per micrograph: measured time of the FFT-bound steps vs the cost model (leave one out).
-
-    For each stage in ``COST_MODEL_STAGES`` the model t̂ = c·n·log₂ n is calibrated on the batch's other
-    micrographs (``reproducibility.predict_seconds``); the stage times and predictions are summed and
-    compared.  Micrographs missing a stage's time, or alone in their batch, get no cost deviation.
-    """
-    measured: dict[str, float] = {}
-    predicted: dict[str, float] = {}
-    complete: set[str] | None = None
+def step_times(warehouse: ScoreWarehouse, batch: str) -> dict[str, list[StepTime]]:
+    """The batch's ``step_times`` of the cost model's stages (``COST_MODEL_STAGES``), rows with a size only."""
+    times: dict[str, list[StepTime]] = {}
     for stage in COST_MODEL_STAGES:
         frame = warehouse.read_rows("step_times", f"{batch}.{stage}")
-        if frame.empty:
-            return {}
-        rows = frame.dropna(subset=["n_pixels"]).to_dict("records")
-        names = {r["micrograph"] for r in rows}
-        complete = names if complete is None else complete & names
-        for row in rows:
-            others = [r for r in rows if r["micrograph"] != row["micrograph"]]
-            guess = predict_seconds(
-                [float(r["seconds"]) for r in others], [int(r["n_pixels"]) for r in others], int(row["n_pixels"])
-            )
-            if guess is None:
-                continue
-            measured[row["micrograph"]] = measured.get(row["micrograph"], 0.0) + float(row["seconds"])
-            predicted[row["micrograph"]] = predicted.get(row["micrograph"], 0.0) + guess
-    return {
-        name: relative_cost_deviation(measured[name], predicted[name])
-        for name in sorted(complete or set())
-        if name in predicted and predicted[name] > 0
-    }
-
-
-@dataclass(frozen=True)
-class DenoiserRecord:
-    """Which denoiser restores a batch: the shipped model, or one fine-tuned on the batch's micrographs.
-
-    ``weights_path`` is the fine-tuned weights file (None for the shipped model); the two held-out
-    Noise2Noise losses (``noise2noise_loss``, fresh binomial splits of the batch, a seed not used in
-    training) compare them on the same pairs — the fine-tuned model is used only when its loss is lower.
-    """
-
-    source: str  # "shipped" | "fine-tuned"
-    weights_path: str | None
-    finetune_steps: int
-    shipped_loss: float | None
-    finetuned_loss: float | None
-    n_micrographs: int
-
-    @property
-    def description(self) -> str:
-        if self.weights_path is None:
-            return f"{DENOISER_WEIGHTS_NAME}, shipped"
-        return f"{DENOISER_WEIGHTS_NAME} fine-tuned for {self.finetune_steps} steps on this batch ({self.weights_path})"
-
-
-# Held-out comparison of the shipped and the fine-tuned denoiser: patch pairs, patch edge, seed offset.
-FINETUNE_HOLDOUT_PAIRS = 64
-FINETUNE_PATCH_PX = 128
-
-
-def finetune_denoiser(micrographs: Mapping[str, Micrograph], steps: int, seed: int, folder: Path) -> DenoiserRecord:
-    """Fine-tune the shipped denoiser on a batch's micrographs (counts) and keep it only if it lowers the
-    held-out Noise2Noise loss; ``steps`` = 0 or no usable micrograph: the shipped model."""
-    from cryodecon_science.denoiser import TrainingConfig, noise2noise_loss, train_noise2noise
-    from cryodecon_science.io.denoiser_weights import save_denoiser
-
-    shipped = load_pretrained_denoiser()
-    counts = [
-        m.data.astype(np.float32)
-        for m in micrographs.values()
-        if min(m.data.shape) >= FINETUNE_PATCH_PX and float(m.data.mean()) > 1.0
-    ]
-    if steps == 0 or not counts:
-        return DenoiserRecord("shipped", None, 0, None, None, len(counts))
-    training = TrainingConfig(steps=steps, batch_size=4, patch_px=FINETUNE_PATCH_PX, learning_rate=1e-4, seed=seed)
-    tuned, _ = train_noise2noise(counts, shipped.config, training, initial=shipped)
-    holdout_seed = seed + 1_000_003
-    shipped_loss = noise2noise_loss(shipped, counts, FINETUNE_HOLDOUT_PAIRS, FINETUNE_PATCH_PX, holdout_seed)
-    tuned_loss = noise2noise_loss(tuned, counts, FINETUNE_HOLDOUT_PAIRS, FINETUNE_PATCH_PX, holdout_seed)
-    if not tuned_loss < shipped_loss:
-        return DenoiserRecord("shipped", None, steps, shipped_loss, tuned_loss, len(counts))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "denoiser_finetuned.pt"
-    save_denoiser(tuned, path, {"base": DENOISER_WEIGHTS_NAME, "steps": steps, "holdout_loss": tuned_loss})
-    return DenoiserRecord("fine-tuned", str(path), steps, shipped_loss, tuned_loss, len(counts))
+        rows = frame.dropna(subset=["n_pixels"]).to_dict("records") if not frame.empty else []
+        times[stage] = [StepTime(r["micrograph"], float(r["seconds"]), int(r["n_pixels"])) for r in rows]
+    return times
 
 
 @dg.asset(
@@ -1009,12 +951,12 @@ def session_denoiser(
     outputs: OutputStore,
 ) -> dg.Output[dict[str, DenoiserRecord]]:
     batch = context.partition_key
-    seed = int(hashlib.sha256(batch.encode()).hexdigest()[:8], 16)
     record = finetune_denoiser(
-        raw_micrographs,
+        [exposure.data for exposure in raw_micrographs.values()],
+        load_pretrained_denoiser(),
         restoration.denoiser_finetune_steps,
-        seed,
-        outputs.asset_path("session_denoiser", batch),
+        stable_seed(batch),
+        functools.partial(save_finetuned_denoiser, outputs.asset_path("session_denoiser", batch)),
     )
     metadata: dict[str, Any] = {"model": record.description, "source": record.source}
     if record.shipped_loss is not None and record.finetuned_loss is not None:
@@ -1121,7 +1063,7 @@ def fused_denoised_micrographs(
             model,
             fit,
             exposure.microscope,
-            seed=_stable_seed(name),
+            seed=stable_seed(name),
             learned_full=learned_denoised_micrographs[name].data,
             wiener_full=restored_micrographs[name].data,
             device=torch_device,
@@ -1143,24 +1085,13 @@ def fused_denoised_micrographs(
     )
 
 
-@dataclass(frozen=True)
-class EvaluationRecord:
-    components: scores.ScoreComponents
-    rules: tuple[scores.RuleResult, ...]
-    n_particles: int
-    impact_citations: float
-    details: Mapping[str, float]
-    repro_limited_by: str
-    half_set_frc_0143_angstrom: float | None
-
-
 EVALUATION_CHECKS = [
     dg.AssetCheckSpec(
         f"rule_{rule.name}",
         asset="evaluation_scores",
         description=f"{rule.statement} ({rule.physical_reason})",
     )
-    for rule in scores.LOGIC_RULES
+    for rule in LOGIC_RULES
 ]
 
 
@@ -1192,146 +1123,106 @@ def evaluation_scores(
     manifest = load_manifest(warehouse, batch)
     torch_device = device.torch_device()
     graph = load_citation_graph(scoring)
-    max_citations = max_citations_within_years(graph, 5) if graph is not None else 0
-    prepared_graph = prepare_impact_graph(graph) if graph is not None else None
-    model = load_or_train_impact_model(outputs, prepared_graph) if prepared_graph is not None else None
-    publication_year = datetime.fromtimestamp(manifest.cut_at_s, UTC).year
-    library_distances = structure_library.library_nn_distances(before_s=manifest.cut_at_s)
+    references = reference_data(structure_library, graph, outputs, manifest, batch)
+    settings = EvaluationSettings(particle_diameter_angstrom=scoring.particle_diameter_angstrom)
     items = {
         k: v
         for k, v in selected(context, raw_micrographs).items()
         if k in restored_micrographs and k in deconvolved_micrographs and k in causal_priors
     }
-    embeddings_by_name: dict[str, np.ndarray] = {}
-    cost_deviations = compute_cost_deviations(warehouse, batch)
+    cost = cost_deviations(step_times(warehouse, batch))
 
-    def step(name: str, exposure: Exposure) -> EvaluationRecord:
-        raw = exposure
-        fit = ctf_estimates[name]
-        priors = causal_priors[name]
-        restored = restored_micrographs[name].data
-        pixel = raw.pixel_size_angstrom
-        diameter_px = scoring.particle_diameter_angstrom / pixel
-        # Picked on the CTF-corrected image, where dense particles are bright blobs (on the denoised
-        # image, defocus fringes spread them into rings and the DoG picker misses most of them).
-        picks = pick_particles(
+    def step(name: str, exposure: Exposure) -> MicrographEvaluation:
+        return evaluate_micrograph(
+            exposure,
+            ctf_estimates[name],
+            causal_priors[name],
+            restored_micrographs[name].data,
             deconvolved_micrographs[name].data,
-            pixel,
-            scoring.particle_diameter_angstrom,
-            threshold_sigma=PICK_THRESHOLD_SIGMA,
-            dark_particles=False,
-        )
-        # LogicScore
-        inputs = scores.RuleInputs(
-            defocus_u_angstrom=fit.ctf.defocus_u_angstrom,
-            defocus_v_angstrom=fit.ctf.defocus_v_angstrom,
-            nominal_defocus_angstrom=exposure.nominal_defocus_angstrom,
-            fit_resolution_angstrom=fit.fit_resolution_angstrom,
-            pixel_size_angstrom=pixel,
-            dose_header_e_per_angstrom2=exposure.dose_e_per_angstrom2,
-            mean_counts_per_pixel=float(raw.data.mean()),
-            low_frequency_power_ratio=scores.low_frequency_power_ratio(raw.data, restored, pixel),
-            beyond_fit_power_ratio=scores.power_beyond_ratio(
-                raw.data, deconvolved_micrographs[name].data, pixel, fit.fit_resolution_angstrom
-            ),
-            particle_positions_px=picks,
-            particle_diameter_px=diameter_px,
-            image_shape_px=(int(raw.data.shape[0]), int(raw.data.shape[1])),
-            excluded_area_mask=excluded_area_mask(raw.data, pixel),
-        )
-        rule_results = scores.evaluate_rules(inputs)
-        logic = scores.logic_score(rule_results)
-        # Novelty and ImpactFore through the structure library, on CTF-corrected particle boxes (the
-        # references are CTF-free projections, so CTF-modulated boxes would look novel for that alone).
-        box_px = particle_box_px(diameter_px)
-        deconvolved = deconvolved_micrographs[name].data
-        boxes = extract_boxes(deconvolved, picks, box_px) if len(picks) else np.zeros((0, box_px, box_px), np.float32)
-        embeddings = embed_particles(boxes, device=torch_device) if len(boxes) else np.zeros((0, 1), np.float32)
-        impact_citations = 0.0
-        if len(embeddings):
-            # An empty library gives infinite distances, hence novelty 1: nothing is known yet.
-            distances, neighbours = structure_library.nearest(
-                embeddings, k=1, before_s=manifest.cut_at_s, exclude_batch=batch
-            )
-            novelty = novelty_score(distances[:, 0], library_distances)
-            cited = [
-                (hits[0].paper_id, 1.0 - hits[0].distance)
-                for hits in neighbours
-                if hits and hits[0].paper_id and hits[0].distance < 1.0
-            ]
-            if model is not None and prepared_graph is not None and cited:
-                # A new structure enters the citation graph as a paper citing the papers of the known
-                # structures it resembles (impact_gnn.forecast_new_paper).
-                impact_citations = forecast_new_paper(
-                    model, prepared_graph, [str(p) for p, _ in cited], publication_year, [w for _, w in cited]
-                )
-        else:
-            novelty = 0.0  # no particle found: empty ice or contamination is not a novel structure
-        impact = scores.impact_normalised(impact_citations, float(max_citations)) if max_citations > 0 else 0.0
-        embeddings_by_name[name] = embeddings
-        # ΔRepro: the CTF on independent sub-crops (tile halves), the restoration on an independent
-        # noise split and on a one-pixel shift, CPU vs GPU when on a GPU, and the compute-cost deviation.
-        fit_used = causal.refined_ctf_fit(fit, priors)
-        shifted = wiener_denoise(np.roll(raw.data, 1, axis=1), fit_used, exposure.microscope, device=torch_device)
-        deviations = {
-            "defocus_subcrops_phase": defocus_phase_error_rad(
-                fit.defocus_sigma_angstrom, fit.fit_resolution_angstrom, exposure.microscope.voltage_kv
-            ),
-            "restoration_shift": _nrmsd(np.roll(shifted, -1, axis=1), restored),
-        }
-        half_a, half_b = binomial_split_counts(raw.data, seed=_stable_seed(name))
-        denoise_filter = wiener_denoise_filter(raw.data.shape, fit_used, exposure.microscope, device=torch_device)
-        half_correlation = filtered_half_correlation(half_a, half_b, denoise_filter, pixel)
-        # Quality without ground truth: where the independently restored halves stop agreeing.
-        frc_resolution = frc_resolution_angstrom(*half_set_frc(half_a, half_b, denoise_filter, pixel))
-        deviations["noise_split"] = max(0.0, 1.0 - half_correlation)
-        if torch_device.type != "cpu":
-            on_cpu = wiener_denoise(raw.data, fit_used, exposure.microscope, device="cpu")
-            deviations["cpu_vs_device"] = _nrmsd(restored, on_cpu)
-        if name in cost_deviations:
-            deviations["compute_cost"] = cost_deviations[name]
-        repro = scores.reproducibility_score(deviations, REPRO_TOLERANCES)
-        limiting = scores.limiting_quantity(deviations, REPRO_TOLERANCES)
-        sigmas = {e.node: e.sigma for e in priors.estimates}
-        meta = scores.meta_stability_score(priors.iterations, sigmas, priors.converged)
-        components = scores.ScoreComponents(logic=logic, novelty=novelty, impact=impact, repro=repro, meta=meta)
-        return EvaluationRecord(
-            components,
-            rule_results,
-            len(picks),
-            impact_citations,
-            {**{f"repro_{k}": v for k, v in deviations.items()}, "half_set_correlation": half_correlation},
-            limiting,
-            frc_resolution,
+            references=references,
+            settings=settings,
+            cost_deviation=cost.get(name),
+            seed=stable_seed(name),
+            device=torch_device,
         )
 
-    records = run_per_micrograph(context, warehouse, "evaluation_scores", items, step)
-    # Grow the library with this batch's particles (idempotent per batch: a rerun replaces them).
-    all_embeddings = [e for e in embeddings_by_name.values() if len(e)]
-    if all_embeddings and selection(context) is None:
-        stacked = np.concatenate(all_embeddings)
-        structure_library.add_embeddings(
-            stacked,
-            structure_ids=[f"{batch}:{n}" for n, e in embeddings_by_name.items() for _ in range(len(e))],
-            batch_key=batch,
-            session=manifest.session,
-            paper_ids=[None] * len(stacked),
-            registered_before_s=manifest.cut_at_s,
-        )
-    rows, rule_rows = [], []
+    evaluations = run_per_micrograph(context, warehouse, "evaluation_scores", items, step)
+    if selection(context) is None:  # a selective rerun leaves the batch's library entries as they are
+        grow_library(structure_library, manifest, batch, {n: e.embeddings for n, e in evaluations.items()})
+    records = {name: evaluation.record for name, evaluation in evaluations.items()}
+    synthetic = bool(graph.graph.get("synthetic", False)) if graph is not None else None
+    rows = score_rows(batch, manifest.session, records, synthetic)
+    chosen = selection(context)
+    held = {
+        "scores": warehouse.write_rows("scores", batch, rows, replace_micrographs=chosen),
+        "rules": warehouse.write_rows("rules", batch, rule_rows(batch, records), replace_micrographs=chosen),
+    }
+    yield dg.Output(records, metadata={**evaluation_metadata(rows, structure_library.count()), **tables_metadata(held)})
+    yield from rule_checks(records)
+
+
+def reference_data(
+    structure_library: StructureLibrary,
+    graph: nx.DiGraph | None,
+    outputs: OutputStore,
+    manifest: BatchManifest,
+    batch: str,
+) -> ReferenceData:
+    """The structure library and the ImpactFore model as known when the batch was cut (``cut_at_s``)."""
+    max_citations = max_citations_within_years(graph, 5) if graph is not None else 0
+    prepared_graph = prepare_impact_graph(graph) if graph is not None else None
+    model = load_or_train_impact_model(outputs, prepared_graph) if prepared_graph is not None else None
+    publication_year = datetime.fromtimestamp(manifest.cut_at_s, UTC).year
+    library_distances = structure_library.library_nn_distances(before_s=manifest.cut_at_s)
+
+    def forecast(papers: Sequence[str], weights: Sequence[float]) -> float:
+        # A new structure enters the citation graph as a paper citing the papers of the structures it resembles.
+        return forecast_new_paper(model, prepared_graph, papers, publication_year, weights)
+
+    return ReferenceData(
+        nearest=functools.partial(structure_library.nearest, k=1, before_s=manifest.cut_at_s, exclude_batch=batch),
+        library_nn_distances=library_distances,
+        forecast_citations=forecast if model is not None and prepared_graph is not None else None,
+        max_citations=float(max_citations),
+    )
+
+
+def grow_library(
+    structure_library: StructureLibrary, manifest: BatchManifest, batch: str, embeddings: Mapping[str, np.ndarray]
+) -> None:
+    """Add the batch's particles to the library (idempotent per batch: a rerun replaces them)."""
+    all_embeddings = [e for e in embeddings.values() if len(e)]
+    if not all_embeddings:
+        return
+    stacked = np.concatenate(all_embeddings)
+    structure_library.add_embeddings(
+        stacked,
+        structure_ids=[f"{batch}:{n}" for n, e in embeddings.items() for _ in range(len(e))],
+        batch_key=batch,
+        session=manifest.session,
+        paper_ids=[None] * len(stacked),
+        registered_before_s=manifest.cut_at_s,
+    )
+
+
+def score_rows(
+    batch: str, session: str, records: Mapping[str, EvaluationRecord], synthetic_graph: bool | None
+) -> list[dict[str, Any]]:
+    """The ``scores`` table: the five components and their details, one row per micrograph."""
+    rows = []
     for name, record in records.items():
         c = record.components
         rows.append(
             {
                 "micrograph": name,
                 "batch": batch,
-                "session": manifest.session,
+                "session": session,
                 "logic": c.logic,
                 "novelty": c.novelty,
                 "impact": c.impact,
                 "impact_citations": record.impact_citations,
                 # ImpactFore from a generated citation graph must never pass for bibliometrics.
-                "impact_graph_synthetic": bool(graph.graph.get("synthetic", False)) if graph is not None else None,
+                "impact_graph_synthetic": synthetic_graph,
                 "repro": c.repro,
                 "repro_limited_by": record.repro_limited_by,
                 "half_set_correlation": record.details["half_set_correlation"],
@@ -1341,41 +1232,40 @@ def evaluation_scores(
                 "details": json.dumps(dict(record.details), sort_keys=True),
             }
         )
-        for result in record.rules:
-            rule_rows.append(
-                {
-                    "micrograph": name,
-                    "batch": batch,
-                    "rule": result.name,
-                    "status": result.status,
-                    "observed": result.observed,
-                }
-            )
-    chosen = selection(context)
-    warehouse.write_rows("scores", batch, rows, replace_micrographs=chosen)
-    warehouse.write_rows("rules", batch, rule_rows, replace_micrographs=chosen)
-    yield dg.Output(
-        records,
-        metadata={
-            "scored": len(records),
-            "mean_logic": float(np.mean([r["logic"] for r in rows])) if rows else float("nan"),
-            "mean_novelty": float(np.mean([r["novelty"] for r in rows])) if rows else float("nan"),
-            "library_entries": structure_library.count(),
-            "half_set_quality": dg.MetadataValue.md(half_set_table(rows)),
-        },
-    )
-    for rule in scores.LOGIC_RULES:
+    return rows
+
+
+def rule_rows(batch: str, records: Mapping[str, EvaluationRecord]) -> list[dict[str, Any]]:
+    """The ``rules`` table: every consistency rule's outcome, one row per micrograph and rule."""
+    return [
+        {"micrograph": name, "batch": batch, "rule": result.name, "status": result.status, "observed": result.observed}
+        for name, record in records.items()
+        for result in record.rules
+    ]
+
+
+def evaluation_metadata(rows: list[dict[str, Any]], library_entries: int) -> dict[str, Any]:
+    """The UI metadata of ``evaluation_scores``: means, the library's size and the half-set quality table."""
+    return {
+        "scored": len(rows),
+        "mean_logic": float(np.mean([r["logic"] for r in rows])) if rows else float("nan"),
+        "mean_novelty": float(np.mean([r["novelty"] for r in rows])) if rows else float("nan"),
+        "library_entries": library_entries,
+        "half_set_quality": dg.MetadataValue.md(half_set_table(rows)),
+    }
+
+
+def rule_checks(records: Mapping[str, EvaluationRecord]) -> Iterator[dg.AssetCheckResult]:
+    """One asset check per consistency rule: which micrographs failed it."""
+    for rule in LOGIC_RULES:
         statuses = {name: next(r for r in rec.rules if r.name == rule.name) for name, rec in records.items()}
         failed = sorted(n for n, r in statuses.items() if r.status == "fail")
-        yield dg.AssetCheckResult(
-            check_name=f"rule_{rule.name}",
-            passed=not failed,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "failed": len(failed),
-                "not_applicable": sum(1 for r in statuses.values() if r.status == "not_applicable"),
-                "failed_micrographs": dg.MetadataValue.json({n: statuses[n].observed for n in failed}),
-            },
+        yield warning_check(
+            f"rule_{rule.name}",
+            not failed,
+            failed=len(failed),
+            not_applicable=sum(1 for r in statuses.values() if r.status == "not_applicable"),
+            failed_micrographs=dg.MetadataValue.json({n: statuses[n].observed for n in failed}),
         )
 
 
@@ -1412,8 +1302,7 @@ def quality_scores(
     learned = warehouse.read_rows(WEIGHTS_TABLE)
     weights, source = scoring.resolve_weights(learned.to_dict("records") if not learned.empty else [])
     values = {
-        name: scores.quality_v(record.components, weights)
-        for name, record in selected(context, evaluation_scores).items()
+        name: quality_v(record.components, weights) for name, record in selected(context, evaluation_scores).items()
     }
     rows = [
         {
@@ -1422,18 +1311,19 @@ def quality_scores(
             "v": v,
             "weights_version": weights.version,
             "weights_source": source,
-            "weights": json.dumps({k: getattr(weights, k) for k in scores.COMPONENT_NAMES}),
+            "weights": json.dumps({k: getattr(weights, k) for k in COMPONENT_NAMES}),
         }
         for n, v in values.items()
     ]
-    warehouse.write_rows("quality", batch, rows, replace_micrographs=selection(context))
+    held = {"quality": warehouse.write_rows("quality", batch, rows, replace_micrographs=selection(context))}
     return dg.Output(
         values,
         metadata={
+            **tables_metadata(held),
             "mean_v": float(np.mean(list(values.values()))) if values else float("nan"),
             "weights_version": weights.version,
             "weights_source": source,
-            "weights": dg.MetadataValue.json({k: round(getattr(weights, k), 4) for k in scores.COMPONENT_NAMES}),
+            "weights": dg.MetadataValue.json({k: round(getattr(weights, k), 4) for k in COMPONENT_NAMES}),
         },
     )
 
@@ -1459,7 +1349,7 @@ def hyperscores(
     values = {}
     for name, v in selected(context, quality_scores).items():
         beta, gamma, kappa = shapes[versions[name]]
-        values[name] = scores.hyperscore(v, beta=beta, gamma=gamma, kappa=kappa)
+        values[name] = hyperscore(v, beta=beta, gamma=gamma, kappa=kappa)
     rows = [
         {
             "micrograph": n,
@@ -1475,13 +1365,14 @@ def hyperscores(
         }
         for n, h in values.items()
     ]
-    warehouse.write_rows("hyperscores", batch, rows, replace_micrographs=selection(context))
+    held = {"hyperscores": warehouse.write_rows("hyperscores", batch, rows, replace_micrographs=selection(context))}
     table = "| micrograph | V | HyperScore |\n|---|---|---|\n" + "\n".join(
         f"| {r['micrograph']} | {r['v']:.3f} | {r['hyperscore']:.2f} |" for r in rows
     )
     return dg.Output(
         values,
         metadata={
+            **tables_metadata(held),
             "mean_hyperscore": float(np.mean(list(values.values()))) if values else float("nan"),
             "hyperscores": dg.MetadataValue.md(table),
         },

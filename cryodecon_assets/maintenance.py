@@ -21,8 +21,9 @@ import pandas as pd
 from cryodecon_assets.references import load_citation_graph, train_and_store_impact_model
 from cryodecon_resources import OutputStore, ScoreWarehouse, ScoringSettings, StructureLibrary
 from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, shipped_weights_row, weights_row
-from cryodecon_science.impact_gnn import evaluate_temporal_split, prepare_impact_graph
-from cryodecon_science.scores import COMPONENT_NAMES
+from cryodecon_resources.tables import table_metadata
+from cryodecon_science.impact import evaluate_temporal_split, prepare_impact_graph
+from cryodecon_science.scoring import COMPONENT_NAMES
 from cryodecon_science.weight_learning import (
     MIN_SAMPLES,
     calibrate_hyperscore_shape,
@@ -70,7 +71,12 @@ def score_weights(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) 
     data = labelled_components(warehouse)
     accepted = int(data["accepted"].sum()) if not data.empty else 0
     rejected = len(data) - accepted
-    metadata: dict[str, object] = {"labelled_micrographs": len(data), "accepted": accepted, "rejected": rejected}
+    metadata: dict[str, object] = {
+        "labelled_micrographs": len(data),
+        "accepted": accepted,
+        "rejected": rejected,
+        **table_metadata(WEIGHTS_TABLE, len(warehouse.read_rows(WEIGHTS_TABLE))),
+    }
     if len(data) < MIN_SAMPLES or accepted == 0 or rejected == 0:
         context.log.info(
             f"{len(data)} labelled micrographs ({accepted} accepted, {rejected} rejected): need at least "
@@ -104,6 +110,7 @@ def score_weights(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) 
     return dg.MaterializeResult(
         metadata={
             **metadata,
+            **table_metadata(WEIGHTS_TABLE, len(warehouse.read_rows(WEIGHTS_TABLE))),
             "weights_version_in_use": learned.weights.version,
             "weights": dg.MetadataValue.json({k: round(getattr(learned.weights, k), 4) for k in COMPONENT_NAMES}),
             "spearman_train": learned.spearman_train,

@@ -24,10 +24,11 @@ from cryodecon_resources import OutputStore, ScoringSettings, StructureLibrary
 from cryodecon_resources.structure_library import REFERENCE_BATCH_KEY
 from cryodecon_science.citations import generate_citation_graph
 from cryodecon_science.embedding import embed_particles
-from cryodecon_science.impact_gnn import ImpactGraph, ImpactModel, train_impact_model
+from cryodecon_science.impact import ImpactGraph, ImpactModel, train_impact_model
 from cryodecon_science.io.citations import read_citation_graph, write_citation_graph
 from cryodecon_science.io.impact_model import load_impact_model, save_impact_model
 from cryodecon_science.io.mrc import CorruptHeaderError, check_complete, read_volume
+from cryodecon_science.picking import particle_box_px
 from cryodecon_science.projection import project_volume, resample_volume, soft_spherical_mask
 from cryodecon_science.simulate import (
     SimulationConfig,
@@ -49,13 +50,8 @@ _MASK_EDGE_FRACTION = 0.08
 _SIMPLE_KEY = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
-def particle_box_px(diameter_px: float) -> int:
-    """Box edge for a particle of ``diameter_px``: 1.5 diameters, even (RELION's habit)."""
-    return int(2 * round(0.75 * diameter_px))
-
-
 # The demo graph spans 1985–2025: the ImpactFore model skips a generated graph's first ten years (its
-# start-up transient, ``impact_gnn.DEFAULT_BURN_IN_YEARS``) and needs complete 5-year windows to train on.
+# start-up transient, ``impact.DEFAULT_BURN_IN_YEARS``) and needs complete 5-year windows to train on.
 CITATION_GRAPH_START_YEAR = 1985
 
 
@@ -78,7 +74,7 @@ def impact_model_path(outputs: OutputStore) -> Path:
 def train_and_store_impact_model(outputs: OutputStore, prepared: ImpactGraph) -> ImpactModel:
     """Train the ImpactFore GNN on every paper whose 5-year window the graph completes, and store it.
 
-    ``prepared`` is the citation graph after ``impact_gnn.prepare_impact_graph`` (callers prepare it once
+    ``prepared`` is the citation graph after ``impact.prepare_impact_graph`` (callers prepare it once
     and reuse it).  Deterministic (seed 0), so the asset and the evaluation's first-use path store the
     same model.
     """

@@ -7,6 +7,7 @@ import numpy as np
 
 from cryodecon_assets.partitions import summary_days
 from cryodecon_resources import ScoreWarehouse
+from cryodecon_resources.tables import table_metadata
 
 
 @dg.asset(
@@ -59,7 +60,11 @@ def daily_summary(context: dg.AssetExecutionContext, warehouse: ScoreWarehouse) 
             )
     warehouse.write_rows("daily_summary", day, rows)
     return dg.MaterializeResult(
-        metadata={"sessions": len(rows), "exposures_scored": sum(r["exposures_scored"] for r in rows)}
+        metadata={
+            "sessions": len(rows),
+            "exposures_scored": sum(r["exposures_scored"] for r in rows),
+            **table_metadata("daily_summary", rows),
+        }
     )
 
 

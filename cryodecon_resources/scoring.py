@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 from pydantic import field_validator
 
-from cryodecon_science.scores import COMPONENT_NAMES, ScoreWeights
+from cryodecon_science.scoring import COMPONENT_NAMES, ScoreWeights
 
 SHIPPED_WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "score_weights.json"
 WEIGHTS_TABLE = "weights"

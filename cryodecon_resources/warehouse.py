@@ -25,7 +25,10 @@ from typing import Any
 import dagster as dg
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from cryodecon_resources.tables import TABLES
 from cryodecon_science.io.atomic import atomic_target, create_once
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -33,12 +36,9 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # ``tables/`` (``hyperscores.bak``, ``tmp copy``) is someone's copy and gets no view.
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# Views over the base tables that answer the common questions (docs/warehouse.md).
-# Each view lists the base tables it needs; it is created only when they all hold data.
-_DERIVED_VIEWS: dict[str, tuple[frozenset[str], str]] = {
-    "micrograph_scores": (
-        frozenset({"hyperscores", "ctf", "scores"}),
-        """
+# Views over the base tables (all declared, so they exist even empty) that answer the common questions.
+_DERIVED_VIEWS: dict[str, str] = {
+    "micrograph_scores": """
         SELECT h.micrograph, h.batch, h.session, c.defocus_u_angstrom, c.defocus_v_angstrom,
                c.astigmatism_angle_degrees, c.fit_resolution_angstrom, s.logic, s.novelty, s.impact,
                s.repro, s.meta, h.v, h.hyperscore, h.weights_version
@@ -46,27 +46,47 @@ _DERIVED_VIEWS: dict[str, tuple[frozenset[str], str]] = {
         LEFT JOIN ctf c USING (micrograph, batch)
         LEFT JOIN scores s USING (micrograph, batch)
         """,
-    ),
-    "session_summary": (
-        frozenset({"hyperscores", "ctf"}),
-        """
+    "session_summary": """
         SELECT h.session, count(*) AS micrographs, avg(h.v) AS mean_v, avg(h.hyperscore) AS mean_hyperscore,
                median(c.fit_resolution_angstrom) AS median_fit_resolution_angstrom,
                min(h.hyperscore) AS min_hyperscore, max(h.hyperscore) AS max_hyperscore
         FROM hyperscores h LEFT JOIN ctf c USING (micrograph, batch)
         GROUP BY h.session
         """,
-    ),
-    "rule_summary": (
-        frozenset({"rules"}),
-        """
+    "rule_summary": """
         SELECT rule, count(*) FILTER (WHERE status = 'pass') AS passed,
                count(*) FILTER (WHERE status = 'fail') AS failed,
                count(*) FILTER (WHERE status = 'not_applicable') AS not_applicable
         FROM rules GROUP BY rule
         """,
-    ),
 }
+
+
+_DUCKDB_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "int64": "BIGINT", "bool": "BOOLEAN"}
+
+
+class UndeclaredColumnError(ValueError):
+    """A row carries a column its table does not declare (``tables.TABLES``)."""
+
+
+def _as_declared(table: str, frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as Arrow: with the declared schema for a declared table (missing columns null, declared
+    ones first), as inferred otherwise."""
+    declared = TABLES.get(table)
+    if declared is None:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    names = [c.name for c in declared.columns]
+    extra = [c for c in frame.columns if c not in names]
+    if extra and not declared.open_columns:
+        raise UndeclaredColumnError(f"table {table!r} declares no column {', '.join(map(repr, extra))}")
+    for name in names:
+        if name not in frame.columns:
+            frame[name] = None
+    fixed = pa.Table.from_pandas(frame[names], schema=declared.schema, preserve_index=False)
+    if not extra:
+        return fixed
+    rest = pa.Table.from_pandas(frame[extra], preserve_index=False)
+    return pa.Table.from_arrays([*fixed.columns, *rest.columns], names=[*names, *extra])
 
 
 def _check_name(kind: str, value: str) -> str:
@@ -113,7 +133,13 @@ class ScoreWarehouse(dg.ConfigurableResource):
 
         With ``replace_micrographs``, only rows of those micrographs are replaced and the partition's
         other rows are kept: that is how reprocessing one micrograph of a batch updates the warehouse.
-        Returns the number of rows the partition holds afterwards.
+        Returns the number of rows the partition holds afterwards.  A table declared in ``tables.TABLES``
+        is written with its declared schema.
+
+        Raises
+        ------
+        UndeclaredColumnError
+            A row of a declared table has a column the table does not declare.
         """
         target = self.table_dir(table) / f"{_check_name('partition', partition_key)}.parquet"
         frame = pd.DataFrame(list(rows))
@@ -125,7 +151,8 @@ class ScoreWarehouse(dg.ConfigurableResource):
             frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
         if frame.empty and not target.exists():
             return 0
-        _atomic_write_bytes(target, lambda tmp: frame.to_parquet(tmp, index=False))
+        arrow = _as_declared(table, frame)
+        _atomic_write_bytes(target, lambda tmp: pq.write_table(arrow, tmp))
         return len(frame)
 
     def delete_rows(self, table: str, partition_key: str) -> bool:
@@ -209,6 +236,8 @@ class ScoreWarehouse(dg.ConfigurableResource):
 
     # ---- reading through DuckDB ---------------------------------------------------------------------
     def _view_statements(self) -> list[str]:
+        """One view per table holding data, an empty view of the declared columns for every other declared
+        table (a query on a fresh warehouse answers with no rows, not an error), and the derived views."""
         statements = []
         present = set(self.tables())
         for table in sorted(present):
@@ -216,9 +245,13 @@ class ScoreWarehouse(dg.ConfigurableResource):
             statements.append(
                 f"CREATE OR REPLACE VIEW {_quoted(table)} AS SELECT * FROM read_parquet('{glob}', union_by_name=true)"
             )
-        for name, (needs, sql) in _DERIVED_VIEWS.items():
-            if needs <= present:
-                statements.append(f"CREATE OR REPLACE VIEW {_quoted(name)} AS {sql}")
+        for name in sorted(set(TABLES) - present):
+            columns = ", ".join(
+                f"CAST(NULL AS {_DUCKDB_TYPES[str(c.type)]}) AS {_quoted(c.name)}" for c in TABLES[name].columns
+            )
+            statements.append(f"CREATE OR REPLACE VIEW {_quoted(name)} AS SELECT {columns} WHERE false")
+        for name, sql in _DERIVED_VIEWS.items():
+            statements.append(f"CREATE OR REPLACE VIEW {_quoted(name)} AS {sql}")
         return statements
 
     def views(self) -> list[str]:

@@ -163,7 +163,7 @@ def citations_within_years(graph: nx.DiGraph, paper: str, years: int = 5) -> int
 
 
 def max_citations_within_years(graph: nx.DiGraph, years: int = 5) -> int:
-    """max_p c_T(p) over all papers: the reference scale for ``scores.impact_normalised``."""
+    """max_p c_T(p) over all papers: the reference scale for ``scoring.impact_normalised``."""
     return max((citations_within_years(graph, p, years) for p in graph.nodes), default=0)
 
 
@@ -175,7 +175,7 @@ def forecast_impact(
 ) -> float:
     """ImpactFore baseline: similarity-weighted mean of neighbour papers' T-year citations.
 
-    The pipeline forecasts with the graph neural network of :mod:`cryodecon_science.impact_gnn` (which
+    The pipeline forecasts with the graph neural network of :mod:`cryodecon_science.impact` (which
     beats degree and PageRank baselines on held-out years); this function stays as the transparent
     reference a reader can check by hand.
 
@@ -199,7 +199,7 @@ def forecast_impact(
     Returns
     -------
     float
-        Forecast citation count (≥ 0); normalise with ``scores.impact_normalised``.
+        Forecast citation count (≥ 0); normalise with ``scoring.impact_normalised``.
 
     Raises
     ------

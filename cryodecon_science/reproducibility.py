@@ -1,7 +1,7 @@
 """ΔRepro measurements: how far a result moves when the input is perturbed, and the compute-cost deviation.
 
 The evaluation module's verification sandbox re-runs estimation and restoration on perturbed inputs and
-scores how little the results move (``scores.reproducibility_score`` turns each relative deviation δ_q
+scores how little the results move (``scoring.reproducibility_score`` turns each relative deviation δ_q
 into exp(−δ_q/τ_q)).  This module holds the perturbations and the deviations that need more than one
 line:
 
@@ -14,18 +14,24 @@ line:
   one linear filter H and correlating them is the single-exposure analogue of the even/odd-frame
   half-set test: the specimen signal is common to both halves, the shot noise is not, so the
   correlation of the restored halves is the restoration's signal fraction S/(S + N) in the band.
-* **Compute-cost deviation** (:func:`predict_seconds`, :func:`relative_cost_deviation`): a cost model
-  predicts each step's time from micrographs already processed, t̂ = c·n·log₂ n for an n-pixel image
-  (FFT-bound work), c the median of tⱼ/(nⱼ·log₂ nⱼ); the deviation |t − t̂|/t̂ flags a micrograph whose
-  processing behaved differently (an iterative fit that struggled, a device that fell back to CPU).
+* **Compute-cost deviation** (:func:`predict_seconds`, :func:`relative_cost_deviation`,
+  :func:`cost_deviations`): a cost model predicts each step's time from micrographs already processed,
+  t̂ = c·n·log₂ n for an n-pixel image (FFT-bound work), c the median of tⱼ/(nⱼ·log₂ nⱼ); the deviation
+  |t − t̂|/t̂ flags a micrograph whose processing behaved differently (an iterative fit that struggled, a
+  device that fell back to CPU).
+* **Image deviations** (:func:`nrmsd`) of a restoration under a perturbation, and the tolerance τ_q of
+  every deviation (:data:`REPRO_TOLERANCES`).
 
 Every function is pure; the caller supplies seeds, filters and timings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +45,59 @@ Float32Image = npt.NDArray[np.float32]
 # Frequencies coarser than this are left out of the half-set correlation: the slow inelastic background
 # (correlation length ~300 Å) is common to both halves and would make any exposure look reproducible.
 HALF_SET_LOW_RESOLUTION_ANGSTROM = 200.0
+
+REPRO_TOLERANCES: Mapping[str, float] = MappingProxyType(
+    {
+        # CTF phase error at the fit resolution from the defocus spread between independent sub-crops
+        # (defocus_phase_error_rad): at 1 rad a CTF correction keeps cos(1) ≈ 54 % of the signal at the
+        # fit resolution.
+        "defocus_subcrops_phase": 1.0,
+        # NRMSD of the restoration of a one-pixel-shifted input: a shift-invariant filter moves by round-off only.
+        "restoration_shift": 0.05,
+        # 1 − correlation of the restored independent noise halves above 1/200 Å⁻¹.  Measured half-set
+        # correlations of simulated 1k micrographs span 0.02–0.65; τ = 0.5 maps that to e^-2 … e^-0.7, using
+        # the score's range instead of crowding near 0.
+        "noise_split": 0.5,
+        # NRMSD between CPU and GPU restorations: float32 FFT round-off is ~1e-6; 1e-3 means a real difference.
+        "cpu_vs_device": 1e-3,
+        # |t − t̂|/t̂ of the compute time against the cost model; 2.0 because timings on a shared machine
+        # scatter by tens of per cent without anything being wrong, while a step taking 3× its prediction
+        # (δ = 2, a self-evaluation loop that needed every iteration, a silent CPU fallback) should register.
+        "compute_cost": 2.0,
+    }
+)
+"""τ_q of each ΔRepro deviation δ_q (``scoring.reproducibility_score``: a deviation of τ scores e⁻¹ ≈ 0.37)."""
+
+COST_MODEL_STAGES: tuple[str, ...] = (
+    "ctf_estimates",
+    "causal_priors",
+    "restored_micrographs",
+    "deconvolved_micrographs",
+)
+"""The FFT-bound pipeline steps whose wall times the cost model of :func:`cost_deviations` sums."""
+
+
+def stable_seed(name: str) -> int:
+    """A seed derived from a name (micrograph, batch): the first 32 bits of its SHA-256, the same on every rerun."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+def nrmsd(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """‖a − b‖_rms / std(b): how far image ``a`` lies from ``b``, relative to ``b``'s own contrast.
+
+    Parameters
+    ----------
+    a, b : array, shape (ny, nx)
+        The perturbed and the reference image, same units (counts).
+
+    Returns
+    -------
+    float
+        The normalised RMS deviation (dimensionless, ≥ 0; 1e-12 keeps a flat ``b`` finite).
+    """
+    reference = np.asarray(b)
+    rms = np.sqrt(np.mean((np.asarray(a, np.float64) - reference) ** 2))
+    return float(rms / (float(np.std(reference)) + 1e-12))
 
 
 def binomial_split_counts(counts: npt.ArrayLike, seed: int, fraction: float = 0.5) -> tuple[Float32Image, Float32Image]:
@@ -217,6 +276,70 @@ def predict_seconds(reference_seconds: Sequence[float], reference_pixels: Sequen
             raise ValueError(f"reference times must be finite and > 0, got {seconds}")
         rates.append(seconds / fft_cost_units(int(pixels)))
     return float(np.median(rates)) * fft_cost_units(n_pixels)
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """The wall time one pipeline step took on one micrograph.
+
+    Attributes
+    ----------
+    micrograph : str
+        The micrograph's name.
+    seconds : float
+        Wall time t of the step, s.
+    n_pixels : int
+        Size n = ny·nx of the micrograph, pixels.
+    """
+
+    micrograph: str
+    seconds: float
+    n_pixels: int
+
+
+def cost_deviations(
+    step_times: Mapping[str, Sequence[StepTime]], stages: Sequence[str] = COST_MODEL_STAGES
+) -> dict[str, float]:
+    """δ_cost per micrograph: its measured time of the FFT-bound steps against the cost model, leave one out.
+
+    For each stage the model t̂ = c·n·log₂ n is calibrated on the batch's *other* micrographs
+    (:func:`predict_seconds`); a micrograph's stage times and predictions are summed over the stages and
+    compared, δ = |Σt − Σt̂|/Σt̂ (:func:`relative_cost_deviation`).
+
+    Parameters
+    ----------
+    step_times : Mapping[str, Sequence[StepTime]]
+        stage → the times of one batch's micrographs at that stage.
+    stages : sequence of str
+        The stages summed (default :data:`COST_MODEL_STAGES`).
+
+    Returns
+    -------
+    dict[str, float]
+        micrograph → δ_cost ≥ 0, sorted by name; empty when a stage has no times.  Micrographs missing
+        a stage's time, or alone in their batch, get none.
+    """
+    measured: dict[str, float] = {}
+    predicted: dict[str, float] = {}
+    complete: set[str] | None = None
+    for stage in stages:
+        rows = step_times.get(stage, ())
+        if not rows:
+            return {}
+        names = {r.micrograph for r in rows}
+        complete = names if complete is None else complete & names
+        for row in rows:
+            others = [r for r in rows if r.micrograph != row.micrograph]
+            guess = predict_seconds([r.seconds for r in others], [r.n_pixels for r in others], row.n_pixels)
+            if guess is None:
+                continue
+            measured[row.micrograph] = measured.get(row.micrograph, 0.0) + row.seconds
+            predicted[row.micrograph] = predicted.get(row.micrograph, 0.0) + guess
+    return {
+        name: relative_cost_deviation(measured[name], predicted[name])
+        for name in sorted(complete or set())
+        if name in predicted and predicted[name] > 0
+    }
 
 
 def relative_cost_deviation(measured_seconds: float, predicted_seconds: float) -> float:

@@ -34,7 +34,7 @@ import numpy.typing as npt
 import optuna
 from scipy.stats import spearmanr
 
-from cryodecon_science.scores import COMPONENT_NAMES, ScoreComponents, ScoreWeights
+from cryodecon_science.scoring import COMPONENT_NAMES, ScoreComponents, ScoreWeights
 
 FloatArray = npt.NDArray[np.float64]
 # Fewer samples than this give a Spearman estimate too noisy to learn five weights from.
@@ -90,7 +90,7 @@ def spearman_rho(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
 
 
 def quality_v_matrix(components: FloatArray, weights: ScoreWeights) -> FloatArray:
-    """V for each row of an (n, 5) component matrix: V = components · w (``scores.quality_v``, vectorised)."""
+    """V for each row of an (n, 5) component matrix: V = components · w (``scoring.quality_v``, vectorised)."""
     w = np.asarray([getattr(weights, name) for name in COMPONENT_NAMES], dtype=np.float64)
     return np.clip(np.asarray(components, dtype=np.float64) @ w, 0.0, 1.0)
 

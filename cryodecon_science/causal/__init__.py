@@ -19,6 +19,8 @@ Modules, in dependency order (each imports only from those above it):
 * :mod:`~.attribution`: :func:`degradation_losses` and :func:`degradation_weights`.
 * :mod:`~.loop`: :func:`fit_priors`, the self-evaluation loop, and
   :func:`refined_ctf_fit`.
+* :mod:`~.session_fit`: :func:`fit_session`, a session's micrographs fitted in arrival order with the
+  prior of those before them, the first ones refitted with the prior of all the others (:class:`SessionFit`).
 """
 
 from cryodecon_science.causal.attribution import (
@@ -40,6 +42,7 @@ from cryodecon_science.causal.graph import (
 )
 from cryodecon_science.causal.loop import fit_priors, refined_ctf_fit
 from cryodecon_science.causal.nodes import estimate_nodes
+from cryodecon_science.causal.session_fit import REFIT_RECOVERABLE_ERRORS, FitWithPrior, SessionFit, fit_session
 from cryodecon_science.causal.session_prior import (
     MIN_PRIOR_MICROGRAPHS,
     PRIOR_CONSISTENCY_Z,
@@ -61,16 +64,20 @@ __all__ = [
     "MIN_PRIOR_MICROGRAPHS",
     "NODE_UNITS",
     "PRIOR_CONSISTENCY_Z",
+    "REFIT_RECOVERABLE_ERRORS",
     "UNCONSTRAINED_BFACTOR_SIGMA_ANGSTROM2",
     "CausalPriors",
+    "FitWithPrior",
     "NodeEstimate",
     "Population",
+    "SessionFit",
     "SessionPrior",
     "build_causal_graph",
     "degradation_losses",
     "degradation_weights",
     "estimate_nodes",
     "fit_priors",
+    "fit_session",
     "leave_one_out_priors",
     "optimal_exposure_e_per_angstrom2",
     "refine_spectral_model",

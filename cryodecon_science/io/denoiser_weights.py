@@ -18,6 +18,7 @@ import importlib.resources
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ FORMAT = "cryodecon.denoiser"
 VERSION = 1
 PRETRAINED_RESOURCE = "data/denoiser_v1.pt"
 """Path of the shipped weights inside the ``cryodecon_science`` package."""
+FINETUNED_FILENAME = "denoiser_finetuned.pt"
+"""Name of a batch's fine-tuned weights in its folder (:func:`save_finetuned_denoiser`)."""
 
 
 class DenoiserWeightsError(TorchFileError):
@@ -46,6 +49,15 @@ def save_denoiser(model: DenoiserUNet, path: str | os.PathLike[str], meta: dict[
         "meta": dict(meta or {}),
     }
     save_payload(payload, path)  # package data: readable by everyone
+
+
+def save_finetuned_denoiser(folder: str | os.PathLike[str], model: DenoiserUNet, meta: Mapping[str, object]) -> str:
+    """Write a batch's fine-tuned model as ``<folder>/denoiser_finetuned.pt`` (folder created); returns its path."""
+    directory = Path(folder)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / FINETUNED_FILENAME
+    save_denoiser(model, path, dict(meta))
+    return str(path)
 
 
 def load_denoiser(path: str | os.PathLike[str]) -> DenoiserUNet:

@@ -1,4 +1,4 @@
-"""Save and load a trained ImpactFore model (``cryodecon_science.impact_gnn.ImpactModel``).
+"""Save and load a trained ImpactFore model (``cryodecon_science.impact.ImpactModel``).
 
 One file written with ``torch.save`` holding only plain data: ``{"format": "cryodecon.impact_model",
 "version": 1, "state_dict": {name: tensor}, "meta": {field: str | int | float | bool | list}}``.  It is
@@ -13,7 +13,7 @@ import dataclasses
 import os
 from typing import Any
 
-from cryodecon_science.impact_gnn import ImpactModel
+from cryodecon_science.impact import ImpactModel
 from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
 
 FORMAT = "cryodecon.impact_model"

@@ -84,6 +84,18 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
         "hyperscores",
     ):
         assert instance.get_materialized_partitions(dg.AssetKey(key)) == {"grid-00001", "grid-00002"}, key
+    # Lineage says which asset fills which warehouse table: its schema and the rows the batch holds.
+    for key, tables in (
+        ("raw_micrographs", "micrographs"),
+        ("causal_priors", "priors"),
+        ("hyperscores", "hyperscores"),
+    ):
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        metadata = event.asset_materialization.metadata  # type: ignore[union-attr]
+        schema = metadata["dagster/column_schema"].value
+        assert tables in metadata["warehouse_tables"].value and schema.columns[0].name == "micrograph", key
+    counts = instance.get_latest_materialization_event(dg.AssetKey("hyperscores")).asset_materialization.metadata  # type: ignore[union-attr]
+    assert counts["dagster/row_count"].value == len(warehouse.read_rows("hyperscores", "grid-00002"))  # type: ignore[attr-defined]
     # Outputs RELION/cryoSPARC can read: MRC with the pixel size, and a STAR file per batch.
     outputs = Path(resources_from_environment()["outputs"].root)  # type: ignore[attr-defined]
     with mrcfile.open(outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc") as mrc:

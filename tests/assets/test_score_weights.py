@@ -14,7 +14,7 @@ import pytest
 from cryodecon_assets.maintenance import CURATION_TABLE, curation_row, score_weights
 from cryodecon_resources import ScoreWarehouse, ScoringSettings
 from cryodecon_resources.scoring import SHIPPED_WEIGHTS_FILE, WEIGHTS_TABLE, shipped_weights
-from cryodecon_science.scores import COMPONENT_NAMES
+from cryodecon_science.scoring import COMPONENT_NAMES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cryodecon_assets.assets import DenoiserRecord, finetune_denoiser
 from cryodecon_resources import RestorationSettings
-from cryodecon_science.io.denoiser_weights import load_denoiser, load_pretrained_denoiser
+from cryodecon_science.denoiser_finetune import DenoiserRecord, finetune_denoiser
+from cryodecon_science.io.denoiser_weights import load_denoiser, load_pretrained_denoiser, save_finetuned_denoiser
 from cryodecon_science.io.mrc import Micrograph
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
@@ -24,9 +25,14 @@ def batch() -> dict[str, Micrograph]:
     }
 
 
+def _counts(batch: dict[str, Micrograph]) -> list[np.ndarray]:
+    return [m.data for m in batch.values()]
+
+
 def test_off_by_default_uses_the_shipped_model(tmp_path: Path, batch: dict[str, Micrograph]) -> None:
     assert RestorationSettings().denoiser_finetune_steps == 0
-    record = finetune_denoiser(batch, 0, seed=1, folder=tmp_path)
+    save = partial(save_finetuned_denoiser, tmp_path)
+    record = finetune_denoiser(_counts(batch), load_pretrained_denoiser(), steps=0, seed=1, save=save)
     assert record == DenoiserRecord("shipped", None, 0, None, None, 2)
     assert "shipped" in record.description and not any(tmp_path.iterdir())
     with pytest.raises(ValueError):
@@ -37,7 +43,8 @@ def test_finetuned_model_is_kept_only_when_its_holdout_loss_is_lower(
     tmp_path: Path, batch: dict[str, Micrograph]
 ) -> None:
     torch.set_num_threads(1)
-    record = finetune_denoiser(batch, 20, seed=1, folder=tmp_path)
+    save = partial(save_finetuned_denoiser, tmp_path)
+    record = finetune_denoiser(_counts(batch), load_pretrained_denoiser(), steps=20, seed=1, save=save)
     assert record.shipped_loss is not None and record.finetuned_loss is not None
     assert record.finetune_steps == 20 and record.n_micrographs == 2
     if record.finetuned_loss < record.shipped_loss:

@@ -29,6 +29,7 @@ from cryodecon_science.causal import (
     degradation_weights,
     estimate_nodes,
     fit_priors,
+    fit_session,
     leave_one_out_priors,
     optimal_exposure_e_per_angstrom2,
     ring_average_sinc2,
@@ -214,6 +215,51 @@ def test_the_first_micrographs_are_refitted_with_the_prior_of_all_the_others() -
     # Earlier batches count: one earlier micrograph makes four others enough.
     earlier = update_session_prior(None, {"dose": (40.0, 0.1)})
     assert set(leave_one_out_priors(session[:5], ["m0"], earlier)) == {"m0"}
+
+
+class _Fitted:
+    """Stands in for ``CausalPriors`` in :func:`fit_session`: the measurements and the prior it was fitted with."""
+
+    def __init__(self, name: str, prior: SessionPrior | None) -> None:
+        self.name, self.prior = name, prior
+
+    def session_measurements(self) -> dict[str, tuple[float, float]]:
+        return {"dose": (40.0 + float(self.name[1:]), 1.0)}
+
+
+def test_a_session_is_fitted_in_order_and_its_first_micrographs_again_with_all_the_others() -> None:
+    names = [f"m{i}" for i in range(7)]
+    calls: list[tuple[str, int]] = []
+
+    def fit(name: str, prior: SessionPrior | None) -> Any:
+        calls.append((name, 0 if prior is None else prior.n_micrographs))
+        if name == "m2":
+            raise ValueError("no Thon rings")
+        if name == "m1" and prior is not None and prior.n_micrographs >= 5:
+            raise FloatingPointError("refit diverged")
+        return _Fitted(name, prior)
+
+    session = fit_session(names, fit)
+    # First pass in arrival order, each with the micrographs fitted before it (m2 failed: not counted).
+    assert calls[:7] == [("m0", 0), ("m1", 1), ("m2", 2), ("m3", 2), ("m4", 3), ("m5", 4), ("m6", 5)]
+    # Fitted with fewer than MIN_PRIOR_MICROGRAPHS (5) to pool with: m0, m1, m3, m4, m5; refitted with the
+    # five others.  m1's refit fails: its first fit stands.
+    assert calls[7:] == [("m0", 5), ("m1", 5), ("m3", 5), ("m4", 5), ("m5", 5)]
+    assert session.refitted == ("m0", "m3", "m4", "m5")
+    assert set(session.refit_errors) == {"m1"} and session.priors["m1"].prior.n_micrographs == 1  # type: ignore[union-attr]
+    assert isinstance(session.priors["m2"], ValueError) and list(session.priors) == names
+    assert list(session.fitted()) == ["m0", "m1", "m3", "m4", "m5", "m6"]
+    assert set(session.seconds) == set(session.fitted()) and all(t >= 0 for t in session.seconds.values())
+    m0_prior = session.fitted()["m0"].prior  # type: ignore[attr-defined]
+    assert m0_prior.measurements["dose"] == ((41.0, 1.0), (43.0, 1.0), (44.0, 1.0), (45.0, 1.0), (46.0, 1.0))
+
+    def fit_then_break(name: str, prior: SessionPrior | None) -> Any:
+        if prior is not None and prior.n_micrographs >= 5 and name == "m0":
+            raise RuntimeError("device lost")
+        return _Fitted(name, prior)
+
+    with pytest.raises(RuntimeError):  # not recoverable: raised
+        fit_session(names, fit_then_break)
 
 
 def test_partial_pooling_by_hand() -> None:

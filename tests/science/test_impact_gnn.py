@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cryodecon_science.citations import generate_citation_graph
-from cryodecon_science.impact_gnn import (
+from cryodecon_science.impact import (
     ImpactGraph,
     ImpactModel,
     evaluate_temporal_split,

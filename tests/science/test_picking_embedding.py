@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 
 from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.picking import extract_boxes, pick_particles
-from cryodecon_science.scores import RuleInputs, evaluate_rules
+from cryodecon_science.scoring import RuleInputs, evaluate_rules
 
 PIXEL_ANGSTROM = 2.0
 DIAMETER_ANGSTROM = 80.0  # 40 px

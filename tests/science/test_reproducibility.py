@@ -132,3 +132,33 @@ def test_half_set_frc_is_the_signal_fraction_per_ring_and_finds_the_cutoff() -> 
     dipped[(k > 0.09) & (k < 0.1)] = 0.0
     assert frc_resolution_angstrom(k, dipped) == pytest.approx(resolution)
     assert frc_resolution_angstrom(k, np.zeros_like(frc)) is None
+
+
+def test_cost_deviation_compares_each_micrograph_with_the_others_of_its_batch() -> None:
+    from cryodecon_science.reproducibility import StepTime, cost_deviations
+
+    n = 1024 * 1024
+    # Two stages; m2 takes three times as long as the others in the second stage.
+    times = {
+        "ctf": [StepTime("m0", 1.0, n), StepTime("m1", 1.0, n), StepTime("m2", 1.0, n)],
+        "priors": [StepTime("m0", 2.0, n), StepTime("m1", 2.0, n), StepTime("m2", 6.0, n)],
+    }
+    deviations = cost_deviations(times, ("ctf", "priors"))
+    assert list(deviations) == ["m0", "m1", "m2"]
+    # m2: measured 1 + 6 = 7 s against the others' 1 + 2 = 3 s; m0: 3 s against 1 + median(2, 6) = 5 s.
+    assert deviations["m2"] == pytest.approx(4.0 / 3.0)
+    assert deviations["m0"] == pytest.approx(2.0 / 5.0)
+    # A micrograph missing a stage, a stage without times, a micrograph alone: no deviation.
+    assert "m2" not in cost_deviations({"ctf": times["ctf"], "priors": times["priors"][:2]}, ("ctf", "priors"))
+    assert cost_deviations({"ctf": times["ctf"]}, ("ctf", "priors")) == {}
+    assert cost_deviations({"ctf": times["ctf"][:1]}, ("ctf",)) == {}
+
+
+def test_nrmsd_and_stable_seed() -> None:
+    from cryodecon_science.reproducibility import nrmsd, stable_seed
+
+    reference = np.random.default_rng(0).normal(5.0, 2.0, (64, 64))
+    assert nrmsd(reference, reference) == 0.0
+    assert nrmsd(reference + 0.1 * reference.std(), reference) == pytest.approx(0.1)
+    assert stable_seed("demo_mic_0000") == stable_seed("demo_mic_0000") != stable_seed("demo_mic_0001")
+    assert 0 <= stable_seed("x") < 2**32

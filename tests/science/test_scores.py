@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cryodecon_science.picking import excluded_area_mask
-from cryodecon_science.scores import (
+from cryodecon_science.scoring import (
     LOGIC_RULES,
     RuleInputs,
     RuleResult,

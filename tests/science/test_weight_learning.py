@@ -6,7 +6,7 @@ import numpy as np
 import optuna
 import pytest
 
-from cryodecon_science.scores import COMPONENT_NAMES, ScoreWeights
+from cryodecon_science.scoring import COMPONENT_NAMES, ScoreWeights
 from cryodecon_science.weight_learning import (
     components_matrix,
     learn_score_weights,
@@ -88,7 +88,7 @@ def test_spearman_and_v_matrix_helpers() -> None:
     weights = ScoreWeights(1, 0, 0, 1, 0, "half-half")
     v = quality_v_matrix(np.array([[1.0, 0, 0, 0, 0], [0.5, 0, 0, 0.5, 0]]), weights)
     np.testing.assert_allclose(v, [0.5, 0.5])
-    from cryodecon_science.scores import ScoreComponents
+    from cryodecon_science.scoring import ScoreComponents
 
     matrix = components_matrix([ScoreComponents(0.1, 0.2, 0.3, 0.4, 0.5)])
     np.testing.assert_allclose(matrix, [[0.1, 0.2, 0.3, 0.4, 0.5]])
@@ -97,7 +97,7 @@ def test_spearman_and_v_matrix_helpers() -> None:
 def test_hyperscore_shape_puts_the_median_at_the_midpoint() -> None:
     import math
 
-    from cryodecon_science.scores import hyperscore
+    from cryodecon_science.scoring import hyperscore
     from cryodecon_science.weight_learning import calibrate_hyperscore_shape
 
     v = np.geomspace(0.25, 1.0, 101)  # log-symmetric about its median 0.5

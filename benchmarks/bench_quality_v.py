@@ -9,7 +9,7 @@ on the sessions with even index and evaluated on the sessions with odd index (ot
 degradations); the goal is Spearman ρ_s(V, true quality) ≥ 0.8 on the held-out sessions.
 
 Writes ``benchmarks/results/quality_v.json`` and ``.md``; with ``--install`` also writes the learned
-weights to ``cryodecon_resources/data/score_weights.json``, the weights the pipeline ships with.
+weights to ``cryodecon_science/data/score_weights.json``, the weights the pipeline ships with.
 
     .venv/bin/python benchmarks/bench_quality_v.py --install        # 16 sessions × 10, ~12 min on 2 cores
     .venv/bin/python benchmarks/bench_quality_v.py --sessions 4 --per-session 5   # quick check
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import RESULTS, json_ready, write_results  # noqa: E402
 
-WEIGHTS_FILE = ROOT / "cryodecon_resources" / "data" / "score_weights.json"
+WEIGHTS_FILE = ROOT / "cryodecon_science" / "data" / "score_weights.json"
 
 
 def session_config(index: int, size_px: int):  # type: ignore[no-untyped-def]

@@ -60,8 +60,9 @@ from cryodecon_science.exposure import FALLBACK_VOLTAGE_KV, Exposure
 from cryodecon_science.impact import forecast_new_paper, prepare_impact_graph
 from cryodecon_science.ingest import MovieMotion, PreparedExposure, prepare_exposure
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser, save_finetuned_denoiser
+from cryodecon_science.io.errors import InputFileError
 from cryodecon_science.io.layout import read_exposure
-from cryodecon_science.io.mrc import InputFileError, Micrograph, write_mrc
+from cryodecon_science.io.mrc import Micrograph, write_mrc
 from cryodecon_science.io.session import SessionMetadata, SessionMetadataError, read_session_metadata
 from cryodecon_science.metadata import flatten_metadata, metadata_to_json
 from cryodecon_science.optics import MicroscopeSettings

@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from cryodecon_resources.storage import FileObservation
+from cryodecon_science.io.errors import IncompleteFileError, InputFileError, ZeroFilledError
 from cryodecon_science.io.layout import check_exposure_complete, exposure_kind
-from cryodecon_science.io.mrc import IncompleteFileError, InputFileError, ZeroFilledError
 from cryodecon_science.io.session import exposure_name
 
 MANIFESTS = "manifests"

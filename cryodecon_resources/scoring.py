@@ -6,14 +6,15 @@ Which weights V uses, in order:
 2. the newest weights learned from the facility's curation labels (the ``score_weights`` asset writes them
    to the warehouse table ``weights`` with ``source = 'curation'``);
 3. the weights shipped with cryodecon, learned on simulated sessions against the true restored quality
-   (``cryodecon_resources/data/score_weights.json``, written by ``benchmarks/bench_quality_v.py
-   --install``).
+   (``cryodecon_science/data/score_weights.json``, beside every other shipped learned parameter; written
+   by ``benchmarks/bench_quality_v.py --install``).
 
 Every V and HyperScore row records the version of the weights that produced it.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydantic import field_validator
 
 from cryodecon_science.scoring import COMPONENT_NAMES, ScoreWeights
 
-SHIPPED_WEIGHTS_FILE = Path(__file__).resolve().parent / "data" / "score_weights.json"
+SHIPPED_WEIGHTS_FILE = Path(str(importlib.resources.files("cryodecon_science") / "data" / "score_weights.json"))
 WEIGHTS_TABLE = "weights"
 
 
@@ -55,7 +56,7 @@ def weights_row(
 
 
 def shipped_document() -> dict[str, Any]:
-    """The shipped weights record (``data/score_weights.json``)."""
+    """The shipped weights record (``cryodecon_science/data/score_weights.json``)."""
     document: dict[str, Any] = json.loads(SHIPPED_WEIGHTS_FILE.read_text())
     return document
 

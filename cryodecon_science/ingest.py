@@ -19,8 +19,9 @@ import torch
 
 from cryodecon_science.artifacts import ArtifactCorrection, remove_artifacts
 from cryodecon_science.exposure import Exposure, microscope_from_record
+from cryodecon_science.io.errors import CorruptHeaderError
 from cryodecon_science.io.layout import RawExposure
-from cryodecon_science.io.mrc import CorruptHeaderError, Micrograph
+from cryodecon_science.io.mrc import Micrograph
 from cryodecon_science.io.session import SessionMetadata, exposure_name
 from cryodecon_science.motion import AccumulatedMotion, MotionCorrection, accumulated_motion, align_movie
 

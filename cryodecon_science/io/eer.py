@@ -29,13 +29,9 @@ import numpy as np
 import numpy.typing as npt
 import tifffile
 
-from cryodecon_science.io.mrc import (
-    MAX_DIMENSION_PX,
-    CorruptHeaderError,
-    IncompleteFileError,
-    InputFileError,
-    InvalidPixelDataError,
-)
+from cryodecon_science.io.errors import CorruptHeaderError, IncompleteFileError, InputFileError
+from cryodecon_science.io.errors import EerScaleError as EerScaleError  # re-exported for the readers' callers
+from cryodecon_science.io.mrc import MAX_DIMENSION_PX
 from cryodecon_science.io.tiff import check_page_chain, checked_size_and_magic
 from cryodecon_science.metadata import Fields
 
@@ -46,12 +42,6 @@ super-resolution s has sides of at most 4096·2^s.  A header claiming more is co
 code turns a few bytes into any number of empty pixels, so a mutated width of 60000 would otherwise
 decode a 3.6-G-pixel frame and fill tens of GB before anything else was checked."""
 _BIGTIFF_MAGIC = (b"II+\0", b"MM\0+")
-
-
-class EerScaleError(InvalidPixelDataError):
-    """The EER counts do not match the dose the metadata announces (wrong sampling or gain scale)."""
-
-    reason = "eer_scale_mismatch"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,13 @@ import numpy.typing as npt
 from mrcfile.mrcfile import MrcFile
 
 from cryodecon_science.io.atomic import atomic_target
+from cryodecon_science.io.errors import (  # re-exported: the readers' callers import them from here too
+    CorruptHeaderError as CorruptHeaderError,
+)
+from cryodecon_science.io.errors import IncompleteFileError as IncompleteFileError
+from cryodecon_science.io.errors import InputFileError as InputFileError
+from cryodecon_science.io.errors import InvalidPixelDataError as InvalidPixelDataError
+from cryodecon_science.io.errors import ZeroFilledError as ZeroFilledError
 from cryodecon_science.io.rawread import read_converted, read_ranges
 from cryodecon_science.metadata import Fields
 
@@ -50,41 +57,6 @@ MAX_FRAMES = 4096
 # MRC2014: space groups 401-630 mark a stack of volumes, each mz sections deep (mrcfile reshapes by nz // mz).
 _VOLUME_STACK_SPACE_GROUPS = range(401, 631)
 _COMPRESSION_MAGIC = {b"\x1f\x8b": "gzip", b"BZ": "bzip2"}
-
-
-class InputFileError(Exception):
-    """A microscope file that cannot be used; ``reason`` is a short machine-readable code."""
-
-    reason = "unreadable"
-
-    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
-        self.path = str(path)
-        self.detail = detail
-        super().__init__(f"{self.reason}: {path}: {detail}")
-
-
-class IncompleteFileError(InputFileError):
-    """Shorter than its header declares: still being written, or truncated."""
-
-    reason = "incomplete"
-
-
-class ZeroFilledError(IncompleteFileError):
-    """Full size and a valid header, but the data's tail still zeros: preallocated and not yet filled."""
-
-    reason = "preallocated"
-
-
-class CorruptHeaderError(InputFileError):
-    """The header is not a valid MRC header, or declares impossible dimensions or mode."""
-
-    reason = "corrupt_header"
-
-
-class InvalidPixelDataError(InputFileError):
-    """The pixel values are unusable: NaN or Inf, or no variation at all."""
-
-    reason = "invalid_pixels"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Shared fixtures: RNG state saved/restored around each test, small MRC helpers."""
+"""Shared fixtures: RNG state saved/restored around each test, no Dagster instance state carried over, small MRC
+helpers."""
 
 from __future__ import annotations
 
@@ -20,6 +21,17 @@ def _restore_rng_state() -> Iterator[None]:
     np.random.set_state(np_state)
     random.setstate(py_state)
     torch.random.set_rng_state(torch_state)
+
+
+@pytest.fixture(autouse=True)
+def _no_instance_state_left_behind() -> Iterator[None]:
+    """Dagster keeps the defs-state storage of the instance entered last in a context variable, and
+    ``dg.instance_for_test`` leaves it set once its folder is gone: the next definitions load in this
+    process then fails with "unable to open database file".  Each test starts without it."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -160,15 +160,9 @@ def test_io_manager_pickles_follow_the_umask(tmp_path: Path, expected_mode: int)
     def fits() -> dict[str, object]:
         return {"m1": {"defocus_angstrom": 15000.0}}
 
-    # An instance of its own, entered: Dagster's definitions load reads the state storage of the instance
-    # entered last, and one a test before left behind may point at a folder that no longer exists.
-    with dg.DagsterInstance.ephemeral() as instance:
-        result = dg.materialize(
-            [fits],
-            partition_key="b-00001",
-            resources={"io_manager": BatchIOManager(root=str(tmp_path))},
-            instance=instance,
-        )
+    result = dg.materialize(
+        [fits], partition_key="b-00001", resources={"io_manager": BatchIOManager(root=str(tmp_path))}
+    )
     assert result.success
     path = tmp_path / "fits" / "b-00001" / "m1.pkl"
     assert _mode(path) == expected_mode

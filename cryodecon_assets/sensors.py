@@ -67,6 +67,13 @@ def _quarantine_key(relative_path: str) -> str:
     return "sensor-" + hashlib.sha1(relative_path.encode()).hexdigest()[:16]
 
 
+def _record_set_aside(warehouse: ScoreWarehouse, row: dict[str, Any], micrograph: str | None) -> None:
+    """The sensor-stage ``quarantine`` row of a file or folder (relative_path, session, reason, detail,
+    size_bytes, seen_at_s), keyed by its path."""
+    stage = {"micrograph": micrograph, "batch": None, "stage": "sensor", "recorded_at": row["seen_at_s"]}
+    warehouse.write_rows("quarantine", _quarantine_key(row["relative_path"]), [{**row, **stage}])
+
+
 @dataclass(frozen=True)
 class CutResult:
     plan: Plan
@@ -116,29 +123,14 @@ def cut_batches(
         for f in manifest.files:
             warehouse.delete_rows("quarantine", _quarantine_key(f.relative_path))
     for q in plan.quarantined:
-        row = asdict(q)
-        row.update(
-            {"micrograph": exposure_name(q.relative_path), "batch": None, "stage": "sensor", "recorded_at": q.seen_at_s}
-        )
-        warehouse.write_rows("quarantine", _quarantine_key(q.relative_path), [row])
+        _record_set_aside(warehouse, asdict(q), exposure_name(q.relative_path))
     unreadable = {folder.relative_path: folder for folder in scan.unreadable_folders}
     for relative_path in set(state.unreadable_folders) - set(unreadable):
         warehouse.delete_rows("quarantine", _quarantine_key(relative_path))  # listed again: its files are seen
     new_folders = tuple(f for path, f in sorted(unreadable.items()) if path not in state.unreadable_folders)
     for folder in new_folders:
-        row = {
-            "relative_path": folder.relative_path,
-            "session": folder.session,
-            "reason": "unreadable_folder",
-            "detail": folder.detail,
-            "size_bytes": None,
-            "seen_at_s": now_s,
-            "micrograph": None,
-            "batch": None,
-            "stage": "sensor",
-            "recorded_at": now_s,
-        }
-        warehouse.write_rows("quarantine", _quarantine_key(folder.relative_path), [row])
+        row = {"relative_path": folder.relative_path, "session": folder.session, "reason": "unreadable_folder"}
+        _record_set_aside(warehouse, {**row, "detail": folder.detail, "size_bytes": None, "seen_at_s": now_s}, None)
     plan.state.unreadable_folders = {path: state.unreadable_folders.get(path, now_s) for path in unreadable}
     return CutResult(plan, created, conflicts, scan.unreadable_folders, new_folders)
 

@@ -72,11 +72,9 @@ class BatchIOManager(dg.ConfigurableIOManager):
         if not directory.is_dir():
             return result
         for path in sorted(directory.iterdir()):
-            if path.name.startswith(".") or path.suffix not in {".mrc", ".pkl"}:
-                continue
+            if path.name.startswith(".") or path.suffix not in {".mrc", ".pkl"} or path.name.endswith(EXPOSURE_SUFFIX):
+                continue  # an Exposure's record is read with its image
             try:
-                if path.name.endswith(EXPOSURE_SUFFIX):
-                    continue  # read with its image
                 if path.suffix == ".mrc":
                     image = read_micrograph(path)
                     rest = path.with_name(f"{path.stem}{EXPOSURE_SUFFIX}")

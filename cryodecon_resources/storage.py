@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,11 +147,15 @@ class MicroscopeStorage(dg.ConfigurableResource):
 
             visited: set[tuple[int, int]] = set()
             for folder, subfolders, names in os.walk(session_dir, onerror=report, followlinks=True):
-                stat = os.stat(folder)
-                if (stat.st_dev, stat.st_ino) in visited:
+                try:
+                    folder_info = os.stat(folder)
+                except OSError:  # vanished while walking: seen again next tick if it returns
                     subfolders[:] = []
                     continue
-                visited.add((stat.st_dev, stat.st_ino))
+                if (folder_info.st_dev, folder_info.st_ino) in visited:
+                    subfolders[:] = []
+                    continue
+                visited.add((folder_info.st_dev, folder_info.st_ino))
                 subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
                 prefix = os.path.relpath(folder, session_dir)
                 for name in sorted(names):
@@ -159,16 +164,15 @@ class MicroscopeStorage(dg.ConfigurableResource):
                         continue
                     path = Path(folder) / name
                     try:
-                        stat = path.stat()
+                        info = path.stat()
                     except OSError:
                         continue  # vanished between listing and stat: seen again next tick if it returns
-                    if not path.is_file():
-                        continue
-                    files.append(
-                        FileObservation(
-                            str(path.relative_to(root)), session, stat.st_size, stat.st_mtime, stat.st_ctime
+                    if stat.S_ISREG(info.st_mode):
+                        files.append(
+                            FileObservation(
+                                str(path.relative_to(root)), session, info.st_size, info.st_mtime, info.st_ctime
+                            )
                         )
-                    )
         return StorageScan(tuple(files), tuple(unreadable))
 
     def absolute(self, relative_path: str) -> Path:

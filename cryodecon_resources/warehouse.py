@@ -122,6 +122,9 @@ class ScoreWarehouse(dg.ConfigurableResource):
     def table_dir(self, table: str) -> Path:
         return Path(self.root) / "tables" / _check_name("table", table)
 
+    def _partition_path(self, table: str, partition_key: str) -> Path:
+        return self.table_dir(table) / f"{_check_name('partition', partition_key)}.parquet"
+
     def write_rows(
         self,
         table: str,
@@ -141,7 +144,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
         UndeclaredColumnError
             A row of a declared table has a column the table does not declare.
         """
-        target = self.table_dir(table) / f"{_check_name('partition', partition_key)}.parquet"
+        target = self._partition_path(table, partition_key)
         frame = pd.DataFrame(list(rows))
         if replace_micrographs is not None and target.exists():
             keep = set(replace_micrographs)
@@ -157,7 +160,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
 
     def delete_rows(self, table: str, partition_key: str) -> bool:
         """Remove the partition's rows of ``table``; False if it held none."""
-        target = self.table_dir(table) / f"{_check_name('partition', partition_key)}.parquet"
+        target = self._partition_path(table, partition_key)
         try:
             target.unlink()
             return True
@@ -181,11 +184,10 @@ class ScoreWarehouse(dg.ConfigurableResource):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def read_rows(self, table: str, partition_key: str | None = None) -> pd.DataFrame:
-        directory = self.table_dir(table)
         if partition_key is not None:
-            path = directory / f"{_check_name('partition', partition_key)}.parquet"
+            path = self._partition_path(table, partition_key)
             return pd.read_parquet(path) if path.exists() else pd.DataFrame()
-        files = sorted(directory.glob("*.parquet"))
+        files = sorted(self.table_dir(table).glob("*.parquet"))
         if not files:
             return pd.DataFrame()
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)

@@ -56,10 +56,13 @@ import numpy as np
 import torch
 from _common import json_ready, ls_psnr_db
 
-from cryodecon_science import causal, fusion
+from cryodecon_science import causal
 from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.ctf.layout import TILE_OVERLAP_FRACTION as _TILE_OVERLAP_FRACTION
-from cryodecon_science.denoiser import (
+from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
+from cryodecon_science.motion import align_movie
+from cryodecon_science.restoration import fusion
+from cryodecon_science.restoration.denoiser import (
     DEFAULT_TILE_PX,
     TILE_MARGIN_PX,
     _normalise_on,
@@ -67,9 +70,7 @@ from cryodecon_science.denoiser import (
     denoise_learned,
     denoise_learned_many,
 )
-from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
-from cryodecon_science.motion import align_movie
-from cryodecon_science.restore import wiener_denoise
+from cryodecon_science.restoration.restore import wiener_denoise
 from cryodecon_science.simulate import SimulatedMicrograph as Simulation
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
 from cryodecon_science.spectrum import half_set_power_spectra

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from _common import json_ready
 
-from cryodecon_science.citations import generate_citation_graph
 from cryodecon_science.impact import evaluate_temporal_split, prepare_impact_graph
+from cryodecon_science.simulate import generate_citation_graph
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

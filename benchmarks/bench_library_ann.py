@@ -64,7 +64,8 @@ from _common import write_results
 
 from cryodecon_resources.structure_library import StructureLibrary
 from cryodecon_science.embedding import embed_particles
-from cryodecon_science.simulate import make_structures, project_structure, random_euler_angles_deg
+from cryodecon_science.projection import random_euler_angles_deg
+from cryodecon_science.simulate import make_structures, project_structure
 
 DIMENSION = 64
 K = 10

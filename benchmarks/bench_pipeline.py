@@ -23,7 +23,7 @@ from cryodecon_science import causal
 from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.embedding import embed_particles
 from cryodecon_science.picking import extract_boxes, pick_particles
-from cryodecon_science.restore import wiener_deconvolve, wiener_denoise
+from cryodecon_science.restoration.restore import wiener_deconvolve, wiener_denoise
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 RESULTS = Path(__file__).resolve().parent / "results"

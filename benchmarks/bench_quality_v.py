@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import RESULTS, json_ready, write_results  # noqa: E402
+from _common import json_ready, read_results, write_results  # noqa: E402
 
 WEIGHTS_FILE = ROOT / "cryodecon_science" / "data" / "score_weights.json"
 
@@ -76,15 +76,18 @@ def run_pipeline(home: Path, n_sessions: int, per_session: int, movies: int, siz
 
     import dagster as dg
 
-    from cryodecon_assets.cli import prepare_instance_home
+    from cryodecon_assets.cli.driver import drive
+    from cryodecon_assets.cli.instance import prepare_instance_home
+    from cryodecon_assets.cli.synthetic_references import (
+        ensure_citation_graph,
+        ensure_reference_library,
+        established_papers,
+    )
     from cryodecon_assets.definitions import build_definitions
-    from cryodecon_assets.driver import drive
-    from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
     from cryodecon_resources import resources_from_environment
     from cryodecon_science.io.citations import read_citation_graph
     from cryodecon_science.io.mrc import read_micrograph
-    from cryodecon_science.io.session import write_simulated_session
-    from cryodecon_science.simulate import simulate_session
+    from cryodecon_science.simulate import simulate_session, write_simulated_session
 
     resources = resources_from_environment()
     storage = Path(resources["microscope_storage"].root)  # type: ignore[attr-defined]
@@ -171,7 +174,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     if args.reuse_results:
-        previous = json.loads((RESULTS / "quality_v.json").read_text())
+        previous = read_results("quality_v")
         rows, pipeline_command = previous["rows"], previous["command"]
     else:
         with tempfile.TemporaryDirectory(prefix="bench_quality_v_") as tmp:

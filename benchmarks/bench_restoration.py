@@ -141,20 +141,21 @@ import scipy.ndimage
 import torch
 from _common import write_results
 
-from cryodecon_science import causal, fusion
+from cryodecon_science import causal
 from cryodecon_science.ctf import estimate_ctf
-from cryodecon_science.denoiser import (
+from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
+from cryodecon_science.io.mrc import write_mrc
+from cryodecon_science.optics import ctf_2d, frequency_grid_per_angstrom
+from cryodecon_science.records import CtfFit
+from cryodecon_science.restoration import fusion
+from cryodecon_science.restoration.denoiser import (
     DenoiserUNet,
     TrainingConfig,
     denoise_learned,
     noise2noise_loss,
     train_noise2noise,
 )
-from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
-from cryodecon_science.io.mrc import write_mrc
-from cryodecon_science.optics import ctf_2d, frequency_grid_per_angstrom
-from cryodecon_science.records import CtfFit
-from cryodecon_science.restore import apply_fourier_filter, wiener_deconvolve, wiener_denoise
+from cryodecon_science.restoration.restore import apply_fourier_filter, wiener_deconvolve, wiener_denoise
 from cryodecon_science.simulate import SimulatedMicrograph, SimulationConfig, simulate_micrograph
 
 HERE = Path(__file__).resolve().parent

@@ -42,11 +42,12 @@ import torch
 from _common import write_results
 from bench_restoration import FUSION_SEED, least_squares_fit, psnr_db, run_topaz, topaz_environment
 
-from cryodecon_science import causal, fusion
+from cryodecon_science import causal
 from cryodecon_science.ctf import estimate_ctf
-from cryodecon_science.denoiser import denoise_learned
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
-from cryodecon_science.restore import wiener_denoise
+from cryodecon_science.restoration import fusion
+from cryodecon_science.restoration.denoiser import denoise_learned
+from cryodecon_science.restoration.restore import wiener_denoise
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 GOAL_SPEEDUP = 10.0

@@ -244,7 +244,11 @@ def soak_environment(layout: Layout, args: argparse.Namespace, postgres_url: str
 
 def seed_reference_data(size: int, seed: int) -> None:
     """The citation graph and reference library, as ``cryodecon demo`` seeds them (paths from the env)."""
-    from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
+    from cryodecon_assets.cli.synthetic_references import (
+        ensure_citation_graph,
+        ensure_reference_library,
+        established_papers,
+    )
     from cryodecon_resources import resources_from_environment
     from cryodecon_science.io.citations import read_citation_graph
     from cryodecon_science.simulate import SimulationConfig
@@ -260,7 +264,7 @@ def seed_reference_data(size: int, seed: int) -> None:
 def gpu_pool_steps() -> tuple[str, ...]:
     """Step keys of process_batch whose op is in the ``gpu`` pool."""
     try:
-        from cryodecon_assets.assets import BATCH_ASSETS
+        from cryodecon_assets.batch import BATCH_ASSETS
 
         steps = tuple(a.op.name for a in BATCH_ASSETS if a.op.pool == "gpu")
         return steps or DEFAULT_GPU_STEPS
@@ -753,7 +757,7 @@ class WarehouseView:
 
 
 def read_warehouse(root: Path) -> WarehouseView:
-    from cryodecon_assets.batching import MANIFESTS
+    from cryodecon_assets.intake.batching import MANIFESTS
     from cryodecon_resources.warehouse import ScoreWarehouse
 
     warehouse = ScoreWarehouse(root=str(root))

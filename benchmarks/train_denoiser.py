@@ -12,7 +12,7 @@ defaults (1 Å/px, 300 kV, 40 e⁻/Å², mean defocus uniform 0.5–3 µm, astig
 ice 20–60 nm, read noise 0.5 counts) and ``target_snr`` log-uniform in [``--snr-min``, ``--snr-max``]
 = [0.01, 0.2]: the full images span the benchmark's SNR 0.1–0.01 and the binomial halves the model is
 trained on (half the SNR, 0.005–0.1) cover the full images it is applied to (module docstring of
-``cryodecon_science.denoiser``).  The structures are ``n_structures=8`` pseudo-atom clouds from
+``cryodecon_science.restoration.denoiser``).  The structures are ``n_structures=8`` pseudo-atom clouds from
 ``structure_seed=7``, *not* the benchmark's (seed 0), and the exposure seeds differ from the benchmark's,
 so the benchmark measures generalisation to unseen particles.  Movies are not used: the simulator's frame
 sums carry drift, and binomial halves of the integrated exposures give the same independent-noise pairs.
@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from _common import json_ready, ls_psnr_db
 
-from cryodecon_science.denoiser import DenoiserConfig, TrainingConfig, denoise_learned, train_noise2noise
 from cryodecon_science.io.denoiser_weights import save_denoiser
 from cryodecon_science.reproducibility import binomial_split_counts
+from cryodecon_science.restoration.denoiser import DenoiserConfig, TrainingConfig, denoise_learned, train_noise2noise
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 HERE = Path(__file__).resolve().parent
@@ -79,7 +79,7 @@ def simulate_pool(
 
 
 def held_out_check(model: torch.nn.Module, size: int) -> list[dict[str, float]]:
-    from cryodecon_science.denoiser import DenoiserUNet
+    from cryodecon_science.restoration.denoiser import DenoiserUNet
 
     assert isinstance(model, DenoiserUNet)
     rows = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from cryodecon_assets.assets import BATCH_ASSETS
-from cryodecon_assets.maintenance import (
+from cryodecon_assets.batch import BATCH_ASSETS
+from cryodecon_assets.facility.maintenance import (
     impact_model,
     impact_model_job,
     impact_model_schedule,
@@ -16,8 +16,8 @@ from cryodecon_assets.maintenance import (
     score_weights_schedule,
     structure_library_index,
 )
-from cryodecon_assets.sensors import PROCESS_JOB, microscope_storage_sensor, storage_sweep_schedule
-from cryodecon_assets.summary import daily_summary, daily_summary_job, daily_summary_schedule
+from cryodecon_assets.facility.summary import daily_summary, daily_summary_job, daily_summary_schedule
+from cryodecon_assets.intake.sensors import PROCESS_JOB, microscope_storage_sensor, storage_sweep_schedule
 from cryodecon_resources import Settings, build_resources
 
 # One run processes one batch through the whole lineage in one process: per-step processes would

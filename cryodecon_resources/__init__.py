@@ -10,6 +10,7 @@ from pathlib import Path
 from cryodecon_resources.device import TorchDevice
 from cryodecon_resources.io_manager import BatchIOManager, OutputStore
 from cryodecon_resources.motion import MotionSettings, parse_patch_grid
+from cryodecon_resources.picking import PickingSettings
 from cryodecon_resources.restoration import RestorationSettings
 from cryodecon_resources.scoring import ScoringSettings
 from cryodecon_resources.settings import Resources, Settings, build_resources
@@ -22,6 +23,7 @@ __all__ = [
     "MicroscopeStorage",
     "MotionSettings",
     "OutputStore",
+    "PickingSettings",
     "Resources",
     "RestorationSettings",
     "ScoreWarehouse",

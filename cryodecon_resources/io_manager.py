@@ -4,7 +4,8 @@ Every partitioned asset of the pipeline returns ``dict[micrograph name, value]``
 (:class:`~cryodecon_science.io.mrc.Micrograph`) are written as float32 MRC with the pixel size in the
 header, so RELION, cryoSPARC or any viewer can open them; an
 :class:`~cryodecon_science.exposure.Exposure` is its micrograph's MRC plus ``<micrograph>.exposure.pkl``
-(optics, dose, record: everything but the pixels), read back as one value; other values (CTF fits,
+(optics, dose, record: everything but the pixels) and, for a dose-weighted movie, ``<micrograph>.dose_weighted.mrc``,
+read back as one value; other values (CTF fits,
 priors, score records) are pickled.  Layout: ``<root>/<asset key path>/<partition>/<micrograph>.mrc|.pkl``.
 
 Writes merge: storing a dict writes only its keys, so reprocessing one micrograph of a batch leaves the
@@ -27,6 +28,7 @@ from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph
 
 SELECTION_TAG = "cryodecon/micrographs"
 EXPOSURE_SUFFIX = ".exposure.pkl"
+DOSE_WEIGHTED_SUFFIX = ".dose_weighted.mrc"
 
 
 class BatchIOManager(dg.ConfigurableIOManager):
@@ -53,9 +55,14 @@ class BatchIOManager(dg.ConfigurableIOManager):
                 (directory / f"{name}.pkl").unlink(missing_ok=True)
                 written.add(path.name)
             if isinstance(value, Exposure):
-                rest = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name != "micrograph"}
+                images = ("micrograph", "dose_weighted")
+                rest = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.name not in images}
                 _pickle(directory / f"{name}{EXPOSURE_SUFFIX}", rest)
                 written.add(f"{name}{EXPOSURE_SUFFIX}")
+                if value.dose_weighted is not None:
+                    weighted = value.dose_weighted
+                    write_mrc(directory / f"{name}{DOSE_WEIGHTED_SUFFIX}", weighted.data, weighted.pixel_size_angstrom)
+                    written.add(f"{name}{DOSE_WEIGHTED_SUFFIX}")
             elif not isinstance(value, Micrograph):
                 _pickle(directory / f"{name}.pkl", value)
                 written.add(f"{name}.pkl")
@@ -72,15 +79,25 @@ class BatchIOManager(dg.ConfigurableIOManager):
         if not directory.is_dir():
             return result
         for path in sorted(directory.iterdir()):
-            if path.name.startswith(".") or path.suffix not in {".mrc", ".pkl"} or path.name.endswith(EXPOSURE_SUFFIX):
-                continue  # an Exposure's record is read with its image
+            if (
+                path.name.startswith(".")
+                or path.suffix not in {".mrc", ".pkl"}
+                or path.name.endswith((EXPOSURE_SUFFIX, DOSE_WEIGHTED_SUFFIX))
+            ):
+                continue  # an Exposure's record and dose-weighted sum are read with its image
             try:
                 if path.suffix == ".mrc":
                     image = read_micrograph(path)
                     rest = path.with_name(f"{path.stem}{EXPOSURE_SUFFIX}")
                     if rest.is_file():
+                        weighted_path = path.with_name(f"{path.stem}{DOSE_WEIGHTED_SUFFIX}")
+                        weighted = read_micrograph(weighted_path) if weighted_path.is_file() else None
+                        if weighted is not None:
+                            weighted = Micrograph(path.stem, weighted.data, weighted.pixel_size_angstrom)
                         with open(rest, "rb") as handle:
-                            result[path.stem] = Exposure(micrograph=image, **pickle.load(handle))
+                            result[path.stem] = Exposure(
+                                micrograph=image, dose_weighted=weighted, **pickle.load(handle)
+                            )
                     else:
                         result[path.stem] = image
                 else:
@@ -116,3 +133,9 @@ class OutputStore(dg.ConfigurableResource):
 
     def star_path(self, batch: str, filename: str) -> Path:
         return Path(self.root) / "star" / batch / filename
+
+    def session_path(self, session: str, filename: str) -> Path:
+        """``<root>/sessions/<session>/<filename>`` (folder created): files that span a session's batches."""
+        folder = Path(self.root) / "sessions" / session
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / filename

@@ -90,7 +90,6 @@ class ScoringSettings(dg.ConfigurableResource):
     beta: float | None = None
     gamma: float | None = None
     kappa: float = DEFAULT_KAPPA
-    particle_diameter_angstrom: float = 150.0
     citation_graph_path: str = ""
 
     @field_validator("weights")

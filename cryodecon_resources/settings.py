@@ -1,28 +1,29 @@
 """Every setting of a cryodecon deployment, read from the environment in one place.
 
-==================================  ==========================================  =============================
-variable                            meaning                                     default
-==================================  ==========================================  =============================
-CRYODECON_HOME                      root of the embedded (laptop) setup         ``./.cryodecon``
-CRYODECON_STORAGE_ROOT              microscope storage (``<root>/<session>/``)  ``$CRYODECON_HOME/storage``
-CRYODECON_WAREHOUSE_ROOT            Parquet tables + DuckDB views               ``$CRYODECON_HOME/warehouse``
-CRYODECON_LIBRARY_URI               LanceDB structure library                   ``$CRYODECON_HOME/library``
-CRYODECON_OUTPUT_ROOT               MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
-CRYODECON_CITATION_GRAPH            citation graph Parquet folder               ``$CRYODECON_HOME/citations``
-CRYODECON_WEIGHTS                   w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
-                                    repro, meta), pinning the weights
-CRYODECON_WEIGHTS_VERSION           version recorded with pinned weights        ``configured``
-CRYODECON_ARTIFACT_STEPS            artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
-CRYODECON_FINETUNE_STEPS            per-batch fine-tuning of the denoiser       0 (off: the shipped model)
-CRYODECON_MOTION_PATCHES            patch motion correction, e.g. ``5x5``       none (global alignment)
-CRYODECON_DEVICE                    auto | cpu | cuda:N                         ``auto``
-CRYODECON_CPU_THREADS               torch threads for CPU steps                 1
-CRYODECON_SETTLE_SECONDS            stability window of the storage sensor      30
-CRYODECON_MAX_BATCH_SIZE            exposures per acquisition batch             50
-CRYODECON_BATCH_WINDOW_SECONDS      cut a partial batch after this wait         300
-CRYODECON_TRUNCATED_AFTER_SECONDS   quarantine a file still incomplete after    600
-CRYODECON_POSTGRES_URL              PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
-==================================  ==========================================  =============================
+======================================  ==========================================  =============================
+variable                                meaning                                     default
+======================================  ==========================================  =============================
+CRYODECON_HOME                          root of the embedded (laptop) setup         ``./.cryodecon``
+CRYODECON_STORAGE_ROOT                  microscope storage (``<root>/<session>/``)  ``$CRYODECON_HOME/storage``
+CRYODECON_WAREHOUSE_ROOT                Parquet tables + DuckDB views               ``$CRYODECON_HOME/warehouse``
+CRYODECON_LIBRARY_URI                   LanceDB structure library                   ``$CRYODECON_HOME/library``
+CRYODECON_OUTPUT_ROOT                   MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
+CRYODECON_CITATION_GRAPH                citation graph Parquet folder               ``$CRYODECON_HOME/citations``
+CRYODECON_WEIGHTS                       w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
+                                        repro, meta), pinning the weights
+CRYODECON_WEIGHTS_VERSION               version recorded with pinned weights        ``configured``
+CRYODECON_ARTIFACT_STEPS                artifact removal before restoration         ``hot_pixels,stripes,carbon_edges``
+CRYODECON_FINETUNE_STEPS                per-batch fine-tuning of the denoiser       0 (off: the shipped model)
+CRYODECON_MOTION_PATCHES                patch motion correction, e.g. ``5x5``       none (global alignment)
+CRYODECON_DEVICE                        auto | cpu | cuda:N                         ``auto``
+CRYODECON_CPU_THREADS                   torch threads for CPU steps                 1
+CRYODECON_SETTLE_SECONDS                stability window of the storage sensor      30
+CRYODECON_MAX_BATCH_SIZE                exposures per acquisition batch             50
+CRYODECON_BATCH_WINDOW_SECONDS          cut a partial batch after this wait         300
+CRYODECON_TRUNCATED_AFTER_SECONDS       quarantine a file still incomplete after    600
+CRYODECON_PARTICLE_DIAMETER_ANGSTROM    particle diameter (Å) where none is given   150
+CRYODECON_POSTGRES_URL                  PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
+======================================  ==========================================  =============================
 
 ``Settings.from_environment`` is the only reader of these variables; the resources are built from a
 ``Settings`` value (``build_resources``), so a caller that wants other values (the demo's short settle
@@ -46,6 +47,7 @@ import dagster as dg
 from cryodecon_resources.device import TorchDevice
 from cryodecon_resources.io_manager import BatchIOManager, OutputStore
 from cryodecon_resources.motion import MotionSettings, parse_patch_grid
+from cryodecon_resources.picking import PickingSettings
 from cryodecon_resources.restoration import RestorationSettings
 from cryodecon_resources.scoring import ScoringSettings
 from cryodecon_resources.storage import MicroscopeStorage
@@ -92,6 +94,7 @@ class Settings:
     max_batch_size: int = 50
     batch_window_seconds: float = 300.0
     truncated_after_seconds: float = 600.0
+    particle_diameter_angstrom: float = 150.0
     env_paths: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -132,6 +135,7 @@ class Settings:
             max_batch_size=_number(env, "CRYODECON_MAX_BATCH_SIZE", 50, int),
             batch_window_seconds=_number(env, "CRYODECON_BATCH_WINDOW_SECONDS", 300.0, float),
             truncated_after_seconds=_number(env, "CRYODECON_TRUNCATED_AFTER_SECONDS", 600.0, float),
+            particle_diameter_angstrom=_number(env, "CRYODECON_PARTICLE_DIAMETER_ANGSTROM", 150.0, float),
             env_paths=tuple((field, variable) for field, (variable, _) in paths.items() if variable in env),
         )
 
@@ -161,6 +165,7 @@ class Resources:
     scoring: ScoringSettings
     restoration: RestorationSettings
     motion: MotionSettings
+    picking: PickingSettings
     outputs: OutputStore
     io_manager: BatchIOManager
 
@@ -196,6 +201,7 @@ def build_resources(settings: Settings, env_vars: bool = False) -> Resources:
             artifact_steps=list(settings.artifact_steps), denoiser_finetune_steps=settings.finetune_steps
         ),
         motion=MotionSettings(patch_grid=list(settings.motion_patch_grid)),
+        picking=PickingSettings(particle_diameter_angstrom=settings.particle_diameter_angstrom),
         outputs=OutputStore(root=path("output_root")),
         io_manager=BatchIOManager(root=path("output_root")),
     )

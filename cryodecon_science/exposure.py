@@ -47,6 +47,11 @@ class Exposure:
         Motion left inside each frame after alignment ≈ drift / frames, pixels (None without a movie).
     metadata : ExposureMetadata
         The merged header + sidecar record.
+    dose_weighted : Micrograph or None
+        A movie's dose-weighted sum (Grant & Grigorieff 2015), what particles are extracted from; None for
+        a micrograph and for a movie whose dose or voltage is unknown.
+    particle_diameter_angstrom : float or None
+        The sample's particle diameter as the session describes it, Å (None where it does not).
     """
 
     micrograph: Micrograph
@@ -57,6 +62,8 @@ class Exposure:
     drift_total_px: float | None
     residual_blur_px: float | None
     metadata: ExposureMetadata
+    dose_weighted: Micrograph | None = None
+    particle_diameter_angstrom: float | None = None
 
     def __post_init__(self) -> None:
         if self.microscope.pixel_size_angstrom != self.micrograph.pixel_size_angstrom:
@@ -64,6 +71,17 @@ class Exposure:
                 f"{self.micrograph.name}: optics give {self.microscope.pixel_size_angstrom} Å/px, "
                 f"the image {self.micrograph.pixel_size_angstrom} Å/px"
             )
+        weighted = self.dose_weighted
+        if weighted is not None and (
+            weighted.data.shape != self.micrograph.data.shape
+            or weighted.pixel_size_angstrom != self.micrograph.pixel_size_angstrom
+        ):
+            raise ValueError(f"{self.micrograph.name}: the dose-weighted sum differs in shape or pixel size")
+
+    @property
+    def extraction_source(self) -> Micrograph:
+        """What particles are cut from: the dose-weighted sum where there is one, else the micrograph."""
+        return self.dose_weighted or self.micrograph
 
     @property
     def name(self) -> str:

@@ -23,6 +23,7 @@ from cryodecon_science.io.errors import CorruptHeaderError
 from cryodecon_science.io.layout import RawExposure
 from cryodecon_science.io.mrc import Micrograph
 from cryodecon_science.io.session import SessionMetadata, exposure_name
+from cryodecon_science.metadata import ExposureMetadata
 from cryodecon_science.motion import AccumulatedMotion, MotionCorrection, accumulated_motion, align_movie
 
 # Voltages the critical-exposure curve is fitted for (Grant & Grigorieff 2015); at others no weighting.
@@ -124,6 +125,15 @@ def correct_movie(
     )
 
 
+def _placed(record: ExposureMetadata, position: tuple[str, str] | None) -> ExposureMetadata:
+    """The record with the session description's grid square and foil hole where its own files give none."""
+    acquisition = record.acquisition
+    if position is None or acquisition.grid_square_id is not None or acquisition.foil_hole_id is not None:
+        return record
+    placed = dataclasses.replace(acquisition, grid_square_id=position[0], foil_hole_id=position[1])
+    return dataclasses.replace(record, acquisition=placed)
+
+
 def prepare_exposure(
     raw: RawExposure,
     name: str,
@@ -151,6 +161,7 @@ def prepare_exposure(
     if session_metadata is not None:
         dose, voltage = session_metadata.dose_e_per_angstrom2, session_metadata.microscope.voltage_kv
         nominal_defocus = session_metadata.nominal_defocus_angstrom.get(exposure_name(raw.file.path))
+        record = _placed(record, session_metadata.positions.get(exposure_name(raw.file.path)))
     else:
         dose, voltage = record.dose.total_dose_e_per_angstrom2, record.optics.voltage_kv
         nominal_defocus = record.optics.nominal_defocus_angstrom
@@ -180,5 +191,11 @@ def prepare_exposure(
         # After alignment, what blurs the sum is the motion within each frame: the trajectory over the frames.
         residual_blur_px=drift_px / n_frames if drift_px is not None else None,
         metadata=record,
+        dose_weighted=(
+            Micrograph(name, motion.correction.dose_weighted_sum.astype(np.float32), raw.pixel_size_angstrom)
+            if motion is not None and motion.correction.dose_weighted_sum is not None
+            else None
+        ),
+        particle_diameter_angstrom=session_metadata.particle_diameter_angstrom if session_metadata else None,
     )
     return PreparedExposure(exposure, n_frames, motion, corrections)

@@ -1,15 +1,15 @@
 """Projections of 3D density maps, for seeding the structure library from reference maps.
 
 Convention.  Orientations are RELION/Xmipp ZYZ Euler angles (rot, tilt, psi) in degrees, with exactly
-the rotation matrix of ``simulate.rotation_matrix_from_euler_deg`` (Heymann, Chagoyen & Belnap 2005,
+the rotation matrix of ``rotation_matrix_from_euler_deg`` (Heymann, Chagoyen & Belnap 2005,
 "Common conventions for interchange and archiving of three-dimensional electron microscopy
 information in structural biology", J. Struct. Biol. 151:196–207): the density at r = [x, y, z] moves to
 A·r, and the projection is the integral of the rotated density along z, the beam,
 
     P(x', y') = ∫ V(Aᵀ [x', y', z']) dz'.
 
-This is what ``simulate.project_structure`` renders for a pseudo-atom ``Structure3D``, so a map
-rendered from a structure (``render_structure_volume``) projects to the same image, up to sampling.
+This is what the simulator's ``project_structure`` renders for a pseudo-atom structure, so a map
+rendered from one (``simulate.render_structure_volume``) projects to the same image, up to sampling.
 
 Grid.  A volume is indexed [z, y, x] with voxel centres at integer indices and the origin of rotation at
 voxel (n//2, n//2, n//2) — the FFT-centre convention of RELION, the same centre ``project_structure``
@@ -34,17 +34,47 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-import scipy.special
 import torch
 import torch.nn.functional as functional
-
-from cryodecon_science.simulate import Structure3D, rotation_matrix_from_euler_deg
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 
 # Sample points per grid_sample call (≈ 4M points: 48 MB of grid and 16 MB of samples in float32).
 _CHUNK_SAMPLES = 1 << 22
+
+
+def rotation_matrix_from_euler_deg(rot_deg: float, tilt_deg: float, psi_deg: float) -> FloatArray:
+    """Rotation matrix A of RELION/Xmipp ZYZ Euler angles (Heymann et al. 2005, J. Struct. Biol. 151:196).
+
+    A = R_z(ψ) R_y(θ) R_z(φ) with R_z(α) = [[cos α, sin α, 0], [−sin α, cos α, 0], [0, 0, 1]] and
+    R_y(β) = [[cos β, 0, −sin β], [0, 1, 0], [sin β, 0, cos β]] (RELION ``Euler_angles2matrix``).  A
+    point r = [x, y, z] of a structure lands at A·r; its projection is the (x, y) of A·r.
+    """
+    alpha, beta, gamma = (math.radians(rot_deg), math.radians(tilt_deg), math.radians(psi_deg))
+    ca, sa = math.cos(alpha), math.sin(alpha)
+    cb, sb = math.cos(beta), math.sin(beta)
+    cg, sg = math.cos(gamma), math.sin(gamma)
+    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+    return np.array(
+        [
+            [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
+            [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
+            [sc, ss, cb],
+        ],
+        dtype=np.float64,
+    )
+
+
+def random_euler_angles_deg(rng: np.random.Generator, n: int) -> FloatArray:
+    """n orientations uniform on SO(3) as RELION (rot, tilt, psi) in degrees.
+
+    rot and psi uniform in [0, 360), cos(tilt) uniform in [−1, 1] (the Haar measure in ZYZ angles).
+    """
+    rot = rng.uniform(0.0, 360.0, n)
+    tilt = np.degrees(np.arccos(rng.uniform(-1.0, 1.0, n)))
+    psi = rng.uniform(0.0, 360.0, n)
+    return np.ascontiguousarray(np.stack([rot, tilt, psi], axis=1), dtype=np.float64)
 
 
 def _checked_volume(volume: npt.ArrayLike) -> npt.NDArray[np.floating]:
@@ -128,46 +158,6 @@ def project_volume(
             )  # (1, 1, planes, n, n); "bilinear" on a 5-D input is trilinear
             out[i] += sampled[0, 0].sum(dim=0)
     return np.asarray(out.cpu().numpy(), dtype=np.float32)
-
-
-def _voxel_fractions(centre_px: FloatArray, sigma_px: FloatArray, n_px: int) -> FloatArray:
-    """Fraction of each 1D Gaussian's mass inside voxels 0 … n_px−1 (voxel i spans i ± ½)."""
-    edges = np.arange(n_px + 1, dtype=np.float64) - 0.5
-    z = (edges[None, :] - centre_px[:, None]) / (sigma_px[:, None] * math.sqrt(2.0))
-    cdf = 0.5 * np.asarray(scipy.special.erf(z), dtype=np.float64)
-    return np.asarray(np.diff(cdf, axis=1), dtype=np.float64)
-
-
-def render_structure_volume(structure: Structure3D, box_px: int, pixel_size_angstrom: float) -> FloatArray:
-    """Voxel-averaged potential (V) of a ``Structure3D`` on an (n, n, n) grid [z, y, x].
-
-    Each Gaussian pseudo-atom is integrated exactly over the cubic voxels (separable erf differences),
-    the same way ``project_structure`` integrates it over square pixels, with the centre of mass at voxel
-    (n//2, n//2, n//2).  Hence Σ_z volume · pixel_size equals ``project_structure(structure, (0, 0, 0),
-    n, pixel_size)`` for atoms inside the box.
-
-    Parameters
-    ----------
-    structure : Structure3D
-    box_px : int
-        Edge n of the cube, voxels (≥ 2).
-    pixel_size_angstrom : float
-        Voxel edge, Å.
-
-    Returns
-    -------
-    ndarray of float64, shape (n, n, n)
-    """
-    if box_px < 2 or not pixel_size_angstrom > 0:
-        raise ValueError("box_px >= 2 and pixel_size_angstrom > 0 required")
-    centre = float(box_px // 2)
-    positions_px = structure.atom_positions_angstrom / pixel_size_angstrom + centre  # [x, y, z]
-    sigma_px = structure.atom_sigma_angstrom / pixel_size_angstrom
-    fx = _voxel_fractions(positions_px[:, 0], sigma_px, box_px)
-    fy = _voxel_fractions(positions_px[:, 1], sigma_px, box_px)
-    fz = _voxel_fractions(positions_px[:, 2], sigma_px, box_px) * structure.atom_potential_volt_angstrom3[:, None]
-    volume = np.einsum("az,ay,ax->zyx", fz, fy, fx, optimize=True)
-    return np.asarray(volume / pixel_size_angstrom**3, dtype=np.float64)
 
 
 def resample_volume(

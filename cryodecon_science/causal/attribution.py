@@ -22,7 +22,7 @@ from cryodecon_science.causal.graph import CAUSE_NODES
 from cryodecon_science.causal.spectral import FloatArray, band_indices, ring_average_sinc2
 from cryodecon_science.optics import MicroscopeSettings, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit
-from cryodecon_science.restore import expected_ctf_squared
+from cryodecon_science.restoration.restore import expected_ctf_squared
 
 ATTRIBUTION_BAND_ANGSTROM = 12.0
 """Finest period (Å) of the band of the degradation weights (:func:`degradation_losses`): one band for every
@@ -68,7 +68,7 @@ def degradation_losses(
     S = S_p + S_ice the model signal (``ctf_fit.spectral_model``: specimen × envelope × blur), S_ice its
     amorphous-ice part (:func:`ice_signal`, × the blur; 0 when the fit does not reach beyond 8 Å) —
     the ice's phase contrast is structural noise for the particles — C = CTF²_eff
-    (:func:`~cryodecon_science.restore.expected_ctf_squared`: ½ beyond the fit resolution), and the
+    (:func:`~cryodecon_science.restoration.restore.expected_ctf_squared`: ½ beyond the fit resolution), and the
     background B = F + N_inel split into shot noise N_shot = min(⟨counts⟩, F), the detector's excess
     N_excess = max(F − ⟨counts⟩, 0) and the inelastic/ice background N_inel = max(B − F, 0).
 

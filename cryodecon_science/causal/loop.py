@@ -56,13 +56,14 @@ def fit_priors(
     """Measure the causal nodes of one micrograph and refine them by the self-evaluation loop.
 
     Iteration 0 measures the nodes (:func:`~.nodes.estimate_nodes`) with the CTF estimator's spectral model.
-    Each pass t = 1, 2, … then (i) restores the image with :func:`~cryodecon_science.restore.wiener_signal_estimate`
-    under the current signal/background model, (ii) re-estimates the background from the residual
-    (image − restored) and the signal from the restored image (:func:`~.spectral.refine_spectral_model`) and (iii)
-    re-measures every node.  The loop stops when every node changed by less than its current 1σ since
-    the previous pass (``converged=True``), or after ``max_iterations`` passes (``converged=False``; it
-    never runs on silently).  The CTF geometry (defocus, astigmatism) is the estimator's and stays
-    fixed; the nodes read from the spectrum (B-factor, noise floor, ice, motion, heterogeneity) move.
+    Each pass t = 1, 2, … then (i) restores the image with
+    :func:`~cryodecon_science.restoration.restore.wiener_signal_estimate` under the current signal/background
+    model, (ii) re-estimates the background from the residual (image − restored) and the signal from the
+    restored image (:func:`~.spectral.refine_spectral_model`) and (iii) re-measures every node. The loop stops
+    when every node changed by less than its current 1σ since the previous pass (``converged=True``), or after
+    ``max_iterations`` passes (``converged=False``; it never runs on silently).  The CTF geometry (defocus,
+    astigmatism) is the estimator's and stays fixed; the nodes read from the spectrum (B-factor, noise floor,
+    ice, motion, heterogeneity) move.
     Deterministic: no random numbers; the same input gives the same output.
 
     Parameters

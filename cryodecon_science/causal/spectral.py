@@ -21,7 +21,7 @@ import torch
 
 from cryodecon_science.optics import MicroscopeSettings, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit, SpectralModel
-from cryodecon_science.restore import expected_ctf_squared, wiener_signal_filter
+from cryodecon_science.restoration.restore import expected_ctf_squared, wiener_signal_filter
 from cryodecon_science.spectrum import central_fit_crop
 
 FloatArray = npt.NDArray[np.float64]
@@ -381,7 +381,7 @@ def refine_spectral_model(
 ) -> SpectralModel:
     """One pass of the self-evaluation loop's spectrum update: restore, then re-fit S(k) and B(k).
 
-    1. Ĉ = :func:`~cryodecon_science.restore.wiener_signal_estimate` (current model), residual R = Y − Ĉ.
+    1. Ĉ = :func:`~cryodecon_science.restoration.restore.wiener_signal_estimate` (current model), residual R = Y − Ĉ.
     2. Expected powers under the Gaussian posterior (the E-step of EM; Dempster, Laird & Rubin 1977,
        JRSS B 39:1): E|CTF·X|² = |Ĉ|²/N + H·B from the restored image and E|noise|² = |R|²/N + H·B from
        the residual.  Their ratios to the model, ρ_S = E|CTF·X|²/(CTF²·S) and ρ_B = E|noise|²/B, obey

@@ -1,4 +1,4 @@
-"""Save and load the learned denoiser's weights (``cryodecon_science.denoiser.DenoiserUNet``).
+"""Save and load the learned denoiser's weights (``cryodecon_science.restoration.denoiser.DenoiserUNet``).
 
 One file written with ``torch.save`` holding only plain data: ``{"format": "cryodecon.denoiser", "version": 1,
 "config": {DenoiserConfig field: int | float}, "state_dict": {name: tensor}, "meta": {str: plain data}}``.
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from cryodecon_science.denoiser import DenoiserConfig, DenoiserUNet
 from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
+from cryodecon_science.restoration.denoiser import DenoiserConfig, DenoiserUNet
 
 FORMAT = "cryodecon.denoiser"
 VERSION = 1

@@ -21,9 +21,7 @@ from cryodecon_science.scoring.components import (
     reproducibility_score,
 )
 from cryodecon_science.scoring.evaluate import (
-    PICK_THRESHOLD_SIGMA,
     EvaluationRecord,
-    EvaluationSettings,
     ImpactForecast,
     LibraryHit,
     MicrographEvaluation,
@@ -38,9 +36,7 @@ from cryodecon_science.scoring.rules import LOGIC_RULES, Rule, RuleInputs, RuleR
 __all__ = [
     "COMPONENT_NAMES",
     "LOGIC_RULES",
-    "PICK_THRESHOLD_SIGMA",
     "EvaluationRecord",
-    "EvaluationSettings",
     "ImpactForecast",
     "LibraryHit",
     "MicrographEvaluation",

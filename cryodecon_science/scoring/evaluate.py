@@ -1,10 +1,11 @@
 """The evaluation of one micrograph: the five components of V from its raw image, CTF fit, priors and restorations.
 
 * **LogicScore** — the consistency rules of :mod:`~cryodecon_science.scoring.rules` on the CTF fit, the header, the
-  restorations' power and the particles picked on the CTF-corrected image.
-* **Novelty** — the picked particles' embeddings (:func:`~cryodecon_science.embedding.embed_particles`)
-  against the structure library known before the batch, calibrated by the library's own nearest-neighbour
-  distances (:func:`~cryodecon_science.embedding.novelty_score`).
+  restorations' power and the packing of the particles (the batch's decomposition graph).
+* **Novelty** — the kept particles' embeddings, boxed from the CTF-corrected image
+  (:func:`~cryodecon_science.embedding.embed_particles`), against the structure library known before the
+  batch, calibrated by the library's own nearest-neighbour distances
+  (:func:`~cryodecon_science.embedding.novelty_score`).
 * **ImpactFore** — a new structure enters the citation graph as a paper citing the papers of the known
   structures it resembles (:func:`~cryodecon_science.impact.forecast_new_paper`), its forecast
   citations log-normalised (:func:`~cryodecon_science.scoring.components.impact_normalised`).
@@ -32,9 +33,11 @@ from cryodecon_science import reproducibility
 from cryodecon_science.causal import CausalPriors, refined_ctf_fit
 from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.exposure import Exposure
-from cryodecon_science.picking import excluded_area_mask, extract_boxes, particle_box_px, pick_particles
+from cryodecon_science.picking import extract_boxes
+from cryodecon_science.picking.micrograph import MicrographPicks
+from cryodecon_science.picking.region_graph import PackingFacts
 from cryodecon_science.records import CtfFit
-from cryodecon_science.restore import wiener_denoise, wiener_denoise_filter
+from cryodecon_science.restoration.restore import wiener_denoise, wiener_denoise_filter
 from cryodecon_science.scoring.components import (
     ScoreComponents,
     impact_normalised,
@@ -47,11 +50,6 @@ from cryodecon_science.scoring.rules import RuleInputs, RuleResult, evaluate_rul
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
-
-# DoG peak threshold in robust σ of the filtered map.  2.0 measured on the demo session (demo seed 0,
-# deconvolved images): recall 0.1–0.44, precision 0.43–0.91 against the simulator's true positions; 3.0
-# gave recall ≤ 0.2.  A learned picker replaces this with the picking issue.
-PICK_THRESHOLD_SIGMA = 2.0
 
 
 class LibraryHit(Protocol):
@@ -95,22 +93,6 @@ class ReferenceData:
 
 
 @dataclass(frozen=True)
-class EvaluationSettings:
-    """How particles are found.
-
-    Attributes
-    ----------
-    particle_diameter_angstrom : float
-        Expected particle diameter d, Å.
-    pick_threshold_sigma : float
-        DoG peak threshold, robust σ of the filtered map (:data:`PICK_THRESHOLD_SIGMA`).
-    """
-
-    particle_diameter_angstrom: float
-    pick_threshold_sigma: float = PICK_THRESHOLD_SIGMA
-
-
-@dataclass(frozen=True)
 class EvaluationRecord:
     """The evaluation of one micrograph.
 
@@ -121,7 +103,7 @@ class EvaluationRecord:
     rules : tuple of RuleResult
         Every consistency rule's outcome.
     n_particles : int
-        Particles picked.
+        Particles kept by the picker.
     impact_citations : float
         ImpactFore's forecast citations before normalisation.
     details : Mapping[str, float]
@@ -163,8 +145,9 @@ def evaluate_micrograph(
     restored: Float32Array,
     deconvolved: Float32Array,
     *,
+    picks: MicrographPicks,
+    packing: PackingFacts | None,
     references: ReferenceData,
-    settings: EvaluationSettings,
     cost_deviation: float | None,
     seed: int,
     device: torch.device,
@@ -185,8 +168,10 @@ def evaluate_micrograph(
         The CTF-corrected micrograph (``restore.wiener_deconvolve``), where particles are picked and boxed.
     references : ReferenceData
         The structure library and the citation model known before the batch.
-    settings : EvaluationSettings
-        Particle diameter and picking threshold.
+    picks : MicrographPicks
+        The micrograph's picks (``picking.micrograph.pick_micrograph``); the kept ones are embedded.
+    packing : PackingFacts or None
+        The micrograph's packing in the batch's decomposition graph (``picking.region_graph.packing_facts``).
     cost_deviation : float or None
         δ_cost of the micrograph (``reproducibility.cost_deviations``; None: not measured).
     seed : int
@@ -194,22 +179,12 @@ def evaluate_micrograph(
     device : torch.device
         Where embedding and restoration run; off the CPU, the CPU restoration is compared with it.
     """
-    pixel = exposure.pixel_size_angstrom
-    diameter_px = settings.particle_diameter_angstrom / pixel
-    # Picked on the CTF-corrected image, where dense particles are bright blobs (on the denoised image,
-    # defocus fringes spread them into rings and the DoG picker misses most of them).
-    picks = pick_particles(
-        deconvolved,
-        pixel,
-        settings.particle_diameter_angstrom,
-        threshold_sigma=settings.pick_threshold_sigma,
-        dark_particles=False,
-    )
-    rule_results = evaluate_rules(_rule_inputs(exposure, ctf_fit, restored, deconvolved, picks, diameter_px))
+    rule_results = evaluate_rules(_rule_inputs(exposure, ctf_fit, restored, deconvolved, packing))
     # Novelty and ImpactFore through the structure library, on CTF-corrected particle boxes (the references
     # are CTF-free projections, so CTF-modulated boxes would look novel for that alone).
-    box_px = particle_box_px(diameter_px)
-    boxes = extract_boxes(deconvolved, picks, box_px) if len(picks) else np.zeros((0, box_px, box_px), np.float32)
+    kept = picks.coords_yx_px[picks.kept]
+    box_px = picks.box_px
+    boxes = extract_boxes(deconvolved, kept, box_px) if len(kept) else np.zeros((0, box_px, box_px), np.float32)
     embeddings = embed_particles(boxes, device=device) if len(boxes) else np.zeros((0, 1), np.float32)
     novelty, impact_citations = _novelty_and_citations(embeddings, references)
     max_citations = references.max_citations
@@ -226,7 +201,7 @@ def evaluate_micrograph(
     record = EvaluationRecord(
         components,
         rule_results,
-        len(picks),
+        len(kept),
         impact_citations,
         {**{f"repro_{k}": v for k, v in repro.deviations.items()}, "half_set_correlation": repro.half_set_correlation},
         limiting_quantity(repro.deviations, reproducibility.REPRO_TOLERANCES),
@@ -240,8 +215,7 @@ def _rule_inputs(
     fit: CtfFit,
     restored: Float32Array,
     deconvolved: Float32Array,
-    picks: FloatArray,
-    diameter_px: float,
+    packing: PackingFacts | None,
 ) -> RuleInputs:
     """What LogicScore's rules look at (``RuleInputs``)."""
     raw, pixel = exposure.data, exposure.pixel_size_angstrom
@@ -255,10 +229,7 @@ def _rule_inputs(
         mean_counts_per_pixel=float(raw.mean()),
         low_frequency_power_ratio=low_frequency_power_ratio(raw, restored, pixel),
         beyond_fit_power_ratio=power_beyond_ratio(raw, deconvolved, pixel, fit.fit_resolution_angstrom),
-        particle_positions_px=picks,
-        particle_diameter_px=diameter_px,
-        image_shape_px=(int(raw.shape[0]), int(raw.shape[1])),
-        excluded_area_mask=excluded_area_mask(raw, pixel),
+        packing=packing,
     )
 
 

@@ -1,4 +1,4 @@
-"""LogicScore: consistency rules on one micrograph's CTF fit, header, restorations and picked particles.
+"""LogicScore: consistency rules on one micrograph's CTF fit, header, restorations and packing of particles.
 
 LogicScore is the fraction of *applicable* rules (:data:`LOGIC_RULES`) that hold.  A rule that cannot be
 evaluated (no nominal defocus in the header, fewer than two particles, …) is reported ``'not_applicable'``
@@ -9,13 +9,13 @@ and leaves both numerator and denominator.  Thresholds are named module constant
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.spatial import cKDTree
 
+from cryodecon_science.picking.region_graph import PackingFacts
 from cryodecon_science.scoring.components import ScoreDomainError
 
 FloatArray = npt.NDArray[np.float64]
@@ -32,7 +32,12 @@ FIT_RESOLUTION_WORST_ANGSTROM = 30.0
 DOSE_RELATIVE_TOLERANCE = 0.25
 LOW_FREQUENCY_POWER_RATIO_RANGE = (0.5, 1.5)
 BEYOND_FIT_POWER_RATIO_MAX = 1.05
-PARTICLE_MIN_SEPARATION_DIAMETERS = 0.8
+CROWDED_FRACTION_MAX = 0.25
+AGGREGATE_FRACTION_MAX = 0.20
+NEAR_CARBON_FRACTION_MAX = 0.30
+DENSITY_ROBUST_Z_MAX = 3.5
+DENSITY_MIN_HOLES = 4
+_MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)
@@ -60,14 +65,9 @@ class RuleInputs:
     beyond_fit_power_ratio : float
         Restored/raw power beyond the fit resolution
         (:func:`~cryodecon_science.scoring.power_ratios.power_beyond_ratio`).
-    particle_positions_px : ndarray of float64, shape (n, 2)
-        Particle centres as [y, x] in pixels, pixel centres at integer coordinates 0 … ny−1.
-    particle_diameter_px : float
-        Particle diameter d in pixels.
-    image_shape_px : tuple of int
-        (ny, nx) of the micrograph.
-    excluded_area_mask : ndarray of bool, shape (ny, nx), or None
-        True on carbon film or contamination (``picking.excluded_area_mask``); None when not measured.
+    packing : PackingFacts or None
+        What the decomposition graph says about the micrograph's picks (``picking.region_graph``); None
+        when the micrograph was not picked.
 
     A non-finite measured value (NaN power ratio, …) makes the rule that reads it fail: a measurement
     that could not be made consistently is itself an inconsistency.
@@ -82,29 +82,11 @@ class RuleInputs:
     mean_counts_per_pixel: float
     low_frequency_power_ratio: float
     beyond_fit_power_ratio: float
-    particle_positions_px: FloatArray = field(compare=False)
-    particle_diameter_px: float
-    image_shape_px: tuple[int, int]
-    excluded_area_mask: npt.NDArray[np.bool_] | None = field(default=None, compare=False)
+    packing: PackingFacts | None = None
 
     def __post_init__(self) -> None:
-        positions = np.asarray(self.particle_positions_px, dtype=np.float64)
-        if positions.size == 0:
-            positions = positions.reshape(0, 2)
-        if positions.ndim != 2 or positions.shape[1] != 2:
-            raise ValueError(f"particle_positions_px must have shape (n, 2), got {positions.shape}")
-        object.__setattr__(self, "particle_positions_px", positions)
         if not self.pixel_size_angstrom > 0:
             raise ValueError(f"pixel_size_angstrom must be positive, got {self.pixel_size_angstrom}")
-        if not self.particle_diameter_px > 0:
-            raise ValueError(f"particle_diameter_px must be positive, got {self.particle_diameter_px}")
-        if len(self.image_shape_px) != 2 or min(self.image_shape_px) < 1:
-            raise ValueError(f"image_shape_px must be (ny, nx) with positive sizes, got {self.image_shape_px}")
-        if self.excluded_area_mask is not None:
-            mask = np.asarray(self.excluded_area_mask, dtype=bool)
-            if mask.shape != tuple(self.image_shape_px):
-                raise ValueError(f"excluded_area_mask must have shape {self.image_shape_px}, got {mask.shape}")
-            object.__setattr__(self, "excluded_area_mask", mask)
 
 
 @dataclass(frozen=True)
@@ -192,59 +174,41 @@ def _no_power_beyond_fit(x: RuleInputs) -> bool:
     return x.beyond_fit_power_ratio <= BEYOND_FIT_POWER_RATIO_MAX
 
 
-def _min_separation_px(x: RuleInputs) -> float | None:
-    positions = x.particle_positions_px
-    if positions.shape[0] < 2:
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole > 0 else None
+
+
+def _crowded_share(x: RuleInputs) -> float | None:
+    return None if x.packing is None or x.packing.kept < 2 else _share(x.packing.crowded, x.packing.kept)
+
+
+def _aggregate_share(x: RuleInputs) -> float | None:
+    return None if x.packing is None else _share(x.packing.aggregates, x.packing.candidates)
+
+
+def _near_carbon_share(x: RuleInputs) -> float | None:
+    return None if x.packing is None else _share(x.packing.near_carbon, x.packing.kept)
+
+
+def _density_robust_z(x: RuleInputs) -> float | None:
+    """Modified z-score (Iglewicz & Hoaglin 1993) of the micrograph's hole density among the batch's holes."""
+    if x.packing is None or len(x.packing.batch_hole_densities_per_um2) < DENSITY_MIN_HOLES:
         return None
-    distances, _ = cKDTree(positions).query(positions, k=2)
-    return float(np.min(distances[:, 1]))
+    densities = np.asarray(x.packing.batch_hole_densities_per_um2, dtype=np.float64)
+    median = float(np.median(densities))
+    spread = _MAD_TO_SIGMA * float(np.median(np.abs(densities - median)))
+    deviation = x.packing.hole_density_per_um2 - median
+    if spread == 0.0:
+        return 0.0 if deviation == 0.0 else float("inf")
+    return deviation / spread
 
 
-def _particles_do_not_overlap(x: RuleInputs) -> bool | None:
-    separation = _min_separation_px(x)
-    if separation is None:
-        return None
-    return separation >= PARTICLE_MIN_SEPARATION_DIAMETERS * x.particle_diameter_px
-
-
-def _min_edge_distance_px(x: RuleInputs) -> float | None:
-    positions = x.particle_positions_px
-    if positions.shape[0] == 0:
-        return None
-    ny, nx = x.image_shape_px
-    y, xx = positions[:, 0], positions[:, 1]
-    return float(np.min(np.minimum.reduce([y, xx, (ny - 1) - y, (nx - 1) - xx])))
-
-
-def _particles_inside(x: RuleInputs) -> bool | None:
-    edge = _min_edge_distance_px(x)
-    if edge is None:
-        return None
-    return edge >= 0.5 * x.particle_diameter_px
-
-
-def _particles_on_excluded_area(x: RuleInputs) -> int | None:
-    """Number of picked centres on carbon/contamination; None without a mask or without particles."""
-    if x.excluded_area_mask is None or x.particle_positions_px.shape[0] == 0:
-        return None
-    ny, nx = x.image_shape_px
-    rows = np.clip(np.rint(x.particle_positions_px[:, 0]).astype(np.int64), 0, ny - 1)
-    cols = np.clip(np.rint(x.particle_positions_px[:, 1]).astype(np.int64), 0, nx - 1)
-    return int(np.count_nonzero(x.excluded_area_mask[rows, cols]))
-
-
-def _excluded_fraction(x: RuleInputs) -> float:
-    mask = x.excluded_area_mask
-    return 0.0 if mask is None else float(np.count_nonzero(mask)) / mask.size
-
-
-def _particles_outside_excluded_areas(x: RuleInputs) -> bool | None:
-    on_excluded = _particles_on_excluded_area(x)
-    return None if on_excluded is None else on_excluded == 0
+def _at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
 
 
 def _text_or_none(value: float | None, fmt: str) -> str:
-    return "no particles to compare" if value is None else fmt.format(value)
+    return "not applicable" if value is None else fmt.format(value)
 
 
 LOGIC_RULES: tuple[Rule, ...] = (
@@ -338,48 +302,50 @@ LOGIC_RULES: tuple[Rule, ...] = (
         observe=lambda x: f"ratio {x.beyond_fit_power_ratio:.3f}",
     ),
     Rule(
-        name="particles_do_not_overlap",
-        statement="Every pair of picked particles is at least 0.8 particle diameters apart.",
+        name="particles_not_crowded",
+        statement="At most 25 % of the kept particles have a neighbour closer than one particle diameter.",
         physical_reason=(
-            "Particles in a monolayer of ice cannot interpenetrate: centres closer than about one diameter "
-            "are double picks or aggregates (0.8 allows for non-spherical shapes seen along their short "
-            "axis).  Not applicable with fewer than two particles."
+            "Particles spread in a monolayer of ice mostly keep their distance; when many touch, the sample "
+            "is too concentrated (or the picker splits particles), and overlapping projections blur 2D "
+            "classes.  The picker only keeps centres 0.8 diameters apart, so this is not its guarantee.  Not "
+            "applicable with fewer than two kept particles."
         ),
-        predicate=_particles_do_not_overlap,
-        observe=lambda x: _text_or_none(
-            None if (s := _min_separation_px(x)) is None else s / x.particle_diameter_px,
-            "closest pair {:.2f} diameters apart",
-        ),
+        predicate=lambda x: _at_most(_crowded_share(x), CROWDED_FRACTION_MAX),
+        observe=lambda x: _text_or_none(_crowded_share(x), "{:.0%} of the kept particles touch a neighbour"),
     ),
     Rule(
-        name="particles_inside_micrograph",
-        statement="Every picked centre lies at least one particle radius from each image edge.",
+        name="few_aggregates",
+        statement="At most 20 % of the candidate picks belong to aggregates (groups of ≥ 3 touching picks).",
         physical_reason=(
-            "A particle closer to the edge than its radius is cut off by the frame, and a box around it "
-            "would be padded with pixels that carry no signal.  Not applicable with no particles."
+            "Aggregation (denaturation at the air–water interface, too high a concentration) puts particles "
+            "in clumps that cannot be extracted as single particles; a field dominated by clumps is a "
+            "sample problem the operator should see.  Not applicable without candidate picks."
         ),
-        predicate=_particles_inside,
-        observe=lambda x: _text_or_none(
-            None if (e := _min_edge_distance_px(x)) is None else e / (0.5 * x.particle_diameter_px),
-            "closest centre {:.2f} radii from an edge",
-        ),
+        predicate=lambda x: _at_most(_aggregate_share(x), AGGREGATE_FRACTION_MAX),
+        observe=lambda x: _text_or_none(_aggregate_share(x), "{:.0%} of the candidates in aggregates"),
     ),
     Rule(
-        name="particles_outside_carbon_and_contamination",
-        statement="No picked centre lies where the 250 Å-smoothed counts are ≥ 15 % below the field's median.",
+        name="particles_clear_of_carbon_edge",
+        statement="At most 30 % of the kept particles lie within one particle diameter of the support carbon.",
         physical_reason=(
-            "Carbon film and contamination are thicker than the vitreous ice over the hole and let fewer "
-            "electrons through (Beer–Lambert; 15 % fewer ⇔ ≈ 57 nm more material at λ_in ≈ 350 nm): "
-            "blobs found there are film texture, frost or particles adsorbed to carbon, not single "
-            "particles in thin ice.  Not applicable without particles or without a thickness map."
+            "Ice thins or thickens towards the hole's edge and the carbon's scattering reaches boxes next to "
+            "it; a micrograph whose particles crowd the edge was centred badly on its hole.  Not applicable "
+            "without kept particles."
         ),
-        predicate=_particles_outside_excluded_areas,
-        observe=lambda x: (
-            "not measured"
-            if (n := _particles_on_excluded_area(x)) is None
-            else f"{n} of {x.particle_positions_px.shape[0]} centres on carbon/contamination "
-            f"({100.0 * _excluded_fraction(x):.1f} % of the field excluded)"
+        predicate=lambda x: _at_most(_near_carbon_share(x), NEAR_CARBON_FRACTION_MAX),
+        observe=lambda x: _text_or_none(_near_carbon_share(x), "{:.0%} of the kept particles near carbon"),
+    ),
+    Rule(
+        name="particle_density_typical",
+        statement="The foil hole's particles per µm² lie within a modified z-score of 3.5 of the batch's holes.",
+        physical_reason=(
+            "Holes of one grid region hold similar concentrations; an outlying hole (empty, or packed with "
+            "junk the picker took for particles) is a local problem of ice or picking.  The modified z-score "
+            "uses the median and MAD, so one outlier does not hide itself.  Not applicable with fewer than "
+            "four holes in the batch."
         ),
+        predicate=lambda x: _at_most(None if (z := _density_robust_z(x)) is None else abs(z), DENSITY_ROBUST_Z_MAX),
+        observe=lambda x: _text_or_none(_density_robust_z(x), "modified z-score {:+.2f}"),
     ),
 )
 

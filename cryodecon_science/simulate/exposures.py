@@ -35,7 +35,9 @@ def _check_name(name: str) -> None:
 
 def _resolve_structures(config: SimulationConfig, structures: Sequence[Structure3D] | None) -> tuple[Structure3D, ...]:
     if structures is None:
-        return make_structures(config.n_structures, config.particle_diameter_angstrom, config.structure_seed)
+        return make_structures(
+            config.n_structures, config.particle_diameter_angstrom, config.structure_seed, config.structure_aspect_ratio
+        )
     if len(structures) == 0:
         raise ValueError("structures must not be empty")
     return tuple(structures)
@@ -51,6 +53,8 @@ def _truth(
     drift_total = 0.0
     if drift_shifts_px is not None:
         drift_total = float(np.sum(np.linalg.norm(np.diff(drift_shifts_px, axis=0), axis=1)))
+    regions = image.regions
+    draws = None if regions is None else regions.draws
     return MicrographTruth(
         ctf=image.draws.ctf,
         bfactor_angstrom2=image.draws.bfactor_angstrom2,
@@ -66,6 +70,15 @@ def _truth(
         drift_shifts_px=drift_shifts_px,
         drift_total_px=drift_total,
         hot_pixels_yx=hot_pixels,
+        carbon_mask=None if regions is None else regions.carbon_mask,
+        hole_centre_yx_px=None if draws is None else draws.hole_centre_yx_px,
+        hole_radius_px=None if draws is None else draws.hole_radius_px,
+        contamination_mask=None if regions is None else regions.contamination_mask,
+        contamination_blobs=() if draws is None else draws.contamination,
+        continuous_film_thickness_nm=config.continuous_film_thickness_nm,
+        particle_on_carbon=None if regions is None else regions.particle_on_carbon,
+        particle_under_contamination=None if regions is None else regions.particle_under_contamination,
+        particle_aggregate_ids=None if regions is None else regions.particle_aggregate_ids,
     )
 
 
@@ -86,7 +99,7 @@ def simulate_micrograph(
         Entropy of ``numpy.random.SeedSequence``; the same seed gives bit-identical output.
     structures : sequence of Structure3D, optional
         Defaults to ``make_structures(config.n_structures, config.particle_diameter_angstrom,
-        config.structure_seed)``.
+        config.structure_seed, config.structure_aspect_ratio)``.
     """
     _check_name(name)
     generators = random_streams(seed)
@@ -220,7 +233,7 @@ def simulate_session(
     _check_name(session_name)
     if n_micrographs < 0 or n_movies < 0 or seed < 0:
         raise ValueError("n_micrographs, n_movies and seed must be >= 0")
-    structures = make_structures(config.n_structures, config.particle_diameter_angstrom, config.structure_seed)
+    structures = _resolve_structures(config, None)
     micrographs = tuple(
         simulate_micrograph(config, f"{session_name}_mic_{i:04d}", (seed, 0, i), structures)
         for i in range(n_micrographs)

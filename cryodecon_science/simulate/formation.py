@@ -35,6 +35,9 @@ propagation", IUCrJ 8:943–953), reduced to what a CTF estimator, a denoiser an
    clipped at ≥ 0.  s is the contrast scale: 1 for the physical model; with ``target_snr`` it is chosen
    so that var(particle signal) / var(detector noise) = target_snr over the micrograph.
 
+   With a foil-hole edge, a continuous film or contamination in view (``regions``), λ is multiplied by
+   the support wave's image I_s(x) (strong objects, imaged as a full wave; ``regions`` docstring).
+
 4. **Detector** (``exposures``).  Counts = Poisson(λ) + Normal(0, read_noise²) for an integrated
    micrograph; a movie frame is electron-counted, Poisson(λ_f) with no read noise (counting detectors
    threshold it away), with λ_f the dose-split, drift-shifted λ.  Optional hot pixels add Poisson counts
@@ -47,7 +50,9 @@ Coordinates: pixel (iy, ix) has its centre at (iy, ix); particle positions are c
 coordinates of the structure's centre of mass in the returned image.
 
 Determinism: every random draw comes from ``numpy.random.default_rng`` streams spawned from
-``numpy.random.SeedSequence(seed)``; the same seed gives bit-identical arrays.  Structures come from
+``numpy.random.SeedSequence(seed)``; the same seed gives bit-identical arrays.  The regions draw from a
+stream of their own, and only when a region feature is on, so switching them off leaves every other draw
+and every output as it was.  Structures come from
 their own ``structure_seed`` so a reference library can regenerate them without any micrograph.
 """
 
@@ -69,16 +74,22 @@ from cryodecon_science.optics import (
     electron_wavelength_angstrom,
     frequency_grid_per_angstrom,
 )
+from cryodecon_science.projection import random_euler_angles_deg, rotation_matrix_from_euler_deg
 from cryodecon_science.simulate.config import SimulationConfig
-from cryodecon_science.simulate.structures import (
-    Structure3D,
-    random_euler_angles_deg,
-    render_projection,
-    rotation_matrix_from_euler_deg,
+from cryodecon_science.simulate.regions import (
+    RegionDraws,
+    RegionTruth,
+    carbon_fraction_map,
+    draw_regions,
+    mask_at_positions,
+    place_aggregates,
+    support_image,
 )
+from cryodecon_science.simulate.structures import Structure3D, render_projection
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 # Rest energy of the electron, keV (CODATA 2018).
 _ELECTRON_REST_ENERGY_KEV = 510.99895
@@ -105,20 +116,26 @@ def interaction_constant_rad_per_volt_angstrom(voltage_kv: float) -> float:
 
 
 def place_particles(
-    rng: np.random.Generator, shape_px: tuple[int, int], diameter_px: float, n_particles: int
+    rng: np.random.Generator,
+    shape_px: tuple[int, int],
+    diameter_px: float,
+    n_particles: int,
+    occupied_px: FloatArray | None = None,
 ) -> FloatArray:
     """Random non-overlapping centres [y, x] (pixels) by random sequential addition.
 
-    Centres are >= ``diameter_px`` apart and >= diameter_px/2 from the image edges.  Up to 200 candidates
-    per requested particle are tried; the result holds at most ``n_particles`` rows, fewer when the field
-    is full.  Returns an array of shape (m, 2), float64.
+    Centres are >= ``diameter_px`` apart, from each other and from the centres in ``occupied_px`` (shape
+    (k, 2), not returned), and >= diameter_px/2 from the image edges.  Up to 200 candidates per requested
+    particle are tried; the result holds at most ``n_particles`` rows, fewer when the field is full.
+    Returns an array of shape (m, 2), float64.
     """
     radius = 0.5 * diameter_px
     ny, nx = shape_px
     if n_particles <= 0 or ny - 1 < 2 * radius or nx - 1 < 2 * radius:
         return np.zeros((0, 2), dtype=np.float64)
+    occupied = np.zeros((0, 2), dtype=np.float64) if occupied_px is None else np.asarray(occupied_px).reshape(-1, 2)
     accepted: list[FloatArray] = []
-    accepted_array = np.zeros((0, 2), dtype=np.float64)
+    accepted_array = occupied
     batch = 64
     for _ in range((200 * n_particles + batch - 1) // batch):
         candidates = np.stack(
@@ -130,10 +147,10 @@ def place_particles(
                 if float(distance2.min()) < diameter_px**2:
                     continue
             accepted.append(candidate)
-            accepted_array = np.asarray(accepted, dtype=np.float64)
+            accepted_array = np.concatenate([occupied, np.asarray(accepted, dtype=np.float64)])
             if len(accepted) == n_particles:
-                return accepted_array
-    return accepted_array
+                return accepted_array[occupied.shape[0] :]
+    return accepted_array[occupied.shape[0] :]
 
 
 def ice_power_spectrum(k_per_angstrom: FloatArray, ice_thickness_nm: float) -> FloatArray:
@@ -168,13 +185,55 @@ class ExpectedImage:
     euler_angles_deg: FloatArray
     inelastic_fraction: float
     contrast_scale: float
+    regions: RegionTruth | None = None
 
 
 def random_streams(seed: int | Sequence[int]) -> list[np.random.Generator]:
     """Independent generators: 0 optics, 1 positions, 2 orientations, 3 ice, 4 inelastic, 5 drift,
-    6 noise, 7 hot pixels."""
+    6 noise, 7 hot pixels, 8 regions (drawn from only when a region feature is on).
+
+    ``SeedSequence.spawn`` derives child i from (seed, i) alone, so stream 8 leaves streams 0–7 as they
+    were with eight streams."""
     sequence = np.random.SeedSequence(seed)
-    return [np.random.default_rng(child) for child in sequence.spawn(8)]
+    return [np.random.default_rng(child) for child in sequence.spawn(9)]
+
+
+def _place_with_regions(
+    config: SimulationConfig,
+    generators: list[np.random.Generator],
+    region_draws: RegionDraws | None,
+    diameter_px: float,
+) -> tuple[FloatArray, IntArray | None, BoolArray | None]:
+    """Particle centres, their aggregate ids (None without aggregates) and the carbon mask of the image.
+
+    Aggregates (stream 8) are placed first, single particles (stream 1) around them; with a hole, a
+    particle whose centre pixel lies on carbon is kept with probability
+    ``carbon_particle_density_ratio`` (stream 8).  Without regions this is ``place_particles`` alone.
+    """
+    n_requested = config.particles_per_micrograph
+    if not config.regions_enabled:
+        return place_particles(generators[1], config.shape_px, diameter_px, n_requested), None, None
+    region_rng = generators[8]
+    aggregate_ids: IntArray | None = None
+    if config.aggregate_fraction > 0:
+        n_clustered = round(config.aggregate_fraction * n_requested)
+        clustered, cluster_ids = place_aggregates(region_rng, config.shape_px, diameter_px, n_clustered)
+        singles = place_particles(
+            generators[1], config.shape_px, diameter_px, n_requested - clustered.shape[0], occupied_px=clustered
+        )
+        positions = np.concatenate([clustered, singles])
+        aggregate_ids = np.concatenate([cluster_ids, np.full(singles.shape[0], -1, dtype=np.int64)])
+    else:
+        positions = place_particles(generators[1], config.shape_px, diameter_px, n_requested)
+    carbon: BoolArray | None = None
+    if region_draws is not None and region_draws.hole_centre_yx_px is not None:
+        carbon = carbon_fraction_map(region_draws, config.shape_px, (0.0, 0.0), 0.0) > 0.5
+        keep = ~mask_at_positions(carbon, positions) | (
+            region_rng.random(positions.shape[0]) < config.carbon_particle_density_ratio
+        )
+        positions = positions[keep]
+        aggregate_ids = None if aggregate_ids is None else aggregate_ids[keep]
+    return positions, aggregate_ids, carbon
 
 
 def _draw_exposure(config: SimulationConfig, rng: np.random.Generator) -> _ExposureDraws:
@@ -244,9 +303,10 @@ def expected_image(
     sigma_e = interaction_constant_rad_per_volt_angstrom(config.voltage_kv)
     dose_px = config.dose_per_pixel_e
 
-    # 1. Specimen: particles.
+    # 1. Specimen: particles (and the regions' geometry, stream 8, only when they are on).
     diameter_px = config.particle_diameter_angstrom / px
-    positions = place_particles(generators[1], config.shape_px, diameter_px, config.particles_per_micrograph)
+    region_draws = draw_regions(config, generators[8]) if config.support_enabled else None
+    positions, aggregate_ids, carbon_image_mask = _place_with_regions(config, generators, region_draws, diameter_px)
     n_particles = positions.shape[0]
     structure_ids = np.asarray(generators[2].integers(0, len(structures), n_particles), dtype=np.int64)
     euler = random_euler_angles_deg(generators[2], n_particles)
@@ -312,10 +372,35 @@ def expected_image(
         scale = (target * c_term + math.sqrt((target * c_term) ** 2 + 4.0 * signal_variance * target * b_term)) / (
             2.0 * signal_variance
         )
-    expected = np.maximum(base + scale * elastic * specimen_contrast, 0.0)
+    expected = base + scale * elastic * specimen_contrast
+    particle = scale * elastic * particle_contrast
+    regions: RegionTruth | None = None
+    if config.regions_enabled:
+        contamination_mask: BoolArray | None = None
+        if region_draws is not None:
+            support = support_image(
+                config, region_draws, draws.ctf, draws.bfactor_angstrom2, padded, pad_yx, sigma_e, generators[8]
+            )
+            expected = expected * support.intensity
+            particle = particle * support.intensity
+            if config.hole_diameter_angstrom is not None:
+                carbon_image_mask = support.carbon_mask[crop]
+            if config.contamination_per_micrograph > 0:
+                contamination_mask = support.contamination_mask[crop]
+        regions = RegionTruth(
+            draws=region_draws,
+            carbon_mask=carbon_image_mask,
+            contamination_mask=contamination_mask,
+            particle_on_carbon=None if carbon_image_mask is None else mask_at_positions(carbon_image_mask, positions),
+            particle_under_contamination=None
+            if contamination_mask is None
+            else mask_at_positions(contamination_mask, positions),
+            particle_aggregate_ids=aggregate_ids,
+        )
+    expected = np.maximum(expected, 0.0)
     return ExpectedImage(
         expected=expected,
-        particle=scale * elastic * particle_contrast,
+        particle=particle,
         potential=scale * elastic * 2.0 * sigma_e * particle_potential,
         pad_yx_px=pad_yx,
         draws=draws,
@@ -324,4 +409,5 @@ def expected_image(
         euler_angles_deg=euler,
         inelastic_fraction=inelastic_fraction,
         contrast_scale=scale,
+        regions=regions,
     )

@@ -9,11 +9,13 @@ import numpy.typing as npt
 
 from cryodecon_science.optics import CtfParams, MicroscopeSettings
 from cryodecon_science.simulate.config import SimulationConfig
+from cryodecon_science.simulate.regions import ContaminationBlob
 from cryodecon_science.simulate.structures import Structure3D
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +55,27 @@ class MicrographTruth:
         Path length Σ_f |shift_{f+1} − shift_f| of the drift, pixels (0 for micrographs).
     hot_pixels_yx : ndarray, shape (n_hot, 2), int64
         Detector coordinates [y, x] of hot pixels.
+
+    Regions of the picking benchmark (``simulate.regions``); None where the feature is off:
+
+    carbon_mask : ndarray (ny, nx) bool or None
+        Support carbon: pixels farther than the hole radius from the hole centre (frame 0 for a movie).
+    hole_centre_yx_px : tuple of float or None
+        Centre of the foil hole [y, x], image pixels (usually outside the image).
+    hole_radius_px : float or None
+        Radius of the foil hole, pixels.
+    contamination_mask : ndarray (ny, nx) bool or None
+        Pixels inside a contamination blob's outline.
+    contamination_blobs : tuple of ContaminationBlob
+        The blobs' geometry and thickness (empty without contamination).
+    continuous_film_thickness_nm : float
+        Thin film over the whole field, nm (0: none).  Not junk.
+    particle_on_carbon : ndarray (n_particles,) bool or None
+        Whether each particle's centre pixel lies in ``carbon_mask`` (junk for the benchmark).
+    particle_under_contamination : ndarray (n_particles,) bool or None
+        Whether each particle's centre pixel lies in ``contamination_mask`` (hidden, junk).
+    particle_aggregate_ids : ndarray (n_particles,) int64 or None
+        Index of each particle's cluster of touching particles, −1 for a single particle.
     """
 
     ctf: CtfParams
@@ -69,6 +92,20 @@ class MicrographTruth:
     drift_shifts_px: FloatArray | None
     drift_total_px: float
     hot_pixels_yx: IntArray
+    carbon_mask: BoolArray | None = None
+    hole_centre_yx_px: tuple[float, float] | None = None
+    hole_radius_px: float | None = None
+    contamination_mask: BoolArray | None = None
+    contamination_blobs: tuple[ContaminationBlob, ...] = ()
+    continuous_film_thickness_nm: float = 0.0
+    particle_on_carbon: BoolArray | None = None
+    particle_under_contamination: BoolArray | None = None
+    particle_aggregate_ids: IntArray | None = None
+
+    @property
+    def particle_in_aggregate(self) -> BoolArray | None:
+        """Whether each particle belongs to a cluster of touching particles (None without aggregates)."""
+        return None if self.particle_aggregate_ids is None else self.particle_aggregate_ids >= 0
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,6 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.special
 
+from cryodecon_science.projection import rotation_matrix_from_euler_deg
+
 FloatArray = npt.NDArray[np.float64]
 
 # Potential of protein relative to the surrounding vitreous ice, V.  Protein (≈1.35 g/cm³) scatters more
@@ -47,28 +49,6 @@ class Structure3D:
     @property
     def n_atoms(self) -> int:
         return int(self.atom_positions_angstrom.shape[0])
-
-
-def rotation_matrix_from_euler_deg(rot_deg: float, tilt_deg: float, psi_deg: float) -> FloatArray:
-    """Rotation matrix A of RELION/Xmipp ZYZ Euler angles (Heymann et al. 2005, J. Struct. Biol. 151:196).
-
-    A = R_z(ψ) R_y(θ) R_z(φ) with R_z(α) = [[cos α, sin α, 0], [−sin α, cos α, 0], [0, 0, 1]] and
-    R_y(β) = [[cos β, 0, −sin β], [0, 1, 0], [sin β, 0, cos β]] (RELION ``Euler_angles2matrix``).  A
-    point r = [x, y, z] of a structure lands at A·r; its projection is the (x, y) of A·r.
-    """
-    alpha, beta, gamma = (math.radians(rot_deg), math.radians(tilt_deg), math.radians(psi_deg))
-    ca, sa = math.cos(alpha), math.sin(alpha)
-    cb, sb = math.cos(beta), math.sin(beta)
-    cg, sg = math.cos(gamma), math.sin(gamma)
-    cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-    return np.array(
-        [
-            [cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb],
-            [-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb],
-            [sc, ss, cb],
-        ],
-        dtype=np.float64,
-    )
 
 
 def _unit_ball(rng: np.random.Generator, n: int) -> FloatArray:
@@ -146,7 +126,43 @@ def _make_structure(structure_id: int, diameter_angstrom: float, seed: int) -> S
     )
 
 
-def make_structures(n_structures: int, diameter_angstrom: float, seed: int) -> tuple[Structure3D, ...]:
+def _elongate(structure: Structure3D, aspect_ratio: float) -> Structure3D:
+    """Compress a structure across its longest principal axis by ``aspect_ratio`` (a rod).
+
+    The potential-weighted principal axis u of the atom centres stays; r → (r·u)·s·u + (r − (r·u)u)/a,
+    with s chosen so that the farthest atom is again at the old bounding radius, so the rod is as long as
+    the particle diameter and a times thinner.  Each atom's potential scales with the volume, s/a².
+    """
+    positions = structure.atom_positions_angstrom
+    weights = structure.atom_potential_volt_angstrom3
+    covariance = (positions * weights[:, None]).T @ positions / weights.sum()
+    axis = np.linalg.eigh(covariance)[1][:, -1]
+    along = positions @ axis
+    across = positions - along[:, None] * axis[None, :]
+    extent = float(np.max(np.linalg.norm(positions, axis=1)))
+    squeezed = across / aspect_ratio
+    # Stretch along u until the farthest atom is back at ``extent``: solve max_i |s·along_i u + squeezed_i| = extent.
+    low, high = 0.0, extent / max(float(np.max(np.abs(along))), 1e-12)
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        reach = float(np.max(np.hypot(middle * along, np.linalg.norm(squeezed, axis=1))))
+        low, high = (middle, high) if reach < extent else (low, middle)
+    stretch = low
+    new_positions = stretch * along[:, None] * axis[None, :] + squeezed
+    new_positions = new_positions - (weights[:, None] * new_positions).sum(axis=0) / weights.sum()
+    return Structure3D(
+        structure_id=structure.structure_id,
+        atom_positions_angstrom=np.ascontiguousarray(new_positions, dtype=np.float64),
+        atom_sigma_angstrom=structure.atom_sigma_angstrom,
+        atom_potential_volt_angstrom3=np.asarray(weights * stretch / aspect_ratio**2, dtype=np.float64),
+        n_lobes=structure.n_lobes,
+        diameter_angstrom=structure.diameter_angstrom,
+    )
+
+
+def make_structures(
+    n_structures: int, diameter_angstrom: float, seed: int, aspect_ratio: float = 1.0
+) -> tuple[Structure3D, ...]:
     """Generate ``n_structures`` distinct synthetic proteins, deterministically.
 
     Structure k depends only on (seed, k, diameter): it is the same whatever ``n_structures`` is and
@@ -163,10 +179,17 @@ def make_structures(n_structures: int, diameter_angstrom: float, seed: int) -> t
         Bounding-sphere diameter, Å.
     seed : int
         Non-negative structure seed (``SimulationConfig.structure_seed``).
+    aspect_ratio : float
+        >= 1.  Above 1 each structure is compressed across its longest principal axis into a rod of
+        length ≈ ``diameter_angstrom`` and width diameter/aspect_ratio (``SimulationConfig.
+        structure_aspect_ratio``); 1 returns the round structures unchanged.
     """
-    if n_structures < 0 or seed < 0 or not diameter_angstrom > 0:
-        raise ValueError("n_structures >= 0, seed >= 0 and diameter_angstrom > 0 required")
-    return tuple(_make_structure(k, diameter_angstrom, seed) for k in range(n_structures))
+    if n_structures < 0 or seed < 0 or not diameter_angstrom > 0 or not 1.0 <= aspect_ratio < math.inf:
+        raise ValueError("n_structures >= 0, seed >= 0, diameter_angstrom > 0 and aspect_ratio >= 1 required")
+    structures = tuple(_make_structure(k, diameter_angstrom, seed) for k in range(n_structures))
+    if aspect_ratio == 1.0:
+        return structures
+    return tuple(_elongate(structure, aspect_ratio) for structure in structures)
 
 
 def _pixel_fractions(centre_px: FloatArray, sigma_px: FloatArray, start: int, n_px: int) -> FloatArray:
@@ -247,12 +270,33 @@ def project_structure(
     )
 
 
-def random_euler_angles_deg(rng: np.random.Generator, n: int) -> FloatArray:
-    """n orientations uniform on SO(3) as RELION (rot, tilt, psi) in degrees.
+def render_structure_volume(structure: Structure3D, box_px: int, pixel_size_angstrom: float) -> FloatArray:
+    """Voxel-averaged potential (V) of a ``Structure3D`` on an (n, n, n) grid [z, y, x].
 
-    rot and psi uniform in [0, 360), cos(tilt) uniform in [−1, 1] (the Haar measure in ZYZ angles).
+    Each Gaussian pseudo-atom is integrated exactly over the cubic voxels (separable erf differences),
+    the same way ``project_structure`` integrates it over square pixels, with the centre of mass at voxel
+    (n//2, n//2, n//2).  Hence Σ_z volume · pixel_size equals ``project_structure(structure, (0, 0, 0),
+    n, pixel_size)`` for atoms inside the box.
+
+    Parameters
+    ----------
+    structure : Structure3D
+    box_px : int
+        Edge n of the cube, voxels (≥ 2).
+    pixel_size_angstrom : float
+        Voxel edge, Å.
+
+    Returns
+    -------
+    ndarray of float64, shape (n, n, n)
     """
-    rot = rng.uniform(0.0, 360.0, n)
-    tilt = np.degrees(np.arccos(rng.uniform(-1.0, 1.0, n)))
-    psi = rng.uniform(0.0, 360.0, n)
-    return np.ascontiguousarray(np.stack([rot, tilt, psi], axis=1), dtype=np.float64)
+    if box_px < 2 or not pixel_size_angstrom > 0:
+        raise ValueError("box_px >= 2 and pixel_size_angstrom > 0 required")
+    centre = float(box_px // 2)
+    positions_px = structure.atom_positions_angstrom / pixel_size_angstrom + centre  # [x, y, z]
+    sigma_px = structure.atom_sigma_angstrom / pixel_size_angstrom
+    fx = _pixel_fractions(positions_px[:, 0], sigma_px, 0, box_px)
+    fy = _pixel_fractions(positions_px[:, 1], sigma_px, 0, box_px)
+    fz = _pixel_fractions(positions_px[:, 2], sigma_px, 0, box_px) * structure.atom_potential_volt_angstrom3[:, None]
+    volume = np.einsum("az,ay,ax->zyx", fz, fy, fx, optimize=True)
+    return np.asarray(volume / pixel_size_angstrom**3, dtype=np.float64)

@@ -15,21 +15,22 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from cryodecon_assets.batching import PlanState
-from cryodecon_assets.cli import prepare_instance_home
+from cryodecon_assets.cli.instance import prepare_instance_home
+from cryodecon_assets.intake.batching import PlanState
+from cryodecon_assets.intake.sensors import cut_batches
 from cryodecon_assets.partitions import acquisition_batches
-from cryodecon_assets.sensors import cut_batches
 from cryodecon_resources import resources_from_environment
 from cryodecon_science.io.mrc import write_mrc
-from tests.assets.test_pipeline import _environment, seed_session
+from tests.assets.test_pipeline import seed_session
+from tests.conftest import pipeline_environment
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Data array contains NaN values")  # the deliberately broken file
 def test_concurrent_runs_lose_and_duplicate_no_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _environment(tmp_path, monkeypatch)
+    pipeline_environment(tmp_path, monkeypatch, max_batch_size=3)
     monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", "2")
-    seed_session(tmp_path, n_micrographs=3, n_movies=0, seed=21)
+    seed_session(n_micrographs=3, n_movies=0, seed=21)
     resources = resources_from_environment()
     storage = resources["microscope_storage"]
     nan_image = np.random.default_rng(0).poisson(30.0, (512, 512)).astype(np.float32)

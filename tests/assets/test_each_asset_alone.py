@@ -10,16 +10,19 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryodecon_assets.assets import BATCH_ASSETS
-from cryodecon_assets.cli import prepare_instance_home
+from cryodecon_assets.batch import BATCH_ASSETS
+from cryodecon_assets.cli.driver import drive
+from cryodecon_assets.cli.instance import prepare_instance_home
+from cryodecon_assets.cli.synthetic_references import (
+    ensure_citation_graph,
+    ensure_reference_library,
+    established_papers,
+)
 from cryodecon_assets.definitions import build_definitions
-from cryodecon_assets.driver import drive
-from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
-from cryodecon_assets.sensors import PROCESS_JOB
+from cryodecon_assets.intake.sensors import PROCESS_JOB
 from cryodecon_resources import Resources, Settings, build_resources
 from cryodecon_science.io.citations import read_citation_graph
-from cryodecon_science.io.session import write_simulated_session
-from cryodecon_science.simulate import SimulationConfig, simulate_session
+from cryodecon_science.simulate import SimulationConfig, simulate_session, write_simulated_session
 
 BATCH = "grid-00001"
 ASSETS = sorted({key.path[-1] for asset in BATCH_ASSETS for key in asset.keys})

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from cryodecon_assets.cli import prepare_instance_home
-from cryodecon_assets.driver import drive
+from cryodecon_assets.cli.driver import drive
+from cryodecon_assets.cli.instance import prepare_instance_home
 from cryodecon_resources import resources_from_environment
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph, simulate_movie
 from tests.conftest import pipeline_environment

@@ -7,8 +7,9 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from cryodecon_assets.maintenance import impact_model, structure_library_index
-from cryodecon_assets.references import ensure_citation_graph, impact_model_path
+from cryodecon_assets.cli.synthetic_references import ensure_citation_graph
+from cryodecon_assets.facility.maintenance import impact_model, structure_library_index
+from cryodecon_assets.facility.references import impact_model_path
 from cryodecon_resources import OutputStore, ScoringSettings, StructureLibrary
 from cryodecon_science.io.impact_model import load_impact_model
 

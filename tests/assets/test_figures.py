@@ -6,7 +6,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from cryodecon_assets.figures import ctf_diagnostic, png_data_uri
+from cryodecon_assets.batch.figures import ctf_diagnostic, png_data_uri
 from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
@@ -37,7 +37,7 @@ def test_ctf_diagnostic_halves_agree_for_a_good_fit() -> None:
 
 
 def test_trajectory_picture_draws_the_path_with_equal_scales() -> None:
-    from cryodecon_assets.figures import trajectories_markdown, trajectory_picture
+    from cryodecon_assets.batch.figures import trajectories_markdown, trajectory_picture
 
     # A straight drift along +x: the path is a horizontal line through the middle row of the picture.
     shifts = np.stack([np.zeros(8), np.linspace(0.0, 14.0, 8)], axis=1)
@@ -53,7 +53,7 @@ def test_trajectory_picture_draws_the_path_with_equal_scales() -> None:
 def test_causal_graph_picture_draws_each_cause_by_its_weight() -> None:
     import networkx as nx
 
-    from cryodecon_assets.figures import causal_graph_picture
+    from cryodecon_assets.batch.figures import causal_graph_picture
     from cryodecon_science import causal
 
     def picture(dose_weight: float) -> np.ndarray:

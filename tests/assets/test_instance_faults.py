@@ -15,7 +15,7 @@ import pytest
 from dagster._core.test_utils import create_run_for_test
 from dagster._daemon.monitoring import concurrency
 
-from cryodecon_assets.cli import InstanceFileError, prepare_instance_home
+from cryodecon_assets.cli.instance import InstanceFileError, prepare_instance_home
 
 CLI = str(Path(sys.executable).parent / "cryodecon")
 

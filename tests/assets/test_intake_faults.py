@@ -17,9 +17,9 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from cryodecon_assets import sensors
-from cryodecon_assets.batching import MANIFESTS, BatchManifest, PlanState
-from cryodecon_assets.sensors import cut_batches, microscope_storage_sensor, report_cut
+from cryodecon_assets.intake import sensors
+from cryodecon_assets.intake.batching import MANIFESTS, BatchManifest, PlanState
+from cryodecon_assets.intake.sensors import cut_batches, microscope_storage_sensor, report_cut
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from cryodecon_resources.storage import sha256_of_file
 from cryodecon_science.io.mrc import write_mrc
@@ -188,8 +188,8 @@ def test_a_byte_identical_duplicate_is_batched_once_and_its_second_landing_noted
 # ---- unreadable storage: the check runs as an unprivileged user (root reads anything) ---------------
 _CUT_SCRIPT = """
 import json, sys, time
-from cryodecon_assets.batching import PlanState
-from cryodecon_assets.sensors import cut_batches
+from cryodecon_assets.intake.batching import PlanState
+from cryodecon_assets.intake.sensors import cut_batches
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from cryodecon_resources.storage import sha256_of_file
 storage, warehouse, cursor = sys.argv[1], sys.argv[2], sys.argv[3]

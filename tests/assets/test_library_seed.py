@@ -16,8 +16,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from cryodecon_assets import cli
-from cryodecon_assets.references import (
+from cryodecon_assets.cli import main as cli
+from cryodecon_assets.facility.references import (
     REFERENCE_RESOLUTION_ANGSTROM,
     _low_pass,
     particle_box_px,
@@ -27,8 +27,13 @@ from cryodecon_assets.references import (
 from cryodecon_resources.structure_library import StructureLibrary
 from cryodecon_science.embedding import embed_particles, novelty_score
 from cryodecon_science.io.mrc import CorruptHeaderError, write_mrc
-from cryodecon_science.projection import render_structure_volume
-from cryodecon_science.simulate import Structure3D, make_structures, project_structure, random_euler_angles_deg
+from cryodecon_science.projection import random_euler_angles_deg
+from cryodecon_science.simulate import (
+    Structure3D,
+    make_structures,
+    project_structure,
+    render_structure_volume,
+)
 
 torch.set_num_threads(1)
 

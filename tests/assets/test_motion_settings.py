@@ -8,7 +8,7 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryodecon_assets.assets import motion_row, write_motion_sums
+from cryodecon_assets.batch.raw import motion_row, write_motion_sums
 from cryodecon_resources import MotionSettings, parse_patch_grid
 from cryodecon_science.ingest import correct_movie
 from cryodecon_science.simulate import SimulationConfig, simulate_movie

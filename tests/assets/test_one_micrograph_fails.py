@@ -6,7 +6,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from cryodecon_assets.assets import run_per_micrograph
+from cryodecon_assets.batch.common import run_per_micrograph
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import ScoreWarehouse
 from cryodecon_resources.io_manager import BatchIOManager

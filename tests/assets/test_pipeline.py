@@ -6,38 +6,49 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 
-from cryodecon_assets.cli import prepare_instance_home
-from cryodecon_assets.driver import drive
-from cryodecon_assets.references import ensure_citation_graph, ensure_reference_library, established_papers
-from cryodecon_resources import resources_from_environment
+from cryodecon_assets.cli.driver import drive
+from cryodecon_assets.cli.instance import prepare_instance_home
+from cryodecon_assets.cli.synthetic_references import (
+    ensure_citation_graph,
+    ensure_reference_library,
+    established_papers,
+)
+from cryodecon_resources import ScoreWarehouse, resources_from_environment
+from cryodecon_resources.scoring import shipped_weights
 from cryodecon_science.io.citations import read_citation_graph
-from cryodecon_science.io.session import write_simulated_session
-from cryodecon_science.simulate import SimulationConfig, simulate_session
+from cryodecon_science.io.particles import read_particles_star
+from cryodecon_science.simulate import SimulationConfig, simulate_session, write_simulated_session
 from tests.conftest import pipeline_environment
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE = 512
 
 
-@pytest.fixture(scope="module")
-def pipeline_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cryodecon_home")
+@dataclass(frozen=True)
+class Processed:
+    """The simulated session after the sensor and the runs: what every test below reads."""
+
+    home: Path
+    instance: dg.DagsterInstance
+    runs: dict[str, bool]
+    warehouse: ScoreWarehouse
+    outputs: Path
+    table: pd.DataFrame
 
 
-def _environment(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pipeline_environment(home, monkeypatch, max_batch_size=3)
-
-
-def seed_session(home: Path, n_micrographs: int = 3, n_movies: int = 1, seed: int = 3) -> None:
+def seed_session(n_micrographs: int = 3, n_movies: int = 1, seed: int = 3) -> None:
     resources = resources_from_environment()
     config = SimulationConfig(shape_px=(SIZE, SIZE), particles_per_micrograph=8, n_frames=8)
     session = simulate_session(config, "grid", n_micrographs, n_movies, seed)
@@ -55,21 +66,27 @@ def run_pipeline(instance: dg.DagsterInstance) -> dict[str, bool]:
     return drive(instance, build_definitions(), settle_seconds=0.0, max_ticks=4).runs
 
 
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processed]:
+    """Three micrographs and a movie, batches of three: two partitions through every asset, once per module."""
+    home = tmp_path_factory.mktemp("cryodecon_home")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        pipeline_environment(home, monkeypatch, max_batch_size=3)
+        seed_session()
+        instance = dg.DagsterInstance.from_config(str(prepare_instance_home(home)))
+        runs = run_pipeline(instance)
+        resources = resources_from_environment()
+        warehouse = resources["warehouse"]
+        table = warehouse.query("SELECT * FROM micrograph_scores ORDER BY micrograph")  # type: ignore[attr-defined]
+        yield Processed(home, instance, runs, warehouse, Path(resources["outputs"].root), table)  # type: ignore[arg-type, attr-defined]
+
+
+BATCHES = {"grid-00001", "grid-00002"}
+
+
 @pytest.mark.slow
-def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _environment(pipeline_home, monkeypatch)
-    seed_session(pipeline_home)
-    instance = dg.DagsterInstance.from_config(str(prepare_instance_home(pipeline_home)))
-    runs = run_pipeline(instance)
-    assert runs == {"grid-00001": True, "grid-00002": True}
-    warehouse = resources_from_environment()["warehouse"]
-    table = warehouse.query("SELECT * FROM micrograph_scores ORDER BY micrograph")  # type: ignore[attr-defined]
-    assert list(table["micrograph"]) == ["grid_mic_0000", "grid_mic_0001", "grid_mic_0002", "grid_mov_0000"]
-    assert table["hyperscore"].between(100.0, 200.0).all()
-    assert table["v"].between(0.0, 1.0).all()
-    for column in ("logic", "novelty", "impact", "repro", "meta"):
-        assert table[column].between(0.0, 1.0).all(), column
-    # Every asset of the lineage was materialised for both partitions.
+def test_both_batches_run_and_every_asset_is_materialised(processed: Processed) -> None:
+    assert processed.runs == {"grid-00001": True, "grid-00002": True}
     for key in (
         "raw_micrographs",
         "ctf_estimates",
@@ -79,12 +96,28 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
         "session_denoiser",
         "learned_denoised_micrographs",
         "fused_denoised_micrographs",
+        "particle_picks",
+        "particles",
         "evaluation_scores",
         "quality_scores",
         "hyperscores",
     ):
-        assert instance.get_materialized_partitions(dg.AssetKey(key)) == {"grid-00001", "grid-00002"}, key
-    # Lineage says which asset fills which warehouse table: its schema and the rows the batch holds.
+        assert processed.instance.get_materialized_partitions(dg.AssetKey(key)) == BATCHES, key
+
+
+@pytest.mark.slow
+def test_every_exposure_is_scored_once_with_scores_in_range(processed: Processed) -> None:
+    table = processed.table
+    assert list(table["micrograph"]) == ["grid_mic_0000", "grid_mic_0001", "grid_mic_0002", "grid_mov_0000"]
+    assert table["hyperscore"].between(100.0, 200.0).all()
+    assert table["v"].between(0.0, 1.0).all()
+    for column in ("logic", "novelty", "impact", "repro", "meta"):
+        assert table[column].between(0.0, 1.0).all(), column
+
+
+@pytest.mark.slow
+def test_lineage_names_the_table_each_asset_fills(processed: Processed) -> None:
+    instance = processed.instance
     for key, tables in (
         ("raw_micrographs", "micrographs"),
         ("causal_priors", "priors"),
@@ -95,18 +128,88 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
         schema = metadata["dagster/column_schema"].value
         assert tables in metadata["warehouse_tables"].value and schema.columns[0].name == "micrograph", key
     counts = instance.get_latest_materialization_event(dg.AssetKey("hyperscores")).asset_materialization.metadata  # type: ignore[union-attr]
-    assert counts["dagster/row_count"].value == len(warehouse.read_rows("hyperscores", "grid-00002"))  # type: ignore[attr-defined]
-    # Outputs RELION/cryoSPARC can read: MRC with the pixel size, and a STAR file per batch.
-    outputs = Path(resources_from_environment()["outputs"].root)  # type: ignore[attr-defined]
-    with mrcfile.open(outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc") as mrc:
+    assert counts["dagster/row_count"].value == len(processed.warehouse.read_rows("hyperscores", "grid-00002"))
+
+
+@pytest.mark.slow
+def test_outputs_relion_and_cryosparc_read(processed: Processed) -> None:
+    """MRC with the pixel size in the header, and a CTF STAR file per batch."""
+    restored = processed.outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc"
+    with mrcfile.open(restored) as mrc:
         assert mrc.data.dtype == np.float32 and mrc.data.shape == (SIZE, SIZE)
         assert float(mrc.voxel_size.x) == pytest.approx(1.0)
-    assert (outputs / "star" / "grid-00001" / "micrographs_ctf.star").exists()
-    # The movie went through motion correction.
-    movies = warehouse.query("SELECT drift_total_px FROM micrographs WHERE kind = 'movie'")  # type: ignore[attr-defined]
+    assert (processed.outputs / "star" / "grid-00001" / "micrographs_ctf.star").exists()
+
+
+@pytest.mark.slow
+def test_particles_are_picked_extracted_and_listed_for_relion(processed: Processed) -> None:
+    """Coordinate files of the kept picks, stacks of RELION-normalised boxes, particles.star per batch and
+    one per session holding every batch's particles once."""
+    warehouse, outputs = processed.warehouse, processed.outputs
+    picks = warehouse.read_rows("picks")
+    assert set(picks["reason"]) <= {"ok", "carbon", "contamination", "thick_ice", "edge", "aggregate"}
+    stacks = warehouse.read_rows("particle_stacks")
+    assert sorted(stacks["micrograph"]) == list(processed.table["micrograph"])
+    kept = picks[picks["reason"] == "ok"].groupby("micrograph").size()
+    for row in stacks.itertuples():
+        assert row.particles <= kept.get(row.micrograph, 0)  # kept picks whose box fits the micrograph
+        coordinates = starfile.read(outputs / "particle_picks" / row.batch / f"{row.micrograph}_autopick.star")
+        assert len(coordinates) == kept.get(row.micrograph, 0)
+    assert stacks["particles"].sum() > 0
+    with_particles = stacks[stacks["particles"] > 0].iloc[0]
+    with mrcfile.open(with_particles["stack_path"]) as mrc:
+        boxes = np.asarray(mrc.data, dtype=np.float64)
+    box = int(with_particles["box_px"])
+    assert boxes.shape == (with_particles["particles"], box, box)
+    yy, xx = np.mgrid[0:box, 0:box] - box // 2
+    background = yy**2 + xx**2 > (0.75 * box / 2) ** 2
+    np.testing.assert_allclose(boxes[:, background].mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(boxes[:, background].std(axis=1), 1.0, rtol=1e-4)
+    per_batch = {
+        batch: len(read_particles_star(outputs / "star" / batch / "particles.star")[1]) for batch in sorted(BATCHES)
+    }
+    assert per_batch == stacks.groupby("batch")["particles"].sum().to_dict()
+    optics, session = read_particles_star(outputs / "sessions" / "grid" / "particles.star")
+    assert len(session) == stacks["particles"].sum() and session["rlnImageName"].is_unique
+    assert list(optics["rlnImageSize"]) == [box]
+
+
+def warehouse_doc_queries() -> dict[str, str]:
+    """The SQL blocks of docs/warehouse.md's decomposition-graph section, by their comment line."""
+    text = (REPO / "docs" / "warehouse.md").read_text()
+    block = text.split("The decomposition graph (`region_graph`", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    queries = {}
+    for chunk in block.strip().split("\n\n"):
+        title, _, sql = chunk.partition("\n")
+        queries[title.removeprefix("-- ")] = sql
+    return queries
+
+
+@pytest.mark.slow
+def test_the_documented_region_graph_queries_answer_on_the_warehouse(processed: Processed) -> None:
+    queries = warehouse_doc_queries()
+    assert set(queries) == {
+        "Particles per foil hole",
+        "Share of picks set aside as on carbon, per grid square",
+        "Kept particles within one diameter of the carbon edge, per micrograph",
+    }
+    per_hole = processed.warehouse.query(queries["Particles per foil hole"])
+    # session.json places four exposures per foil hole: 4 exposures -> one hole holding them all.
+    assert list(per_hole["foil_hole"]) == ["1"] and list(per_hole["micrographs"]) == [4]
+    picks = processed.warehouse.read_rows("picks")
+    assert int(per_hole["particles"].sum()) == int((picks["reason"] == "ok").sum())
+    carbon = processed.warehouse.query(queries["Share of picks set aside as on carbon, per grid square"])
+    assert list(carbon["picks"]) == [len(picks)]
+    assert float(carbon["carbon_share"][0]) == pytest.approx(float((picks["reason"] == "carbon").mean()))
+    processed.warehouse.query(queries["Kept particles within one diameter of the carbon edge, per micrograph"])
+
+
+@pytest.mark.slow
+def test_the_movie_is_motion_corrected_and_dose_weighted_with_half_sums(processed: Processed) -> None:
+    warehouse, outputs = processed.warehouse, processed.outputs
+    movies = warehouse.query("SELECT drift_total_px FROM micrographs WHERE kind = 'movie'")
     assert len(movies) == 1 and movies["drift_total_px"][0] > 1.0
-    # ... dose-weighted (its dose is known), with even/odd sums and RELION's motion table beside it.
-    motion = warehouse.read_rows("motion_corrections")  # type: ignore[attr-defined]
+    motion = warehouse.read_rows("motion_corrections")
     assert list(motion["micrograph"]) == ["grid_mov_0000"] and bool(motion["dose_weighted"][0])
     assert float(motion["motion_total_angstrom"][0]) == pytest.approx(float(movies["drift_total_px"][0]), rel=1e-6)
     sums = outputs / "motion_corrected" / "grid-00002"
@@ -119,76 +222,96 @@ def test_simulated_batch_materialises_every_asset(pipeline_home: Path, monkeypat
             assert float(even.data.sum() + odd.data.sum()) == pytest.approx(float(aligned.data.sum()), rel=0.02)
     star = starfile.read(outputs / "star" / "grid-00002" / "corrected_micrographs.star", always_dict=True)
     assert list(star["micrographs"]["rlnMicrographName"]) == [str(sums / "grid_mov_0000_DW.mrc")]
-    # `cryodecon scores` answers from the same warehouse.
+
+
+@pytest.mark.slow
+def test_cryodecon_scores_answers_from_the_same_warehouse(processed: Processed) -> None:
     completed = subprocess.run(
         [str(Path(sys.executable).parent / "cryodecon"), "scores", "--session", "grid", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=300,
-        env=dict(os.environ),
+        env=dict(os.environ) | {"CRYODECON_HOME": str(processed.home)},
         check=True,
     )
     rows = json.loads(completed.stdout)
-    assert [r["micrograph"] for r in rows] == list(table["micrograph"])
-    assert all(r["hyperscore"] == pytest.approx(h) for r, h in zip(rows, table["hyperscore"], strict=True))
-    # The daily summary of the day the batches were cut.
+    assert [r["micrograph"] for r in rows] == list(processed.table["micrograph"])
+    assert all(r["hyperscore"] == pytest.approx(h) for r, h in zip(rows, processed.table["hyperscore"], strict=True))
+
+
+@pytest.mark.slow
+def test_the_daily_summary_of_the_day_the_batches_were_cut(processed: Processed) -> None:
     from cryodecon_assets.definitions import build_definitions
 
-    cut_at = float(warehouse.read_rows("hyperscores")["cut_at_s"].min())  # type: ignore[attr-defined]
+    warehouse = processed.warehouse
+    cut_at = float(warehouse.read_rows("hyperscores")["cut_at_s"].min())
     day = datetime.fromtimestamp(cut_at, UTC).strftime("%Y-%m-%d")
-    summary_run = (
-        build_definitions()
-        .resolve_job_def("daily_summary_job")
-        .execute_in_process(instance=instance, partition_key=day)
-    )
-    assert summary_run.success
-    summary = warehouse.read_rows("daily_summary", day)  # type: ignore[attr-defined]
+    job = build_definitions().resolve_job_def("daily_summary_job")
+    assert job.execute_in_process(instance=processed.instance, partition_key=day).success
+    summary = warehouse.read_rows("daily_summary", day)
     assert list(summary["session"]) == ["grid"] and list(summary["exposures_scored"]) == [4]
-    assert summary["median_hyperscore"][0] == pytest.approx(float(table["hyperscore"].median()))
-    # V records the weights that produced it: the shipped, simulation-learned ones (no curation labels yet).
-    from cryodecon_resources.scoring import shipped_weights
+    assert summary["median_hyperscore"][0] == pytest.approx(float(processed.table["hyperscore"].median()))
 
-    assert set(table["weights_version"]) == {shipped_weights().version}
-    # ΔRepro's perturbations are recorded per micrograph, and every step's time for the cost model.
-    details = [json.loads(d) for d in warehouse.read_rows("scores")["details"]]  # type: ignore[attr-defined]
+
+@pytest.mark.slow
+def test_v_records_the_shipped_weights_without_curation_labels(processed: Processed) -> None:
+    assert set(processed.table["weights_version"]) == {shipped_weights().version}
+
+
+@pytest.mark.slow
+def test_repro_perturbations_half_set_frc_and_step_times_are_recorded(processed: Processed) -> None:
+    warehouse = processed.warehouse
+    details = [json.loads(d) for d in warehouse.read_rows("scores")["details"]]
     for record in details:
         assert {"repro_noise_split", "repro_defocus_subcrops_phase", "repro_restoration_shift"} <= set(record)
         assert 0.0 < record["half_set_correlation"] < 1.0
     assert any("repro_compute_cost" in record for record in details)
     # Quality without ground truth: the half-set FRC of independently restored noise halves.
-    frc = warehouse.read_rows("scores")["half_set_frc_0143_angstrom"]  # type: ignore[attr-defined]
+    frc = warehouse.read_rows("scores")["half_set_frc_0143_angstrom"]
     assert frc.notna().all() and frc.between(2.0, 200.0).all()
-    stages = set(warehouse.query("SELECT DISTINCT stage FROM step_times")["stage"])  # type: ignore[attr-defined]
+    stages = set(warehouse.query("SELECT DISTINCT stage FROM step_times")["stage"])
     assert {"ctf_estimates", "causal_priors", "restored_micrographs", "evaluation_scores"} <= stages
-    # The session prior after each batch: 3 then 4 measurements of every node, too few to pool with yet.
-    session_priors = warehouse.query(  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_the_session_prior_after_each_batch(processed: Processed) -> None:
+    """3 then 4 measurements of every node: too few to pool with yet."""
+    session_priors = processed.warehouse.query(
         "SELECT batch, n, mean, between_sd, pooling FROM session_priors "
         "WHERE quantity = 'coherence_envelope' ORDER BY batch_sequence"
     )
     assert list(session_priors["batch"]) == ["grid-00001", "grid-00002"] and list(session_priors["n"]) == [3, 4]
     assert not session_priors["pooling"].any() and (session_priors["between_sd"] >= 0.0).all()
-    # The default artifact steps ran once per exposure, each recorded with its causal node.
-    corrections = warehouse.query("SELECT micrograph, step, causal_node FROM artifact_corrections")  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_the_artifact_steps_ran_once_per_exposure_with_their_causal_node(processed: Processed) -> None:
+    corrections = processed.warehouse.query("SELECT micrograph, step, causal_node FROM artifact_corrections")
     assert len(corrections) == 3 * 4
     assert set(zip(corrections["step"], corrections["causal_node"], strict=True)) == {
         ("replace_hot_pixels", "detector_noise"),
         ("remove_detector_stripes", "detector_noise"),
         ("normalise_excluded_areas", "ice_thickness"),
     }
-    # A second pass reprocesses nothing.
-    assert run_pipeline(instance) == {}
-    assert len(warehouse.query("SELECT * FROM hyperscores")) == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_a_second_pass_reprocesses_nothing(processed: Processed) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        pipeline_environment(processed.home, monkeypatch, max_batch_size=3)
+        assert run_pipeline(processed.instance) == {}
+    assert len(processed.warehouse.query("SELECT * FROM hyperscores")) == 4
 
 
 @pytest.mark.slow
 def test_reprocessing_one_micrograph_and_a_file_changed_after_the_cut(
-    pipeline_home: Path, monkeypatch: pytest.MonkeyPatch
+    processed: Processed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _environment(pipeline_home, monkeypatch)
+    pipeline_environment(processed.home, monkeypatch, max_batch_size=3)
     from cryodecon_assets.definitions import build_definitions
     from cryodecon_resources.io_manager import SELECTION_TAG
 
-    instance = dg.DagsterInstance.from_config(str(prepare_instance_home(pipeline_home)))
+    instance = processed.instance
     outputs = Path(resources_from_environment()["outputs"].root)  # type: ignore[attr-defined]
     kept = outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0001.mrc"
     redone = outputs / "restored_micrographs" / "grid-00001" / "grid_mic_0000.mrc"
@@ -259,8 +382,8 @@ def test_science_package_does_not_import_dagster() -> None:
 
 
 @pytest.mark.slow
-def test_curation_labels_and_the_common_questions(pipeline_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _environment(pipeline_home, monkeypatch)
+def test_curation_labels_and_the_common_questions(processed: Processed, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline_environment(processed.home, monkeypatch, max_batch_size=3)
     cli = str(Path(sys.executable).parent / "cryodecon")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -279,16 +402,14 @@ def test_curation_labels_and_the_common_questions(pipeline_home: Path, monkeypat
     assert list(labels["micrograph"]) == names
     assert labels["accepted"].all()
     rules = json.loads(run("scores", "--rules", "--format", "json").stdout)
-    assert {r["rule"] for r in rules} >= {"defocus_in_range", "particles_outside_carbon_and_contamination"}
+    assert {r["rule"] for r in rules} >= {"defocus_in_range", "particles_not_crowded", "particle_density_typical"}
     assert all(r["passed"] + r["failed"] + r["not_applicable"] == len(scored) for r in rules)
     summary = json.loads(run("scores", "--summary", "--format", "json").stdout)
     n_scored = len(warehouse.query("SELECT * FROM hyperscores"))  # type: ignore[attr-defined]
     assert [(r["session"], r["micrographs"]) for r in summary] == [("grid", n_scored)]
     weights = json.loads(run("scores", "--weights", "--format", "json").stdout)
     assert [w["in_use"] for w in weights] == [True]
-    exported = pipeline_home / "export"
+    exported = processed.home / "export"
     assert run("export", str(exported)).returncode == 0
-    import pandas as pd
-
     assert len(pd.read_parquet(exported / "micrograph_scores.parquet")) == n_scored
     assert len(pd.read_parquet(exported / "curation.parquet")) == len(names)

@@ -14,8 +14,9 @@ from urllib.parse import urlparse, urlunparse
 import dagster as dg
 import pytest
 
-from cryodecon_assets.cli import prepare_instance_home
-from tests.assets.test_pipeline import _environment, run_pipeline, seed_session
+from cryodecon_assets.cli.instance import prepare_instance_home
+from tests.assets.test_pipeline import run_pipeline, seed_session
+from tests.conftest import pipeline_environment
 
 ADMIN_URL = os.environ.get("CRYODECON_TEST_POSTGRES_URL")
 pytestmark = [
@@ -53,12 +54,12 @@ def test_pipeline_runs_on_a_postgres_instance(
 ) -> None:
     import psycopg2
 
-    _environment(tmp_path, monkeypatch)
+    pipeline_environment(tmp_path, monkeypatch, max_batch_size=3)
     monkeypatch.setenv("CRYODECON_POSTGRES_URL", postgres_url)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     home = prepare_instance_home(tmp_path)
     assert "postgres" in (home / "dagster.yaml").read_text()
-    seed_session(tmp_path, n_micrographs=2, n_movies=0, seed=11)
+    seed_session(n_micrographs=2, n_movies=0, seed=11)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert run_pipeline(instance) == {"grid-00001": True}

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cryodecon_assets.assets import run_per_micrograph
-from cryodecon_science.denoiser import denoise_learned, denoise_learned_many
+from cryodecon_assets.batch.common import run_per_micrograph
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
+from cryodecon_science.restoration.denoiser import denoise_learned, denoise_learned_many
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 import pytest
 
-from cryodecon_assets.maintenance import CURATION_TABLE, curation_row, score_weights
+from cryodecon_assets.facility.maintenance import CURATION_TABLE, curation_row, score_weights
 from cryodecon_resources import ScoreWarehouse, ScoringSettings
 from cryodecon_resources.scoring import SHIPPED_WEIGHTS_FILE, WEIGHTS_TABLE, shipped_weights
 from cryodecon_science.scoring import COMPONENT_NAMES

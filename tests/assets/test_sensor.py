@@ -9,8 +9,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from cryodecon_assets.batching import MANIFESTS, BatchManifest
-from cryodecon_assets.sensors import microscope_storage_sensor
+from cryodecon_assets.intake.batching import MANIFESTS, BatchManifest
+from cryodecon_assets.intake.sensors import microscope_storage_sensor
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from cryodecon_science.io.mrc import write_mrc
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from cryodecon_resources import RestorationSettings
-from cryodecon_science.denoiser_finetune import DenoiserRecord, finetune_denoiser
 from cryodecon_science.io.denoiser_weights import load_denoiser, load_pretrained_denoiser, save_finetuned_denoiser
 from cryodecon_science.io.mrc import Micrograph
+from cryodecon_science.restoration.finetune import DenoiserRecord, finetune_denoiser
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 

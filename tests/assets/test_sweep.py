@@ -9,9 +9,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from cryodecon_assets.batching import MANIFESTS, BatchManifest, ManifestFile
+from cryodecon_assets.intake.batching import MANIFESTS, BatchManifest, ManifestFile
+from cryodecon_assets.intake.sensors import storage_sweep_schedule
 from cryodecon_assets.partitions import acquisition_batches
-from cryodecon_assets.sensors import storage_sweep_schedule
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from tests.assets.test_sensor import SESSION, _write
 
@@ -61,7 +61,7 @@ def _check_sweep(instance: dg.DagsterInstance, resources: dict[str, object], war
 
 
 def test_daily_summary_schedule_targets_the_day_that_ended() -> None:
-    from cryodecon_assets.summary import daily_summary_schedule
+    from cryodecon_assets.facility.summary import daily_summary_schedule
 
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(

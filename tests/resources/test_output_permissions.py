@@ -19,12 +19,11 @@ from cryodecon_resources.warehouse import ScoreWarehouse
 from cryodecon_science.io.atomic import atomic_target, create_once
 from cryodecon_science.io.citations import write_citation_graph
 from cryodecon_science.io.mrc import write_mrc
-from cryodecon_science.io.session import write_simulated_session
 from cryodecon_science.io.star import MicrographCtfRow, write_micrographs_ctf_star
 from cryodecon_science.io.torch_files import save_payload
 from cryodecon_science.optics import CtfParams, MicroscopeSettings
 from cryodecon_science.records import CtfFit, SpectralModel
-from cryodecon_science.simulate import SimulationConfig, simulate_session
+from cryodecon_science.simulate import SimulationConfig, simulate_session, write_simulated_session
 
 # (umask, mode every output file must have under it)
 UMASKS = [

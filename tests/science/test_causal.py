@@ -39,7 +39,7 @@ from cryodecon_science.causal import (
 )
 from cryodecon_science.optics import amorphous_ice_spectrum_shape, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit, SpectralModel
-from cryodecon_science.restore import expected_ctf_squared
+from cryodecon_science.restoration.restore import expected_ctf_squared
 from tests.science.test_restore import MICROSCOPE, synthesize_micrograph
 
 

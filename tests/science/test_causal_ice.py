@@ -27,7 +27,7 @@ from cryodecon_science.causal import (
 from cryodecon_science.ctf import estimate_ctf
 from cryodecon_science.optics import MicroscopeSettings, frequency_grid_per_angstrom
 from cryodecon_science.records import CtfFit
-from cryodecon_science.restore import expected_ctf_squared
+from cryodecon_science.restoration.restore import expected_ctf_squared
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 BASE = SimulationConfig(

@@ -13,7 +13,6 @@ import pytest
 from cryodecon_science.citations import (
     citations_within_years,
     forecast_impact,
-    generate_citation_graph,
     max_citations_within_years,
 )
 from cryodecon_science.io.citations import (
@@ -24,6 +23,7 @@ from cryodecon_science.io.citations import (
     write_citation_graph,
     write_citation_nodes,
 )
+from cryodecon_science.simulate import generate_citation_graph
 
 
 @pytest.fixture(scope="module")

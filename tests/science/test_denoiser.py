@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from cryodecon_science.denoiser import (
+from cryodecon_science.io.denoiser_weights import (
+    DenoiserWeightsError,
+    load_denoiser,
+    load_pretrained_denoiser,
+    save_denoiser,
+)
+from cryodecon_science.restoration.denoiser import (
     DenoiserConfig,
     DenoiserUNet,
     TrainingConfig,
@@ -18,12 +24,6 @@ from cryodecon_science.denoiser import (
     halves_from_frames,
     sample_pair_batch,
     shot_noise_normalise,
-)
-from cryodecon_science.io.denoiser_weights import (
-    DenoiserWeightsError,
-    load_denoiser,
-    load_pretrained_denoiser,
-    save_denoiser,
 )
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
@@ -207,7 +207,7 @@ def test_normalisation_and_halves() -> None:
 def test_finetuning_starts_from_the_initial_weights_and_the_loss_ranks_models(
     model: DenoiserUNet, micrograph: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    from cryodecon_science.denoiser import TrainingConfig, noise2noise_loss, train_noise2noise
+    from cryodecon_science.restoration.denoiser import TrainingConfig, noise2noise_loss, train_noise2noise
 
     counts = [micrograph[0].astype(np.float32)]
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -8,12 +8,12 @@ import pytest
 import scipy.ndimage
 import torch
 
-from cryodecon_science import fusion
 from cryodecon_science.ctf import estimate_ctf
-from cryodecon_science.denoiser import DenoiserUNet, denoise_learned
 from cryodecon_science.io.denoiser_weights import load_pretrained_denoiser
 from cryodecon_science.reproducibility import binomial_split_counts
-from cryodecon_science.restore import wiener_denoise
+from cryodecon_science.restoration import fusion
+from cryodecon_science.restoration.denoiser import DenoiserUNet, denoise_learned
+from cryodecon_science.restoration.restore import wiener_denoise
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 
 torch.set_num_threads(1)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from cryodecon_science.citations import generate_citation_graph
 from cryodecon_science.impact import (
     ImpactGraph,
     ImpactModel,
@@ -29,6 +28,7 @@ from cryodecon_science.impact import (
     train_impact_model,
 )
 from cryodecon_science.io.impact_model import ImpactModelFileError, load_impact_model, save_impact_model
+from cryodecon_science.simulate import generate_citation_graph
 
 CUTOFF = 2016
 N_PAPERS = 3000

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from cryodecon_science.io.mrc import CorruptHeaderError, InvalidPixelDataError, read_volume, write_mrc
-from cryodecon_science.projection import (
-    project_volume,
+from cryodecon_science.projection import project_volume, random_euler_angles_deg, resample_volume, soft_spherical_mask
+from cryodecon_science.simulate import (
+    make_structures,
+    project_structure,
     render_structure_volume,
-    resample_volume,
-    soft_spherical_mask,
 )
-from cryodecon_science.simulate import make_structures, project_structure, random_euler_angles_deg
 
 torch.set_num_threads(1)
 

@@ -26,7 +26,7 @@ from cryodecon_science.optics import (
     frequency_grid_per_angstrom,
 )
 from cryodecon_science.records import CtfFit, SpectralModel
-from cryodecon_science.restore import (
+from cryodecon_science.restoration.restore import (
     phase_flip,
     trust_band_rolloff,
     wiener_deconvolution_filter,

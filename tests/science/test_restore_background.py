@@ -9,7 +9,7 @@ estimate the causal loop uses removes most of it by design.
 from __future__ import annotations
 
 from cryodecon_science.ctf import estimate_ctf
-from cryodecon_science.restore import wiener_denoise, wiener_signal_estimate
+from cryodecon_science.restoration.restore import wiener_denoise, wiener_signal_estimate
 from cryodecon_science.scoring import low_frequency_power_ratio
 from cryodecon_science.simulate import SimulationConfig, simulate_micrograph
 

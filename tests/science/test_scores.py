@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cryodecon_science.picking import excluded_area_mask
+from cryodecon_science.picking.region_graph import PackingFacts
 from cryodecon_science.scoring import (
     LOGIC_RULES,
     RuleInputs,
@@ -242,16 +243,25 @@ def _good_inputs() -> RuleInputs:
         mean_counts_per_pixel=42.0,
         low_frequency_power_ratio=1.1,
         beyond_fit_power_ratio=0.8,
-        particle_positions_px=np.array([[100.0, 100.0], [100.0, 250.0], [300.0, 200.0]]),
-        particle_diameter_px=150.0,
-        image_shape_px=(512, 512),
-        excluded_area_mask=_CARBON_ON_THE_RIGHT,
+        packing=_GOOD_PACKING,
     )
 
 
-# Carbon film over the right quarter of a 512 × 512 field (columns ≥ 384).
-_CARBON_ON_THE_RIGHT = np.zeros((512, 512), dtype=bool)
-_CARBON_ON_THE_RIGHT[:, 384:] = True
+# 40 candidates, 36 kept: 4 kept particles touching a neighbour, 2 candidates in an aggregate, 3 near the
+# carbon; the micrograph's hole at 30 particles/µm² among holes at 26–34 (robust z ≈ 0).
+_GOOD_PACKING = PackingFacts(
+    candidates=40,
+    kept=36,
+    crowded=4,
+    aggregates=2,
+    near_carbon=3,
+    hole_density_per_um2=30.0,
+    batch_hole_densities_per_um2=(26.0, 28.0, 30.0, 31.0, 34.0),
+)
+
+
+def _packing(**change: Any) -> PackingFacts:
+    return dataclasses.replace(_GOOD_PACKING, **change)
 
 
 def _statuses(inputs: RuleInputs) -> dict[str, str]:
@@ -269,9 +279,10 @@ def test_rule_catalogue_is_complete_and_documented() -> None:
         "dose_consistent",
         "restoration_conserves_low_frequency_power",
         "no_power_beyond_fit_resolution",
-        "particles_do_not_overlap",
-        "particles_inside_micrograph",
-        "particles_outside_carbon_and_contamination",
+        "particles_not_crowded",
+        "few_aggregates",
+        "particles_clear_of_carbon_edge",
+        "particle_density_typical",
     }
     for rule in LOGIC_RULES:
         assert rule.statement and "\n" not in rule.statement
@@ -308,13 +319,11 @@ FAILURES = [
     ("restoration_conserves_low_frequency_power", {"low_frequency_power_ratio": 0.4}),
     ("restoration_conserves_low_frequency_power", {"low_frequency_power_ratio": math.nan}),
     ("no_power_beyond_fit_resolution", {"beyond_fit_power_ratio": 1.06}),
-    ("particles_do_not_overlap", {"particle_positions_px": np.array([[100.0, 100.0], [100.0, 219.0]])}),
-    ("particles_inside_micrograph", {"particle_positions_px": np.array([[74.0, 200.0]])}),  # radius 75
-    ("particles_inside_micrograph", {"particle_positions_px": np.array([[200.0, 512.0 - 1.0 - 74.0]])}),
-    (
-        "particles_outside_carbon_and_contamination",
-        {"particle_positions_px": np.array([[100.0, 100.0], [300.0, 390.0]])},  # second one on the carbon
-    ),
+    ("particles_not_crowded", {"packing": _packing(crowded=10)}),  # 28 % of 36 touch a neighbour
+    ("few_aggregates", {"packing": _packing(aggregates=9)}),  # 22.5 % of 40 candidates
+    ("particles_clear_of_carbon_edge", {"packing": _packing(near_carbon=11)}),  # 31 % of 36
+    ("particle_density_typical", {"packing": _packing(hole_density_per_um2=60.0)}),  # crowded hole
+    ("particle_density_typical", {"packing": _packing(hole_density_per_um2=2.0)}),  # an almost empty hole
 ]
 
 
@@ -333,7 +342,7 @@ def test_boundaries_are_inclusive() -> None:
         mean_counts_per_pixel=50.0,  # exactly +25 %
         low_frequency_power_ratio=1.5,
         beyond_fit_power_ratio=1.05,
-        particle_positions_px=np.array([[75.0, 75.0], [75.0, 195.0]]),  # 0.8·150 = 120 px apart, radius 75
+        packing=_packing(candidates=50, kept=40, crowded=10, aggregates=10, near_carbon=12),  # 25, 20, 30 %
     )
     assert set(_statuses(edge).values()) == {"pass"}
 
@@ -343,15 +352,47 @@ def test_rules_that_cannot_be_evaluated_are_not_applicable() -> None:
         _good_inputs(),
         nominal_defocus_angstrom=None,
         dose_header_e_per_angstrom2=None,
-        particle_positions_px=np.array([[200.0, 200.0]]),
+        packing=_packing(kept=1, crowded=0, near_carbon=0, batch_hole_densities_per_um2=(30.0, 31.0, 29.0)),
     )
     statuses = _statuses(no_header)
     assert statuses["defocus_near_nominal"] == "not_applicable"
     assert statuses["dose_consistent"] == "not_applicable"
-    assert statuses["particles_do_not_overlap"] == "not_applicable"
-    assert statuses["particles_inside_micrograph"] == "pass"
-    none = _statuses(dataclasses.replace(_good_inputs(), particle_positions_px=np.zeros((0, 2))))
-    assert none["particles_do_not_overlap"] == none["particles_inside_micrograph"] == "not_applicable"
+    assert statuses["particles_not_crowded"] == "not_applicable"  # one kept particle cannot crowd
+    assert statuses["particle_density_typical"] == "not_applicable"  # three holes are too few to compare
+    assert statuses["few_aggregates"] == statuses["particles_clear_of_carbon_edge"] == "pass"
+    unpicked = _statuses(dataclasses.replace(_good_inputs(), packing=None))
+    packing_rules = (
+        "particles_not_crowded",
+        "few_aggregates",
+        "particles_clear_of_carbon_edge",
+        "particle_density_typical",
+    )
+    assert {unpicked[name] for name in packing_rules} == {"not_applicable"}
+    empty = _statuses(
+        dataclasses.replace(
+            _good_inputs(), packing=_packing(candidates=0, kept=0, crowded=0, aggregates=0, near_carbon=0)
+        )
+    )
+    assert empty["few_aggregates"] == empty["particles_clear_of_carbon_edge"] == "not_applicable"
+
+
+def test_one_outlying_hole_does_not_hide_itself_in_the_spread() -> None:
+    """The modified z-score uses the median and MAD: the outlier among the batch's holes still stands out."""
+    holes = (26.0, 28.0, 30.0, 31.0, 34.0, 120.0)
+    assert (
+        _statuses(
+            dataclasses.replace(
+                _good_inputs(), packing=_packing(hole_density_per_um2=120.0, batch_hole_densities_per_um2=holes)
+            )
+        )["particle_density_typical"]
+        == "fail"
+    )
+    assert (
+        _statuses(dataclasses.replace(_good_inputs(), packing=_packing(batch_hole_densities_per_um2=holes)))[
+            "particle_density_typical"
+        ]
+        == "pass"
+    )
 
 
 def test_logic_score_ignores_not_applicable() -> None:
@@ -367,13 +408,11 @@ def test_logic_score_ignores_not_applicable() -> None:
     with pytest.raises(ScoreDomainError):
         logic_score([RuleResult("e", "not_applicable", "")])
     inputs = dataclasses.replace(_good_inputs(), nominal_defocus_angstrom=None, beyond_fit_power_ratio=2.0)
-    # 10 rules: one not applicable, one failed, eight passed.
-    assert logic_score(evaluate_rules(inputs)) == pytest.approx(8.0 / 9.0)
+    # 11 rules: one not applicable, one failed, nine passed.
+    assert logic_score(evaluate_rules(inputs)) == pytest.approx(9.0 / 10.0)
 
 
-def test_rule_inputs_validate_shapes() -> None:
-    with pytest.raises(ValueError, match="shape"):
-        dataclasses.replace(_good_inputs(), particle_positions_px=np.zeros((3, 3)))
+def test_rule_inputs_validate_the_pixel_size() -> None:
     with pytest.raises(ValueError, match="pixel_size"):
         dataclasses.replace(_good_inputs(), pixel_size_angstrom=0.0)
 
@@ -391,10 +430,3 @@ def test_excluded_area_mask_finds_a_carbon_edge_and_ignores_shot_noise() -> None
     assert not uniform.any()
     with pytest.raises(ValueError):
         excluded_area_mask(np.zeros((64, 64)), 1.0)
-
-
-def test_contamination_rule_without_a_mask_is_not_applicable() -> None:
-    statuses = _statuses(dataclasses.replace(_good_inputs(), excluded_area_mask=None))
-    assert statuses["particles_outside_carbon_and_contamination"] == "not_applicable"
-    with pytest.raises(ValueError, match="excluded_area_mask"):
-        dataclasses.replace(_good_inputs(), excluded_area_mask=np.zeros((10, 10), dtype=bool))

@@ -15,9 +15,8 @@ from cryodecon_science.io.session import (
     SessionMetadataError,
     exposure_name,
     read_session_metadata,
-    write_simulated_session,
 )
-from cryodecon_science.simulate import SimulatedSession, SimulationConfig, simulate_session
+from cryodecon_science.simulate import SimulatedSession, SimulationConfig, simulate_session, write_simulated_session
 
 CONFIG = SimulationConfig(
     shape_px=(128, 96),

@@ -15,13 +15,13 @@ from cryodecon_science.optics import (
     ctf_zero_frequencies_per_angstrom,
     electron_wavelength_angstrom,
 )
+from cryodecon_science.projection import rotation_matrix_from_euler_deg
 from cryodecon_science.simulate import (
     SimulationConfig,
     ice_power_spectrum,
     interaction_constant_rad_per_volt_angstrom,
     make_structures,
     project_structure,
-    rotation_matrix_from_euler_deg,
     simulate_micrograph,
     simulate_movie,
     simulate_session,

@@ -18,7 +18,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from cryodecon_assets.references import load_citation_graph, train_and_store_impact_model
+from cryodecon_assets.facility.references import load_citation_graph, train_and_store_impact_model
 from cryodecon_resources import OutputStore, ScoreWarehouse, ScoringSettings, StructureLibrary
 from cryodecon_resources.scoring import WEIGHTS_TABLE, shipped_weights, shipped_weights_row, weights_row
 from cryodecon_resources.tables import table_metadata

@@ -86,11 +86,11 @@ import numpy.typing as npt
 import scipy.fft
 import torch
 
-from cryodecon_science.denoiser import DenoiserUNet, denoise_learned
 from cryodecon_science.optics import MicroscopeSettings
 from cryodecon_science.records import CtfFit
 from cryodecon_science.reproducibility import binomial_split_counts
-from cryodecon_science.restore import wiener_denoise
+from cryodecon_science.restoration.denoiser import DenoiserUNet, denoise_learned
+from cryodecon_science.restoration.restore import wiener_denoise
 from cryodecon_science.spectrum import DEFAULT_MAX_FIT_PX as DEFAULT_MAX_FIT_PX
 from cryodecon_science.spectrum import central_fit_crop, frame_tensor
 

@@ -1,7 +1,7 @@
 """Per-batch fine-tuning of the shipped denoiser, kept only where it lowers the held-out Noise2Noise loss.
 
-The shipped U-Net (:mod:`~cryodecon_science.denoiser`) was trained on simulated sessions; a batch's own dose,
-defocus, ice and specimen differ.  :func:`finetune_denoiser` continues its Noise2Noise training on the
+The shipped U-Net (:mod:`~cryodecon_science.restoration.denoiser`) was trained on simulated sessions; a
+batch's own dose, defocus, ice and specimen differ.  :func:`finetune_denoiser` continues its Noise2Noise training on the
 batch's micrographs (binomial splits of their counts, from the shipped weights) and compares the two
 models on the same fresh splits with a seed not used in training (``denoiser.noise2noise_loss``): for
 independent halves the loss differs from the error against the unknown clean image by a constant
@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from cryodecon_science.denoiser import DenoiserUNet, TrainingConfig, noise2noise_loss, train_noise2noise
+from cryodecon_science.restoration.denoiser import DenoiserUNet, TrainingConfig, noise2noise_loss, train_noise2noise
 
 DENOISER_WEIGHTS_NAME = "denoiser_v1 (cryodecon_science/data/denoiser_v1.pt)"
 """How the shipped weights are named in records and the UI."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from cryodecon_assets.sensors import PROCESS_JOB, microscope_storage_sensor
+from cryodecon_assets.intake.sensors import PROCESS_JOB, microscope_storage_sensor
 
 SENSOR_NAME = microscope_storage_sensor.name
 

@@ -214,3 +214,25 @@ def trajectories_markdown(
             f"{angstrom('motion_early_angstrom')} / {angstrom('motion_late_angstrom')} | {weighted} |"
         )
     return "\n".join(lines)
+
+
+def picks_picture(
+    image: npt.NDArray[np.floating],
+    coords_yx_px: npt.NDArray[np.floating],
+    kept: npt.NDArray[np.bool_],
+    diameter_px: float,
+    size_px: int = 320,
+) -> Image.Image:
+    """The micrograph (block-averaged, percentile-stretched) with a circle of one particle diameter at each
+    pick: green where the particle is kept, red where it was set aside (carbon, contamination, aggregate)."""
+    data = np.asarray(image, dtype=np.float64)
+    factor = max(1, int(np.ceil(max(data.shape) / size_px)))
+    picture = Image.fromarray(_to_uint8(_downsample(data, size_px))).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    radius = 0.5 * diameter_px / factor
+    for (y, x), ok in zip(np.asarray(coords_yx_px, dtype=np.float64), kept, strict=True):
+        cx, cy = (x + 0.5) / factor - 0.5, (y + 0.5) / factor - 0.5
+        draw.ellipse(
+            (cx - radius, cy - radius, cx + radius, cy + radius), outline=(40, 200, 60) if ok else (220, 40, 40)
+        )
+    return picture

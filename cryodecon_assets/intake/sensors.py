@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from cryodecon_assets.batching import (
+from cryodecon_assets.intake.batching import (
     MANIFESTS,
     BatchManifest,
     Plan,

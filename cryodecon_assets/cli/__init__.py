@@ -1,0 +1,1 @@
+"""The ``cryodecon`` command line (entry point ``cryodecon_assets.cli.main:main``)."""

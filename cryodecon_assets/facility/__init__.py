@@ -1,0 +1,1 @@
+"""Facility assets: structure library upkeep, the ImpactFore model, score weights, daily summaries, reference data."""

@@ -1,0 +1,32 @@
+"""Picking settings: the particle diameter a session is picked for when its description does not give one."""
+
+from __future__ import annotations
+
+import math
+
+import dagster as dg
+from pydantic import field_validator
+
+from cryodecon_science.exposure import Exposure
+
+
+class PickingSettings(dg.ConfigurableResource):
+    """The expected particle diameter, Å.
+
+    A session description (``session.json``: ``particle_diameter_angstrom``) gives the diameter of its
+    sample; ``particle_diameter_angstrom`` here is used for sessions without one (as cryoSPARC Live and
+    RELION's on-the-fly processing ask the operator for the particle size once per session).
+    """
+
+    particle_diameter_angstrom: float = 150.0
+
+    @field_validator("particle_diameter_angstrom")
+    @classmethod
+    def _positive(cls, diameter: float) -> float:
+        if not (math.isfinite(diameter) and diameter > 0):
+            raise ValueError(f"particle_diameter_angstrom must be positive, got {diameter}")
+        return diameter
+
+    def diameter_angstrom(self, exposure: Exposure) -> float:
+        """The diameter to pick ``exposure`` for: its session's, else this setting's."""
+        return exposure.particle_diameter_angstrom or self.particle_diameter_angstrom

@@ -35,9 +35,8 @@ import numpy.typing as npt
 import pandas as pd
 import starfile
 
-from cryodecon_science.io.atomic import atomic_target
 from cryodecon_science.io.errors import InputFileError
-from cryodecon_science.io.star import RELION_STAR_VERSION
+from cryodecon_science.io.star import write_star_blocks
 from cryodecon_science.optics import CtfParams, MicroscopeSettings
 
 FloatArray = npt.NDArray[np.float64]
@@ -145,14 +144,6 @@ def autopick_star_name(micrograph_path: str | os.PathLike[str]) -> str:
     return Path(micrograph_path).stem + AUTOPICK_SUFFIX
 
 
-def _write_with_version(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame] | pd.DataFrame) -> None:
-    with atomic_target(path) as tmp:
-        starfile.write(blocks, tmp)
-        text = tmp.read_text()
-        version = f"# version {RELION_STAR_VERSION}\n\n"
-        tmp.write_text("".join(version + line if line.startswith("data_") else line for line in text.splitlines(True)))
-
-
 def write_autopick_star(
     path: str | os.PathLike[str], coords_yx_px: npt.ArrayLike, figure_of_merit: npt.ArrayLike
 ) -> None:
@@ -168,7 +159,7 @@ def write_autopick_star(
         },
         columns=list(AUTOPICK_COLUMNS),
     )
-    _write_with_version(path, table)
+    write_star_blocks(path, table)
 
 
 def _first_data_line(path: Path, block: str) -> int:
@@ -289,7 +280,7 @@ def write_particles_star(path: str | os.PathLike[str], rows: list[ParticleRow], 
     }
     if all(classified):
         columns[CLASS_COLUMN] = [row.class_number for row in rows]
-    _write_with_version(path, {OPTICS_BLOCK: optics, PARTICLES_BLOCK: pd.DataFrame(columns)})
+    write_star_blocks(path, {OPTICS_BLOCK: optics, PARTICLES_BLOCK: pd.DataFrame(columns)})
 
 
 def merge_particles_stars(sources: list[Path], target: str | os.PathLike[str]) -> int:
@@ -326,7 +317,7 @@ def merge_particles_stars(sources: list[Path], target: str | os.PathLike[str]) -
     if not tables:
         raise ValueError("no particles.star files to merge")
     merged = pd.concat(tables, ignore_index=True)
-    _write_with_version(target, {OPTICS_BLOCK: pd.DataFrame(optics_rows), PARTICLES_BLOCK: merged})
+    write_star_blocks(target, {OPTICS_BLOCK: pd.DataFrame(optics_rows), PARTICLES_BLOCK: merged})
     return len(merged)
 
 

@@ -253,14 +253,21 @@ def _optics_groups(microscopes: list[MicroscopeSettings]) -> tuple[dict[Microsco
     return groups, optics
 
 
-def _write_star_atomically(path: str | os.PathLike[str], optics: pd.DataFrame, micrographs: pd.DataFrame) -> None:
-    """Both blocks with RELION's version comment, via a temporary file moved into place (module docstring)."""
+def write_star_blocks(path: str | os.PathLike[str], blocks: dict[str, pd.DataFrame] | pd.DataFrame) -> None:
+    """Write STAR blocks with RELION's version comment, via a temporary file moved into place (module docstring).
+
+    A single DataFrame is written as one unnamed ``data_`` block (RELION's coordinate files).
+    """
     with atomic_target(path) as tmp:
-        starfile.write({OPTICS_BLOCK: optics, MICROGRAPHS_BLOCK: micrographs}, tmp)
+        starfile.write(blocks, tmp)
         text = tmp.read_text()
         version = f"# version {RELION_STAR_VERSION}\n\n"
         text = "".join(version + line if line.startswith("data_") else line for line in text.splitlines(True))
         tmp.write_text(text)
+
+
+def _write_star_atomically(path: str | os.PathLike[str], optics: pd.DataFrame, micrographs: pd.DataFrame) -> None:
+    write_star_blocks(path, {OPTICS_BLOCK: optics, MICROGRAPHS_BLOCK: micrographs})
 
 
 def read_micrographs_ctf_star(path: str | os.PathLike[str]) -> list[MicrographCtfRecord]:

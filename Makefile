@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_motion.py --large
 	$(BIN)/python benchmarks/bench_read.py
 	bash benchmarks/setup_topaz.sh
+	$(BIN)/python benchmarks/bench_picking.py
 	$(BIN)/python benchmarks/bench_restoration.py
 	$(BIN)/python benchmarks/bench_restoration_speed.py --size 4096
 

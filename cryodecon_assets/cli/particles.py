@@ -22,12 +22,16 @@ def cmd_pick(args: argparse.Namespace) -> int:
     from cryodecon_science.io.errors import InputFileError
     from cryodecon_science.io.mrc import read_micrograph
     from cryodecon_science.io.particles import autopick_star_name, write_autopick_star
-    from cryodecon_science.io.picker_weights import load_pretrained_picker
+    from cryodecon_science.io.picker_weights import PickerWeightsError, load_pretrained_picker
     from cryodecon_science.picking.junk import REASON_EDGE
     from cryodecon_science.picking.micrograph import pick_micrograph
 
     device = resolve_device(args.device)
-    model = load_pretrained_picker()
+    try:
+        model = load_pretrained_picker()
+    except PickerWeightsError as exc:
+        print(f"cryodecon pick: the shipped picker cannot be loaded: {exc}", file=sys.stderr)
+        return 2
     output_dir = Path(args.output_dir)
     done = failed = 0
     for path in args.inputs:

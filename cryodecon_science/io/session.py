@@ -78,6 +78,17 @@ def _number(value: Any, where: str, positive: bool) -> float:
     return float(value)
 
 
+def _identifier(value: Any, where: str) -> str:
+    """An EPU grid-square or foil-hole id: a non-empty string of letters, digits, '_' or '-', or an integer."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, str | int)
+        or not str(value).replace("_", "").replace("-", "").isalnum()
+    ):
+        raise SessionMetadataError(f"{where} must be an id (letters, digits, '_', '-'), got {value!r}")
+    return str(value)
+
+
 def _field(document: dict[str, Any], key: str, where: str) -> Any:
     if key not in document:
         raise SessionMetadataError(f"{where}: missing field {key!r}")
@@ -132,8 +143,11 @@ def read_session_metadata(session_dir: Path) -> SessionMetadata:
             raise SessionMetadataError(f"{where}: exposure {name!r} must be an object")
         value = _field(exposure, "nominal_defocus_angstrom", f"{where} exposure {name!r}")
         nominal[str(name)] = _number(value, f"exposures.{name}.nominal_defocus_angstrom", False)
-        if "grid_square_id" in exposure and "foil_hole_id" in exposure:
-            positions[str(name)] = (str(exposure["grid_square_id"]), str(exposure["foil_hole_id"]))
+        if "grid_square_id" in exposure or "foil_hole_id" in exposure:
+            positions[str(name)] = (
+                _identifier(_field(exposure, "grid_square_id", f"{where} exposure {name!r}"), "grid_square_id"),
+                _identifier(_field(exposure, "foil_hole_id", f"{where} exposure {name!r}"), "foil_hole_id"),
+            )
     diameter = document.get("particle_diameter_angstrom")
     return SessionMetadata(
         microscope=microscope,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cryodecon_resources import RestorationSettings, resources_from_environment
+from cryodecon_resources import RestorationSettings, Settings, build_resources, resources_from_environment
 
 
 def test_unknown_steps_are_rejected() -> None:
@@ -64,3 +64,10 @@ def test_paths_set_in_the_environment_reach_the_code_location_as_env_vars(tmp_pa
     assert located.outputs.root == str(tmp_path / "outputs")  # not set in the environment: the default path
     assert build_resources(settings).warehouse.root == "/data/wh"  # resolved for direct use (CLI, tests)
     assert build_resources(settings.replace(warehouse_root=tmp_path), env_vars=True).warehouse.root == str(tmp_path)
+
+
+def test_a_particle_diameter_that_is_not_a_positive_number_names_itself() -> None:
+    with pytest.raises(ValueError, match="CRYODECON_PARTICLE_DIAMETER_ANGSTROM must be a number"):
+        Settings.from_environment({"CRYODECON_PARTICLE_DIAMETER_ANGSTROM": "wide"})
+    with pytest.raises(ValueError, match="particle_diameter_angstrom must be positive"):
+        build_resources(Settings.from_environment({"CRYODECON_PARTICLE_DIAMETER_ANGSTROM": "-150"}))

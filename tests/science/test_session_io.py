@@ -148,7 +148,17 @@ def valid_document() -> dict[str, Any]:
 
 def test_valid_minimal_document(tmp_path: Path) -> None:
     (tmp_path / "session.json").write_text(json.dumps(valid_document()))
-    assert read_session_metadata(tmp_path).nominal_defocus_angstrom == {"a": 15000.0}
+    metadata = read_session_metadata(tmp_path)
+    assert metadata.nominal_defocus_angstrom == {"a": 15000.0}
+    assert metadata.particle_diameter_angstrom is None and metadata.positions == {}
+
+
+def test_optional_diameter_and_positions_are_read(tmp_path: Path) -> None:
+    document = valid_document() | {"particle_diameter_angstrom": 220.0}
+    document["exposures"]["a"] |= {"grid_square_id": "12", "foil_hole_id": 345}
+    (tmp_path / "session.json").write_text(json.dumps(document))
+    metadata = read_session_metadata(tmp_path)
+    assert metadata.particle_diameter_angstrom == 220.0 and metadata.positions == {"a": ("12", "345")}
 
 
 _DELETE = object()
@@ -177,6 +187,17 @@ def malformed(section: str, key: str, value: Any) -> str:
         (malformed("", "dose_e_per_angstrom2", None), "dose_e_per_angstrom2"),
         (malformed("exposures", "a", {"kind": "movie"}), "nominal_defocus_angstrom"),
         (malformed("", "exposures", ["a"]), "exposures"),
+        (malformed("", "particle_diameter_angstrom", -150.0), "particle_diameter_angstrom"),
+        (malformed("", "particle_diameter_angstrom", "150 A"), "particle_diameter_angstrom"),
+        (malformed("exposures", "a", {"nominal_defocus_angstrom": 1.0, "foil_hole_id": "7"}), "grid_square_id"),
+        (
+            malformed("exposures", "a", {"nominal_defocus_angstrom": 1.0, "grid_square_id": "3", "foil_hole_id": [7]}),
+            "foil_hole_id",
+        ),
+        (
+            malformed("exposures", "a", {"nominal_defocus_angstrom": 1.0, "grid_square_id": "../x", "foil_hole_id": 7}),
+            "grid_square_id",
+        ),
     ],
 )
 def test_malformed_session_json_raises(tmp_path: Path, content: str | None, message: str) -> None:

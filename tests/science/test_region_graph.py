@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 import numpy as np
+import pytest
 
 from cryodecon_science.picking.micrograph import MicrographPicks
 from cryodecon_science.picking.region_graph import (
@@ -11,6 +12,7 @@ from cryodecon_science.picking.region_graph import (
     build_region_graph,
     graph_tables,
     micrograph_subgraph,
+    packing_facts,
     particle_node,
 )
 
@@ -89,3 +91,16 @@ def test_tables_carry_the_lineage_labels_and_the_subgraph_keeps_one_micrograph()
     assert {r["relation"] for r in edges} == {"contains", "overlaps", "near", "too_close"}
     sub = micrograph_subgraph(graph, "b")
     assert "micrograph:a" not in sub and "session:s" in sub and particle_node("b", 2) in sub
+
+
+def test_packing_facts_count_from_the_graph() -> None:
+    """Micrograph a: 4 candidates, 3 kept, a touching pair, one kept near carbon; holes 70 and 71 hold 3 and 2
+    kept particles over one micrograph each; c (no hole) counts as its own unit."""
+    graph = build_region_graph(placements())
+    area_um2 = (1024 * 2.0e-4) ** 2
+    a = packing_facts(graph, "a")
+    assert (a.candidates, a.kept, a.crowded, a.aggregates, a.near_carbon) == (4, 3, 2, 0, 1)
+    assert a.hole_density_per_um2 == pytest.approx(3 / area_um2)
+    assert a.batch_hole_densities_per_um2 == pytest.approx((0.0, 2 / area_um2, 3 / area_um2))
+    b = packing_facts(graph, "b")
+    assert (b.candidates, b.kept, b.crowded, b.aggregates, b.near_carbon) == (3, 2, 0, 1, 0)

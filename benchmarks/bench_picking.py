@@ -28,23 +28,28 @@ Truth.  A *good* particle is one whose centre lies neither on the support carbon
 (``truth.particle_on_carbon`` / ``particle_under_contamination``): those are junk a picker should leave.
 Members of aggregates are counted as true particles in precision/recall/F1; how many of them each method
 picks is reported apart (and "F1 singles" scores with the aggregate members neither required nor
-penalised; "F1 interior" likewise for the particles whose extraction box of 1.5 d leaves the image, which
-cryodecon's "edge" rule sets aside).  A pick matches a good centre within half a particle diameter, one-to-one
-(``picking.metrics.match_picks``); counts are pooled over the test micrographs of a condition
-(precision = ΣTP / Σpicks, recall = ΣTP / Σgood, F1 = 2ΣTP / (Σpicks + Σgood)).  A pick is "on junk" when
-its centre pixel lies in the true carbon or contamination mask.
+penalised; "F1 interior" likewise for the particles whose extraction box of 1.5 d leaves the image: a
+picker should find them, the extraction leaves out the boxes that do not fit).  A pick matches a good
+centre within half a particle diameter, one-to-one (``picking.metrics.match_picks``); counts are pooled
+over the test micrographs of a condition (precision = ΣTP / Σpicks, recall = ΣTP / Σgood,
+F1 = 2ΣTP / (Σpicks + Σgood)).  A pick is "on junk" when its centre pixel lies in the true carbon or
+contamination mask.
 
 Methods (rows):
 
 * ``cryodecon`` — the product: ``picking.micrograph.pick_micrograph`` with the shipped weights
   (``io.picker_weights.load_pretrained_picker``): the learned picker at its shipped threshold, then
-  junk rejection (``junk.classify_picks``: carbon, contamination, thick ice, box leaving the image
-  ("edge"), groups of ≥ 3 picks closer than 0.9 d ("aggregate")); the picks kept are those with reason
-  "ok".  Its calibrated threshold re-runs the same two steps at another threshold (the learned picks are
-  decoded once at ``LEARNED_FLOOR`` and filtered, ``Picks.above``, which equals picking at that threshold;
-  the run checks this at the shipped threshold: ``consistency`` in the JSON).
+  junk rejection (``junk.classify_picks``: carbon, contamination, thick ice, groups of ≥ 3 picks closer
+  than 0.9 d ("aggregate")); the picks kept are those with reason "ok".  Its calibrated threshold
+  re-runs the same two steps at another threshold (the learned picks are decoded once at
+  ``LEARNED_FLOOR`` and filtered, ``Picks.above``, which equals picking at that threshold; the run checks
+  this at the shipped threshold: ``consistency`` in the JSON).
 * ``cryodecon_regions_only`` — a diagnostic, not a product setting: the same candidates with only the
-  region reasons (carbon, contamination, thick ice) applied, i.e. without the "edge" and "aggregate" rules.
+  region reasons (carbon, contamination, thick ice) applied, i.e. without the "aggregate" rule.
+* ``cryodecon_adapted`` — the product with session adaptation (``picking.adaptation``): per condition, the
+  shipped picker is fine-tuned on all of the condition's micrographs (calibration and test: one session,
+  no labels) from the product's own confident picks (kept, p ≥ 0.5), then the same two steps re-run with
+  the adapted copy; its time adds the adaptation's share per micrograph.
 * ``learned`` — ``picking.learned.pick_particles_learned`` alone (no junk rejection).
 * ``dog`` — ``picking.pick_particles`` (difference of Gaussians, dark particles on raw counts, its default
   ``threshold_sigma`` 3; calibrated over ``DOG_THRESHOLDS_SIGMA``, one call per value: cheap).
@@ -80,6 +85,7 @@ SNR; checked for cryodecon's default row against the goal and against every Topa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -102,6 +108,7 @@ from _common import read_results, write_results
 from cryodecon_science.io.mrc import write_mrc
 from cryodecon_science.io.picker_weights import load_pretrained_picker
 from cryodecon_science.picking import box_inside, particle_box_px, pick_particles
+from cryodecon_science.picking.adaptation import AdaptationConfig, adapt_picker, confident_picks
 from cryodecon_science.picking.junk import (
     REASON_CARBON,
     REASON_CONTAMINATION,
@@ -271,29 +278,61 @@ class Micrograph:
         self.diameter = spec["diameter_angstrom"]
         self.diameter_px = self.diameter / self.pixel_size
         self.truth: dict[str, Any] = {}
+        self.counts: npt.NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         self.floor: Picks | None = None
+        self.adapted_floor: Picks | None = None
         self.regions: RegionMasks | None = None
         self.pipeline: MicrographPicks | None = None
         self.dog: dict[float, FloatArray] = {}
         self.topaz: dict[str, FloatArray] = {}  # setting -> (n, 3) [y, x, score]
         self.seconds: dict[str, float] = {}
         self.checks: dict[str, bool] = {}
-        self._classified: dict[float, npt.NDArray[np.str_]] = {}
+        self._classified: dict[tuple[float, bool], npt.NDArray[np.str_]] = {}
 
-    def reasons_at(self, threshold: float) -> tuple[FloatArray, npt.NDArray[np.str_]]:
-        """Candidates of the learned picker at ``threshold`` and their junk reasons."""
-        assert self.floor is not None and self.regions is not None
-        picks = self.floor.above(threshold)
-        if threshold not in self._classified:
-            self._classified[threshold] = classify_picks(
+    def reasons_at(self, threshold: float, adapted: bool = False) -> tuple[FloatArray, npt.NDArray[np.str_]]:
+        """Candidates of the learned picker (shipped or session-adapted) at ``threshold`` and their junk reasons."""
+        floor = self.adapted_floor if adapted else self.floor
+        assert floor is not None and self.regions is not None
+        picks = floor.above(threshold)
+        if (threshold, adapted) not in self._classified:
+            self._classified[(threshold, adapted)] = classify_picks(
                 picks.coords_yx_px, self.regions, self.diameter, self.pixel_size
             )
-        return picks.coords_yx_px, self._classified[threshold]
+        return picks.coords_yx_px, self._classified[(threshold, adapted)]
 
 
 def cryodecon_kept(m: Micrograph, t: float) -> FloatArray:
     coords, reasons = m.reasons_at(t)
     return coords[reasons == REASON_OK]
+
+
+def cryodecon_adapted_kept(m: Micrograph, t: float) -> FloatArray:
+    coords, reasons = m.reasons_at(t, adapted=True)
+    return coords[reasons == REASON_OK]
+
+
+def adapt_session(micrographs: list[Micrograph], model: PickerUNet) -> dict[str, Any]:
+    """Adapt the picker to one condition's micrographs (a session: calibration and test alike, no labels)
+    from the product's confident picks, and re-pick them with the adapted copy (``picking.adaptation``)."""
+    first = micrographs[0]
+    config = AdaptationConfig()
+    confident = []
+    for m in micrographs:
+        assert m.pipeline is not None
+        confident.append(
+            confident_picks(m.pipeline.coords_yx_px, m.pipeline.figure_of_merit, m.pipeline.reasons, config.confident_p)
+        )
+    start = time.perf_counter()
+    tuned, report = adapt_picker(
+        model, [m.counts for m in micrographs], first.pixel_size, first.diameter, confident, config
+    )
+    seconds = time.perf_counter() - start
+    for m in micrographs:
+        m.adapted_floor = pick_particles_learned(
+            m.counts, m.pixel_size, m.diameter, tuned, device="cpu", threshold=LEARNED_FLOOR
+        )
+        m.seconds["cryodecon_adapted"] = m.seconds["cryodecon"] + seconds / len(micrographs)
+    return {**dataclasses.asdict(report), "seconds": seconds, "config": dataclasses.asdict(config)}
 
 
 def cryodecon_regions_only(m: Micrograph, t: float) -> FloatArray:
@@ -331,6 +370,7 @@ def simulate_and_pick(
     m.seconds["simulate"] = time.perf_counter() - start
     m.truth = truth_of(sim, m.diameter_px)
     counts = sim.counts
+    m.counts = np.asarray(counts, dtype=np.float32)
     if mrc_dir is not None:
         write_mrc(mrc_dir / f"{name}.mrc", counts.astype(np.float32), m.pixel_size)
 
@@ -443,6 +483,12 @@ def method_families(shipped: float, topaz: bool) -> dict[str, dict[str, Any]]:
             "grid": learned_grid,
             "default": shipped,
             "time": "cryodecon",
+        },
+        "cryodecon_adapted": {
+            "picks": cryodecon_adapted_kept,
+            "grid": learned_grid,
+            "default": shipped,
+            "time": "cryodecon_adapted",
         },
         "learned": {"picks": learned_only, "grid": learned_grid, "default": shipped, "time": "learned"},
         "dog": {"picks": dog_picks, "grid": DOG_THRESHOLDS_SIGMA, "default": DOG_DEFAULT_SIGMA, "time": "dog"},
@@ -619,6 +665,7 @@ def evaluate(
 LABELS = {
     "cryodecon": "cryodecon (learned + junk rejection)",
     "cryodecon_regions_only": "cryodecon, region rules only (diagnostic)",
+    "cryodecon_adapted": "cryodecon adapted to the condition (self-training)",
     "learned": "learned picker alone",
     "dog": "DoG",
     "topaz_4A": "Topaz 4 Å/px (guide)",
@@ -732,8 +779,8 @@ def markdown(result: dict[str, Any]) -> str:
         "Centre error in pixels of the micrograph (1 Å/px for the globular, 2 Å/px for the rod).  *on junk* = "
         "share of picks whose centre lies on true carbon or contamination.  *aggr.* = aggregate members "
         "picked / present.  *F1 singles* = aggregate members neither required nor penalised.  *F1 interior* = "
-        "particles whose extraction box (1.5 d) leaves the image neither required nor penalised (cryodecon's "
-        "'edge' rule sets them aside because `extract_particles` needs whole boxes).  Time = median s per "
+        "particles whose extraction box (1.5 d) leaves the image neither required nor penalised (the extraction "
+        "leaves their boxes out).  Time = median s per "
         "micrograph.",
         "",
         "| condition | method | threshold | precision | recall | F1 | F1 singles | F1 interior | centre err. px "
@@ -786,8 +833,9 @@ def markdown(result: dict[str, Any]) -> str:
         "noisy and can score below the default on the test micrographs.",
         "* Topaz runs with its general pretrained model only; Topaz users usually train on their own picks, "
         "which this benchmark does not do.  The learned picker was trained on this project's simulator "
-        "(`benchmarks/train_picker.py`: no carbon, contamination or aggregates in its training set), i.e. on "
-        "data like the test data; Topaz never saw this simulator.",
+        "(`benchmarks/train_picker.py`: other structures and exposures, with carbon edges, contamination, "
+        "aggregates and thin films in its training set), i.e. on data like the test data; Topaz never saw "
+        "this simulator.",
         "* Simulated micrographs only; for real data see `picking_epu.md` (no ground truth there).",
     ]
     lines += [
@@ -982,6 +1030,12 @@ def main() -> None:
                             f"({m.seconds['cryodecon']:.2f} s), simulate {m.seconds['simulate']:.1f} s",
                             flush=True,
                         )
+        adaptation: dict[str, Any] = {}
+        for particle in args.particles:
+            for snr in args.snr:
+                session = [m for m in micrographs if m.particle == particle and m.snr == snr]
+                adaptation[f"{particle}@snr{snr:g}"] = report = adapt_session(session, model)
+                print(f"adapted {particle}@snr{snr:g}: {report}", flush=True)
         if mrc_dir is not None:
             topaz["runs"] = {}
             for particle in args.particles:
@@ -1016,6 +1070,7 @@ def main() -> None:
         },
         "picker": picker_meta,
         "topaz": topaz,
+        "adaptation": adaptation,
         "thresholds": {
             "learned_grid": list(LEARNED_THRESHOLDS),
             "dog_grid_sigma": list(DOG_THRESHOLDS_SIGMA),

@@ -21,9 +21,8 @@ Steps, each the released command line run as a subprocess with ``--device cpu`` 
    micrograph, N = ``particle_box_px(D / pixel size)`` (1.5 diameters, even), since the pixel sizes differ.
 
 Then, in this process, ``pick_micrograph`` on the same micrograph gives every candidate with its reason
-(checked against the STAR file: each of its picks must be one of the candidates; the table gives the
-reasons ``pick_micrograph`` gives the STAR picks, since the command writes the "edge" picks too and leaves
-the box to ``extract``), and ``cryodecon_assets.batch.figures.picks_picture`` draws them on the denoised
+(checked against the STAR file: its picks must be exactly the candidates kept; the box size is left to
+``extract``), and ``cryodecon_assets.batch.figures.picks_picture`` draws them on the denoised
 micrograph (green: in the STAR file; red: set aside).  The first micrograph's picture goes to
 ``docs/images/picks_epu.png``, reduced to a fixed palette of 14 grey levels plus the two circle colours so
 that it stays under 300 kB (the noise of a micrograph compresses poorly); full-colour pictures of both stay
@@ -252,6 +251,9 @@ def main() -> None:
                 in_star = distance.min(axis=1) <= 0.01
                 star_found = distance.min(axis=0) <= 0.01
             result["checks"][f"{path.name}: every STAR pick is an in-process candidate"] = bool(star_found.all())
+            result["checks"][f"{path.name}: the STAR file holds exactly the kept candidates"] = bool(
+                np.array_equal(in_star, picked.kept)
+            )
             info.update(
                 {
                     "candidates": len(picked.reasons),

@@ -22,6 +22,7 @@ CRYODECON_MAX_BATCH_SIZE                exposures per acquisition batch         
 CRYODECON_BATCH_WINDOW_SECONDS          cut a partial batch after this wait         300
 CRYODECON_TRUNCATED_AFTER_SECONDS       quarantine a file still incomplete after    600
 CRYODECON_PARTICLE_DIAMETER_ANGSTROM    particle diameter (Å) where none is given   150
+CRYODECON_PICKER_ADAPTATION_STEPS       per-batch self-training of the picker       0 (off: the shipped model)
 CRYODECON_POSTGRES_URL                  PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
 ======================================  ==========================================  =============================
 
@@ -95,6 +96,7 @@ class Settings:
     batch_window_seconds: float = 300.0
     truncated_after_seconds: float = 600.0
     particle_diameter_angstrom: float = 150.0
+    picker_adaptation_steps: int = 0
     env_paths: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -136,6 +138,7 @@ class Settings:
             batch_window_seconds=_number(env, "CRYODECON_BATCH_WINDOW_SECONDS", 300.0, float),
             truncated_after_seconds=_number(env, "CRYODECON_TRUNCATED_AFTER_SECONDS", 600.0, float),
             particle_diameter_angstrom=_number(env, "CRYODECON_PARTICLE_DIAMETER_ANGSTROM", 150.0, float),
+            picker_adaptation_steps=_number(env, "CRYODECON_PICKER_ADAPTATION_STEPS", 0, int),
             env_paths=tuple((field, variable) for field, (variable, _) in paths.items() if variable in env),
         )
 
@@ -201,7 +204,10 @@ def build_resources(settings: Settings, env_vars: bool = False) -> Resources:
             artifact_steps=list(settings.artifact_steps), denoiser_finetune_steps=settings.finetune_steps
         ),
         motion=MotionSettings(patch_grid=list(settings.motion_patch_grid)),
-        picking=PickingSettings(particle_diameter_angstrom=settings.particle_diameter_angstrom),
+        picking=PickingSettings(
+            particle_diameter_angstrom=settings.particle_diameter_angstrom,
+            adaptation_steps=settings.picker_adaptation_steps,
+        ),
         outputs=OutputStore(root=path("output_root")),
         io_manager=BatchIOManager(root=path("output_root")),
     )

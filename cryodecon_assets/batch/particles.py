@@ -1,6 +1,7 @@
 """``particle_picks`` and ``particles``: picks per micrograph with the reason each is kept or set aside, and
 the extracted particles with RELION's coordinate files and ``particles.star`` per batch and per session."""
 
+import dataclasses
 import fcntl
 from collections import Counter
 from collections.abc import Mapping
@@ -27,7 +28,8 @@ from cryodecon_science.io.particles import (
 )
 from cryodecon_science.io.picker_weights import load_pretrained_picker
 from cryodecon_science.picking import box_inside, extract_particles
-from cryodecon_science.picking.micrograph import MicrographPicks, pick_micrograph
+from cryodecon_science.picking.adaptation import AdaptationReport, MicrographToPick, pick_batch_adapted
+from cryodecon_science.picking.micrograph import MicrographPicks
 from cryodecon_science.picking.region_graph import (
     MicrographPlacement,
     build_region_graph,
@@ -45,7 +47,7 @@ PARTICLES_STAR = "particles.star"
     pool="gpu",
     kinds={"torch", "star"},
     description="Particle picks per micrograph: the learned picker's candidates on the raw micrograph, each kept "
-    "or set aside (carbon, contamination, thick ice, edge, aggregate) with its reason; rows in the warehouse "
+    "or set aside (carbon, contamination, thick ice, aggregate) with its reason; rows in the warehouse "
     "table `picks`, a RELION `<micrograph>_autopick.star` of the kept ones.",
 )
 def particle_picks(
@@ -58,18 +60,29 @@ def particle_picks(
 ) -> dg.Output[dict[str, MicrographPicks]]:
     batch = context.partition_key
     model, torch_device = load_pretrained_picker(), device.torch_device()
+    adaptation: dict[str, AdaptationReport] = {}
 
-    def step(name: str, exposure: Exposure) -> MicrographPicks:
-        diameter = picking.diameter_angstrom(exposure)
-        return pick_micrograph(exposure.data, exposure.pixel_size_angstrom, diameter, model, device=torch_device)
+    def batch_step(items: Mapping[str, Exposure]) -> Mapping[str, MicrographPicks | ValueError]:
+        to_pick = {
+            name: MicrographToPick(e.data, e.pixel_size_angstrom, picking.diameter_angstrom(e))
+            for name, e in items.items()
+        }
+        outcomes, reports = pick_batch_adapted(to_pick, model, picking.adaptation(), device=torch_device)
+        adaptation.update(reports)
+        return outcomes
 
-    picks = run_per_micrograph(context, warehouse, "particle_picks", selected(context, raw_micrographs), step)
+    picks = run_per_micrograph(
+        context, warehouse, "particle_picks", selected(context, raw_micrographs), batch_step=batch_step
+    )
     for name, picked in picks.items():
         path = outputs.asset_path("particle_picks", batch, autopick_star_name(name))
         write_autopick_star(path, picked.coords_yx_px[picked.kept], picked.figure_of_merit[picked.kept])
     rows = pick_rows(batch, raw_micrographs, picks)
     held = {"picks": warehouse.write_rows("picks", batch, rows, replace_micrographs=selection(context))}
-    return dg.Output(picks, metadata={**picks_metadata(raw_micrographs, picks), **tables_metadata(held)})
+    metadata = {**picks_metadata(raw_micrographs, picks), **tables_metadata(held)}
+    if adaptation:
+        metadata["adaptation"] = dg.MetadataValue.json({k: dataclasses.asdict(r) for k, r in adaptation.items()})
+    return dg.Output(picks, metadata=metadata)
 
 
 def pick_rows(batch: str, raw: Mapping[str, Exposure], picks: Mapping[str, MicrographPicks]) -> list[dict[str, Any]]:
@@ -124,6 +137,7 @@ def picks_metadata(raw: Mapping[str, Exposure], picks: Mapping[str, MicrographPi
     group_name=GROUP,
     kinds={"mrc", "star"},
     description="Particles per micrograph: boxes of the kept picks cut from the dose-weighted sum (the "
+    "picks whose box leaves the micrograph counted in `box_outside`, not extracted; the "
     "micrograph itself where there is no movie), normalised as RELION does (background mean 0, std 1, ramp "
     "removed, particles white), as `.mrcs` stacks; a RELION 3.1 `particles.star` per batch and per session "
     "(defocus from the micrograph's CTF fit).",
@@ -142,13 +156,14 @@ def particles(
     def step(name: str, exposure: Exposure) -> ParticleStack:
         picked, fit = particle_picks[name], ctf_estimates[name]
         source = exposure.extraction_source
-        keep = picked.kept & box_inside(picked.coords_yx_px, picked.box_px, source.data.shape)
+        inside = box_inside(picked.coords_yx_px, picked.box_px, source.data.shape)
+        keep, outside = picked.kept & inside, int((picked.kept & ~inside).sum())
         coords, merit = picked.coords_yx_px[keep], picked.figure_of_merit[keep]
         stack = outputs.asset_path("particles", batch, f"{name}.mrcs")
         if coords.shape[0] == 0:  # nothing to extract: no stack, and none left from an earlier run
             stack.unlink(missing_ok=True)
             Path(extract_star_path(str(stack))).unlink(missing_ok=True)
-            return ParticleStack(str(stack), picked.box_px, ())
+            return ParticleStack(str(stack), picked.box_px, (), outside)
         write_mrc(stack, extract_particles(source.data, coords, picked.box_px), source.pixel_size_angstrom)
         micrograph_path = str(outputs.asset_path("raw_micrographs", batch, f"{name}.mrc"))
         rows = tuple(
@@ -165,7 +180,7 @@ def particles(
             for i, ((y, x), m) in enumerate(zip(coords, merit, strict=True))
         )
         write_particles_star(extract_star_path(str(stack)), list(rows), picked.box_px)
-        return ParticleStack(str(stack), picked.box_px, rows)
+        return ParticleStack(str(stack), picked.box_px, rows, outside)
 
     stacks = run_per_micrograph(context, warehouse, "particles", items, step)
     rows = [
@@ -174,6 +189,7 @@ def particles(
             "batch": batch,
             "session": raw_micrographs[n].session,
             "particles": s.n_particles,
+            "box_outside": s.n_box_outside,
             "box_px": s.box_px,
             "stack_path": s.stack_path,
             "star_path": extract_star_path(s.stack_path),
@@ -219,7 +235,10 @@ def write_particle_stars(
 
 
 def particles_metadata(stacks: Mapping[str, ParticleStack], stars: Mapping[str, tuple[Path, int]]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"particles": sum(s.n_particles for s in stacks.values())}
+    metadata: dict[str, Any] = {
+        "particles": sum(s.n_particles for s in stacks.values()),
+        "not_extracted_box_outside": sum(s.n_box_outside for s in stacks.values()),
+    }
     for scope, (path, count) in stars.items():
         metadata[f"{scope}_star"] = dg.MetadataValue.path(str(path))
         metadata[f"{scope}_particles"] = count

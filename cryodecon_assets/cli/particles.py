@@ -23,7 +23,6 @@ def cmd_pick(args: argparse.Namespace) -> int:
     from cryodecon_science.io.mrc import read_micrograph
     from cryodecon_science.io.particles import autopick_star_name, write_autopick_star
     from cryodecon_science.io.picker_weights import PickerWeightsError, load_pretrained_picker
-    from cryodecon_science.picking.junk import REASON_EDGE
     from cryodecon_science.picking.micrograph import pick_micrograph
 
     device = resolve_device(args.device)
@@ -43,11 +42,11 @@ def cmd_pick(args: argparse.Namespace) -> int:
             print(f"cryodecon pick: skipped {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        kept = picked.kept | (picked.reasons == REASON_EDGE)  # the box size is extract's choice, not pick's
+        kept = picked.kept
         write_autopick_star(
             output_dir / autopick_star_name(path), picked.coords_yx_px[kept], picked.figure_of_merit[kept]
         )
-        rejected = ", ".join(f"{n} {r}" for r, n in picked.rejected_counts().items() if r != REASON_EDGE) or "none"
+        rejected = ", ".join(f"{n} {r}" for r, n in picked.rejected_counts().items()) or "none"
         print(f"{path}: {int(kept.sum())} particles (set aside: {rejected})")
         done += 1
     return _outcome(done, failed)

@@ -355,11 +355,14 @@ class ParticleStack:
         Box edge, pixels.
     rows : tuple of ParticleRow
         One per section, in stack order.
+    n_box_outside : int
+        Kept picks not extracted because their box leaves the micrograph.
     """
 
     stack_path: str
     box_px: int
     rows: tuple[ParticleRow, ...]
+    n_box_outside: int = 0
 
     @property
     def n_particles(self) -> int:

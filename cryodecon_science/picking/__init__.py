@@ -3,6 +3,7 @@
 Modules:
 
 * ``learned``: the learned centre-heatmap picker (shipped weights, ``io.picker_weights``).
+* ``adaptation``: self-training of the picker on a batch's own confident picks.
 * ``dog``: the difference-of-Gaussians blob picker (the cold-start baseline).
 * ``junk``: support carbon, contamination and thick ice found from the inelastic loss; a reason per pick.
 * ``regions``: the excluded-area mask the artifact step and the restoration use.

@@ -49,8 +49,6 @@ from scipy import ndimage, spatial
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from cryodecon_science.picking.extraction import particle_box_px
-
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float64]
 
@@ -75,13 +73,12 @@ _MAD_TO_SIGMA = 1.4826
 _BIMODAL_RATIO = 4.0
 
 REASON_OK = "ok"
-REASON_EDGE = "edge"
 REASON_CONTAMINATION = "contamination"
 REASON_CARBON = "carbon"
 REASON_THICK_ICE = "thick_ice"
 REASON_AGGREGATE = "aggregate"
 # In order of precedence after "ok": what a pick lies on says more than that its box leaves the image.
-REASONS = (REASON_OK, REASON_CONTAMINATION, REASON_CARBON, REASON_THICK_ICE, REASON_EDGE, REASON_AGGREGATE)
+REASONS = (REASON_OK, REASON_CONTAMINATION, REASON_CARBON, REASON_THICK_ICE, REASON_AGGREGATE)
 
 
 @dataclass(frozen=True, eq=False)
@@ -444,12 +441,14 @@ def classify_picks(
 
     * "contamination", "carbon", "thick_ice": the pick's centre pixel lies in that mask (the simulator's
       truth uses the same rule);
-    * "edge": the extraction box (``particle_box_px``, centred as in ``extract_boxes``) leaves the image;
     * "aggregate": the pick belongs to a group of ≥ 3 picks linked by distances below
       ``aggregate_distance_diameters`` × d — every such pick has ≥ 2 close neighbours or is next to one
       that has.  Two particles closer than one diameter overlap in projection: in ice one to two
       particles thick they touch, stacked or fused; 0.9 leaves 10 % for the picks' centring error;
     * "ok" otherwise.
+
+    A particle near the border is a particle: whether its box fits is the extraction's question
+    (``extraction.box_inside`` for the box size chosen there), not the picker's.
 
     Parameters
     ----------
@@ -476,10 +475,7 @@ def classify_picks(
         return reasons
     ny, nx = masks.carbon.shape
     diameter_px = particle_diameter_angstrom / pixel_size_angstrom
-    box = particle_box_px(diameter_px)
     iy, ix = np.rint(coords[:, 0]).astype(np.int64), np.rint(coords[:, 1]).astype(np.int64)
-    start_y, start_x = iy - box // 2, ix - box // 2
-    edge = (start_y < 0) | (start_x < 0) | (start_y + box > ny) | (start_x + box > nx)
     cy, cx = np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)
     tree = spatial.cKDTree(coords)
     pairs = tree.query_pairs(aggregate_distance_diameters * diameter_px, output_type="ndarray")
@@ -493,7 +489,6 @@ def classify_picks(
         (REASON_CONTAMINATION, masks.contamination[cy, cx]),
         (REASON_CARBON, masks.carbon[cy, cx]),
         (REASON_THICK_ICE, masks.thick_ice[cy, cx]),
-        (REASON_EDGE, edge),
         (REASON_AGGREGATE, in_group),
     )
     for reason, flagged in reversed(ordered):

@@ -28,8 +28,9 @@ class MicrographPicks:
     figure_of_merit : ndarray, shape (n,), float64
         The picker's heatmap peak p ∈ (0, 1) of each candidate.
     reasons : ndarray, shape (n,), str
-        "ok", or why the candidate is set aside (``junk.REASONS``: carbon, contamination, thick_ice, edge,
-        aggregate).
+        "ok", or why the candidate is set aside (``junk.REASONS``: carbon, contamination, thick_ice,
+        aggregate).  A kept pick whose extraction box leaves the micrograph is kept here and left out by
+        the extraction (``extraction.box_inside``), as RELION's extraction leaves it out.
     distance_to_carbon_px : ndarray, shape (n,), float64
         Distance from each centre to the nearest carbon pixel, pixels (0 on carbon, inf without carbon).
     particle_diameter_angstrom : float

@@ -71,3 +71,13 @@ def test_a_particle_diameter_that_is_not_a_positive_number_names_itself() -> Non
         Settings.from_environment({"CRYODECON_PARTICLE_DIAMETER_ANGSTROM": "wide"})
     with pytest.raises(ValueError, match="particle_diameter_angstrom must be positive"):
         build_resources(Settings.from_environment({"CRYODECON_PARTICLE_DIAMETER_ANGSTROM": "-150"}))
+
+
+def test_picker_adaptation_steps_reach_the_picking_resource() -> None:
+    assert build_resources(Settings.from_environment({})).picking.adaptation().steps == 0
+    picking = build_resources(Settings.from_environment({"CRYODECON_PICKER_ADAPTATION_STEPS": "150"})).picking
+    assert picking.adaptation_steps == 150 and picking.adaptation().steps == 150
+    with pytest.raises(ValueError, match="CRYODECON_PICKER_ADAPTATION_STEPS must be an integer"):
+        Settings.from_environment({"CRYODECON_PICKER_ADAPTATION_STEPS": "many"})
+    with pytest.raises(ValueError, match="adaptation_steps must be >= 0"):
+        build_resources(Settings.from_environment({"CRYODECON_PICKER_ADAPTATION_STEPS": "-1"}))

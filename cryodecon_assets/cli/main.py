@@ -12,7 +12,9 @@ Stable contracts (other tools call them):
 * ``cryodecon pick MICROGRAPH... --particle-diameter-angstrom D --output-dir DIR [--device auto|cpu|cuda]``
   — writes ``DIR/<micrograph stem>_autopick.star`` per input: rlnCoordinateX/Y in pixels of the input, the
   0-based column and row of the particle centre in the array as mrcfile reads it (``data[y, x]``), and
-  rlnAutopickFigureOfMerit; picks on carbon, contamination or aggregates are left out.
+  rlnAutopickFigureOfMerit; picks on carbon, contamination or aggregates are left out.  Without
+  ``--particle-diameter-angstrom`` the diameter is estimated from the first micrographs (up to
+  ``ESTIMATE_FROM`` of the first one's pixel size, ``picking.diameter``) and printed.
 * ``cryodecon extract MICROGRAPH... --coordinates DIR --box-size-px N --output-dir DIR`` — writes
   ``DIR/<micrograph stem>.mrcs`` (boxes normalised as RELION does, particles white) and ``DIR/particles.star``
   (RELION ≥ 3.1, optics block; the defocus of each micrograph fitted on the way).
@@ -107,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     pick = sub.add_parser("pick", help="pick particles; writes DIR/<micrograph stem>_autopick.star per input")
     pick.add_argument("inputs", nargs="+")
-    pick.add_argument("--particle-diameter-angstrom", type=float, required=True)
+    pick.add_argument(
+        "--particle-diameter-angstrom",
+        type=float,
+        default=None,
+        help="expected diameter, Å; estimated from the first micrographs when not given",
+    )
     pick.add_argument("--output-dir", required=True)
     pick.add_argument("--pixel-size-angstrom", type=float, default=None, help="override the MRC header")
     pick.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from cryodecon_assets.cli.science import microscope_from_arguments, resolve_device
 
@@ -32,12 +33,19 @@ def cmd_pick(args: argparse.Namespace) -> int:
         print(f"cryodecon pick: the shipped picker cannot be loaded: {exc}", file=sys.stderr)
         return 2
     output_dir = Path(args.output_dir)
+    diameter = args.particle_diameter_angstrom
+    if diameter is None:
+        try:
+            diameter = estimated_diameter(args.inputs, args.pixel_size_angstrom, model, device)
+        except ValueError as exc:
+            print(f"cryodecon pick: give --particle-diameter-angstrom: {exc}", file=sys.stderr)
+            return 2
     done = failed = 0
     for path in args.inputs:
         try:
             micrograph = read_micrograph(path)
             pixel_size = args.pixel_size_angstrom or micrograph.pixel_size_angstrom
-            picked = pick_micrograph(micrograph.data, pixel_size, args.particle_diameter_angstrom, model, device=device)
+            picked = pick_micrograph(micrograph.data, pixel_size, diameter, model, device=device)
         except (InputFileError, ValueError, OSError) as exc:
             print(f"cryodecon pick: skipped {path}: {exc}", file=sys.stderr)
             failed += 1
@@ -50,6 +58,45 @@ def cmd_pick(args: argparse.Namespace) -> int:
         print(f"{path}: {int(kept.sum())} particles (set aside: {rejected})")
         done += 1
     return _outcome(done, failed)
+
+
+ESTIMATE_FROM = 4
+"""Micrographs the particle diameter is estimated from when ``cryodecon pick`` is not given one."""
+
+
+def estimated_diameter(inputs: list[str], pixel_size_override: float | None, model: Any, device: Any) -> float:
+    """The particle diameter, Å, estimated from the first readable inputs of the first one's sampling
+    (``picking.diameter``); printed with the counts it was read from."""
+    from cryodecon_science.io.errors import InputFileError
+    from cryodecon_science.io.mrc import read_micrograph
+    from cryodecon_science.picking.diameter import estimate_particle_diameter
+
+    images, pixel_size, used = [], None, []
+    for path in inputs:
+        try:
+            micrograph = read_micrograph(path)
+        except (InputFileError, OSError):
+            continue  # reported when it is picked
+        size = pixel_size_override or micrograph.pixel_size_angstrom
+        if pixel_size is None:
+            pixel_size = size
+        if abs(size - pixel_size) <= 1e-3 * pixel_size:
+            images.append(micrograph.data)
+            used.append(path)
+        if len(images) == ESTIMATE_FROM:
+            break
+    if pixel_size is None:
+        raise ValueError("no readable micrograph to estimate the particle diameter from")
+    estimate = estimate_particle_diameter(images, pixel_size, model, device=device)
+    counts = ", ".join(
+        f"{g:.0f} Å: {n:.1f}"
+        for g, n in zip(estimate.trial_diameters_angstrom, estimate.picks_per_micrograph, strict=True)
+    )
+    print(
+        f"estimated particle diameter: {estimate.diameter_angstrom:.0f} Å from {len(used)} micrograph(s) "
+        f"(picks per micrograph by trial diameter: {counts})"
+    )
+    return estimate.diameter_angstrom
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

@@ -78,6 +78,8 @@ EDGE_PADDING_BINNED_PX = 16
 """Zero (= median) border added around the binned image before the network, in training and inference."""
 HEATMAP_SIGMA_RADIUS_FRACTION = 1.0 / 3.0
 """σ of the target Gaussian as a fraction of the binned particle radius."""
+_NO_CONTRAST_RELATIVE = 1e-5
+"""Spread of the binned image below this fraction of its largest value is float rounding, not contrast."""
 _OUTPUT_PRIOR = 0.01
 """Initial p of the output layer (bias = logit of it), CenterNet's start against the class imbalance."""
 
@@ -279,7 +281,10 @@ def _bin_tensor(
     median = binned.median()
     spread = MAD_TO_SIGMA * (binned - median).abs().median()
     if not float(spread) > 0:
-        spread = binned.std() if float(binned.std()) > 0 else torch.ones((), device=x.device)
+        spread = binned.std()
+    # Below float32 rounding of the level there is no contrast (a blank frame): all zeros, no picks.
+    if not float(spread) > _NO_CONTRAST_RELATIVE * max(float(binned.abs().max()), 1e-30):
+        return torch.zeros_like(binned), (ny / my, nx / mx)
     normalised = ((binned - median) / spread).clamp(-INPUT_CLIP_SIGMA, INPUT_CLIP_SIGMA)
     return normalised, (ny / my, nx / mx)
 
@@ -424,6 +429,8 @@ def pick_particles_learned(
     if min(x.shape) <= diameter_px:
         return empty
     binned_t, scale = _bin_tensor(x, pixel_size_angstrom, particle_diameter_angstrom, model.config.radius_binned_px)
+    if not bool((binned_t != 0).any()):  # no contrast at the picking scale (a blank or saturated frame)
+        return empty
     was_training = model.training
     model.eval()
     try:

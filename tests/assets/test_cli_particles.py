@@ -102,3 +102,19 @@ def test_extract_cuts_stacks_and_a_particles_star_and_reports_bad_files(
         with mrcfile.open(out / f"{path.stem}.mrcs") as mrc:
             assert mrc.data.shape[1:] == (128, 128) and float(mrc.voxel_size.x) == 1.0
     assert set(particles["rlnMicrographName"]) == {str(p) for p in paths}
+
+
+def test_pick_without_a_diameter_estimates_it_and_prints_it(
+    session: tuple[list[Path], list[np.ndarray]], tmp_path: Path
+) -> None:
+    paths, truths = session
+    completed = _run("pick", *map(str, paths), "--output-dir", str(tmp_path), "--device", "cpu")
+    assert completed.returncode == 0, completed.stderr
+    line = next(x for x in completed.stdout.splitlines() if x.startswith("estimated particle diameter:"))
+    estimate = float(line.split(":")[1].split("Å")[0])
+    assert abs(estimate / DIAMETER_ANGSTROM - 1.0) <= 0.25, line  # the simulator's 150 Å bounding sphere
+    assert "from 2 micrograph(s)" in line
+    for path, truth in zip(paths, truths, strict=True):
+        table = starfile.read(tmp_path / f"{path.stem}_autopick.star")
+        picked_yx = table[["rlnCoordinateY", "rlnCoordinateX"]].to_numpy()
+        assert match_picks(picked_yx, truth, 0.5 * DIAMETER_ANGSTROM).f1 >= 0.7

@@ -194,8 +194,8 @@ def test_bad_input_raises_and_tiny_images_give_no_picks(shipped: PickerUNet) -> 
     empty = pick_particles_learned(image, 1.0, 200.0, shipped)  # image no larger than one particle
     assert isinstance(empty, Picks)
     assert empty.coords_yx_px.shape == (0, 2) and empty.figure_of_merit.shape == (0,)
-    flat = pick_particles_learned(image, 1.0, 40.0, shipped)  # constant image: finite, no crash
-    assert flat.coords_yx_px.dtype == np.float64
+    flat = pick_particles_learned(image, 1.0, 40.0, shipped)  # constant image: no contrast, no picks
+    assert flat.coords_yx_px.shape == (0, 2) and flat.coords_yx_px.dtype == np.float64
 
 
 # -------------------------------------------------------------------------------------------- training

@@ -23,6 +23,7 @@ CRYODECON_BATCH_WINDOW_SECONDS          cut a partial batch after this wait     
 CRYODECON_TRUNCATED_AFTER_SECONDS       quarantine a file still incomplete after    600
 CRYODECON_PARTICLE_DIAMETER_ANGSTROM    particle diameter (Å) where none is given   150
 CRYODECON_PICKER_ADAPTATION_STEPS       per-batch self-training of the picker       0 (off: the shipped model)
+CRYODECON_2D_CLASSES                    2D classes of a session                     20
 CRYODECON_POSTGRES_URL                  PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
 ======================================  ==========================================  =============================
 
@@ -97,6 +98,7 @@ class Settings:
     truncated_after_seconds: float = 600.0
     particle_diameter_angstrom: float = 150.0
     picker_adaptation_steps: int = 0
+    classes_2d: int = 20
     env_paths: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -139,6 +141,7 @@ class Settings:
             truncated_after_seconds=_number(env, "CRYODECON_TRUNCATED_AFTER_SECONDS", 600.0, float),
             particle_diameter_angstrom=_number(env, "CRYODECON_PARTICLE_DIAMETER_ANGSTROM", 150.0, float),
             picker_adaptation_steps=_number(env, "CRYODECON_PICKER_ADAPTATION_STEPS", 0, int),
+            classes_2d=_number(env, "CRYODECON_2D_CLASSES", 20, int),
             env_paths=tuple((field, variable) for field, (variable, _) in paths.items() if variable in env),
         )
 
@@ -207,6 +210,7 @@ def build_resources(settings: Settings, env_vars: bool = False) -> Resources:
         picking=PickingSettings(
             particle_diameter_angstrom=settings.particle_diameter_angstrom,
             adaptation_steps=settings.picker_adaptation_steps,
+            n_classes_2d=settings.classes_2d,
         ),
         outputs=OutputStore(root=path("output_root")),
         io_manager=BatchIOManager(root=path("output_root")),

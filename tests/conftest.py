@@ -56,3 +56,4 @@ def pipeline_environment(home: Path, monkeypatch: pytest.MonkeyPatch, max_batch_
     monkeypatch.setenv("CRYODECON_BATCH_WINDOW_SECONDS", "0")
     monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", str(max_batch_size))
     monkeypatch.setenv("CRYODECON_DEVICE", "cpu")
+    monkeypatch.setenv("CRYODECON_2D_CLASSES", "4")  # sessions of a few dozen particles

@@ -11,6 +11,7 @@ Reprocessing one micrograph: launch the ``process_batch`` job for its partition 
 micrographs and replaces only their rows and files.
 """
 
+from cryodecon_assets.batch.classes import classes_2d
 from cryodecon_assets.batch.ctf import ctf_estimates
 from cryodecon_assets.batch.evaluation import evaluation_scores
 from cryodecon_assets.batch.particles import particle_picks, particles, region_graph
@@ -37,6 +38,7 @@ BATCH_ASSETS = [
     particle_picks,
     particles,
     region_graph,
+    classes_2d,
     evaluation_scores,
     quality_scores,
     hyperscores,

@@ -236,3 +236,26 @@ def picks_picture(
             (cx - radius, cy - radius, cx + radius, cy + radius), outline=(40, 200, 60) if ok else (220, 40, 40)
         )
     return picture
+
+
+def class_gallery(
+    averages: npt.NDArray[np.floating],
+    selected: npt.NDArray[np.bool_],
+    particle_count: npt.NDArray[np.integer],
+    tile_px: int = 64,
+) -> Image.Image:
+    """2D class averages (K, B, B) in a grid of up to 10 columns, each framed green (selected) or red, with its
+    class number and particle count underneath."""
+    k = averages.shape[0]
+    columns = min(k, 10)
+    rows = -(-k // columns)
+    picture = Image.new("RGB", (columns * (tile_px + 4), rows * (tile_px + 16)), (0, 0, 0))
+    draw = ImageDraw.Draw(picture)
+    for i in range(k):
+        tile = Image.fromarray(_to_uint8(np.asarray(averages[i], dtype=np.float64))).resize((tile_px, tile_px))
+        x, y = (i % columns) * (tile_px + 4) + 2, (i // columns) * (tile_px + 16) + 2
+        picture.paste(tile.convert("RGB"), (x, y))
+        colour = (40, 200, 60) if selected[i] else (220, 40, 40)
+        draw.rectangle((x - 1, y - 1, x + tile_px, y + tile_px), outline=colour)
+        draw.text((x, y + tile_px + 1), f"{i + 1}: {int(particle_count[i])}", fill=(230, 230, 230))
+    return picture

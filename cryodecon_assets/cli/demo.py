@@ -109,3 +109,16 @@ def print_particles(warehouse: ScoreWarehouse, outputs_root: Path) -> None:
             f"(kept picks {row.kept}; set aside: {row.set_aside or 'none'})"
         )
     print(f"[demo] RELION particles.star of the session: {outputs_root / 'sessions' / DEMO_SESSION / 'particles.star'}")
+    classes = warehouse.query(
+        "SELECT batch, count(*) AS classes, count(*) FILTER (WHERE selected) AS selected, sum(particles) AS particles, "
+        "sum(particles) FILTER (WHERE selected) AS kept, median(resolution_angstrom) FILTER (WHERE selected) AS res "
+        "FROM classes_2d WHERE session = ? GROUP BY batch ORDER BY batch",
+        [DEMO_SESSION],
+    )
+    print("[demo] streaming 2D classes after each batch (the gallery is in the UI: asset classes_2d):")
+    for row in classes.itertuples():
+        resolution = "–" if row.res is None or row.res != row.res else f"{row.res:.0f} Å"
+        print(
+            f"  {row.batch}: {row.classes} classes of {int(row.particles)} particles; {row.selected} selected "
+            f"({int(row.kept or 0)} particles, median resolution {resolution})"
+        )

@@ -18,6 +18,12 @@ Stable contracts (other tools call them):
 * ``cryodecon extract MICROGRAPH... --coordinates DIR --box-size-px N --output-dir DIR`` — writes
   ``DIR/<micrograph stem>.mrcs`` (boxes normalised as RELION does, particles white) and ``DIR/particles.star``
   (RELION ≥ 3.1, optics block; the defocus of each micrograph fitted on the way).
+* ``cryodecon classify2d PARTICLES.star --classes K --output-dir DIR [--particle-diameter-angstrom D]
+  [--box-size-px N] [--iterations N] [--seed S] [--device auto|cpu|cuda]`` — reference-free 2D classification
+  (``cli.classify``; image paths of rlnImageName resolved against the current folder): ``DIR/class_averages.mrcs``
+  (K sections, float32, pixel size in the header), ``DIR/particles.star`` (the input with rlnClassNumber from 1,
+  rlnAnglePsi, rlnOriginXAngst/YAngst in RELION's convention and rlnMaxValueProbDistribution) and
+  ``DIR/classes.csv`` (class_number, particles, resolution_angstrom at FRC 0.143, selected, reasons ';'-joined).
 * ``cryodecon scores [--session S] [--format table|csv|json]`` — per-micrograph rows from the warehouse
   with at least micrograph, batch, defocus_u_angstrom, fit_resolution_angstrom, v, hyperscore;
   ``--summary`` one row per session (count, mean V and HyperScore, median fit resolution), ``--rules``
@@ -45,6 +51,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from cryodecon_assets.cli.classify import DEFAULT_DIAMETER_BOX_FRACTION, STREAM_ABOVE, STREAM_CHUNK, cmd_classify2d
 from cryodecon_assets.cli.demo import DEMO_SESSION, cmd_demo, cmd_simulate
 from cryodecon_assets.cli.instance import InstanceFileError
 from cryodecon_assets.cli.particles import cmd_extract, cmd_pick
@@ -127,6 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--device", default="auto", help="where the CTF of each micrograph is fitted")
     _microscope_arguments(extract)
 
+    classify2d = sub.add_parser(
+        "classify2d",
+        help="reference-free 2D classification of a particles.star; writes class averages, classes and labels",
+        description=f"Up to {STREAM_ABOVE:,} particles are classified in one call of update_classes (--iterations "
+        f"EM iterations); more are streamed in file order in chunks of at most {STREAM_CHUNK:,} through "
+        "update_classes and then assigned once more to the final classes.  Boxes larger than --box-size-px are "
+        "Fourier-cropped to it.",
+    )
+    classify2d.add_argument("particles", help="RELION >= 3.1 particles.star (data_optics + data_particles)")
+    classify2d.add_argument("--classes", type=int, required=True, help="number of classes K")
+    classify2d.add_argument("--output-dir", required=True)
+    classify2d.add_argument(
+        "--particle-diameter-angstrom",
+        type=float,
+        default=None,
+        help=f"mask diameter, Å (default {DEFAULT_DIAMETER_BOX_FRACTION} x the box edge x the pixel size)",
+    )
+    classify2d.add_argument("--box-size-px", type=int, default=64, help="classification box, px (even, >= 16)")
+    classify2d.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="EM iterations on the first (or only) batch (default: Classification2DConfig.initial_iterations)",
+    )
+    classify2d.add_argument("--seed", type=int, default=0, help="seed of the random start")
+    classify2d.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
     scores = sub.add_parser("scores", help="per-micrograph scores from the warehouse")
     scores.add_argument("--session", default=None)
     scores.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -180,6 +214,7 @@ COMMANDS = {
     "restore": cmd_restore,
     "pick": cmd_pick,
     "extract": cmd_extract,
+    "classify2d": cmd_classify2d,
     "scores": cmd_scores,
     "sql": cmd_sql,
     "tick": cmd_tick,

@@ -98,6 +98,7 @@ def test_both_batches_run_and_every_asset_is_materialised(processed: Processed) 
         "fused_denoised_micrographs",
         "particle_picks",
         "particles",
+        "classes_2d",
         "evaluation_scores",
         "quality_scores",
         "hyperscores",
@@ -173,6 +174,37 @@ def test_particles_are_picked_extracted_and_listed_for_relion(processed: Process
     optics, session = read_particles_star(outputs / "sessions" / "grid" / "particles.star")
     assert len(session) == stacks["particles"].sum() and session["rlnImageName"].is_unique
     assert list(optics["rlnImageSize"]) == [box]
+
+
+@pytest.mark.slow
+def test_2d_classes_stream_through_the_session_with_their_selection_and_gallery(processed: Processed) -> None:
+    """The second batch's classes hold both batches' particles; every particle has a class; the averages,
+    the class state after each batch and the gallery are written."""
+    warehouse, outputs = processed.warehouse, processed.outputs
+    classes = warehouse.read_rows("classes_2d")
+    assigned = warehouse.read_rows("particle_classes")
+    extracted = warehouse.read_rows("particle_stacks").groupby("batch")["particles"].sum()
+    first, second = sorted(BATCHES)
+    for batch in (first, second):
+        rows = classes[classes["batch"] == batch].sort_values("class_number")
+        assert list(rows["class_number"]) == [1, 2, 3, 4]
+        assert (
+            int(rows["particles_this_batch"].sum()) == int(extracted[batch]) == int((assigned["batch"] == batch).sum())
+        )
+        assert set(rows["reasons"][rows["selected"]]) <= {""} and all(rows["reasons"][~rows["selected"]] != "")
+        with mrcfile.open(outputs / "classes_2d" / batch / "class_averages.mrcs") as mrc:
+            assert mrc.data.shape == (4, 64, 64) and np.isfinite(mrc.data).all()
+    session_total = int(classes[classes["batch"] == second]["particles"].sum())
+    assert session_total == int(extracted.sum())  # streaming: the first batch's particles are still counted
+    assert int(classes[classes["batch"] == first]["particles"].sum()) == int(extracted[first])
+    assert assigned["class_number"].between(1, 4).all() and assigned["image_name"].is_unique
+    states = sorted(p.name for p in (outputs / "sessions" / "grid" / "classes_2d").glob("after-*.pt"))
+    assert len(states) == 2
+    event = processed.instance.get_latest_materialization_event(dg.AssetKey("classes_2d"))
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata
+    assert "data:image/png;base64," in metadata["gallery"].value  # type: ignore[attr-defined]
+    assert metadata["started_from"].value.endswith(states[0])  # type: ignore[attr-defined]
 
 
 def warehouse_doc_queries() -> dict[str, str]:

@@ -16,7 +16,7 @@ def test_the_architecture_page_names_every_declared_table_and_its_writer() -> No
     documented = {}
     for row in rows:
         tables_cell, _, writers_cell = row.strip("|").split("|")[:3]
-        for name in re.findall(r"`([a-z_]+)`", tables_cell):
+        for name in re.findall(r"`([a-z0-9_]+)`", tables_cell):
             documented.setdefault(name, []).append(writers_cell)
     assert set(documented) == set(TABLES)
     several = {"every batch asset", "the storage sensor and every batch asset", "cryodecon label"}

@@ -1,0 +1,161 @@
+"""``classes_2d``: the session's streaming 2D classes after each batch, with the automatic selection.
+
+Each batch's particles are folded into the classes the session had after its latest earlier batch
+(``<outputs>/sessions/<session>/classes_2d/after-<sequence>.pt``), so a rerun of a batch starts from the
+same classes and never from its own result; the first batch of a session (or one whose earlier batches
+have no classes yet) starts reference-free.  The averages, the selection with its reasons and where each
+particle went are recorded; the gallery is in the materialization metadata.  The asset's value is, per
+micrograph, the class number (from 1) of each of its particles in stack order.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+
+from cryodecon_assets.batch.common import GROUP, load_manifest
+from cryodecon_assets.batch.figures import class_gallery, picture_data_uri
+from cryodecon_assets.partitions import acquisition_batches
+from cryodecon_resources import OutputStore, PickingSettings, ScoreWarehouse, TorchDevice
+from cryodecon_resources.tables import tables_metadata
+from cryodecon_science.classification import Classification2DConfig
+from cryodecon_science.classification.batches import (
+    CLASSIFICATION_BOX_PX,
+    BatchClassification,
+    classify_batch,
+    load_state,
+    save_state,
+)
+from cryodecon_science.io.mrc import read_mrc_frames, write_mrc
+from cryodecon_science.io.particles import ParticleStack
+from cryodecon_science.picking.micrograph import MicrographPicks
+
+STATE_FOLDER = "classes_2d"
+
+
+def state_before(outputs: OutputStore, session: str, sequence: int) -> Path | None:
+    """The session's classes after its latest batch with a lower sequence number, if any."""
+    folder = outputs.session_path(session, STATE_FOLDER)
+    earlier = [
+        (int(p.stem.split("-")[1]), p) for p in folder.glob("after-*.pt") if int(p.stem.split("-")[1]) < sequence
+    ]
+    return max(earlier)[1] if earlier else None
+
+
+@dg.asset(
+    partitions_def=acquisition_batches,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"torch", "mrc"},
+    description="The session's streaming 2D classes after this batch: the batch's particles (Fourier-cropped to "
+    f"{CLASSIFICATION_BOX_PX} px) aligned to and folded into the classes of the session's earlier batches "
+    "(mini-batch EM, CTF-aware Wiener averages, half-set FRC), automatic selection with the rule each rejected "
+    "class failed; `class_averages.mrcs`, warehouse tables `classes_2d` (per class) and `particle_classes` "
+    "(per particle); the gallery in the metadata.",
+)
+def classes_2d(
+    context: dg.AssetExecutionContext,
+    particles: dict[str, ParticleStack],
+    particle_picks: dict[str, MicrographPicks],
+    warehouse: ScoreWarehouse,
+    outputs: OutputStore,
+    device: TorchDevice,
+    picking: PickingSettings,
+) -> dg.Output[dict[str, np.ndarray]]:
+    batch = context.partition_key
+    manifest = load_manifest(warehouse, batch)
+    names = sorted(n for n, s in particles.items() if s.n_particles and n in particle_picks)
+    rows = [row for n in names for row in particles[n].rows]
+    folder = outputs.session_path(manifest.session, STATE_FOLDER)
+    if not rows:
+        return dg.Output({}, metadata={"particles": 0, "why": "no particles in this batch"})
+    previous_path = state_before(outputs, manifest.session, manifest.sequence)
+    previous = load_state(previous_path) if previous_path else None
+    n_classes = previous.n_classes if previous else picking.n_classes_2d
+    if previous is None and len(rows) < 2 * n_classes:
+        why = f"{len(rows)} particles: fewer than 2 per class for the first {n_classes} classes"
+        return dg.Output({}, metadata={"particles": len(rows), "why": why})
+    boxes = np.concatenate([read_mrc_frames(particles[n].stack_path)[0] for n in names])
+    diameter = particle_picks[names[0]].particle_diameter_angstrom
+    config = Classification2DConfig(n_classes=n_classes, particle_diameter_angstrom=diameter)
+    result = classify_batch(boxes, rows, previous, config, CLASSIFICATION_BOX_PX, device=device.torch_device())
+    save_state(result.state, folder / f"after-{manifest.sequence:06d}.pt")
+    write_mrc(
+        outputs.asset_path("classes_2d", batch, "class_averages.mrcs"),
+        result.averages,
+        result.state.pixel_size_angstrom,
+    )
+    held = {
+        "classes_2d": warehouse.write_rows("classes_2d", batch, class_rows(batch, manifest.session, result)),
+        "particle_classes": warehouse.write_rows("particle_classes", batch, particle_class_rows(batch, rows, result)),
+    }
+    bounds = np.cumsum([0] + [particles[n].n_particles for n in names])
+    numbers = result.assignments.class_index + 1
+    per_micrograph = {n: numbers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
+    return dg.Output(
+        per_micrograph, metadata={**classes_metadata(result, len(rows), previous_path), **tables_metadata(held)}
+    )
+
+
+def class_rows(batch: str, session: str, result: BatchClassification) -> list[dict[str, Any]]:
+    """The ``classes_2d`` table: one row per class of the session after this batch."""
+    s = result.selection
+    batch_counts = np.bincount(result.assignments.class_index, minlength=len(s.selected))
+    return [
+        {
+            "batch": batch,
+            "session": session,
+            "class_number": k + 1,
+            "particles": int(s.particle_count[k]),
+            "particles_this_batch": int(batch_counts[k]),
+            "resolution_angstrom": float(s.resolution_0143_angstrom[k]),
+            "centre_offset_px": float(s.centre_offset_px[k]),
+            "mask_fit_fraction": float(s.mask_fit_fraction[k]),
+            "contrast": float(s.contrast[k]),
+            "selected": bool(s.selected[k]),
+            "reasons": ";".join(s.reasons[k]),
+        }
+        for k in range(len(s.selected))
+    ]
+
+
+def particle_class_rows(batch: str, rows: list[Any], result: BatchClassification) -> list[dict[str, Any]]:
+    """The ``particle_classes`` table: where each particle of the batch went."""
+    a = result.assignments
+    return [
+        {
+            "batch": batch,
+            "micrograph": Path(row.micrograph_path).stem,
+            "image_name": f"{row.index_in_stack:06d}@{row.stack_path}",
+            "class_number": int(a.class_index[i]) + 1,
+            "angle_deg": float(a.angle_deg[i]),
+            "shift_x_px": float(a.shift_yx_px[i, 1]),
+            "shift_y_px": float(a.shift_yx_px[i, 0]),
+            "posterior": float(a.posterior[i]),
+            "selected": bool(result.selection.selected[a.class_index[i]]),
+        }
+        for i, row in enumerate(rows)
+    ]
+
+
+def classes_metadata(result: BatchClassification, n_batch: int, previous: Path | None) -> dict[str, Any]:
+    s = result.selection
+    table = ["| class | particles | resolution Å | selected | failed rules |", "|---|---|---|---|---|"]
+    table += [
+        f"| {k + 1} | {int(s.particle_count[k])} | {s.resolution_0143_angstrom[k]:.1f} | "
+        f"{'yes' if s.selected[k] else 'no'} | {', '.join(s.reasons[k]) or '–'} |"
+        for k in range(len(s.selected))
+    ]
+    return {
+        "particles_this_batch": n_batch,
+        "particles_in_classes": int(s.particle_count.sum()),
+        "classes_selected": int(s.selected.sum()),
+        "particles_in_selected_classes": int(s.particle_count[s.selected].sum()),
+        "started_from": dg.MetadataValue.path(str(previous)) if previous else "reference-free (first batch)",
+        "gallery": dg.MetadataValue.md(
+            f"![classes]({picture_data_uri(class_gallery(result.averages, s.selected, s.particle_count))})"
+            "\n\ngreen: selected; number: class, then its particles"
+        ),
+        "classes": dg.MetadataValue.md("\n".join(table)),
+    }

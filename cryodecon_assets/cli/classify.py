@@ -218,25 +218,13 @@ def _refuse(message: str) -> int:
     return 2
 
 
-def _first_data_line(path: Path, block: str) -> int:
-    """1-based line of the first data row of the loop in ``data_<block>`` (0 when there is none)."""
-    in_block = in_header = False
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        stripped = line.strip()
-        if stripped.startswith("data_"):
-            in_block, in_header = stripped == f"data_{block}", False
-        elif in_block and stripped.startswith("_"):
-            in_header = True
-        elif in_block and in_header and stripped and not stripped.startswith("#"):
-            return number
-    return 0
-
-
 def _read_star(star: Path) -> _Particles:
     """The particles of a RELION ≥ 3.1 particles.star (module docstring); ClassifyInputError names the file."""
     import numpy as np
     import pandas as pd
     import starfile
+
+    from cryodecon_science.io.particles import first_data_line
 
     if not star.is_file():
         raise ClassifyInputError(f"{star}: no such file")
@@ -257,7 +245,7 @@ def _read_star(star: Path) -> _Particles:
         raise ClassifyInputError(f"{star}: data_optics lacks the columns {missing}")
     if len(table) == 0:
         raise ClassifyInputError(f"{star}: data_particles holds no particle")
-    first = _first_data_line(star, "particles")
+    first = first_data_line(star, "particles")
     lines = [first + i for i in range(len(table))]
 
     def numbers(frame: pd.DataFrame, block: str, names: list[str], row_lines: list[int] | None) -> Any:

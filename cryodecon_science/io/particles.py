@@ -162,8 +162,9 @@ def write_autopick_star(
     write_star_blocks(path, table)
 
 
-def _first_data_line(path: Path, block: str) -> int:
-    """1-based line number of the first data row of the loop in ``data_<block>``."""
+def first_data_line(path: Path, block: str) -> int:
+    """1-based line number of the first data row of the loop in ``data_<block>`` (0 when there is none): the
+    line an error about a row names."""
     in_block, in_header = False, False
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         stripped = line.strip()
@@ -197,7 +198,7 @@ def _numeric(path: Path, block: str, table: pd.DataFrame, columns: tuple[str, ..
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        line = _first_data_line(path, block) + row
+        line = first_data_line(path, block) + row
         raise ParticleFileError(path, f"line {line}: {list(columns)} must be finite numbers")
     return values
 
@@ -224,7 +225,7 @@ def read_autopick_star(path: str | os.PathLike[str], shape_yx_px: tuple[int, int
         outside = ~np.all((coords >= -0.5) & (coords < np.asarray(shape_yx_px, dtype=np.float64) - 0.5), axis=1)
         if outside.any():
             row = int(np.flatnonzero(outside)[0])
-            line = _first_data_line(source, "") + row
+            line = first_data_line(source, "") + row
             raise ParticleFileError(
                 source, f"line {line}: centre [x, y] = {xy[row].tolist()} lies outside the {shape_yx_px} micrograph"
             )
@@ -337,7 +338,7 @@ def read_particles_star(path: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.
     unknown = ~particles["rlnOpticsGroup"].isin(optics["rlnOpticsGroup"])
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
-        line = _first_data_line(source, PARTICLES_BLOCK) + row
+        line = first_data_line(source, PARTICLES_BLOCK) + row
         raise ParticleFileError(source, f"line {line}: optics group {particles['rlnOpticsGroup'].iloc[row]} undefined")
     return optics, particles
 

@@ -37,6 +37,7 @@ from cryodecon_science.picking.learned import (
     PickerUNet,
     _d4,
     bin_for_picking,
+    centre_focal_loss,
     heatmap_target,
     pick_particles_learned,
 )
@@ -128,19 +129,6 @@ def _disc_mask(shape: tuple[int, int], centres_yx: npt.NDArray[np.float64], radi
     return mask
 
 
-def _weighted_focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float
-) -> torch.Tensor:
-    log_p = torch.nn.functional.logsigmoid(logits)
-    log_not_p = torch.nn.functional.logsigmoid(-logits)
-    p = torch.exp(log_p)
-    positive = target >= 1.0
-    pos_loss = -((1.0 - p) ** alpha) * log_p
-    neg_loss = -((1.0 - target) ** beta) * (p**alpha) * log_not_p
-    n_pos = torch.clamp((positive & (weight > 0)).sum(), min=1).to(logits.dtype)
-    return (weight * torch.where(positive, pos_loss, neg_loss)).sum() / n_pos
-
-
 def adapt_picker(
     model: PickerUNet,
     images: Sequence[npt.ArrayLike],
@@ -225,7 +213,7 @@ def adapt_picker(
                     patch[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = source[sy0:sy1, sx0:sx1]
                 batch[channel, b, 0] = _d4(patch, k)
         source_t, target_t, weight_t = (torch.from_numpy(batch[c]) for c in range(3))
-        loss = _weighted_focal_loss(tuned(source_t), target_t, weight_t, settings.focal_alpha, settings.focal_beta)
+        loss = centre_focal_loss(tuned(source_t), target_t, settings.focal_alpha, settings.focal_beta, weight_t)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()

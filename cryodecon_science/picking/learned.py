@@ -530,18 +530,26 @@ def heatmap_target(centres_yx_binned_px: npt.ArrayLike, shape_px: tuple[int, int
 
 
 def centre_focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 2.0,
+    beta: float = 4.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss (module docstring), summed and divided by the number of
-    target pixels equal to 1 (at least 1)."""
+    target pixels equal to 1 (at least 1).  ``weight`` (same shape, optional) scales each pixel's term;
+    pixels of weight 0 are left out, and so are their positives from the count."""
     log_p = nn.functional.logsigmoid(logits)
     log_not_p = nn.functional.logsigmoid(-logits)
     p = torch.exp(log_p)
     positive = target >= 1.0
     pos_loss = -((1.0 - p) ** alpha) * log_p
     neg_loss = -((1.0 - target) ** beta) * (p**alpha) * log_not_p
+    terms = torch.where(positive, pos_loss, neg_loss)
+    if weight is not None:
+        terms, positive = weight * terms, positive & (weight > 0)
     n_pos = torch.clamp(positive.sum(), min=1).to(logits.dtype)
-    return (torch.where(positive, pos_loss, neg_loss)).sum() / n_pos
+    return terms.sum() / n_pos
 
 
 def _d4(array: Float32Array, k: int) -> Float32Array:

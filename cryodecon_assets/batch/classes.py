@@ -4,10 +4,12 @@ Each batch's particles are folded into the classes the session had after its lat
 (``<outputs>/sessions/<session>/classes_2d/after-<sequence>.pt``), so a rerun of a batch starts from the
 same classes and never from its own result; the first batch of a session (or one whose earlier batches
 have no classes yet) starts reference-free.  The averages, the selection with its reasons and where each
-particle went are recorded; the gallery is in the materialization metadata.  The asset's value is, per
-micrograph, the class number (from 1) of each of its particles in stack order.
+particle went are recorded (``particle_classes``, and ``<outputs>/star/<batch>/particles_classified.star``:
+the batch's particles.star with rlnClassNumber); the gallery is in the materialization metadata.  The
+asset's value is, per micrograph, the class number (from 1) of each of its particles in stack order.
 """
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,11 @@ from cryodecon_science.classification.batches import (
     save_state,
 )
 from cryodecon_science.io.mrc import read_mrc_frames, write_mrc
-from cryodecon_science.io.particles import ParticleStack
+from cryodecon_science.io.particles import ParticleStack, write_particles_star
 from cryodecon_science.picking.micrograph import MicrographPicks
 
 STATE_FOLDER = "classes_2d"
+CLASSIFIED_STAR = "particles_classified.star"
 
 
 def state_before(outputs: OutputStore, session: str, sequence: int) -> Path | None:
@@ -86,6 +89,12 @@ def classes_2d(
         result.averages,
         result.state.pixel_size_angstrom,
     )
+    classified = [
+        dataclasses.replace(row, class_number=int(k) + 1)
+        for row, k in zip(rows, result.assignments.class_index, strict=True)
+    ]
+    star = outputs.star_path(batch, CLASSIFIED_STAR)
+    write_particles_star(star, classified, particles[names[0]].box_px)
     held = {
         "classes_2d": warehouse.write_rows("classes_2d", batch, class_rows(batch, manifest.session, result)),
         "particle_classes": warehouse.write_rows("particle_classes", batch, particle_class_rows(batch, rows, result)),
@@ -93,9 +102,12 @@ def classes_2d(
     bounds = np.cumsum([0] + [particles[n].n_particles for n in names])
     numbers = result.assignments.class_index + 1
     per_micrograph = {n: numbers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
-    return dg.Output(
-        per_micrograph, metadata={**classes_metadata(result, len(rows), previous_path), **tables_metadata(held)}
-    )
+    metadata = {
+        **classes_metadata(result, len(rows), previous_path),
+        "classified_star": dg.MetadataValue.path(str(star)),
+        **tables_metadata(held),
+    }
+    return dg.Output(per_micrograph, metadata=metadata)
 
 
 def class_rows(batch: str, session: str, result: BatchClassification) -> list[dict[str, Any]]:

@@ -198,6 +198,12 @@ def test_2d_classes_stream_through_the_session_with_their_selection_and_gallery(
     assert session_total == int(extracted.sum())  # streaming: the first batch's particles are still counted
     assert int(classes[classes["batch"] == first]["particles"].sum()) == int(extracted[first])
     assert assigned["class_number"].between(1, 4).all() and assigned["image_name"].is_unique
+    for batch in (first, second):  # RELION reads the classes: particles.star with rlnClassNumber
+        _, star = read_particles_star(outputs / "star" / batch / "particles_classified.star")
+        mine = assigned[assigned["batch"] == batch]
+        assert dict(zip(star["rlnImageName"], star["rlnClassNumber"], strict=True)) == dict(
+            zip(mine["image_name"], mine["class_number"], strict=True)
+        )
     states = sorted(p.name for p in (outputs / "sessions" / "grid" / "classes_2d").glob("after-*.pt"))
     assert len(states) == 2
     event = processed.instance.get_latest_materialization_event(dg.AssetKey("classes_2d"))

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
+from cryodecon_science.io.torch_files import TorchFileError, load_payload, model_payload, save_payload
 from cryodecon_science.restoration.denoiser import DenoiserConfig, DenoiserUNet
 
 FORMAT = "cryodecon.denoiser"
@@ -41,13 +41,7 @@ class DenoiserWeightsError(TorchFileError):
 
 def save_denoiser(model: DenoiserUNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
     """Write ``model`` (config + float32 state dict) and plain-data ``meta`` to ``path`` atomically."""
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().to(torch.float32).clone() for k, v in model.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
+    payload = model_payload(FORMAT, VERSION, model.config.to_dict(), model, meta)
     save_payload(payload, path)  # package data: readable by everyone
 
 

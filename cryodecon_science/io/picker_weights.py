@@ -19,9 +19,7 @@ import importlib.resources
 import os
 from typing import Any
 
-import torch
-
-from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
+from cryodecon_science.io.torch_files import TorchFileError, load_payload, model_payload, save_payload
 from cryodecon_science.picking.learned import PickerConfig, PickerUNet
 
 FORMAT = "cryodecon.picker"
@@ -36,13 +34,7 @@ class PickerWeightsError(TorchFileError):
 
 def save_picker(model: PickerUNet, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
     """Write ``model`` (config + float32 state dict, threshold included) and plain-data ``meta`` atomically."""
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().to(torch.float32).clone() for k, v in model.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
+    payload = model_payload(FORMAT, VERSION, model.config.to_dict(), model, meta)
     save_payload(payload, path)
 
 

@@ -28,6 +28,20 @@ class TorchFileError(ValueError):
         super().__init__(f"{path}: {detail}")
 
 
+def model_payload(
+    file_format: str, version: int, config: dict[str, Any], model: torch.nn.Module, meta: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The payload of a model file: format tag, version, the model's plain-data config, its state dict as
+    float32 CPU tensors (buffers included) and plain-data ``meta``."""
+    return {
+        "format": file_format,
+        "version": version,
+        "config": config,
+        "state_dict": {k: v.detach().cpu().to(torch.float32).clone() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+
+
 def save_payload(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``payload`` with ``torch.save`` atomically; the file's permissions follow the umask."""
     with atomic_target(path) as tmp:

@@ -65,6 +65,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from cryodecon_science.nn_blocks import double_conv
+
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
 
@@ -133,15 +135,6 @@ class PickerConfig:
         return dict(asdict(self))
 
 
-def _double_conv(c_in: int, c_out: int, slope: float) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.LeakyReLU(slope),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
-        nn.LeakyReLU(slope),
-    )
-
-
 class PickerUNet(nn.Module):
     """The U-Net of the module docstring: (batch, 1, ny, nx) normalised binned images → centre logits of
     the same shape; sides multiples of ``config.size_multiple_px``.
@@ -158,10 +151,10 @@ class PickerUNet(nn.Module):
         ch = self.config.channels
         slope = self.config.negative_slope
         self.encoders = nn.ModuleList(
-            [_double_conv(1 if i == 0 else ch[i - 1], ch[i], slope) for i in range(self.config.depth)]
+            [double_conv(1 if i == 0 else ch[i - 1], ch[i], slope) for i in range(self.config.depth)]
         )
         self.decoders = nn.ModuleList(
-            [_double_conv(ch[i + 1] + ch[i], ch[i], slope) for i in range(self.config.depth - 1)]
+            [double_conv(ch[i + 1] + ch[i], ch[i], slope) for i in range(self.config.depth - 1)]
         )
         self.head = nn.Conv2d(ch[0], 1, 1)
         if self.head.bias is not None:

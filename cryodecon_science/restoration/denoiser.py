@@ -67,6 +67,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from cryodecon_science.nn_blocks import double_conv
 from cryodecon_science.reproducibility import binomial_split_counts
 
 Float32Image = npt.NDArray[np.float32]
@@ -130,15 +131,6 @@ class DenoiserConfig:
         return dict(asdict(self))
 
 
-def _double_conv(c_in: int, c_out: int, slope: float) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1),
-        nn.LeakyReLU(slope),
-        nn.Conv2d(c_out, c_out, 3, padding=1),
-        nn.LeakyReLU(slope),
-    )
-
-
 class DenoiserUNet(nn.Module):
     """The U-Net of the module docstring: (batch, 1, ny, nx) → (batch, 1, ny, nx), sides multiples of
     ``config.size_multiple_px``, in shot-noise units (module docstring)."""
@@ -149,9 +141,9 @@ class DenoiserUNet(nn.Module):
         ch = config.channels
         slope = config.negative_slope
         self.encoders = nn.ModuleList(
-            [_double_conv(config.space_to_depth**2 if i == 0 else ch[i - 1], ch[i], slope) for i in range(config.depth)]
+            [double_conv(config.space_to_depth**2 if i == 0 else ch[i - 1], ch[i], slope) for i in range(config.depth)]
         )
-        self.decoders = nn.ModuleList([_double_conv(ch[i + 1] + ch[i], ch[i], slope) for i in range(config.depth - 1)])
+        self.decoders = nn.ModuleList([double_conv(ch[i + 1] + ch[i], ch[i], slope) for i in range(config.depth - 1)])
         self.head = nn.Conv2d(ch[0], config.space_to_depth**2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,12 @@
 Each batch's particles are folded into the classes the session had after its latest earlier batch
 (``<outputs>/sessions/<session>/classes_2d/after-<sequence>.pt``), so a rerun of a batch starts from the
 same classes and never from its own result; the first batch of a session (or one whose earlier batches
-have no classes yet) starts reference-free.  The averages, the selection with its reasons and where each
-particle went are recorded (``particle_classes``, and ``<outputs>/star/<batch>/particles_classified.star``:
-the batch's particles.star with rlnClassNumber); the gallery is in the materialization metadata.  The
-asset's value is, per micrograph, the class number (from 1) of each of its particles in stack order.
+have no classes yet) starts reference-free.  An unreadable earlier state fails the run with a
+``ClassStateError`` naming the file, before anything of the batch is written.  The averages, the
+selection with its reasons and where each particle went are recorded (``particle_classes``, and
+``<outputs>/star/<batch>/particles_classified.star``: the batch's particles.star with rlnClassNumber); the
+gallery is in the materialization metadata.  The asset's value is, per micrograph, the class number (from
+1) of each of its particles in stack order.
 """
 
 import dataclasses

@@ -27,6 +27,7 @@ from cryodecon_science.classification.streaming import (
     update_classes,
 )
 from cryodecon_science.io.particles import ParticleRow
+from cryodecon_science.io.torch_files import TorchFileError, load_payload, save_payload
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -53,6 +54,8 @@ def fourier_crop_boxes(boxes: npt.ArrayLike, pixel_size_angstrom: float, box_px:
     return out.astype(np.float32), float(pixel_size_angstrom * size / box_px)
 
 
+STATE_FORMAT = "cryodecon.classes2d"
+STATE_VERSION = 1
 _TENSORS = ("numerator", "denominator", "weight")
 _SCALARS = (
     "noise_variance",
@@ -64,33 +67,46 @@ _SCALARS = (
 )
 
 
+class ClassStateError(TorchFileError):
+    """A class-state file that is missing, unreadable or not a cryodecon 2D class state."""
+
+
 def save_state(state: ClassificationState, path: str | Path) -> None:
-    """Write the class statistics (``torch.save`` of plain tensors and numbers, CPU), atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    payload = {name: getattr(state, name).detach().cpu() for name in _TENSORS}
-    payload["particle_count"] = torch.from_numpy(np.asarray(state.particle_count, dtype=np.int64))
-    payload.update({name: getattr(state, name) for name in _SCALARS})
-    partial = target.with_suffix(target.suffix + ".partial")
-    torch.save(payload, partial)
-    partial.replace(target)
+    """Write the class statistics as a plain-data torch file (``io.torch_files``), atomically."""
+    tensors = {name: getattr(state, name).detach().cpu() for name in _TENSORS}
+    tensors["particle_count"] = torch.from_numpy(np.asarray(state.particle_count, dtype=np.int64))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": STATE_FORMAT, "version": STATE_VERSION, "state_dict": tensors}
+    save_payload({**payload, "scalars": {name: getattr(state, name) for name in _SCALARS}}, path)
 
 
 def load_state(path: str | Path) -> ClassificationState:
-    """Read what :func:`save_state` wrote (tensors only: ``weights_only``)."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return ClassificationState(
-        numerator=payload["numerator"],
-        denominator=payload["denominator"],
-        weight=payload["weight"],
-        particle_count=payload["particle_count"].numpy().astype(np.int64),
-        noise_variance=float(payload["noise_variance"]),
-        noise_weight=float(payload["noise_weight"]),
-        particles_seen=int(payload["particles_seen"]),
-        batches_seen=int(payload["batches_seen"]),
-        pixel_size_angstrom=float(payload["pixel_size_angstrom"]),
-        particle_diameter_angstrom=float(payload["particle_diameter_angstrom"]),
-    )
+    """Read what :func:`save_state` wrote.
+
+    Raises
+    ------
+    ClassStateError
+        A missing, truncated or foreign file, or one whose contents do not make a class state.
+    """
+    payload = load_payload(path, STATE_FORMAT, STATE_VERSION, ClassStateError)
+    tensors, scalars = payload["state_dict"], payload.get("scalars")
+    if not isinstance(scalars, dict) or set(scalars) != set(_SCALARS) or set(tensors) != {*_TENSORS, "particle_count"}:
+        raise ClassStateError(path, "the class statistics are incomplete")
+    try:
+        return ClassificationState(
+            numerator=tensors["numerator"],
+            denominator=tensors["denominator"],
+            weight=tensors["weight"],
+            particle_count=tensors["particle_count"].numpy().astype(np.int64),
+            noise_variance=float(scalars["noise_variance"]),
+            noise_weight=float(scalars["noise_weight"]),
+            particles_seen=int(scalars["particles_seen"]),
+            batches_seen=int(scalars["batches_seen"]),
+            pixel_size_angstrom=float(scalars["pixel_size_angstrom"]),
+            particle_diameter_angstrom=float(scalars["particle_diameter_angstrom"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ClassStateError(path, f"the class statistics are not numbers ({exc})") from exc
 
 
 @dataclass(frozen=True, eq=False)

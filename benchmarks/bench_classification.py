@@ -26,9 +26,11 @@ CTF: a neighbour or contamination at the box edge) and ``ice`` (a linear gradien
 peak-to-peak 2–4 σ, plus a smooth random field of 1 σ, added after the CTF like thickness variation).
 
 cryodecon.  ``update_classes`` over the stream in batches (1,000; ``--quick``: 200) with
-``Classification2DConfig(n_classes=K, particle_diameter_angstrom=170)`` and its other defaults, on the CPU, one
-thread.  After each batch: the class averages, the purity of every particle streamed so far under the class it
-was given on arrival, the FRC of each average against the truth, and the seconds of the update.  After the
+``Classification2DConfig(n_classes=K, particle_diameter_angstrom=170)`` and its other defaults (class splitting
+on), on the CPU, one thread.  After each batch: the class averages, the purity of a fixed held-out set
+(``--held-out``, 1,000 particles simulated like the stream with seed + 1) assigned to the classes after that
+batch (``assign_particles``), the purity of every particle streamed so far under the class it was given on
+arrival, the FRC of each average against the truth, and the seconds of the update.  After the
 stream: ``assign_particles`` of every particle against the final classes (timed separately: the "final
 membership"), ``select_classes`` with its default criteria, and the metrics below.
 
@@ -55,7 +57,9 @@ Metrics (the same for both; a "class" is a set of members and an average):
   structure over members); apart from it, the count of junk classes, the junk share of the good classes'
   members and of the junk classes' members (how cleanly junk is isolated).  With uniformly random views a
   10° cap holds (1 − cos 10°)/2 = 0.76 % of the sphere, so K classes over 3 structures cannot all be view-pure;
-  the structure purity and purity at 20° (``purity_20deg``) show the coarser grain.
+  the structure purity and purity at 20° (``purity_20deg``) show the coarser grain.  Defined for any class set,
+  junk-majority or not: the *good particles' view purity* Σ_k (good members of class k matching its majority
+  view) / Σ_k (good members of class k), over every populated class.
 * FRC against the truth.  The noise-free projection of s* at the orientation of the member whose effective
   direction is d* (reflected where the member was), turned over in-plane angles (1° steps) and shifted (FFT
   cross-correlation, parabolic sub-pixel peak) to its best normalised correlation with the average; then both
@@ -240,6 +244,7 @@ class ClassTruth:
     junk_members: int
     junk_class: bool
     matches: int  # view matches (or junk members in a junk class)
+    good_view_matches: int  # view matches among the good members, whatever the class
     matches_coarse: int  # the same at COARSE_VIEW_TOLERANCE_DEG
     structure_matches: int
     structure: int | None  # s* (None for a junk class or an empty one)
@@ -280,6 +285,7 @@ def class_truth(particles: Particles, members: IntArray, reflected: npt.NDArray[
         junk_members=junk,
         junk_class=junk_class,
         matches=junk if junk_class else matches,
+        good_view_matches=matches,
         matches_coarse=junk if junk_class else coarse,
         structure_matches=junk if junk_class else top_structure,
         structure=None if junk_class or medoid is None else int(particles.structure[medoid]),
@@ -348,6 +354,7 @@ def evaluate_classes(
     members: list[IntArray],
     reflected: list[npt.NDArray[np.bool_]],
     averages: FloatArray,
+    with_frc: bool = True,
 ) -> dict[str, Any]:
     """Purity and FRC-to-truth of every class, and their summaries (module docstring)."""
     per_class = []
@@ -361,9 +368,11 @@ def evaluate_classes(
             "purity": truth.matches / truth.members if truth.members else None,
             "purity_20deg": truth.matches_coarse / truth.members if truth.members else None,
             "structure_purity": truth.structure_matches / truth.members if truth.members else None,
+            "good_members": truth.members - truth.junk_members,
+            "good_view_matches": truth.good_view_matches,
             "structure": truth.structure,
         }
-        if truth.medoid is not None and truth.members:
+        if with_frc and truth.medoid is not None and truth.members:
             entry.update(aligned_frc(averages[k].astype(np.float64), true_projection(structures, particles, truth)))
         per_class.append(entry)
     populated = [c for c in per_class if c["members"]]
@@ -389,6 +398,12 @@ def evaluate_classes(
         "purity_20deg": weighted(good, "purity_20deg"),
         "structure_purity": weighted(good, "structure_purity"),
         "class_purity_median": median([c["purity"] for c in good]),
+        "good_memberships": sum(c["good_members"] for c in populated),
+        "good_particle_purity": (
+            sum(c["good_view_matches"] for c in populated) / sum(c["good_members"] for c in populated)
+            if sum(c["good_members"] for c in populated)
+            else math.nan
+        ),
         "junk_share_in_good_classes": (
             sum(c["junk_members"] for c in good) / good_members if good_members else math.nan
         ),
@@ -407,7 +422,12 @@ def evaluate_classes(
 
 
 def run_cryodecon(
-    particles: Particles, structures: tuple[Structure3D, ...], n_classes: int, batch: int, seed: int
+    particles: Particles,
+    held_out: Particles,
+    structures: tuple[Structure3D, ...],
+    n_classes: int,
+    batch: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Stream the particles through ``update_classes``; per-batch and final metrics (module docstring)."""
     config = Classification2DConfig(n_classes=n_classes, particle_diameter_angstrom=MASK_DIAMETER_ANGSTROM, seed=seed)
@@ -429,6 +449,16 @@ def run_cryodecon(
         metrics = evaluate_classes(
             particles, structures, members, no_reflection, class_averages(state).double().numpy()
         )
+        held_class = assign_particles(state, held_out.boxes, held_out.ctfs, config).class_index
+        held_members = [np.flatnonzero(held_class == k) for k in range(n_classes)]
+        held = evaluate_classes(
+            held_out,
+            structures,
+            held_members,
+            [np.zeros(m.size, dtype=bool) for m in held_members],
+            class_averages(state).double().numpy(),
+            with_frc=False,
+        )
         half_set = class_resolution(state)
         populated = state.particle_count > 0
         entry = {
@@ -438,11 +468,14 @@ def run_cryodecon(
             "seconds_per_1000": 1000.0 * seconds / index.size,
             "half_set_resolution_0143_angstrom_median": float(np.median(half_set.resolution_0143_angstrom[populated])),
             **{k: v for k, v in metrics.items() if k != "per_class"},
+            "held_out": {k: v for k, v in held.items() if k != "per_class"},
+            "retired": state.retired_count,
         }
         batches.append(entry)
         print(
-            f"cryodecon batch {entry['batch']}: {entry['particles_seen']} seen, {seconds:.1f} s, purity "
-            f"{entry['purity']:.2f}, FRC(truth)=0.5 at {entry['resolution_05_angstrom_median']:.1f} Å",
+            f"cryodecon batch {entry['batch']}: {entry['particles_seen']} seen, {seconds:.1f} s, held-out purity "
+            f"{held['purity']:.3f} ({held['good_classes']} good classes), "
+            f"FRC(truth)=0.5 at {entry['resolution_05_angstrom_median']:.1f} Å",
             flush=True,
         )
     assert state is not None
@@ -481,6 +514,7 @@ def run_cryodecon(
             "forgetting_factor": config.forgetting_factor,
             "initial_iterations": config.initial_iterations,
             "batch_iterations": config.batch_iterations,
+            "split_classes": config.split_classes,
             "seed": seed,
         },
         "update_seconds": update_seconds,
@@ -616,9 +650,12 @@ def findings(result: dict[str, Any]) -> list[str]:
     )
     b = ours["batches"]
     if len(b) > 1:
+        h0, h1 = b[0]["held_out"], b[-1]["held_out"]
         out.append(
-            f"Streaming: view purity {fmt(b[0]['purity'], 2)} → {fmt(b[-1]['purity'], 2)} and median "
-            "FRC(truth)=0.5 resolution "
+            f"Streaming: the classes after each batch, scored on {result['n_held_out']} held-out particles: view "
+            f"purity {fmt(h0['purity'], 3)} → {fmt(h1['purity'], 3)}, good classes {h0['good_classes']} → "
+            f"{h1['good_classes']}, structure purity {fmt(h0['structure_purity'], 2)} → "
+            f"{fmt(h1['structure_purity'], 2)}; median FRC(truth)=0.5 resolution "
             f"{fmt(b[0]['resolution_05_angstrom_median'])} → {fmt(b[-1]['resolution_05_angstrom_median'])} Å from the "
             f"first to the last batch; updates take {min(x['update_seconds'] for x in b):.1f}–"
             f"{max(x['update_seconds'] for x in b):.1f} s per batch."
@@ -639,6 +676,10 @@ def findings(result: dict[str, Any]) -> list[str]:
         return f"{name}: cryodecon {fmt(x, digits, unit)}, ASPIRE {fmt(y, digits, unit)} ({winner} better{tag})."
 
     out.append(compare("View purity of the good classes (10°, member-weighted)", "purity", True))
+    out.append(
+        compare("View purity of the good particles in every class (10°)", "good_particle_purity", True, digits=3)
+        + f" Over {o['good_memberships']} good memberships for cryodecon, {a['good_memberships']} for ASPIRE."
+    )
     out.append(compare("Structure purity of the good classes", "structure_purity", True))
     out.append(compare("Junk share of the good classes' members", "junk_share_in_good_classes", False))
     out.append(
@@ -679,9 +720,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Purity over the good (non-junk-majority) classes; junk classes: more than half junk.",
         "",
-        "| method | view purity (10°) | purity (20°) | structure purity | junk in good classes | junk classes "
+        "| method | view purity (10°) | purity (20°) | structure purity | good particles' view purity, all classes "
+        "| junk in good classes | junk classes "
         "| FRC(truth)=0.5, median | FRC(truth)=0.143, median | best class (0.5) | s / 1,000 particles |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("cryodecon (final membership)", ours["final"], ours["seconds_per_1000"])]
     if aspire is not None:
@@ -689,13 +731,15 @@ def markdown(result: dict[str, Any]) -> str:
     for name, f, seconds in rows:
         lines.append(
             f"| {name} | {fmt(f['purity'], 2)} | {fmt(f['purity_20deg'], 2)} | {fmt(f['structure_purity'], 2)} | "
-            f"{pct(f['junk_share_in_good_classes'])} | {f['junk_classes']}/{f['populated_classes']} "
+            f"{fmt(f['good_particle_purity'], 3)} (of {f['good_memberships']}) | "
+            f"{pct(f['junk_share_in_good_classes'])} | "
+            f"{f['junk_classes']}/{f['populated_classes']} "
             f"| {fmt(f['resolution_05_angstrom_median'])} Å | "
             f"{fmt(f['resolution_0143_angstrom_median'])} Å | {fmt(f['resolution_05_angstrom_best'])} Å "
             f"| {seconds:.1f} |"
         )
     if aspire is None:
-        lines.append(f"| ASPIRE | not run: {result['aspire']['reason']} | | | | | | | | |")
+        lines.append(f"| ASPIRE | not run: {result['aspire']['reason']} | | | | | | | | | |")
     s = ours["selection"]
     lines += [
         "",
@@ -703,17 +747,23 @@ def markdown(result: dict[str, Any]) -> str:
         f"{pct(s['good_kept_fraction'])}, precision {pct(s['precision'])} (goal ≥ {pct(GOAL_RECALL)} at ≥ "
         f"{pct(GOAL_PRECISION)}: {'met' if s['goal_met'] else 'NOT met'}).",
         "",
-        "Streaming (cryodecon; purity over every particle seen so far under the class it got on arrival):",
+        f"Streaming (cryodecon): the classes after each batch, scored on {result['n_held_out']} held-out particles "
+        "(assigned to them with `assign_particles`; a fixed set, so the figures compare across batches), and on "
+        "arrival: every particle seen so far under the class it got when it arrived (small early classes score "
+        "higher there: a class of m members has purity ≥ 1/m).",
         "",
-        "| batch | particles seen | update s | s / 1,000 | purity | structure purity | FRC(truth)=0.5 median "
-        "| half-set FRC 0.143 median |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batch | particles seen | update s | s / 1,000 | held-out purity | held-out structure purity "
+        "| good classes (held-out) | on-arrival purity | FRC(truth)=0.5 median | half-set FRC 0.143 median "
+        "| retired by splits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in ours["batches"]:
+        h = b["held_out"]
         lines.append(
             f"| {b['batch']} | {b['particles_seen']} | {b['update_seconds']:.1f} | {b['seconds_per_1000']:.1f} | "
-            f"{fmt(b['purity'], 2)} | {fmt(b['structure_purity'], 2)} | {fmt(b['resolution_05_angstrom_median'])} Å | "
-            f"{fmt(b['half_set_resolution_0143_angstrom_median'])} Å |"
+            f"{fmt(h['purity'], 3)} | {fmt(h['structure_purity'], 2)} | {h['good_classes']} | "
+            f"{fmt(b['purity'], 3)} | {fmt(b['resolution_05_angstrom_median'])} Å | "
+            f"{fmt(b['half_set_resolution_0143_angstrom_median'])} Å | {b['retired']} |"
         )
     lines += ["", "Findings:", ""] + [f"* {x}" for x in result["findings"]]
     return "\n".join(lines)
@@ -726,6 +776,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="stream batch size, default 1000 (--quick: 200)")
     parser.add_argument("--classes", type=int, default=None, help="K, default 50 (--quick: 20)")
     parser.add_argument("--junk-fraction", type=float, default=0.25)
+    parser.add_argument(
+        "--held-out", type=int, default=1000, help="particles the classes after each batch are scored on"
+    )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1, help="torch threads and ASPIRE's BLAS/OpenMP threads")
     parser.add_argument("--aspire-selector", choices=("global-variance", "distance"), default="global-variance")
@@ -741,6 +794,7 @@ def main() -> None:
     structures = make_structures(4, STRUCTURE_DIAMETER_ANGSTROM, seed=args.seed)[1:]
     t = time.perf_counter()
     particles = simulate_particles(n, args.junk_fraction, args.seed, structures)
+    held_out = simulate_particles(args.held_out, args.junk_fraction, args.seed + 1, structures)
     simulate_seconds = time.perf_counter() - t
     print(f"simulated {n} particles in {simulate_seconds:.1f} s", flush=True)
 
@@ -749,7 +803,7 @@ def main() -> None:
         if args.no_aspire
         else aspire_environment(args.aspire_python)
     )
-    ours = run_cryodecon(particles, structures, n_classes, batch, args.seed)
+    ours = run_cryodecon(particles, held_out, structures, n_classes, batch, args.seed)
     aspire_run = None
     if aspire["available"]:
         print("running ASPIRE …", flush=True)
@@ -763,6 +817,7 @@ def main() -> None:
         "quick": args.quick,
         "n_particles": n,
         "n_good": int(particles.good.sum()),
+        "n_held_out": int(held_out.boxes.shape[0]),
         "junk_fraction": args.junk_fraction,
         "junk_by_kind": {k: sum(1 for x in particles.junk_kind if x == k) for k in JUNK_KINDS},
         "n_classes": n_classes,

@@ -99,7 +99,12 @@ def run_pipeline(home: Path, n_sessions: int, per_session: int, movies: int, siz
         write_simulated_session(session, storage, write_truth_images=True)
     folder = ensure_citation_graph(Path(resources["scoring"].citation_graph_path))  # type: ignore[attr-defined]
     papers = established_papers(read_citation_graph(folder))
-    ensure_reference_library(resources["structure_library"], configs["q00"], papers=papers)  # type: ignore[arg-type]
+    ensure_reference_library(
+        resources["structure_library"],  # type: ignore[arg-type]
+        configs["q00"],
+        papers=papers,
+        class_library=resources["class_library"],  # type: ignore[arg-type]
+    )
     prepare_instance_home(home)
     instance, defs = dg.DagsterInstance.get(), build_definitions()
     started = time.perf_counter()

@@ -257,7 +257,13 @@ def seed_reference_data(size: int, seed: int) -> None:
     config = SimulationConfig(shape_px=(size, size))
     graph_folder = ensure_citation_graph(Path(resources["scoring"].citation_graph_path), seed=seed)  # type: ignore[attr-defined]
     papers = established_papers(read_citation_graph(graph_folder))
-    added = ensure_reference_library(resources["structure_library"], config, seed=seed, papers=papers)  # type: ignore[arg-type]
+    added = ensure_reference_library(
+        resources["structure_library"],  # type: ignore[arg-type]
+        config,
+        seed=seed,
+        papers=papers,
+        class_library=resources["class_library"],  # type: ignore[arg-type]
+    )
     log(f"citation graph in {graph_folder}; reference library seeded with {added} projections")
 
 

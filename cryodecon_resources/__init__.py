@@ -13,6 +13,7 @@ from cryodecon_resources.motion import MotionSettings, parse_patch_grid
 from cryodecon_resources.picking import PickingSettings
 from cryodecon_resources.restoration import RestorationSettings
 from cryodecon_resources.scoring import ScoringSettings
+from cryodecon_resources.session_settings import SessionSettingsConfig
 from cryodecon_resources.settings import Resources, Settings, build_resources
 from cryodecon_resources.storage import MicroscopeStorage
 from cryodecon_resources.structure_library import StructureLibrary
@@ -28,6 +29,7 @@ __all__ = [
     "RestorationSettings",
     "ScoreWarehouse",
     "ScoringSettings",
+    "SessionSettingsConfig",
     "Settings",
     "StructureLibrary",
     "TorchDevice",

@@ -8,6 +8,10 @@ header, so RELION, cryoSPARC or any viewer can open them; an
 read back as one value; other values (CTF fits,
 priors, score records) are pickled.  Layout: ``<root>/<asset key path>/<partition>/<micrograph>.mrc|.pkl``.
 
+An input declared with the metadata ``{RECORDS_ONLY: True}`` (``dg.AssetIn(metadata=...)``) on an asset of
+``Exposure`` values loads only each exposure's ``.exposure.pkl`` (a ``dict`` of every ``Exposure`` field but
+the images): a step that needs the optics, session and drift of a batch, not its pixels, stays cheap.
+
 Writes merge: storing a dict writes only its keys, so reprocessing one micrograph of a batch leaves the
 others in place.  A full run of a partition removes files of micrographs that are no longer in its
 output (e.g. an exposure quarantined on rerun).
@@ -29,6 +33,7 @@ from cryodecon_science.io.mrc import InputFileError, Micrograph, read_micrograph
 SELECTION_TAG = "cryodecon/micrographs"
 EXPOSURE_SUFFIX = ".exposure.pkl"
 DOSE_WEIGHTED_SUFFIX = ".dose_weighted.mrc"
+RECORDS_ONLY = "cryodecon/records_only"
 
 
 class BatchIOManager(dg.ConfigurableIOManager):
@@ -78,6 +83,8 @@ class BatchIOManager(dg.ConfigurableIOManager):
         result: dict[str, Any] = {}
         if not directory.is_dir():
             return result
+        if context.definition_metadata.get(RECORDS_ONLY):
+            return self._load_records(context, directory)
         for path in sorted(directory.iterdir()):
             if (
                 path.name.startswith(".")
@@ -111,6 +118,20 @@ class BatchIOManager(dg.ConfigurableIOManager):
                     "that step for the batch (the file was damaged or written by another version)"
                 ) from exc
         return result
+
+    def _load_records(self, context: dg.InputContext, directory: Path) -> dict[str, Any]:
+        """Each exposure's record without its images: ``{name: {field: value}}`` (module docstring)."""
+        records: dict[str, Any] = {}
+        for path in sorted(directory.glob(f"*{EXPOSURE_SUFFIX}")):
+            try:
+                with open(path, "rb") as handle:
+                    records[path.name.removesuffix(EXPOSURE_SUFFIX)] = pickle.load(handle)
+            except (OSError, pickle.UnpicklingError, EOFError) as exc:
+                producer = "/".join(context.asset_key.path)
+                raise StoredOutputError(
+                    f"{producer} stored {path.name}, which cannot be read back: {exc}. Rerun {producer} for the batch"
+                ) from exc
+        return records
 
 
 def _pickle(path: Path, value: Any) -> None:

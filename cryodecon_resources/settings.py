@@ -6,7 +6,8 @@ variable                                meaning                                 
 CRYODECON_HOME                          root of the embedded (laptop) setup         ``./.cryodecon``
 CRYODECON_STORAGE_ROOT                  microscope storage (``<root>/<session>/``)  ``$CRYODECON_HOME/storage``
 CRYODECON_WAREHOUSE_ROOT                Parquet tables + DuckDB views               ``$CRYODECON_HOME/warehouse``
-CRYODECON_LIBRARY_URI                   LanceDB structure library                   ``$CRYODECON_HOME/library``
+CRYODECON_LIBRARY_URI                   LanceDB structure library (tables           ``$CRYODECON_HOME/library``
+                                        ``structures``, ``class_averages``)
 CRYODECON_OUTPUT_ROOT                   MRC outputs and STAR files                  ``$CRYODECON_HOME/outputs``
 CRYODECON_CITATION_GRAPH                citation graph Parquet folder               ``$CRYODECON_HOME/citations``
 CRYODECON_WEIGHTS                       w1,…,w5 of V (logic, novelty, impact,       learned (``ScoringSettings``)
@@ -24,6 +25,8 @@ CRYODECON_TRUNCATED_AFTER_SECONDS       quarantine a file still incomplete after
 CRYODECON_PARTICLE_DIAMETER_ANGSTROM    particle diameter (Å) where none is given   150
 CRYODECON_PICKER_ADAPTATION_STEPS       per-batch self-training of the picker       0 (off: the shipped model)
 CRYODECON_2D_CLASSES                    2D classes of a session                     20
+CRYODECON_SESSION_SETTINGS              per-session settings (JSON: defaults and    ``$CRYODECON_HOME/``
+                                        sessions by name; ``session_settings``)     ``session_settings.json``
 CRYODECON_POSTGRES_URL                  PostgreSQL run storage (``dagster.yaml``)   unset: SQLite
 ======================================  ==========================================  =============================
 
@@ -52,12 +55,15 @@ from cryodecon_resources.motion import MotionSettings, parse_patch_grid
 from cryodecon_resources.picking import PickingSettings
 from cryodecon_resources.restoration import RestorationSettings
 from cryodecon_resources.scoring import ScoringSettings
+from cryodecon_resources.session_settings import SessionSettingsConfig
 from cryodecon_resources.storage import MicroscopeStorage
 from cryodecon_resources.structure_library import StructureLibrary
 from cryodecon_resources.warehouse import ScoreWarehouse
 
 _Number = TypeVar("_Number", int, float)
 DEFAULT_ARTIFACT_STEPS = ("hot_pixels", "stripes", "carbon_edges")
+CLASS_LIBRARY_TABLE = "class_averages"
+"""LanceDB table of the known 2D class averages (reference views and good classes of earlier sessions)."""
 
 
 def _number(env: Mapping[str, str], name: str, default: _Number, kind: Callable[[str], _Number]) -> _Number:
@@ -85,6 +91,7 @@ class Settings:
     library_uri: Path
     output_root: Path
     citation_graph: Path
+    session_settings: Path
     weights: tuple[float, ...] = ()
     weights_version: str = ""
     artifact_steps: tuple[str, ...] = DEFAULT_ARTIFACT_STEPS
@@ -118,6 +125,7 @@ class Settings:
             "library_uri": ("CRYODECON_LIBRARY_URI", home / "library"),
             "output_root": ("CRYODECON_OUTPUT_ROOT", home / "outputs"),
             "citation_graph": ("CRYODECON_CITATION_GRAPH", home / "citations"),
+            "session_settings": ("CRYODECON_SESSION_SETTINGS", home / "session_settings.json"),
         }
         weights_text = env.get("CRYODECON_WEIGHTS", "")
         try:
@@ -167,11 +175,13 @@ class Resources:
     microscope_storage: MicroscopeStorage
     warehouse: ScoreWarehouse
     structure_library: StructureLibrary
+    class_library: StructureLibrary
     device: TorchDevice
     scoring: ScoringSettings
     restoration: RestorationSettings
     motion: MotionSettings
     picking: PickingSettings
+    session_settings: SessionSettingsConfig
     outputs: OutputStore
     io_manager: BatchIOManager
 
@@ -197,6 +207,7 @@ def build_resources(settings: Settings, env_vars: bool = False) -> Resources:
         ),
         warehouse=ScoreWarehouse(root=path("warehouse_root")),
         structure_library=StructureLibrary(uri=path("library_uri")),
+        class_library=StructureLibrary(uri=path("library_uri"), table_name=CLASS_LIBRARY_TABLE),
         device=TorchDevice(device=settings.device, cpu_threads=settings.cpu_threads),
         scoring=ScoringSettings(
             citation_graph_path=path("citation_graph"),
@@ -211,6 +222,9 @@ def build_resources(settings: Settings, env_vars: bool = False) -> Resources:
             particle_diameter_angstrom=settings.particle_diameter_angstrom,
             adaptation_steps=settings.picker_adaptation_steps,
             n_classes_2d=settings.classes_2d,
+        ),
+        session_settings=SessionSettingsConfig(
+            path=path("session_settings"), must_exist="session_settings" in dict(settings.env_paths)
         ),
         outputs=OutputStore(root=path("output_root")),
         io_manager=BatchIOManager(root=path("output_root")),

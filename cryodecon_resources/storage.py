@@ -6,10 +6,13 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+
+from cryodecon_science.io.gain import is_gain_reference_name
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,11 @@ class MicroscopeStorage(dg.ConfigurableResource):
         Exposures per acquisition batch (one Dagster partition).
     batch_window_seconds : float
         A partial batch is cut once its oldest ready exposure has waited this long.
+    checksum_seconds_per_tick : float
+        A planning pass checks and hashes new ready files for about this long at most (the file under way
+        is finished); the rest wait, still ready, for the next passes, so a backlog of multi-GB movies
+        never runs a sensor tick past Dagster's 60 s limit.  A file is hashed once per (path, size,
+        mtime): the checksum is kept in the warehouse until the file is in a manifest, which carries it.
     """
 
     root: str
@@ -119,6 +127,7 @@ class MicroscopeStorage(dg.ConfigurableResource):
     truncated_after_seconds: float = 600.0
     max_batch_size: int = 50
     batch_window_seconds: float = 300.0
+    checksum_seconds_per_tick: float = 20.0
 
     def session_dirs(self) -> list[Path]:
         root = Path(self.root)
@@ -126,53 +135,75 @@ class MicroscopeStorage(dg.ConfigurableResource):
             return []
         return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def scan(self) -> StorageScan:
-        """Every file matching the patterns, and every folder that could not be listed.
+    def scan(self, skip: Set[str] = frozenset()) -> StorageScan:
+        """Every file matching the patterns but those in ``skip``, and every folder that could not be listed.
 
-        One walk per session folder; hidden names (``.x.part``, ``.snapshot``) are skipped, symbolic links
-        to folders are followed once (a link loop is cut).  A folder that cannot be listed (permissions,
-        a stale mount) is reported, never skipped in silence: the exposures in it are not pending, they
-        are unseen.
+        One walk per session folder (``os.scandir``: one listing per folder, one ``stat`` per matching
+        file, none for the others nor for a relative path in ``skip``, e.g. files already in a manifest:
+        their size and mtime are not needed); hidden names (``.x.part``, ``.snapshot``) and gain references
+        (``io.gain.is_gain_reference_name``: ``*gain``, ``*gain*ref*``, ``CountRef*``, ``SuperRef*``) are
+        skipped, symbolic links to folders are followed once (a link loop is cut).  A folder that cannot be
+        listed (permissions, a stale mount) is reported, never skipped in silence: the exposures in it are not
+        pending, they are unseen.  Files come folder by folder, depth first, names sorted.
         """
         root = Path(self.root)
-        patterns = [_pattern_regex(p) for p in self.patterns]
+        matches = re.compile("|".join(f"(?:{_pattern_regex(p).pattern})" for p in self.patterns)).match
         files: list[FileObservation] = []
         unreadable: list[UnreadableFolder] = []
         for session_dir in self.session_dirs():
             session = session_dir.name
-
-            def report(error: OSError, session: str = session, session_dir: Path = session_dir) -> None:
-                folder = Path(error.filename or session_dir)
-                unreadable.append(UnreadableFolder(str(folder.relative_to(root)), session, str(error)))
-
             visited: set[tuple[int, int]] = set()
-            for folder, subfolders, names in os.walk(session_dir, onerror=report, followlinks=True):
+            folders = [(str(session_dir), "")]  # (path, its path relative to the session folder + "/")
+            while folders:
+                folder, prefix = folders.pop()
+                try:
+                    with os.scandir(folder) as listing:
+                        entries = list(listing)
+                except OSError as error:
+                    where = Path(error.filename or folder)
+                    unreadable.append(UnreadableFolder(str(where.relative_to(root)), session, str(error)))
+                    continue
                 try:
                     folder_info = os.stat(folder)
                 except OSError:  # vanished while walking: seen again next tick if it returns
-                    subfolders[:] = []
                     continue
                 if (folder_info.st_dev, folder_info.st_ino) in visited:
-                    subfolders[:] = []
                     continue
                 visited.add((folder_info.st_dev, folder_info.st_ino))
-                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-                prefix = os.path.relpath(folder, session_dir)
-                for name in sorted(names):
-                    relative = name if prefix == "." else f"{prefix}/{name}"
-                    if name.startswith(".") or not any(p.match(relative) for p in patterns):
-                        continue
-                    path = Path(folder) / name
+                subfolders: list[str] = []
+                names: dict[str, os.DirEntry[str]] = {}
+                for entry in entries:
                     try:
-                        info = path.stat()
+                        is_folder = entry.is_dir()  # follows a link, like os.walk(followlinks=True)
+                    except OSError:
+                        is_folder = False
+                    if is_folder:
+                        subfolders.append(entry.name)
+                    else:
+                        names[entry.name] = entry
+                for name in sorted(names):
+                    relative = prefix + name
+                    if (
+                        name.startswith(".")
+                        or not matches(relative)
+                        or is_gain_reference_name(name)  # a gain reference beside the data is not an exposure
+                        or f"{session}/{relative}" in skip
+                    ):
+                        continue
+                    try:
+                        info = names[name].stat()  # follows a link to the file
                     except OSError:
                         continue  # vanished between listing and stat: seen again next tick if it returns
                     if stat.S_ISREG(info.st_mode):
                         files.append(
                             FileObservation(
-                                str(path.relative_to(root)), session, info.st_size, info.st_mtime, info.st_ctime
+                                f"{session}/{relative}", session, info.st_size, info.st_mtime, info.st_ctime
                             )
                         )
+                folders.extend(
+                    (os.path.join(folder, d), f"{prefix}{d}/")
+                    for d in sorted((d for d in subfolders if not d.startswith(".")), reverse=True)
+                )
         return StorageScan(tuple(files), tuple(unreadable))
 
     def absolute(self, relative_path: str) -> Path:

@@ -179,6 +179,25 @@ def _features(boxes: torch.Tensor, n_rings: int) -> torch.Tensor:
 DISTANCE_ROUNDING = 1e-5
 
 
+def gaussian_low_pass(
+    images: npt.NDArray[np.floating], pixel_size_angstrom: float, resolution_angstrom: float
+) -> FloatArray:
+    """Gaussian low-pass of images (..., n, m): T(k) = exp(−½ (k · d)²), e^(−½) at k = 1/d, d = ``resolution_angstrom``.
+
+    Brings images of different resolution (a clean reference projection, a class average) to one common
+    resolution before they are embedded, so that their distance measures shape, not sharpness.
+    """
+    data = np.asarray(images, dtype=np.float64)
+    if not (math.isfinite(pixel_size_angstrom) and pixel_size_angstrom > 0):
+        raise ValueError(f"pixel_size_angstrom must be positive, got {pixel_size_angstrom}")
+    if not (math.isfinite(resolution_angstrom) and resolution_angstrom > 0):
+        raise ValueError(f"resolution_angstrom must be positive, got {resolution_angstrom}")
+    ky = np.fft.fftfreq(data.shape[-2], d=pixel_size_angstrom)[:, None]
+    kx = np.fft.rfftfreq(data.shape[-1], d=pixel_size_angstrom)[None, :]
+    transfer = np.exp(-0.5 * (ky**2 + kx**2) * resolution_angstrom**2)
+    return np.asarray(np.fft.irfft2(np.fft.rfft2(data) * transfer, s=data.shape[-2:]), dtype=np.float64)
+
+
 def novelty_score(
     query_nn_distances: npt.NDArray[np.floating], library_nn_distances: npt.NDArray[np.floating]
 ) -> float:

@@ -5,7 +5,9 @@ total exposure and a 200/300 kV voltage are known, dose-weighted with the critic
 Grant & Grigorieff (2015, eLife 4:e06980); the aligned sum is the micrograph every later step reads.
 Detector and ice artifacts are then removed (``artifacts.remove_artifacts``).  The optics come from the
 session description where one exists, else from the exposure's own record
-(``exposure.microscope_from_record``); the pixel size is always the image's.
+(``exposure.microscope_from_record``); the session's settings (``io.session_settings``) override voltage,
+C_s and amplitude contrast, and give the particle diameter; the pixel size is always the image's (a pixel
+size override is applied where the exposure is read, ``layout.read_exposure``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cryodecon_science.io.errors import CorruptHeaderError
 from cryodecon_science.io.layout import RawExposure
 from cryodecon_science.io.mrc import Micrograph
 from cryodecon_science.io.session import SessionMetadata, exposure_name
+from cryodecon_science.io.session_settings import SessionSettings
 from cryodecon_science.metadata import ExposureMetadata
 from cryodecon_science.motion import AccumulatedMotion, MotionCorrection, accumulated_motion, align_movie
 
@@ -143,8 +146,12 @@ def prepare_exposure(
     artifact_steps: tuple[str, ...],
     device: torch.device | str,
     patch_grid: tuple[int, ...] = (),
+    settings: SessionSettings | None = None,
 ) -> PreparedExposure:
     """Motion-correct (movies), remove artifacts and attach optics, dose and defocus (module docstring).
+
+    ``settings``: the session's settings; their optics overrides and particle diameter win over the
+    session description and the exposure's record.
 
     Raises
     ------
@@ -165,6 +172,9 @@ def prepare_exposure(
     else:
         dose, voltage = record.dose.total_dose_e_per_angstrom2, record.optics.voltage_kv
         nominal_defocus = record.optics.nominal_defocus_angstrom
+    overrides = settings.optics_overrides if settings is not None else None
+    if overrides is not None and overrides.voltage_kv is not None:
+        voltage = overrides.voltage_kv
     motion = None
     n_frames = 1
     if is_movie:
@@ -180,6 +190,16 @@ def prepare_exposure(
         if session_metadata is not None
         else microscope_from_record(record, raw.pixel_size_angstrom)
     )
+    if overrides is not None:
+        replaced = {
+            key: value
+            for key in ("voltage_kv", "spherical_aberration_mm", "amplitude_contrast_fraction")
+            if (value := getattr(overrides, key)) is not None
+        }
+        microscope = dataclasses.replace(microscope, **replaced) if replaced else microscope
+    diameter = session_metadata.particle_diameter_angstrom if session_metadata else None
+    if settings is not None and settings.particle_diameter_angstrom is not None:
+        diameter = settings.particle_diameter_angstrom
     drift_px = float(motion.correction.total_drift_px) if motion is not None else None
     exposure = Exposure(
         micrograph=micrograph,
@@ -196,6 +216,6 @@ def prepare_exposure(
             if motion is not None and motion.correction.dose_weighted_sum is not None
             else None
         ),
-        particle_diameter_angstrom=session_metadata.particle_diameter_angstrom if session_metadata else None,
+        particle_diameter_angstrom=diameter,
     )
     return PreparedExposure(exposure, n_frames, motion, corrections)

@@ -14,7 +14,7 @@ in s; timestamps as ISO 8601 strings in UTC.
 
 ``flatten_metadata`` gives one warehouse row (``section_field`` columns), ``metadata_to_json`` /
 ``metadata_from_json`` a lossless JSON round trip.  ``SCHEMA_VERSION`` changes whenever a field is
-renamed or its unit changes.
+renamed or its unit changes; a field added with default None keeps it (older records read with it None).
 """
 
 from __future__ import annotations
@@ -88,6 +88,23 @@ class DetectorMetadata:
         Super-resolution factor the acquisition used (1 = none).
     electron_counting : bool or None
         Whether the detector counted electrons.
+    gain_reference_path : str or None
+        The gain reference applied to the frames (None: none applied, the frames taken as normalised).
+    gain_reference_sha256 : str or None
+        SHA-256 of that file's bytes.
+    gain_reference_origin : str or None
+        How it was chosen (``io.gain_discovery``): "settings", "mdoc" or "beside_data".
+    gain_rotate_quarter_turns_ccw : int or None
+        MotionCor2 ``-RotGain`` applied to the reference (0–3).
+    gain_flip : str or None
+        MotionCor2 ``-FlipGain`` applied after the rotation: "none", "upside_down" or "left_right".
+    gain_convention : str or None
+        "multiply" (corrected = raw × gain) or "divide" (raw / gain; inverted on reading).
+    defect_list_path : str or None
+        The defect list (``x y`` per line) applied, if any.
+    defect_pixels : int or None
+        Detector pixels replaced as defects on reading: the reference's unusable pixels, the defect list's
+        and any hot pixels detected (None where no defect correction ran).
     """
 
     camera_name: str | None = None
@@ -97,6 +114,14 @@ class DetectorMetadata:
     binning: float | None = None
     super_resolution_factor: int | None = None
     electron_counting: bool | None = None
+    gain_reference_path: str | None = None
+    gain_reference_sha256: str | None = None
+    gain_reference_origin: str | None = None
+    gain_rotate_quarter_turns_ccw: int | None = None
+    gain_flip: str | None = None
+    gain_convention: str | None = None
+    defect_list_path: str | None = None
+    defect_pixels: int | None = None
 
 
 @dataclass(frozen=True)

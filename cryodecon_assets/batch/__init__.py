@@ -13,6 +13,7 @@ micrographs and replaces only their rows and files.
 
 from cryodecon_assets.batch.classes import classes_2d
 from cryodecon_assets.batch.ctf import ctf_estimates
+from cryodecon_assets.batch.curation import exposure_curation
 from cryodecon_assets.batch.evaluation import evaluation_scores
 from cryodecon_assets.batch.particles import particle_picks, particles, region_graph
 from cryodecon_assets.batch.priors import causal_priors
@@ -39,6 +40,7 @@ BATCH_ASSETS = [
     particles,
     region_graph,
     classes_2d,
+    exposure_curation,
     evaluation_scores,
     quality_scores,
     hyperscores,

@@ -7,8 +7,16 @@ have no classes yet) starts reference-free.  An unreadable earlier state fails t
 ``ClassStateError`` naming the file, before anything of the batch is written.  The averages, the
 selection with its reasons and where each particle went are recorded (``particle_classes``, and
 ``<outputs>/star/<batch>/particles_classified.star``: the batch's particles.star with rlnClassNumber); the
-gallery is in the materialization metadata.  The asset's value is, per micrograph, the class number (from
-1) of each of its particles in stack order.
+gallery is in the materialization metadata.
+
+Novelty on classes: each class average is embedded (``embed_class_images``) and compared with the class
+library (LanceDB table ``class_averages``: reference views of known structures and the good classes of other
+sessions, as known when the batch was cut); its calibrated novelty goes into the ``classes_2d`` table, the
+batch's (the particle-weighted mean over the selected classes) into the metadata.  The session's selected
+classes then replace the session's entries in the library (key ``session-<session>``), unless a later batch of
+the session has classes already (a rerun of an older batch does not roll the library back).
+
+The asset's value is, per micrograph, the class number (from 1) of each of its particles in stack order.
 """
 
 import dataclasses
@@ -20,10 +28,11 @@ import numpy as np
 
 from cryodecon_assets.batch.common import GROUP, load_manifest
 from cryodecon_assets.batch.figures import class_gallery, picture_data_uri
+from cryodecon_assets.intake.batching import BatchManifest, safe_session
 from cryodecon_assets.partitions import acquisition_batches
-from cryodecon_resources import OutputStore, PickingSettings, ScoreWarehouse, TorchDevice
+from cryodecon_resources import OutputStore, PickingSettings, ScoreWarehouse, StructureLibrary, TorchDevice
 from cryodecon_resources.tables import tables_metadata
-from cryodecon_science.classification import Classification2DConfig
+from cryodecon_science.classification import Classification2DConfig, ClassNovelty, class_novelty, embed_class_images
 from cryodecon_science.classification.batches import (
     CLASSIFICATION_BOX_PX,
     BatchClassification,
@@ -48,6 +57,65 @@ def state_before(outputs: OutputStore, session: str, sequence: int) -> Path | No
     return max(earlier)[1] if earlier else None
 
 
+def has_later_state(outputs: OutputStore, session: str, sequence: int) -> bool:
+    """Whether a batch of the session with a higher sequence number has classes already."""
+    return any(
+        int(p.stem.split("-")[1]) > sequence for p in outputs.session_path(session, STATE_FOLDER).glob("after-*.pt")
+    )
+
+
+def library_key(session: str) -> str:
+    """The class library's batch key of a session's classes."""
+    return f"session-{safe_session(session)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownClasses:
+    """Each class's nearest known entry and its novelty."""
+
+    novelty: ClassNovelty
+    nearest_distance: np.ndarray
+    nearest_structure: list[str | None]
+    embeddings: np.ndarray
+
+
+def compare_with_library(
+    class_library: StructureLibrary, result: BatchClassification, manifest: BatchManifest, device: Any
+) -> KnownClasses:
+    """Novelty of the classes against the class library as known at the batch's cut, other sessions only."""
+    embeddings = embed_class_images(result.averages, result.state.pixel_size_angstrom, device=device)
+    filled = np.flatnonzero(np.linalg.norm(embeddings, axis=1) > 0)  # an empty class embeds as zero
+    distance = np.full(len(embeddings), np.nan)
+    nearest: list[str | None] = [None] * len(embeddings)
+    if filled.size:
+        found, hits = class_library.nearest(
+            embeddings[filled], k=1, before_s=manifest.cut_at_s, exclude_batch=library_key(manifest.session)
+        )
+        distance[filled] = found[:, 0]
+        for k, h in zip(filled, hits, strict=True):
+            nearest[k] = h[0].structure_id if h else None
+    calibration = class_library.library_nn_distances(before_s=manifest.cut_at_s)
+    s = result.selection
+    novelty = class_novelty(distance, calibration, s.particle_count, s.selected)
+    return KnownClasses(novelty, distance, nearest, embeddings)
+
+
+def register_classes(
+    class_library: StructureLibrary, known: KnownClasses, result: BatchClassification, manifest: BatchManifest
+) -> int:
+    """Replace the session's entries in the class library with its selected classes after this batch."""
+    chosen = np.flatnonzero(result.selection.selected & (np.linalg.norm(known.embeddings, axis=1) > 0))
+    safe = safe_session(manifest.session)
+    return class_library.add_embeddings(
+        known.embeddings[chosen],
+        [f"{safe}:class-{k + 1}" for k in chosen],
+        library_key(manifest.session),
+        manifest.session,
+        [None] * len(chosen),
+        registered_before_s=manifest.cut_at_s,
+    )
+
+
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
@@ -67,6 +135,7 @@ def classes_2d(
     outputs: OutputStore,
     device: TorchDevice,
     picking: PickingSettings,
+    class_library: StructureLibrary,
 ) -> dg.Output[dict[str, np.ndarray]]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
@@ -85,6 +154,7 @@ def classes_2d(
     diameter = particle_picks[names[0]].particle_diameter_angstrom
     config = Classification2DConfig(n_classes=n_classes, particle_diameter_angstrom=diameter)
     result = classify_batch(boxes, rows, previous, config, CLASSIFICATION_BOX_PX, device=device.torch_device())
+    known = compare_with_library(class_library, result, manifest, device.torch_device())
     save_state(result.state, folder / f"after-{manifest.sequence:06d}.pt")
     write_mrc(
         outputs.asset_path("classes_2d", batch, "class_averages.mrcs"),
@@ -98,21 +168,27 @@ def classes_2d(
     star = outputs.star_path(batch, CLASSIFIED_STAR)
     write_particles_star(star, classified, particles[names[0]].box_px)
     held = {
-        "classes_2d": warehouse.write_rows("classes_2d", batch, class_rows(batch, manifest.session, result)),
+        "classes_2d": warehouse.write_rows("classes_2d", batch, class_rows(batch, manifest.session, result, known)),
         "particle_classes": warehouse.write_rows("particle_classes", batch, particle_class_rows(batch, rows, result)),
     }
+    registered = None
+    if not has_later_state(outputs, manifest.session, manifest.sequence):
+        registered = register_classes(class_library, known, result, manifest)
     bounds = np.cumsum([0] + [particles[n].n_particles for n in names])
     numbers = result.assignments.class_index + 1
     per_micrograph = {n: numbers[bounds[i] : bounds[i + 1]] for i, n in enumerate(names)}
     metadata = {
-        **classes_metadata(result, len(rows), previous_path),
+        **classes_metadata(result, len(rows), previous_path, known),
+        "class_library_entries_of_session": registered
+        if registered is not None
+        else "unchanged (a later batch has classes)",
         "classified_star": dg.MetadataValue.path(str(star)),
         **tables_metadata(held),
     }
     return dg.Output(per_micrograph, metadata=metadata)
 
 
-def class_rows(batch: str, session: str, result: BatchClassification) -> list[dict[str, Any]]:
+def class_rows(batch: str, session: str, result: BatchClassification, known: KnownClasses) -> list[dict[str, Any]]:
     """The ``classes_2d`` table: one row per class of the session after this batch."""
     s = result.selection
     batch_counts = np.bincount(result.assignments.class_index, minlength=len(s.selected))
@@ -129,6 +205,9 @@ def class_rows(batch: str, session: str, result: BatchClassification) -> list[di
             "contrast": float(s.contrast[k]),
             "selected": bool(s.selected[k]),
             "reasons": ";".join(s.reasons[k]),
+            "novelty": float(known.novelty.per_class[k]),  # NaN: an empty class
+            "nearest_known": known.nearest_structure[k],
+            "nearest_known_distance": float(known.nearest_distance[k]),
         }
         for k in range(len(s.selected))
     ]
@@ -153,18 +232,26 @@ def particle_class_rows(batch: str, rows: list[Any], result: BatchClassification
     ]
 
 
-def classes_metadata(result: BatchClassification, n_batch: int, previous: Path | None) -> dict[str, Any]:
+def classes_metadata(
+    result: BatchClassification, n_batch: int, previous: Path | None, known: KnownClasses
+) -> dict[str, Any]:
     s = result.selection
-    table = ["| class | particles | resolution Å | selected | failed rules |", "|---|---|---|---|---|"]
+    table = [
+        "| class | particles | resolution Å | selected | failed rules | novelty | nearest known |",
+        "|---|---|---|---|---|---|---|",
+    ]
     table += [
         f"| {k + 1} | {int(s.particle_count[k])} | {s.resolution_0143_angstrom[k]:.1f} | "
-        f"{'yes' if s.selected[k] else 'no'} | {', '.join(s.reasons[k]) or '–'} |"
+        f"{'yes' if s.selected[k] else 'no'} | {', '.join(s.reasons[k]) or '–'} | "
+        f"{known.novelty.per_class[k]:.2f} | {known.nearest_structure[k] or '–'} |"
         for k in range(len(s.selected))
     ]
     return {
         "particles_this_batch": n_batch,
         "particles_in_classes": int(s.particle_count.sum()),
+        "particles_retired": result.state.retired_count,
         "classes_selected": int(s.selected.sum()),
+        "class_novelty": None if np.isnan(known.novelty.batch) else float(known.novelty.batch),
         "particles_in_selected_classes": int(s.particle_count[s.selected].sum()),
         "started_from": dg.MetadataValue.path(str(previous)) if previous else "reference-free (first batch)",
         "gallery": dg.MetadataValue.md(

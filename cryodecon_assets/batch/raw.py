@@ -1,6 +1,7 @@
 """``raw_micrographs``: each manifest file read (movies motion-corrected), its metadata recorded."""
 
 import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cryodecon_assets.batch.common import (
     warning_check,
 )
 from cryodecon_assets.batch.figures import thumbnails_markdown, trajectories_markdown
+from cryodecon_assets.batch.session_inputs import SETTINGS_TABLE, SessionInputs
 from cryodecon_assets.intake.batching import BatchManifest, ManifestFile
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import (
@@ -26,6 +28,7 @@ from cryodecon_resources import (
     OutputStore,
     RestorationSettings,
     ScoreWarehouse,
+    SessionSettingsConfig,
     TorchDevice,
 )
 from cryodecon_resources.storage import sha256_of_file
@@ -33,7 +36,6 @@ from cryodecon_resources.tables import tables_metadata
 from cryodecon_science.exposure import FALLBACK_VOLTAGE_KV, Exposure
 from cryodecon_science.ingest import MovieMotion, PreparedExposure, prepare_exposure
 from cryodecon_science.io.errors import InputFileError
-from cryodecon_science.io.layout import read_exposure
 from cryodecon_science.io.mrc import write_mrc
 from cryodecon_science.io.session import SessionMetadata, SessionMetadataError, read_session_metadata
 from cryodecon_science.metadata import flatten_metadata, metadata_to_json
@@ -200,6 +202,22 @@ def raw_checks(
     )
 
 
+def check_unchanged_since_cut(path: Path, entry: ManifestFile) -> None:
+    """Raise ``ChangedSinceCutError`` unless ``path`` still holds the bytes the manifest's checksum is of.
+
+    Same size and mtime as when the sensor hashed it: not hashed again (the sensor's hash was taken with
+    that size and mtime before and after the read).  Another size: changed, without reading it.  Another
+    mtime (touched, or re-copied) or a manifest without mtime: hashed again and compared.
+    """
+    info = os.stat(path)
+    if info.st_size != entry.size_bytes:
+        raise ChangedSinceCutError(path, f"size {info.st_size} differs from the batch manifest's {entry.size_bytes}")
+    if entry.mtime_s is not None and info.st_mtime == entry.mtime_s:
+        return
+    if sha256_of_file(path) != entry.sha256:
+        raise ChangedSinceCutError(path, "checksum differs from the batch manifest")
+
+
 def remove_stale_sums(folder: Path, kept: set[str]) -> None:
     """After a full run of a batch: drop the sums of movies no longer in its output (quarantined on rerun)."""
     for path in folder.glob("*.mrc") if folder.is_dir() else []:
@@ -266,7 +284,9 @@ def write_motion_star(warehouse: ScoreWarehouse, outputs: OutputStore, batch: st
         ),
     ],
     description="Exposures of the batch's frozen manifest, read and verified (MRC, TIFF, EER; metadata "
-    "record from header + sidecar); movies motion-corrected (global alignment with the movie's own "
+    "record from header + sidecar); movies gain-corrected with the session's gain reference (quarantined "
+    "where one is needed and missing; the session's settings versioned in `session_settings`) and "
+    "motion-corrected (global alignment with the movie's own "
     "signal-to-noise weighting; the aligned sum is this asset, what CTF fitting reads) and, when their dose "
     "is known, dose-weighted (Grant & Grigorieff); the _DW/_EVN/_ODD sums go to `motion_corrected/<batch>/` "
     "with RELION's `corrected_micrographs.star` and one row per movie in `motion_corrections`; detector and "
@@ -281,11 +301,14 @@ def raw_micrographs(
     restoration: RestorationSettings,
     outputs: OutputStore,
     motion: MotionSettings,
+    session_settings: SessionSettingsConfig,
 ) -> Iterable[dg.Output[dict[str, Exposure]] | dg.AssetCheckResult]:
     batch = context.partition_key
     manifest = load_manifest(warehouse, batch)
     chosen = selection(context)
     session_metadata = session_description(Path(microscope_storage.root) / manifest.session, context.log)
+    # The session's settings (gain, optics overrides, particle diameter), resolved once; a bad document fails the run.
+    inputs = SessionInputs.for_session(session_settings, microscope_storage.root, manifest.session)
     sums_folder = outputs.asset_path("motion_corrected", batch)
     exposures: dict[str, Exposure] = {}
     prepared: dict[str, tuple[ManifestFile, PreparedExposure]] = {}
@@ -293,10 +316,9 @@ def raw_micrographs(
     for entry in (f for f in manifest.files if chosen is None or f.name in chosen):
         path = microscope_storage.absolute(entry.relative_path)
         try:
-            if sha256_of_file(path) != entry.sha256:
-                raise ChangedSinceCutError(path, "checksum differs from the batch manifest")
+            check_unchanged_since_cut(path, entry)
             ready = prepare_exposure(
-                read_exposure(path),  # any format; header + sidecar merged, announced frames checked
+                inputs.read(path),  # any format; header + sidecar merged, frames checked, gain applied
                 entry.name,
                 entry.kind == "movie",
                 manifest.session,
@@ -304,6 +326,7 @@ def raw_micrographs(
                 tuple(restoration.artifact_steps),
                 device.torch_device(),
                 tuple(motion.patch_grid),
+                inputs.settings,
             )
             if ready.motion is not None:
                 write_motion_sums(sums_folder, entry.name, ready.motion, ready.exposure.pixel_size_angstrom)
@@ -315,9 +338,13 @@ def raw_micrographs(
         exposures[entry.name] = ready.exposure
         prepared[entry.name] = (entry, ready)
     tables = exposure_tables(batch, manifest, prepared)
+    inputs.stamp(tables)
     held = {
         table: warehouse.write_rows(table, batch, rows, replace_micrographs=chosen) for table, rows in tables.items()
     }
+    held[SETTINGS_TABLE] = inputs.record(
+        warehouse, batch, manifest.session, len(prepared), context.run.run_id, whole_batch=chosen is None
+    )
     if chosen is None:
         remove_stale_sums(sums_folder, set(exposures))
     # RELION's corrected_micrographs.star over the whole batch (a selective rerun keeps the other movies' rows).

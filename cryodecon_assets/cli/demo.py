@@ -62,7 +62,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     graph_folder = ensure_citation_graph(Path(resources.scoring.citation_graph_path), seed=args.seed)
     papers = established_papers(read_citation_graph(graph_folder))
-    added = ensure_reference_library(resources.structure_library, config, seed=args.seed, papers=papers)
+    added = ensure_reference_library(
+        resources.structure_library, config, seed=args.seed, papers=papers, class_library=resources.class_library
+    )
     if added:
         print(f"[demo] seeded the structure library with {added} reference projections")
     instance, defs = instance_and_definitions(settings)
@@ -111,7 +113,8 @@ def print_particles(warehouse: ScoreWarehouse, outputs_root: Path) -> None:
     print(f"[demo] RELION particles.star of the session: {outputs_root / 'sessions' / DEMO_SESSION / 'particles.star'}")
     classes = warehouse.query(
         "SELECT batch, count(*) AS classes, count(*) FILTER (WHERE selected) AS selected, sum(particles) AS particles, "
-        "sum(particles) FILTER (WHERE selected) AS kept, median(resolution_angstrom) FILTER (WHERE selected) AS res "
+        "sum(particles) FILTER (WHERE selected) AS kept, median(resolution_angstrom) FILTER (WHERE selected) AS res, "
+        "sum(novelty * particles) FILTER (WHERE selected) / sum(particles) FILTER (WHERE selected) AS novelty "
         "FROM classes_2d WHERE session = ? GROUP BY batch ORDER BY batch",
         [DEMO_SESSION],
     )
@@ -120,5 +123,6 @@ def print_particles(warehouse: ScoreWarehouse, outputs_root: Path) -> None:
         resolution = "–" if row.res is None or row.res != row.res else f"{row.res:.0f} Å"
         print(
             f"  {row.batch}: {row.classes} classes of {int(row.particles)} particles; {row.selected} selected "
-            f"({int(row.kept or 0)} particles, median resolution {resolution})"
+            f"({int(row.kept or 0)} particles, median resolution {resolution}, class novelty "
+            f"{'–' if row.novelty is None or row.novelty != row.novelty else f'{row.novelty:.2f}'})"
         )

@@ -82,10 +82,10 @@ def cmd_library(args: argparse.Namespace) -> int:
         if callable(index_info):
             print(f"index: {index_info()}")
         return 0
-    return _library_seed(args, library, resources.picking.particle_diameter_angstrom)
+    return _library_seed(args, library, resources.class_library, resources.picking.particle_diameter_angstrom)
 
 
-def _library_seed(args: argparse.Namespace, library, default_diameter_angstrom: float) -> int:  # type: ignore[no-untyped-def]
+def _library_seed(args: argparse.Namespace, library, class_library, default_diameter_angstrom: float) -> int:  # type: ignore[no-untyped-def]
     from cryodecon_assets.facility.references import REFERENCE_RESOLUTION_ANGSTROM, seed_library_from_maps
     from cryodecon_science.embedding import WORK_BOX_PX
     from cryodecon_science.io.mrc import InputFileError
@@ -111,7 +111,16 @@ def _library_seed(args: argparse.Namespace, library, default_diameter_angstrom: 
     device = resolve_device(args.device)
     try:
         added = seed_library_from_maps(
-            library, maps, structure_ids, paper_ids, pixel, diameter, args.projections, args.seed, device=device
+            library,
+            maps,
+            structure_ids,
+            paper_ids,
+            pixel,
+            diameter,
+            args.projections,
+            args.seed,
+            device=device,
+            class_library=class_library,
         )
     except (InputFileError, ValueError, OSError) as exc:
         print(f"cryodecon library seed: {exc}", file=sys.stderr)

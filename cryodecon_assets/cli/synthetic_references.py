@@ -15,7 +15,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from cryodecon_assets.facility.references import EDGES, NODES, reference_embeddings
+from cryodecon_assets.facility.references import EDGES, NODES, reference_embeddings, seed_class_views
 from cryodecon_resources import StructureLibrary
 from cryodecon_science.io.citations import write_citation_graph
 from cryodecon_science.picking import particle_box_px
@@ -51,6 +51,7 @@ def ensure_reference_library(
     seed: int = 0,
     projections_per_structure: int = 12,
     papers: Sequence[str] | None = None,
+    class_library: StructureLibrary | None = None,
 ) -> int:
     """Seed the library with projections of every simulated structure but the last (the unseen one).
 
@@ -59,9 +60,12 @@ def ensure_reference_library(
     ``synthetic-<k>`` in ``generate_citation_graph``'s numbering).  Returns the number of
     entries added (0 when the library already holds references).  The projections are rendered from the
     pseudo-atoms directly (``project_structure``), not through a map; ``seed_library_from_maps`` is the
-    route for real reference maps.
+    route for real reference maps.  With ``class_library`` (seeded when empty), the same projections are
+    registered there as known class views (``seed_class_views``), for the novelty of 2D classes.
     """
-    if library.count() > 0:
+    seed_particles = library.count() == 0
+    seed_classes = class_library is not None and class_library.count() == 0
+    if not (seed_particles or seed_classes):
         return 0
     structures = make_structures(config.n_structures, config.particle_diameter_angstrom, config.structure_seed)
     rng = np.random.default_rng(seed)
@@ -77,6 +81,13 @@ def ensure_reference_library(
             structure_ids.append(f"structure-{structure.structure_id}")
             paper_ids.append(paper)
     if not projections:
+        return 0
+    if seed_classes:
+        assert class_library is not None
+        seed_class_views(
+            class_library, np.stack(projections), config.pixel_size_angstrom, box, structure_ids, paper_ids
+        )
+    if not seed_particles:
         return 0
     embeddings = reference_embeddings(np.stack(projections), config.pixel_size_angstrom, box)
     return library.seed_reference_structures(embeddings, structure_ids, paper_ids)

@@ -19,7 +19,8 @@ import torch
 
 from cryodecon_resources import OutputStore, ScoringSettings, StructureLibrary
 from cryodecon_resources.structure_library import REFERENCE_BATCH_KEY
-from cryodecon_science.embedding import embed_particles
+from cryodecon_science.classification.embedding import embed_class_images
+from cryodecon_science.embedding import embed_particles, gaussian_low_pass
 from cryodecon_science.impact import ImpactGraph, ImpactModel, train_impact_model
 from cryodecon_science.io.citations import read_citation_graph
 from cryodecon_science.io.impact_model import load_impact_model, save_impact_model
@@ -75,14 +76,6 @@ def load_citation_graph(scoring: ScoringSettings) -> nx.DiGraph | None:
     return read_citation_graph(folder)
 
 
-def _low_pass(image: np.ndarray, pixel_size_angstrom: float, resolution_angstrom: float) -> np.ndarray:
-    ky = np.fft.fftfreq(image.shape[0], d=pixel_size_angstrom)[:, None]
-    kx = np.fft.rfftfreq(image.shape[1], d=pixel_size_angstrom)[None, :]
-    sigma = 1.0 / resolution_angstrom  # Gaussian roll-off reaching e^-1/2 at the target resolution
-    transfer = np.exp(-0.5 * (ky**2 + kx**2) / sigma**2)
-    return np.fft.irfft2(np.fft.rfft2(image) * transfer, s=image.shape)
-
-
 def _centred_boxes(images: np.ndarray, box_px: int) -> np.ndarray:
     """Crop or zero-pad images (m, n, n) about their centre pixel n//2 to (m, box_px, box_px), centre box_px//2."""
     n = images.shape[-1]
@@ -106,7 +99,7 @@ def reference_embeddings(
     ``embed_particles``.
     """
     boxes = _centred_boxes(np.asarray(projections, dtype=np.float64), box_px)
-    filtered = np.stack([_low_pass(b, pixel_size_angstrom, REFERENCE_RESOLUTION_ANGSTROM) for b in boxes])
+    filtered = gaussian_low_pass(boxes, pixel_size_angstrom, REFERENCE_RESOLUTION_ANGSTROM)
     return embed_particles(np.asarray(filtered, dtype=np.float32), device=device)
 
 
@@ -128,6 +121,7 @@ def seed_library_from_maps(
     projections_per_map: int = 50,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    class_library: StructureLibrary | None = None,
 ) -> int:
     """Register reference maps (MRC volumes) in the structure library as embeddings of their projections.
 
@@ -169,6 +163,9 @@ def seed_library_from_maps(
         Seed of the orientations.
     device : torch.device or str
         Where projection and embedding run.
+    class_library : StructureLibrary or None
+        Where the same projections are registered as known class views (``seed_class_views``), for the
+        novelty of 2D classes; same batch keys.
 
     Returns
     -------
@@ -223,4 +220,39 @@ def seed_library_from_maps(
             [paper_id] * projections_per_map,
             registered_before_s=0.0,
         )
+        if class_library is not None:
+            n = len(projections)
+            seed_class_views(
+                class_library,
+                projections,
+                pixel_size_angstrom,
+                box,
+                [structure_id] * n,
+                [paper_id] * n,
+                batch_key,
+                device,
+            )
     return added
+
+
+def seed_class_views(
+    class_library: StructureLibrary,
+    projections: np.ndarray,
+    pixel_size_angstrom: float,
+    box_px: int,
+    structure_ids: Sequence[str],
+    paper_ids: Sequence[str | None],
+    batch_key: str = REFERENCE_BATCH_KEY,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Register known structures' projections (n, m, m) in the class library, embedded as class averages are.
+
+    A clean projection is what a perfect class average of that view looks like: cut to the particle box
+    (the class averages' field of view) and embedded with ``embed_class_images`` (common low-pass).  Known
+    at any time (``registered_before_s = 0``), session ``"reference"``; idempotent per ``batch_key``.
+    """
+    boxes = _centred_boxes(np.asarray(projections, dtype=np.float64), box_px)
+    embeddings = embed_class_images(boxes, pixel_size_angstrom, device=device)
+    return class_library.add_embeddings(
+        embeddings, structure_ids, batch_key, REFERENCE_BATCH_KEY, paper_ids, registered_before_s=0.0
+    )

@@ -5,12 +5,19 @@ each batch's manifest in the warehouse, registers the batch as a dynamic partiti
 ``process_batch`` for it.  Bad files never stop it: a corrupt or truncated file is recorded in the
 warehouse table ``quarantine`` with its reason and skipped; the rest of the tick goes on.
 
+Each settled file is hashed once per (relative path, size, mtime): the checksums of files not yet in a
+manifest are kept in the warehouse document ``checksums/unassigned`` (``batching.Checksums``), read and
+rewritten under the manifest lock, and dropped once the file is in a manifest (which carries the checksum
+and the mtime it was taken at, for the run) or gone.  A pass hashes for at most
+``checksum_seconds_per_tick``, so a backlog is hashed over several ticks, each within Dagster's time limit.
+
 The sweep schedule catches what a tick could not finish: files the sensor never saw complete (e.g. it was
 stopped), manifests whose partition was never registered (a crash between the two writes) and partitions
 whose HyperScores were never materialised with no run under way (a run that died).
 """
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,8 +26,10 @@ from typing import Any
 import dagster as dg
 
 from cryodecon_assets.intake.batching import (
+    CHECKSUMS,
     MANIFESTS,
     BatchManifest,
+    Checksums,
     Plan,
     PlanState,
     plan_batches,
@@ -28,10 +37,11 @@ from cryodecon_assets.intake.batching import (
 )
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
-from cryodecon_resources.storage import UnreadableFolder, sha256_of_file
+from cryodecon_resources.storage import FileObservation, StorageScan, UnreadableFolder, sha256_of_file
 from cryodecon_science.io.session import exposure_name
 
 PROCESS_JOB = "process_batch"
+UNASSIGNED = "unassigned"  # the ``checksums`` document of files not yet in a manifest
 
 
 @dataclass(frozen=True)
@@ -44,21 +54,52 @@ class Ledger:
     manifests: list[BatchManifest]
 
 
+_PARSED: dict[str, tuple[tuple[int, int], BatchManifest]] = {}  # document path -> (mtime_ns, size), manifest
+
+
+def _manifest(
+    warehouse: ScoreWarehouse, key: str, fresh: dict[str, tuple[tuple[int, int], BatchManifest]]
+) -> BatchManifest:
+    """A manifest document, parsed once per process while its file keeps its mtime and size (manifests are
+    created once; one edited by hand is read again), recorded in ``fresh``."""
+    path = str(warehouse.document_path(MANIFESTS, key))
+    try:
+        info = os.stat(path)
+        version = (info.st_mtime_ns, info.st_size)
+    except OSError:
+        version = (-1, -1)
+    parsed = _PARSED.get(path)
+    manifest = (
+        parsed[1]
+        if parsed is not None and parsed[0] == version and version[0] >= 0
+        else BatchManifest.from_document(warehouse.read_document(MANIFESTS, key))
+    )
+    fresh[path] = (version, manifest)
+    return manifest
+
+
 def ledger(warehouse: ScoreWarehouse, sessions: Iterable[str] | None = None) -> Ledger:
-    """The manifests (of ``sessions`` only, when given: keys ``<safe_session>-<sequence>``) as a ledger."""
+    """The manifests (of ``sessions`` only, when given: keys ``<safe_session>-<sequence>``) as a ledger.
+
+    Each tick reads the listing of the manifests; a manifest's file is parsed again only when it changed,
+    and only the manifests of the last call stay parsed in memory.
+    """
+    global _PARSED
     result = Ledger(set(), {}, {}, [])
     keys = warehouse.list_documents(MANIFESTS)
     if sessions is not None:
         prefixes = tuple(f"{safe_session(s)}-" for s in set(sessions))
         keys = [k for k in keys if k.startswith(prefixes)]
+    fresh: dict[str, tuple[tuple[int, int], BatchManifest]] = {}
     for key in keys:
-        manifest = BatchManifest.from_document(warehouse.read_document(MANIFESTS, key))
+        manifest = _manifest(warehouse, key, fresh)
         result.manifests.append(manifest)
         for f in manifest.files:
             result.assigned.add(f.relative_path)
             result.checksums.setdefault(f.sha256, f.relative_path)
         session = safe_session(manifest.session)
         result.next_sequence[session] = max(result.next_sequence.get(session, 1), manifest.sequence + 1)
+    _PARSED = fresh
     return result
 
 
@@ -74,6 +115,43 @@ def _record_set_aside(warehouse: ScoreWarehouse, row: dict[str, Any], micrograph
     warehouse.write_rows("quarantine", _quarantine_key(row["relative_path"]), [{**row, **stage}])
 
 
+def sha256_if_unchanged(storage: MicroscopeStorage, obs: FileObservation) -> str | None:
+    """The file's SHA-256, or None when its size or mtime differ from ``obs`` after the read (it was
+    written to: the digest may mix old and new bytes)."""
+    path = storage.absolute(obs.relative_path)
+    digest = sha256_of_file(path)
+    info = os.stat(path)
+    return digest if (info.st_size, info.st_mtime) == (obs.size_bytes, obs.mtime_s) else None
+
+
+def load_checksums(warehouse: ScoreWarehouse, storage: MicroscopeStorage) -> Checksums:
+    """The stored checksums of unassigned files, hashing for ``checksum_seconds_per_tick`` from now."""
+    try:
+        document = warehouse.read_document(CHECKSUMS, UNASSIGNED)
+    except (FileNotFoundError, ValueError):  # none yet, or unreadable: costs hashing again, nothing else
+        document = {}
+    return Checksums.from_document(
+        document, lambda obs: sha256_if_unchanged(storage, obs), time.monotonic() + storage.checksum_seconds_per_tick
+    )
+
+
+def store_checksums(
+    warehouse: ScoreWarehouse, checksums: Checksums, before: dict[str, Any], scan: StorageScan, assigned: set[str]
+) -> None:
+    """Keep the checksums of files still on storage as they were hashed and in no manifest (and of those
+    in folders this scan could not list); rewrite the document only when that changed from ``before``."""
+    seen = {obs.relative_path: obs for obs in scan.files}
+    unlisted = tuple(f"{folder.relative_path}/" for folder in scan.unreadable_folders)
+    kept = {
+        path: entry
+        for path, entry in checksums.entries.items()
+        if path not in assigned
+        and (path.startswith(unlisted) or (path in seen and checksums.known(seen[path]) is not None))
+    }
+    if kept != before:
+        warehouse.write_document(CHECKSUMS, UNASSIGNED, Checksums(checksums.hash_file, kept).to_document())
+
+
 @dataclass(frozen=True)
 class CutResult:
     plan: Plan
@@ -81,6 +159,7 @@ class CutResult:
     conflicts: list[str]  # batch keys whose manifest already existed: a fault, logged as an error
     unreadable_folders: tuple[UnreadableFolder, ...]  # every folder this pass could not list
     new_unreadable_folders: tuple[UnreadableFolder, ...]  # of those, the ones the previous pass could list
+    hashed: int = 0  # files this pass computed a checksum of
 
 
 def cut_batches(
@@ -94,31 +173,41 @@ def cut_batches(
 
     Reading the ledger, planning and writing the manifests happen under the warehouse's manifest lock,
     so the sensor and the sweep (or two daemons) never plan from the same ledger: a file can be in one
-    manifest only, whatever order each of them sorts ready files in.
+    manifest only, whatever order each of them sorts ready files in.  The checksums of unassigned files
+    are read and stored under the same lock, stored even when the pass fails (each one is a fact).
+    Files already in a manifest before the pass are listed but not ``stat``-ed.
     """
-    scan = storage.scan()
+    sessions = [folder.name for folder in storage.session_dirs()]
+    scan = storage.scan(skip=ledger(warehouse, sessions).assigned)
     with warehouse.lock(MANIFESTS):
-        book = ledger(warehouse, {obs.session for obs in scan.files})
-        plan = plan_batches(
-            scan.files,
-            book.assigned,
-            state,
-            book.next_sequence,
-            now_s,
-            absolute=lambda rel: str(storage.absolute(rel)),
-            checksum=lambda rel: sha256_of_file(storage.absolute(rel)),
-            settle_seconds=settle_seconds,
-            truncated_after_seconds=storage.truncated_after_seconds,
-            max_batch_size=storage.max_batch_size,
-            batch_window_seconds=storage.batch_window_seconds,
-            known_checksums=book.checksums,
-        )
-        created, conflicts = [], []
-        for manifest in plan.new_batches:
-            if warehouse.write_document_once(MANIFESTS, manifest.batch_key, manifest.to_document()):
-                created.append(manifest)
-            else:
-                conflicts.append(manifest.batch_key)
+        book = ledger(warehouse, sessions)
+        checksums = load_checksums(warehouse, storage)
+        before = dict(checksums.entries)
+        created: list[BatchManifest] = []
+        conflicts: list[str] = []
+        try:
+            plan = plan_batches(
+                scan.files,
+                book.assigned,
+                state,
+                book.next_sequence,
+                now_s,
+                absolute=lambda rel: str(storage.absolute(rel)),
+                checksums=checksums,
+                settle_seconds=settle_seconds,
+                truncated_after_seconds=storage.truncated_after_seconds,
+                max_batch_size=storage.max_batch_size,
+                batch_window_seconds=storage.batch_window_seconds,
+                known_checksums=book.checksums,
+            )
+            for manifest in plan.new_batches:
+                if warehouse.write_document_once(MANIFESTS, manifest.batch_key, manifest.to_document()):
+                    created.append(manifest)
+                else:
+                    conflicts.append(manifest.batch_key)
+        finally:
+            in_manifests = book.assigned | {f.relative_path for m in created for f in m.files}
+            store_checksums(warehouse, checksums, before, scan, in_manifests)
     for manifest in created:
         for f in manifest.files:
             warehouse.delete_rows("quarantine", _quarantine_key(f.relative_path))
@@ -132,7 +221,7 @@ def cut_batches(
         row = {"relative_path": folder.relative_path, "session": folder.session, "reason": "unreadable_folder"}
         _record_set_aside(warehouse, {**row, "detail": folder.detail, "size_bytes": None, "seen_at_s": now_s}, None)
     plan.state.unreadable_folders = {path: state.unreadable_folders.get(path, now_s) for path in unreadable}
-    return CutResult(plan, created, conflicts, scan.unreadable_folders, new_folders)
+    return CutResult(plan, created, conflicts, scan.unreadable_folders, new_folders, checksums.computed)
 
 
 def report_cut(log: Any, cut: CutResult) -> None:

@@ -9,11 +9,17 @@ Modules, in the order the data flows:
 * ``resolution``: per-class half-set FRC and the resolution at 0.143 and 0.5.
 * ``selection``: class features (resolution, particle share, centring, mask fit, contrast) and
   :func:`select_classes`, with the rules each rejected class failed.
-* ``embedding``: rotation-invariant embeddings of class averages.
+* ``embedding``: rotation-invariant embeddings of class averages and their novelty against known structures.
 """
 
 from cryodecon_science.classification.ctf import ParticleCtfs, particle_transfer_functions
-from cryodecon_science.classification.embedding import embed_class_averages
+from cryodecon_science.classification.embedding import (
+    CLASS_EMBEDDING_RESOLUTION_ANGSTROM,
+    ClassNovelty,
+    class_novelty,
+    embed_class_averages,
+    embed_class_images,
+)
 from cryodecon_science.classification.geometry import in_plane_angles_deg, rotate_images, soft_circular_mask
 from cryodecon_science.classification.resolution import (
     FRC_CONSERVATIVE_THRESHOLD,
@@ -42,10 +48,12 @@ from cryodecon_science.classification.streaming import (
 )
 
 __all__ = [
+    "CLASS_EMBEDDING_RESOLUTION_ANGSTROM",
     "FRC_CONSERVATIVE_THRESHOLD",
     "FRC_HALF_SET_THRESHOLD",
     "RULES",
     "ClassAssignments",
+    "ClassNovelty",
     "ClassResolution",
     "ClassSelection",
     "Classification2DConfig",
@@ -55,9 +63,11 @@ __all__ = [
     "assign_particles",
     "centre_offset_px",
     "class_averages",
+    "class_novelty",
     "class_resolution",
     "contrast",
     "embed_class_averages",
+    "embed_class_images",
     "frc_resolution",
     "in_plane_angles_deg",
     "mask_fit_fraction",

@@ -55,7 +55,7 @@ def fourier_crop_boxes(boxes: npt.ArrayLike, pixel_size_angstrom: float, box_px:
 
 
 STATE_FORMAT = "cryodecon.classes2d"
-STATE_VERSION = 1
+STATE_VERSION = 2
 _TENSORS = ("numerator", "denominator", "weight")
 _SCALARS = (
     "noise_variance",
@@ -64,6 +64,7 @@ _SCALARS = (
     "batches_seen",
     "pixel_size_angstrom",
     "particle_diameter_angstrom",
+    "retired_count",
 )
 
 
@@ -104,6 +105,7 @@ def load_state(path: str | Path) -> ClassificationState:
             batches_seen=int(scalars["batches_seen"]),
             pixel_size_angstrom=float(scalars["pixel_size_angstrom"]),
             particle_diameter_angstrom=float(scalars["particle_diameter_angstrom"]),
+            retired_count=int(scalars["retired_count"]),
         )
     except (TypeError, ValueError) as exc:
         raise ClassStateError(path, f"the class statistics are not numbers ({exc})") from exc

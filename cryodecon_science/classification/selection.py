@@ -40,8 +40,9 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-MIN_PARTICLE_FRACTION = 0.02
-"""A class with less than 2 % of the particles is too small to judge (and to use)."""
+MIN_EVEN_SHARE_FRACTION = 0.25
+"""A class with less than a quarter of an even share (W_k / Σ W < 0.25 / K) is too small to judge (and to use).
+Relative to 1/K, so that asking for more classes (finer views, each with fewer particles) does not reject good ones."""
 MAX_RESOLUTION_DIAMETER_FRACTION = 0.4
 """A class whose FRC-0.143 resolution is coarser than 0.4 d shows no detail finer than a blob of the particle's size."""
 MAX_CENTRE_OFFSET_DIAMETER_FRACTION = 0.15
@@ -60,7 +61,7 @@ RULES = ("few_particles", "low_resolution", "off_centre", "outside_mask", "low_c
 class SelectionCriteria:
     """Thresholds of the selection rules (module docstring); diameters fractions of the particle diameter d."""
 
-    min_particle_fraction: float = MIN_PARTICLE_FRACTION
+    min_even_share_fraction: float = MIN_EVEN_SHARE_FRACTION
     max_resolution_diameter_fraction: float = MAX_RESOLUTION_DIAMETER_FRACTION
     max_centre_offset_diameter_fraction: float = MAX_CENTRE_OFFSET_DIAMETER_FRACTION
     min_mask_fit_fraction: float = MIN_MASK_FIT_FRACTION
@@ -70,7 +71,7 @@ class SelectionCriteria:
         for name in ("max_resolution_diameter_fraction", "max_centre_offset_diameter_fraction"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("min_particle_fraction", "min_mask_fit_fraction"):
+        for name in ("min_even_share_fraction", "min_mask_fit_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]")
         if not self.min_contrast >= 0:
@@ -191,7 +192,7 @@ def select_classes(state: ClassificationState, criteria: SelectionCriteria | Non
     ratio = contrast(averages, radius_px)
     failed = np.stack(
         [
-            fraction < rules.min_particle_fraction,
+            fraction * len(fraction) < rules.min_even_share_fraction,
             ~(resolution.resolution_0143_angstrom <= rules.max_resolution_diameter_fraction * diameter_angstrom),
             offset > rules.max_centre_offset_diameter_fraction * diameter_px,
             fit < rules.min_mask_fit_fraction,

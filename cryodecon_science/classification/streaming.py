@@ -65,6 +65,17 @@ Moulines 2009, J. R. Stat. Soc. B 71:593) in the spirit of cryoSPARC's streaming
 VDAM, whose mini-batch updates decay older gradients (Kimanius et al. 2021, Biochem. J. 478:4169): γ = 1 is a plain
 running sum, γ < 1 lets particles aligned against early, poor references fade.  :func:`assign_particles` runs the
 E-step alone, against fixed classes.
+
+Class splitting on later batches.  Classes that lose their particles (weight below ``SPLIT_MIN_SHARE`` of the
+mean: typically a few junk classes among many, or a class whose view another class took over) are re-seeded by
+splitting the heaviest class, at most ``SPLIT_MAX_FRACTION`` · K per batch, after the first E-step: the heaviest
+class's members in the batch are turned into its frame, phase-flipped (sign of H) and low-passed to
+``SPLIT_LOW_PASS_FRACTION`` of Nyquist inside the mask, and split at the median of their first principal
+component (the direction of largest variation, i.e. the views the class mixes), as CL2D splits classes
+(Sorzano et al. 2010, J. Struct. Biol. 171:197).  One half moves to the re-seeded class, whose old statistics
+become half of the split class's; the re-seeded class's earlier particles are counted as retired
+(``ClassificationState.retired_count``).  With a fixed K this moves capacity from junk to the views that hold the
+data, so the classes grow finer as particles accumulate.
 """
 
 from __future__ import annotations
@@ -105,6 +116,15 @@ MIN_START_CLASS_SHARE = 0.25
 """On the first batch, a class with less than this fraction of n/K particles is refilled from the largest class."""
 SETTLING_ITERATIONS = 3
 """The last EM iterations on the first batch run without refilling, so that the classes settle."""
+SPLIT_MIN_SHARE = 0.35
+"""On a later batch, a class whose weight (decayed old + this batch) is below this fraction of the mean is re-seeded
+by splitting the heaviest class (module docstring)."""
+SPLIT_MIN_MEMBERS = 20
+"""A class is split only with at least this many members in the batch (each half needs enough to average)."""
+SPLIT_MAX_FRACTION = 0.1
+"""At most this fraction of K (and at least one) classes are re-seeded per batch."""
+SPLIT_LOW_PASS_FRACTION = 0.25
+"""The split's principal component is taken from the members below this fraction of the box's Nyquist ring."""
 MIN_BOX_PX = 16
 """Smallest box edge accepted, pixels."""
 _CHUNK_ELEMENTS = 1 << 24
@@ -137,6 +157,8 @@ class Classification2DConfig:
         E/M passes on each later batch (≥ 1).
     initial_temperature : float
         T_0 ≥ 1 of the deterministic annealing on the first batch (1: none).
+    split_classes : bool
+        Re-seed light classes by splitting the heaviest on later batches (module docstring).
     seed : int
         Seed of the random initial subsets and angles.
     """
@@ -150,6 +172,7 @@ class Classification2DConfig:
     initial_iterations: int = 8
     batch_iterations: int = 2
     initial_temperature: float = 16.0
+    split_classes: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -191,6 +214,9 @@ class ClassificationState:
         Effective number of particles behind ``noise_variance``.
     particles_seen, batches_seen : int
         Particles and batches classified so far (particle j overall is in half set j mod 2).
+    retired_count : int
+        Particles counted in classes that were later re-seeded (splitting): Σ particle_count + retired_count is
+        the number of particles seen.
     pixel_size_angstrom : float
         Sampling of the boxes, Å/px.
     particle_diameter_angstrom : float
@@ -207,6 +233,7 @@ class ClassificationState:
     batches_seen: int
     pixel_size_angstrom: float
     particle_diameter_angstrom: float
+    retired_count: int = 0
 
     @property
     def n_classes(self) -> int:
@@ -405,6 +432,69 @@ def _reseeded(poses: _Poses, rng: np.random.Generator) -> _Poses:
         angle[chosen, small] = angle[chosen, largest]
         shift[chosen, small] = shift[chosen, largest]
     return _Poses(posterior, angle, shift, poses.correlation)
+
+
+def _split_classes(
+    poses: _Poses,
+    images: torch.Tensor,
+    ctf: CtfTensors,
+    old: _Stats,
+    count: IntArray,
+    grid: _Grid,
+) -> tuple[_Poses, _Stats, IntArray, int]:
+    """Re-seed light classes by splitting the heaviest (module docstring): new poses, old statistics, counts and the
+    number of particles retired from the re-seeded classes."""
+    n_classes = poses.posterior.shape[1]
+    weight = old.weight.sum(dim=0) + poses.posterior.sum(dim=0)
+    light = [int(k) for k in torch.argsort(weight) if float(weight[k]) < SPLIT_MIN_SHARE * float(weight.mean())]
+    light = light[: max(1, int(SPLIT_MAX_FRACTION * n_classes))]
+    if not light:
+        return poses, old, count, 0
+    posterior, angle, shift = poses.posterior.clone(), poses.angle_deg.clone(), poses.shift_yx_px.clone()
+    numerator, denominator, stat_weight = old.numerator.clone(), old.denominator.clone(), old.weight.clone()
+    count = count.copy()
+    retired = 0
+    used = set(light)
+    box = grid.box
+    ky, kx = frequencies_per_px(box, images.device)
+    low = (torch.sqrt(ky**2 + kx**2) <= 0.5 * SPLIT_LOW_PASS_FRACTION).to(torch.float32)
+    for small in light:
+        order = [int(k) for k in torch.argsort(weight, descending=True) if int(k) not in used]
+        if not order:
+            break
+        heavy = order[0]
+        members = torch.nonzero(posterior.argmax(dim=1) == heavy)[:, 0]
+        if members.shape[0] < SPLIT_MIN_MEMBERS:
+            continue
+        used.add(heavy)
+        a, r = shift[members, heavy], angle[members, heavy]
+        unshifted = torch.fft.irfft2(torch.fft.rfft2(images[members]) * shift_phase(-a, box), s=(box, box))
+        aligned_ft = torch.fft.rfft2(rotate_images(unshifted, -r, mode="bilinear"))
+        flipped = torch.fft.irfft2(aligned_ft * torch.sign(ctf.transfer(members, rotation_deg=r)) * low, s=(box, box))
+        features = (flipped * grid.mask).reshape(members.shape[0], -1)
+        features = features - features.mean(dim=0)
+        _, _, v = torch.linalg.svd(features, full_matrices=False)
+        score = features @ v[0]
+        moved = members[score > score.median()]
+        posterior[moved] = 0.0
+        posterior[moved, small] = 1.0
+        angle[moved, small] = angle[moved, heavy]
+        shift[moved, small] = shift[moved, heavy]
+        numerator[:, heavy] *= 0.5
+        denominator[:, heavy] *= 0.5
+        stat_weight[:, heavy] *= 0.5
+        numerator[:, small] = numerator[:, heavy]
+        denominator[:, small] = denominator[:, heavy]
+        stat_weight[:, small] = stat_weight[:, heavy]
+        retired += int(count[small])
+        count[small] = count[heavy] // 2
+        count[heavy] -= count[small]
+    return (
+        _Poses(posterior, angle, shift, poses.correlation),
+        _Stats(numerator, denominator, stat_weight),
+        count,
+        retired,
+    )
 
 
 def _start_temperature(initial_temperature: float, iteration: int, iterations: int) -> float:
@@ -659,6 +749,7 @@ def update_classes(
         iterations = config.batch_iterations
         count_before = state.particle_count
 
+    retired = 0 if state is None else state.retired_count
     poses: _Poses | None = None
     for iteration in range(iterations):
         current = old.plus(batch)
@@ -675,6 +766,9 @@ def update_classes(
         )
         if starting and iteration < iterations - SETTLING_ITERATIONS:
             poses = _reseeded(poses, rng)
+        if not starting and iteration == 0 and config.split_classes:
+            poses, old, count_before, newly_retired = _split_classes(poses, images, ctf, old, count_before, grid)
+            retired += newly_retired
         batch = _maximisation(images, half, ctf, poses, n_classes, grid)
     assert poses is not None  # iterations >= 1 (config)
     final = old.plus(batch)
@@ -691,6 +785,7 @@ def update_classes(
         batches_seen=(0 if state is None else state.batches_seen) + 1,
         pixel_size_angstrom=float(pixel_size),
         particle_diameter_angstrom=float(config.particle_diameter_angstrom),
+        retired_count=retired,
     )
     return new_state, assignments
 

@@ -45,3 +45,16 @@ class EerScaleError(InvalidPixelDataError):
     """The EER counts do not match the dose the metadata announces (wrong sampling or gain scale)."""
 
     reason = "eer_scale_mismatch"
+
+
+class GainReferenceMissingError(InputFileError):
+    """A movie that needs a gain reference (``io.gain_discovery``: EER, a SerialEM mdoc naming one, or the
+    session's settings) has none that can be found or read: processing it as if flat would be wrong."""
+
+    reason = "gain_reference_missing"
+
+
+class GainReferenceMismatchError(InputFileError):
+    """The gain reference does not fit the movie's frames (size, after the session's rotation and flip)."""
+
+    reason = "gain_reference_mismatch"

@@ -7,7 +7,9 @@ movies).  ``read_gain_reference`` applies the usual corrections in the order and
 reverse rows; 2 = flip left-right, i.e. reverse columns) (Zheng et al. 2017, Nat. Methods 14:331, and the
 MotionCor2 user manual).  Gain references are multiplicative (corrected = raw × gain) as K2/K3/Falcon
 ``.mrc``/``.tiff``/``.gain`` references are; ``convention="divide"`` covers references stored as
-detector response (corrected = raw / gain, as RELION does for EER ``.gain`` files).
+detector response (corrected = raw / gain, as RELION does for EER ``.gain`` files).  ``load_gain_reference``
+caches a reference per (file, mtime, orientation) so a session's movies share one read; which reference a
+movie needs, and where it is, is ``io.gain_discovery``'s.
 
 Defects: pixels that are dead or hot in every frame.  A defect list (``x y`` per line, 0-based, or a
 boolean mask image) or automatic detection on the frame sum: a pixel is hot when its summed counts exceed
@@ -18,7 +20,10 @@ the non-defective pixels in their 5 × 5 neighbourhood, frame by frame.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,9 +37,23 @@ from cryodecon_science.io.tiff import read_tiff_movie
 
 GainFlip = Literal["none", "upside_down", "left_right"]
 GainConvention = Literal["multiply", "divide"]
+GAIN_SUFFIXES = (".mrc", ".tif", ".tiff", ".gain")
+"""Suffixes of gain references this module reads (a DigitalMicrograph ``.dm4`` must be converted first)."""
+_GAIN_NAME = re.compile(
+    r"^(?:countref|superref)|(?:^|[^a-z])gain[^a-z]*ref|(?:^|[^a-z])gain[^a-z]*$", re.IGNORECASE
+)  # CountRef_*, SuperRef_*, *gain_ref*, *gainreference*, *_gain, gain, *_gain_<date>: not gain_on_mic_0001
 
 
-@dataclass(frozen=True)
+def is_gain_reference_name(path: str | os.PathLike[str]) -> bool:
+    """Whether a file's name marks it as a gain reference (EPU: a stem ending in ``gain`` or holding ``gain`` then
+    ``ref``, e.g. ``gain.mrc``, ``K3_gain.tiff``, ``Gain_Ref.mrc``; SerialEM/DigitalMicrograph ``CountRef_*``,
+    ``SuperRef_*``): such files are never exposures.  A name that merely contains ``gain`` (a session called
+    ``gain_test``) is not one."""
+    name = Path(path).name
+    return not name.startswith(".") and bool(_GAIN_NAME.search(name.split(".")[0]))
+
+
+@dataclass(frozen=True, eq=False)
 class GainReference:
     """A gain reference oriented to the movie frames.
 
@@ -45,11 +64,28 @@ class GainReference:
     source_path : str
     defect_mask : ndarray, shape (ny, nx), bool
         Pixels the reference marks as unusable (zero, negative or non-finite values).
+    rotate_quarter_turns_ccw : int
+        MotionCor2 ``-RotGain`` applied on reading (0–3).
+    flip : {"none", "upside_down", "left_right"}
+        MotionCor2 ``-FlipGain`` applied after the rotation.
+    convention : {"multiply", "divide"}
+        How the file's values acted on raw counts ("divide" references were inverted on reading).
+    sha256 : str
+        SHA-256 of the file's bytes ("" where not computed): which reference, exactly, was in use.
     """
 
     gain: npt.NDArray[np.float32]
     source_path: str
     defect_mask: npt.NDArray[np.bool_]
+    rotate_quarter_turns_ccw: int = 0
+    flip: GainFlip = "none"
+    convention: GainConvention = "multiply"
+    sha256: str = ""
+
+    @property
+    def defect_count(self) -> int:
+        """Pixels the reference marks as unusable."""
+        return int(np.count_nonzero(self.defect_mask))
 
 
 def orient_image(
@@ -67,6 +103,24 @@ def orient_image(
     elif flip != "none":
         raise ValueError(f"flip must be 'none', 'upside_down' or 'left_right', got {flip!r}")
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def unorient_image(
+    image: npt.NDArray[np.float32], rotate_quarter_turns_ccw: int = 0, flip: GainFlip = "none"
+) -> npt.NDArray[np.float32]:
+    """The inverse of ``orient_image``: undo the flip, then rotate clockwise by 90° × ``rotate_quarter_turns_ccw``.
+
+    ``orient_image(unorient_image(g, k, f), k, f) == g``: a reference stored as ``unorient_image(g, k, f)``
+    needs MotionCor2's ``-RotGain k -FlipGain f`` to match frames whose gain is ``g``.
+    """
+    out = np.asarray(image)
+    if flip == "upside_down":
+        out = out[::-1, :]
+    elif flip == "left_right":
+        out = out[:, ::-1]
+    elif flip != "none":
+        raise ValueError(f"flip must be 'none', 'upside_down' or 'left_right', got {flip!r}")
+    return np.ascontiguousarray(np.rot90(out, k=-(int(rotate_quarter_turns_ccw) % 4)), dtype=np.float32)
 
 
 def read_gain_reference(
@@ -109,7 +163,51 @@ def read_gain_reference(
         raise InvalidPixelDataError(path, "no positive finite gain value")
     gain = np.zeros_like(raw)
     gain[usable] = raw[usable] if convention == "multiply" else 1.0 / raw[usable]
-    return GainReference(gain, str(path), ~usable)
+    return GainReference(
+        gain, str(path), ~usable, int(rotate_quarter_turns_ccw) % 4, flip, convention, _sha256_of(Path(path))
+    )
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_gain_reference(
+    path: str, mtime_ns: int, size_bytes: int, rotate_quarter_turns_ccw: int, flip: GainFlip, convention: GainConvention
+) -> GainReference:
+    del mtime_ns, size_bytes  # part of the cache key only: a rewritten file is read again
+    return read_gain_reference(
+        path, rotate_quarter_turns_ccw=rotate_quarter_turns_ccw, flip=flip, convention=convention
+    )
+
+
+def load_gain_reference(
+    path: str | os.PathLike[str],
+    *,
+    rotate_quarter_turns_ccw: int = 0,
+    flip: GainFlip = "none",
+    convention: GainConvention = "multiply",
+) -> GainReference:
+    """``read_gain_reference``, cached per process by (path, mtime, size, orientation, convention).
+
+    A session's movies share one reference: it is read, oriented and hashed once per run, and read again
+    only when the file changes.  At most four references are kept (a 4096² reference is 64 MiB).
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
+    return _cached_gain_reference(
+        str(Path(path).resolve()), info.st_mtime_ns, info.st_size, int(rotate_quarter_turns_ccw) % 4, flip, convention
+    )
 
 
 def apply_gain(frames: npt.NDArray[np.float32], gain: GainReference) -> npt.NDArray[np.float32]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,7 +36,15 @@ import tifffile
 
 from cryodecon_science.io.eer import MAX_EER_FRAMES, read_eer
 from cryodecon_science.io.epu import read_epu_xml
-from cryodecon_science.io.gain import GainReference, apply_gain, correct_defects, detect_hot_pixels
+from cryodecon_science.io.errors import GainReferenceMismatchError
+from cryodecon_science.io.gain import (
+    GainReference,
+    apply_gain,
+    correct_defects,
+    detect_hot_pixels,
+    is_gain_reference_name,
+    read_defect_list,
+)
 from cryodecon_science.io.mrc import (
     MAX_DIMENSION_PX,
     MAX_FRAMES,
@@ -156,13 +165,16 @@ def _grid_square(path: Path) -> str | None:
 def discover_session(root: str | os.PathLike[str]) -> list[ExposureFile]:
     """List the exposures under ``root`` (EPU or SerialEM layout), sorted by path; reads no pixels.
 
-    Hidden files and partial copies (``.*``, ``*.part``) are skipped.  MRC files are classified by
+    Hidden files, partial copies (``.*``, ``*.part``) and gain references (``io.gain.is_gain_reference_name``:
+    ``*gain``, ``*gain*ref*``, ``CountRef*``, ``SuperRef*``) are skipped.  MRC files are classified by
     their header (``read_geometry``); one whose header cannot be read is still listed, as a
     micrograph, so that ``read_exposure`` reports its typed error instead of the file going unseen.
     """
     root_path = Path(root)
     files = sorted(
-        p for p in root_path.rglob("*") if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".part")
+        p
+        for p in root_path.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".part") and not is_gain_reference_name(p)
     )
     xml_by_stem: dict[str, Path] = {}
     mdoc_by_image: dict[str, Path] = {}
@@ -247,6 +259,8 @@ def read_exposure(
     pixel_size_angstrom: float | None = None,
     check_frame_count: bool = True,
     tolerances: dict[str, tuple[float, float]] | None = None,
+    defect_list_path: str | os.PathLike[str] | None = None,
+    priority_sources: Sequence[tuple[str, str, Mapping[str, FieldValue]]] = (),
 ) -> RawExposure:
     """Read one exposure (micrograph or movie) with its merged metadata record.
 
@@ -269,6 +283,13 @@ def read_exposure(
         (``CorruptHeaderError`` when it has more).
     tolerances : dict, optional
         Per-field disagreement tolerances (``merge_metadata``).
+    defect_list_path : path, optional
+        A defect list (``read_defect_list``: ``x y`` per line) read for the frames' size and joined to the mask.
+    priority_sources : sequence of (source, path, fields), optional
+        Metadata sources ranked above every file's (a session's settings overriding the optics).
+
+    The gain reference (path, SHA-256, orientation, convention), the defect list and the number of pixels
+    replaced as defects are recorded in the ``detector`` section (source ``"detector_corrections"``).
 
     Returns
     -------
@@ -277,10 +298,11 @@ def read_exposure(
     Raises
     ------
     InputFileError (and subclasses)
-        Any unreadable image or sidecar, frame-count mismatch, EER scale mismatch.
+        Any unreadable image, sidecar or defect list, frame-count mismatch, EER scale mismatch;
+        ``GainReferenceMismatchError`` when the gain reference's size differs from the frames'.
     """
     file = exposure if isinstance(exposure, ExposureFile) else _classify(Path(exposure))
-    sources: list[tuple[str, str, dict[str, FieldValue]]] = []
+    sources: list[tuple[str, str, dict[str, FieldValue]]] = [(s, p, dict(f)) for s, p, f in priority_sources]
     if pixel_size_angstrom is not None:
         sources.append(("user", "", {"optics.pixel_size_angstrom": float(pixel_size_angstrom)}))
     if file.image_format == "mrc":
@@ -328,19 +350,48 @@ def read_exposure(
         layout_fields["acquisition.foil_hole_id"] = file.foil_hole_id
     if layout_fields:
         sources.append(("layout", str(file.path.parent), layout_fields))
-    record = merge_metadata(file.exposure_name, file.kind, str(file.path), sources, tolerances)
 
     mask = None if defect_mask is None else np.asarray(defect_mask, dtype=bool)
+    corrections: dict[str, FieldValue] = {}
+    if defect_list_path is not None:
+        listed = read_defect_list(defect_list_path, (int(frames.shape[-2]), int(frames.shape[-1])))
+        mask = listed if mask is None else (mask | listed)
+        corrections["detector.defect_list_path"] = str(defect_list_path)
     if gain is not None:
-        frames = apply_gain(frames, gain)
+        try:
+            frames = apply_gain(frames, gain)
+        except ValueError as exc:
+            raise GainReferenceMismatchError(file.path, f"{gain.source_path}: {exc}") from exc
         mask = gain.defect_mask if mask is None else (mask | gain.defect_mask)
+        corrections.update(
+            {
+                "detector.gain_reference_path": gain.source_path,
+                "detector.gain_rotate_quarter_turns_ccw": gain.rotate_quarter_turns_ccw,
+                "detector.gain_flip": gain.flip,
+                "detector.gain_convention": gain.convention,
+            }
+        )
+        if gain.sha256:
+            corrections["detector.gain_reference_sha256"] = gain.sha256
     if detect_hot_pixels_k_sigma is not None:
         hot = detect_hot_pixels(frames.sum(axis=0), k_sigma=detect_hot_pixels_k_sigma)
         mask = hot if mask is None else (mask | hot)
     if mask is not None:
         frames = correct_defects(frames, mask)
+        corrections["detector.defect_pixels"] = int(np.count_nonzero(mask))
+    if corrections:
+        sources.append(("detector_corrections", gain.source_path if gain is not None else "", corrections))
+    record = merge_metadata(file.exposure_name, file.kind, str(file.path), sources, tolerances)
     pixel = record.optics.pixel_size_angstrom or 0.0
     return RawExposure(file, frames, float(pixel), record, mask)
+
+
+def classify_exposure(path: str | os.PathLike[str]) -> ExposureFile:
+    """An ``ExposureFile`` for one path, as ``discover_session`` would list it (sidecar looked up beside it).
+
+    Raises ``CorruptHeaderError`` for a suffix that is not an exposure format.
+    """
+    return _classify(Path(path))
 
 
 def _classify(path: Path) -> ExposureFile:

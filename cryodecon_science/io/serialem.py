@@ -41,12 +41,17 @@ class MdocMetadata:
         The file describes a saved frame stack (``[FrameSet = ...]``).
     announced_frame_count : int or None
         ``NumSubFrames`` of the first section.
+    gain_reference : str or None
+        ``GainReference`` of the first section (or the header): the file name of the gain reference,
+        which SerialEM records exactly when it saves frames without gain normalisation (K2/K3 counting
+        frames, Falcon 4 EER); the file sits in the frames' folder.
     """
 
     fields: Fields
     n_sections: int
     is_frame_set: bool
     announced_frame_count: int | None
+    gain_reference: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -133,4 +138,13 @@ def read_mdoc(path: str | os.PathLike[str]) -> MdocMetadata:
         except ValueError:
             pass
     is_frame_set = "[FrameSet" in text
-    return MdocMetadata(fields, len(mdoc.section_data), is_frame_set, announced)
+    return MdocMetadata(fields, len(mdoc.section_data), is_frame_set, announced, _gain_reference(section, glob))
+
+
+def _gain_reference(*models: Any) -> str | None:
+    """``GainReference`` (a field ``mdocfile`` keeps as an extra) of the first model that has one."""
+    for model in models:
+        value = (getattr(model, "model_extra", None) or {}).get("GainReference")
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    return None

@@ -18,12 +18,15 @@ from cryodecon_science.picking.extraction import box_inside, extract_boxes, extr
 from cryodecon_science.picking.junk import RegionMasks, classify_picks, detect_regions
 from cryodecon_science.picking.micrograph import MicrographPicks, pick_micrograph
 from cryodecon_science.picking.regions import EXCLUSION_RELATIVE_DROP, EXCLUSION_SMOOTHING_ANGSTROM, excluded_area_mask
+from cryodecon_science.picking.templates import TemplatePickingConfig, TemplateStack, pick_particles_template
 
 __all__ = [
     "EXCLUSION_RELATIVE_DROP",
     "EXCLUSION_SMOOTHING_ANGSTROM",
     "MicrographPicks",
     "RegionMasks",
+    "TemplatePickingConfig",
+    "TemplateStack",
     "box_inside",
     "classify_picks",
     "detect_regions",
@@ -33,4 +36,5 @@ __all__ = [
     "particle_box_px",
     "pick_micrograph",
     "pick_particles",
+    "pick_particles_template",
 ]

@@ -10,10 +10,17 @@ Modules:
 * ``regions``: foil-hole carbon, continuous film, contamination and aggregates, with their truth masks.
 * ``results``: the returned exposures, their truth and sessions.
 * ``storage``: a simulated session written in the storage layout of ``io.session``, with its truth.
+* ``detector_gain``: movies recorded through a detector gain, and the gain reference that undoes it.
 """
 
 from cryodecon_science.simulate.citations import generate_citation_graph
 from cryodecon_science.simulate.config import SimulationConfig
+from cryodecon_science.simulate.detector_gain import (
+    SimulatedGain,
+    record_frames_through_gain,
+    record_through_gain,
+    simulate_gain_reference,
+)
 from cryodecon_science.simulate.exposures import (
     HOT_PIXEL_RATE_FACTOR,
     drift_trajectory_px,
@@ -46,6 +53,7 @@ __all__ = [
     "PROTEIN_CONTRAST_POTENTIAL_VOLT",
     "ContaminationBlob",
     "MicrographTruth",
+    "SimulatedGain",
     "SimulatedMicrograph",
     "SimulatedMovie",
     "SimulatedSession",
@@ -61,7 +69,10 @@ __all__ = [
     "mask_to_rle",
     "place_particles",
     "project_structure",
+    "record_frames_through_gain",
+    "record_through_gain",
     "render_structure_volume",
+    "simulate_gain_reference",
     "simulate_micrograph",
     "simulate_movie",
     "simulate_session",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -11,6 +12,9 @@ from cryodecon_science.optics import CtfParams, MicroscopeSettings
 from cryodecon_science.simulate.config import SimulationConfig
 from cryodecon_science.simulate.regions import ContaminationBlob
 from cryodecon_science.simulate.structures import Structure3D
+
+if TYPE_CHECKING:
+    from cryodecon_science.simulate.detector_gain import SimulatedGain
 
 FloatArray = npt.NDArray[np.float64]
 Float32Array = npt.NDArray[np.float32]
@@ -180,6 +184,9 @@ class SimulatedSession:
         Named f"{session_name}_mic_{i:04d}".
     movies : tuple of SimulatedMovie
         Named f"{session_name}_mov_{i:04d}".
+    detector_gain : SimulatedGain or None
+        The gain the movies were recorded through (``detector_gain.record_through_gain``); None: a flat
+        (gain-normalised) detector.
     """
 
     session_name: str
@@ -189,6 +196,7 @@ class SimulatedSession:
     structures: tuple[Structure3D, ...]
     micrographs: tuple[SimulatedMicrograph, ...]
     movies: tuple[SimulatedMovie, ...]
+    detector_gain: SimulatedGain | None = None
 
 
 # --------------------------------------------------------------------------------------------------

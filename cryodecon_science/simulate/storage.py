@@ -9,6 +9,12 @@ Layout under ``<storage_root>/<session_name>/``, written in this order:
 4. ``truth/<name>_clean.mrc`` and ``truth/<name>_potential.mrc`` (only with ``write_truth_images``);
 5. ``ground_truth.json``: everything simulated (last: its presence means the session is complete).
 
+A session recorded through a detector gain (``SimulatedSession.detector_gain``, ``detector_gain``) is
+written as SerialEM saves unnormalised frames: before the movies, ``movies/CountRef_<session>.mrc`` (the
+gain reference, float32, in its stored orientation) and, beside each movie, the frame-set sidecar
+``movies/<name>_fractions.mrc.mdoc`` that names it (``GainReference``); ``session.json`` then carries the
+orientation the reference needs (``"gain": {"rotate_quarter_turns_ccw": k, "flip": f}``).
+
 A movie's exposure name is its file stem without the ``_fractions`` suffix.  Every file is written
 atomically (temporary name in the same folder, then ``os.replace``) and only when its content differs
 from what is already there, so rewriting a deterministic session leaves files and mtimes untouched.
@@ -228,7 +234,7 @@ def _session_document(session: SimulatedSession) -> dict[str, Any]:
             "nominal_defocus_angstrom": movie.truth.nominal_defocus_angstrom,
             **_position(len(exposures)),
         }
-    return {
+    document: dict[str, Any] = {
         "format": SESSION_FORMAT,
         "session_name": session.session_name,
         "microscope": asdict(session.microscope),
@@ -236,6 +242,28 @@ def _session_document(session: SimulatedSession) -> dict[str, Any]:
         "particle_diameter_angstrom": session.config.particle_diameter_angstrom,
         "exposures": exposures,
     }
+    gain = session.detector_gain
+    if gain is not None:
+        document["gain"] = {"rotate_quarter_turns_ccw": gain.stored_rotate_quarter_turns_ccw, "flip": gain.stored_flip}
+    return document
+
+
+def gain_reference_name(session_name: str) -> str:
+    """File name of a simulated session's gain reference (in ``movies/``, as SerialEM's ``CountRef_*``)."""
+    return f"CountRef_{session_name}.mrc"
+
+
+def _frame_mdoc(session: SimulatedSession, movie: SimulatedMovie) -> str:
+    """The SerialEM frame-set sidecar of a movie saved unnormalised: it names the gain reference."""
+    n_frames, ny, nx = (int(v) for v in movie.frames.shape)
+    pixel = session.microscope.pixel_size_angstrom
+    voltage = session.microscope.voltage_kv
+    return (
+        f"PixelSpacing = {pixel:g}\nVoltage = {voltage:g}\nImageFile = {movie.name}{MOVIE_SUFFIX}.mrc\n"
+        f"ImageSize = {nx} {ny}\nDataMode = 6\n\n[T = SerialEM: cryodecon simulator]\n\n[FrameSet = 0]\n"
+        f"ExposureDose = {session.config.dose_e_per_angstrom2:g}\nPixelSpacing = {pixel:g}\nVoltage = {voltage:g}\n"
+        f"NumSubFrames = {n_frames}\nGainReference = {gain_reference_name(session.session_name)}\n"
+    )
 
 
 def _json_ready(value: Any) -> Any:
@@ -275,7 +303,7 @@ def _ground_truth_document(session: SimulatedSession) -> dict[str, Any]:
             "*_mask_rle: row-major run lengths over [y, x], alternating False/True, starting with False; "
             "a particle is on carbon / under contamination when its centre pixel is in the mask"
         )
-    return {
+    document: dict[str, Any] = {
         "format": SESSION_FORMAT,
         "session_name": session.session_name,
         "seed": session.seed,
@@ -283,6 +311,21 @@ def _ground_truth_document(session: SimulatedSession) -> dict[str, Any]:
         "config": config,
         "exposures": exposures,
     }
+    gain = session.detector_gain
+    if gain is not None:
+        conventions["detector_gain"] = (
+            "raw = Binomial(true counts, 1/gain) per frame; corrected = raw x gain (0 = dead pixel); the stored "
+            "reference needs MotionCor2 -RotGain/-FlipGain = stored_rotate_quarter_turns_ccw/stored_flip"
+        )
+        document["detector_gain"] = {
+            "reference": f"{MOVIE_DIRNAME}/{gain_reference_name(session.session_name)}",
+            "variation": gain.variation,
+            "seed": gain.seed,
+            "stored_rotate_quarter_turns_ccw": gain.stored_rotate_quarter_turns_ccw,
+            "stored_flip": gain.stored_flip,
+            "dead_pixels_yx": [[int(y), int(x)] for y, x in gain.dead_pixels_yx],
+        }
+    return document
 
 
 def write_simulated_session(
@@ -316,8 +359,17 @@ def write_simulated_session(
         path = session_dir / MICROGRAPH_DIRNAME / f"{micrograph.name}.mrc"
         _write_mrc_if_changed(path, np.ascontiguousarray(micrograph.counts, dtype=np.float32), pixel)
         paths.append(path)
+    if session.detector_gain is not None and session.movies:
+        path = session_dir / MOVIE_DIRNAME / gain_reference_name(session.session_name)
+        _write_mrc_if_changed(path, session.detector_gain.stored_reference, pixel)
+        paths.append(path)
     for movie in session.movies:
         path = session_dir / MOVIE_DIRNAME / f"{movie.name}{MOVIE_SUFFIX}.mrc"
+        if session.detector_gain is not None:
+            # The sidecar first: a movie is never seen without the sidecar that says it needs a gain.
+            sidecar = path.with_name(path.name + ".mdoc")
+            _write_bytes_if_changed(sidecar, _frame_mdoc(session, movie).encode("utf-8"))
+            paths.append(sidecar)
         _write_mrc_if_changed(path, _movie_counts_uint16(movie.frames, movie.name), pixel)
         paths.append(path)
 

@@ -47,7 +47,14 @@ def processed(tmp_path_factory: pytest.TempPathFactory) -> Processed:
     write_simulated_session(simulate_session(config, "grid", 2, 1, 5), Path(resources.microscope_storage.root))
     graph = ensure_citation_graph(Path(resources.scoring.citation_graph_path), seed=0, n_papers=1500)
     papers = established_papers(read_citation_graph(graph))
-    ensure_reference_library(resources.structure_library, config, seed=5, projections_per_structure=4, papers=papers)
+    ensure_reference_library(
+        resources.structure_library,
+        config,
+        seed=5,
+        projections_per_structure=4,
+        papers=papers,
+        class_library=resources.class_library,
+    )
     instance = dg.DagsterInstance.from_config(str(prepare_instance_home(home)))
     definitions = build_definitions(settings)
     assert drive(instance, definitions, settle_seconds=0.0, max_ticks=4).runs == {BATCH: True}

@@ -19,13 +19,12 @@ from scipy import ndimage
 from cryodecon_assets.cli import main as cli
 from cryodecon_assets.facility.references import (
     REFERENCE_RESOLUTION_ANGSTROM,
-    _low_pass,
     particle_box_px,
     reference_batch_key,
     seed_library_from_maps,
 )
 from cryodecon_resources.structure_library import StructureLibrary
-from cryodecon_science.embedding import embed_particles, novelty_score
+from cryodecon_science.embedding import embed_particles, gaussian_low_pass, novelty_score
 from cryodecon_science.io.mrc import CorruptHeaderError, write_mrc
 from cryodecon_science.projection import random_euler_angles_deg
 from cryodecon_science.simulate import (
@@ -91,7 +90,7 @@ def particles(structure: Structure3D, n: int, seed: int) -> npt.NDArray[np.float
     box = particle_box_px(DIAMETER_ANGSTROM / PIXEL_ANGSTROM)
     images = []
     for angles in random_euler_angles_deg(rng, n):
-        image = _low_pass(
+        image = gaussian_low_pass(
             project_structure(structure, angles, box, PIXEL_ANGSTROM), PIXEL_ANGSTROM, REFERENCE_RESOLUTION_ANGSTROM
         )
         images.append(image + rng.normal(scale=NOISE_FRACTION * image.std(), size=image.shape))

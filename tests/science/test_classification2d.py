@@ -296,12 +296,47 @@ def test_a_streaming_update_keeps_purity_and_adds_particles(run: Run) -> None:
     )
     assert with_two >= 0.9 and with_two >= with_one - 0.02
     assert run.state_2.particles_seen == 480 and run.state_2.batches_seen == 2
-    assert int(run.state_2.particle_count.sum()) == 480
-    assert np.all(run.state_2.particle_count >= run.state_1.particle_count)
-    # Effective counts: γ · old + new, with γ = 0.9.
-    np.testing.assert_allclose(run.state_2.effective_count.sum(), 0.9 * 240 + 240, rtol=1e-3)
+    # The spare class is light after the first batch: the second re-seeds it (splitting) and retires its particles.
+    assert int(run.state_2.particle_count.sum()) + run.state_2.retired_count == 480
+    assert run.state_1.retired_count == 0
+    # Effective counts: γ · old + new, with γ = 0.9, less the re-seeded (lightest) class's old statistics.
+    lightest = float(run.state_1.effective_count.min())
+    np.testing.assert_allclose(run.state_2.effective_count.sum(), 0.9 * (240 - lightest) + 240, rtol=1e-3)
     # The second batch's half sets continue the particle parity of the first.
     assert run.assigned_2.half_set[0] == 240 % 2
+
+
+def test_a_light_class_is_reseeded_by_splitting_the_class_that_mixes_two_kinds() -> None:
+    """Triangles and rods, aligned, all in class 0; class 1 holds nothing this batch and 7 earlier particles: the split
+    moves one kind to class 1, halves class 0's old statistics into it and retires class 1's 7 particles."""
+    rng = np.random.default_rng(5)
+    kinds = np.repeat([0, 1], 40)
+    signals, params = [], []
+    for kind in kinds:
+        ctf = CtfParams(*(2 * [rng.uniform(10_000.0, 25_000.0)]), 0.0)
+        image = render(("triangle", "rod")[kind])
+        signals.append(np.fft.irfft2(np.fft.rfft2(image) * -ctf_2d(ctf, MICROSCOPE, (BOX_PX, BOX_PX)).numpy()))
+        params.append(ctf)
+    signal = np.stack(signals)
+    boxes = torch.as_tensor(signal / signal.std() * math.sqrt(0.5) + rng.normal(size=signal.shape), dtype=torch.float32)
+    ctfs = ParticleCtfs.from_params(params, MICROSCOPE)
+    device = torch.device("cpu")
+    grid = streaming_module._Grid(BOX_PX, RADIUS_PX, config(n_classes=2), device)
+    n = kinds.size
+    poses = streaming_module._Poses(
+        torch.stack((torch.ones(n), torch.zeros(n)), dim=1), torch.zeros(n, 2), torch.zeros(n, 2, 2), torch.zeros(n, 2)
+    )
+    old = streaming_module._zero_stats(2, BOX_PX, device)
+    old.weight[:, 0] = 50.0
+    counts = np.array([100, 7])
+    split, new_old, new_counts, retired = streaming_module._split_classes(
+        poses, boxes, streaming_module.CtfTensors(ctfs, BOX_PX, device), old, counts, grid
+    )
+    moved = split.posterior.argmax(dim=1).numpy() == 1
+    assert moved.sum() == n // 2 and purity(moved.astype(np.int64), kinds) == 1.0
+    torch.testing.assert_close(new_old.weight[:, 1], torch.full((2,), 25.0))
+    torch.testing.assert_close(new_old.weight[:, 0], torch.full((2,), 25.0))
+    assert retired == 7 and new_counts.tolist() == [50, 50] and counts.tolist() == [100, 7]
 
 
 def test_frc_resolution_is_finite_for_the_classes_of_particles(run: Run) -> None:

@@ -126,3 +126,14 @@ def print_particles(warehouse: ScoreWarehouse, outputs_root: Path) -> None:
             f"({int(row.kept or 0)} particles, median resolution {resolution}, class novelty "
             f"{'–' if row.novelty is None or row.novelty != row.novelty else f'{row.novelty:.2f}'})"
         )
+    curation = warehouse.query(
+        "SELECT batch, count(*) FILTER (WHERE accepted) AS accepted, count(*) FILTER (WHERE NOT accepted) AS rejected, "
+        "string_agg(DISTINCT NULLIF(failed_thresholds, ''), '; ') AS failed "
+        "FROM curation_decisions WHERE session = ? GROUP BY batch ORDER BY batch",
+        [DEMO_SESSION],
+    )
+    print("[demo] curation with the session's thresholds (RELION: star/<batch>/micrographs_ctf_accepted.star):")
+    for row in curation.itertuples():
+        print(
+            f"  {row.batch}: {row.accepted} accepted, {row.rejected} rejected ({row.failed or 'no threshold failed'})"
+        )

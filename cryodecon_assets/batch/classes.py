@@ -11,7 +11,8 @@ gallery is in the materialization metadata.
 
 Novelty on classes: each class average is embedded (``embed_class_images``) and compared with the class
 library (LanceDB table ``class_averages``: reference views of known structures and the good classes of other
-sessions, as known when the batch was cut); its calibrated novelty goes into the ``classes_2d`` table, the
+sessions, as known when the batch was cut); its calibrated novelty (less the share its half-set noise explains)
+goes into the ``classes_2d`` table, the
 batch's (the particle-weighted mean over the selected classes) into the metadata.  The session's selected
 classes then replace the session's entries in the library (key ``session-<session>``), unless a later batch of
 the session has classes already (a rerun of an older batch does not roll the library back).
@@ -32,7 +33,13 @@ from cryodecon_assets.intake.batching import BatchManifest, safe_session
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import OutputStore, PickingSettings, ScoreWarehouse, StructureLibrary, TorchDevice
 from cryodecon_resources.tables import tables_metadata
-from cryodecon_science.classification import Classification2DConfig, ClassNovelty, class_novelty, embed_class_images
+from cryodecon_science.classification import (
+    Classification2DConfig,
+    ClassNovelty,
+    class_novelty,
+    embed_class_images,
+    half_set_distances,
+)
 from cryodecon_science.classification.batches import (
     CLASSIFICATION_BOX_PX,
     BatchClassification,
@@ -96,7 +103,8 @@ def compare_with_library(
             nearest[k] = h[0].structure_id if h else None
     calibration = class_library.library_nn_distances(before_s=manifest.cut_at_s)
     s = result.selection
-    novelty = class_novelty(distance, calibration, s.particle_count, s.selected)
+    noise = half_set_distances(result.state, device=device)
+    novelty = class_novelty(distance, calibration, s.particle_count, s.selected, noise)
     return KnownClasses(novelty, distance, nearest, embeddings)
 
 

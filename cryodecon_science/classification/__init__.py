@@ -19,6 +19,7 @@ from cryodecon_science.classification.embedding import (
     class_novelty,
     embed_class_averages,
     embed_class_images,
+    half_set_distances,
 )
 from cryodecon_science.classification.geometry import in_plane_angles_deg, rotate_images, soft_circular_mask
 from cryodecon_science.classification.resolution import (
@@ -44,6 +45,7 @@ from cryodecon_science.classification.streaming import (
     assign_particles,
     class_averages,
     class_resolution,
+    half_set_averages,
     update_classes,
 )
 
@@ -69,6 +71,8 @@ __all__ = [
     "embed_class_averages",
     "embed_class_images",
     "frc_resolution",
+    "half_set_averages",
+    "half_set_distances",
     "in_plane_angles_deg",
     "mask_fit_fraction",
     "particle_transfer_functions",

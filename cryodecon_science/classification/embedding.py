@@ -14,7 +14,13 @@ at 7 Å, 1.1× at 25 Å, in ``tests/science/test_class_novelty.py``'s setting).
 
 Novelty of a class: the calibrated score of :func:`~cryodecon_science.embedding.novelty_score` applied to the
 class's distance to its nearest known class or reference view (0: a known view, ≈ 0.5: as far as known entries
-are from each other, 1: farther than any).  Novelty of a batch: the mean over the selected classes weighted by
+are from each other, 1: farther than any), less what the average's own noise accounts for.  For small
+distances the cosine distance of unit embeddings is ½‖e − e′‖², and noise n in the average adds to it in
+expectation: δ(A, R) ≈ δ(S, R) + δ(A, S) for the noise-free class S.  The two half-set averages differ by noise
+of four times the full average's variance, so δ(A, S) ≈ δ(A_A, A_B) / 4, and the class is scored on the excess
+max(0, δ(A, R) − δ(A_A, A_B) / 4): a class of a few particles of a known view is not novel for being noisy.
+
+Novelty of a batch: the mean over the selected classes weighted by
 their particles, i.e. the expected novelty of a good particle of the session.
 """
 
@@ -26,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from cryodecon_science.classification.streaming import ClassificationState, class_averages
+from cryodecon_science.classification.streaming import ClassificationState, class_averages, half_set_averages
 from cryodecon_science.embedding import embed_particles, gaussian_low_pass, novelty_score
 
 CLASS_EMBEDDING_RESOLUTION_ANGSTROM = 25.0
@@ -63,6 +69,21 @@ def embed_class_averages(
     return embed_class_images(averages, state.pixel_size_angstrom, n_features=n_features, device=device)
 
 
+def half_set_distances(
+    state: ClassificationState, n_features: int = 64, device: torch.device | str = "cpu"
+) -> FloatArray:
+    """δ(A_k^A, A_k^B) (K,): the cosine distance between the embeddings of each class's two half-set averages
+    (``embed_class_images``); NaN where a half is empty (its embedding is zero)."""
+    halves = half_set_averages(state).detach().to("cpu", torch.float64).numpy()
+    n_classes = halves.shape[1]
+    embedded = embed_class_images(
+        halves.reshape(2 * n_classes, *halves.shape[2:]), state.pixel_size_angstrom, n_features, device=device
+    ).reshape(2, n_classes, -1)
+    filled = (np.linalg.norm(embedded, axis=2) > 0).all(axis=0)
+    distance = 1.0 - np.sum(embedded[0].astype(np.float64) * embedded[1], axis=1)
+    return np.where(filled, np.maximum(distance, 0.0), np.nan)
+
+
 @dataclass(frozen=True)
 class ClassNovelty:
     """Novelty of each class and of the batch (module docstring).
@@ -84,8 +105,9 @@ def class_novelty(
     library_nn_distances: npt.ArrayLike,
     particle_count: npt.ArrayLike,
     selected: npt.ArrayLike,
+    half_set_distance: npt.ArrayLike | None = None,
 ) -> ClassNovelty:
-    """Per-class and batch novelty from each class's distance to its nearest known entry.
+    """Per-class and batch novelty from each class's distance to its nearest known entry, less its noise's share.
 
     Parameters
     ----------
@@ -98,6 +120,9 @@ def class_novelty(
         Particles of each class (the weights of the batch score).
     selected : array of bool, shape (K,)
         The classes judged good; only they enter the batch score.
+    half_set_distance : array, shape (K,), optional
+        δ(A_k^A, A_k^B) (``half_set_distances``); the score is of max(0, δ_k − δ_half / 4) (module docstring).
+        NaN (an empty half) or None: no correction.
     """
     distance = np.asarray(nearest_distance, dtype=np.float64).ravel()
     counts = np.asarray(particle_count, dtype=np.float64).ravel()
@@ -106,6 +131,11 @@ def class_novelty(
         raise ValueError(
             f"one distance, count and selection flag per class: got {distance.size}, {counts.size}, {chosen.size}"
         )
+    if half_set_distance is not None:
+        noise = np.asarray(half_set_distance, dtype=np.float64).ravel()
+        if noise.shape != distance.shape:
+            raise ValueError(f"one half-set distance per class: got {noise.size} for {distance.size} classes")
+        distance = np.where(np.isnan(noise), distance, np.maximum(distance - 0.25 * np.nan_to_num(noise), 0.0))
     calibration = np.asarray(library_nn_distances, dtype=np.float64).ravel()
     per_class = np.array(
         [novelty_score(np.array([d]), calibration) if not np.isnan(d) else np.nan for d in distance], dtype=np.float64

@@ -836,6 +836,27 @@ def class_averages(state: ClassificationState) -> torch.Tensor:
     return _wiener_averages(_Stats(state.numerator, state.denominator, state.weight), grid)
 
 
+def half_set_averages(state: ClassificationState) -> torch.Tensor:
+    """The Wiener averages of each half set alone, N_k^h / (D_k^h + 1/SNR_k); (2, K, B, B) float32, on its device.
+
+    1/SNR_k is the one-half regulariser of :func:`class_averages` (module docstring), so each half is filtered as
+    an average of its own particles; the difference of the two halves is the averages' noise (with twice the
+    variance of each half, four times that of the full average).
+    """
+    box = state.box_px
+    radius = state.particle_radius_px
+    config = Classification2DConfig(
+        n_classes=state.n_classes, particle_diameter_angstrom=2 * radius * state.pixel_size_angstrom
+    )
+    grid = _Grid(box, radius, config, state.device)
+    regulariser = _regulariser(_Stats(state.numerator, state.denominator, state.weight), grid)
+    halves = [
+        torch.fft.irfft2(_wiener_ft(state.numerator[h], state.denominator[h], regulariser, grid), s=(box, box))
+        for h in (0, 1)
+    ]
+    return torch.stack(halves)
+
+
 def class_resolution(state: ClassificationState) -> ClassResolution:
     """Half-set FRC of every class of ``state`` and its resolution at 0.143 and 0.5 (``resolution``)."""
     return frc_resolution(state.numerator[0], state.numerator[1], state.pixel_size_angstrom)

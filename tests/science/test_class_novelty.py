@@ -80,3 +80,36 @@ def test_batch_novelty_weights_selected_classes_by_particles() -> None:
     assert np.isnan(class_novelty([0.5], calibration, [10], [False]).batch)
     with pytest.raises(ValueError, match="one distance"):
         class_novelty([0.1, 0.2], calibration, [1], [True])
+
+
+def test_a_noisy_class_of_a_known_view_is_not_novel_once_its_half_set_noise_is_discounted() -> None:
+    """Averages of few particles: each half set carries noise of twice the full average's variance.  The raw
+    distance to the known views then exceeds the references' spacing (novel); the excess over a quarter of the
+    half-set distance does not, while an unseen structure's classes stay novel."""
+    references = np.concatenate([views(1, 24, seed=1), views(2, 24, seed=2)])
+    library = embed_class_images(references, PIXEL_ANGSTROM)
+    gram = 1.0 - library @ library.T
+    np.fill_diagonal(gram, np.inf)
+    calibration = gram.min(axis=1).astype(np.float64)
+    rng = np.random.default_rng(30)
+
+    def noisy_class(structure_index: int, seed: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        signal = gaussian_low_pass(views(structure_index, 6, seed=seed), PIXEL_ANGSTROM, 30.0)
+        sigma = 1.5 * signal.std(axis=(1, 2), keepdims=True)
+        half_a = signal + sigma * np.sqrt(2) * rng.standard_normal(signal.shape)
+        half_b = signal + sigma * np.sqrt(2) * rng.standard_normal(signal.shape)
+        full = embed_class_images(0.5 * (half_a + half_b), PIXEL_ANGSTROM)
+        noise = 1.0 - np.sum(
+            embed_class_images(half_a, PIXEL_ANGSTROM) * embed_class_images(half_b, PIXEL_ANGSTROM), axis=1
+        )
+        return nearest(full, library), noise.astype(np.float64)
+
+    counts, selected = np.full(6, 10), np.ones(6, dtype=bool)
+    d_known, noise_known = noisy_class(1, 40)
+    d_unseen, noise_unseen = noisy_class(3, 41)
+    raw = class_novelty(d_known, calibration, counts, selected).batch
+    corrected = class_novelty(d_known, calibration, counts, selected, noise_known).batch
+    unseen = class_novelty(d_unseen, calibration, counts, selected, noise_unseen).batch
+    assert corrected < raw and corrected < 0.6 < unseen
+    with pytest.raises(ValueError, match="half-set distance"):
+        class_novelty(d_known, calibration, counts, selected, noise_known[:3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from cryodecon_assets.batch import BATCH_ASSETS
+from cryodecon_assets.facility.dashboard import build_dashboard_sensor, session_dashboard, session_dashboard_job
 from cryodecon_assets.facility.maintenance import (
     impact_model,
     impact_model_job,
@@ -28,6 +29,8 @@ process_batch = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Process one acquisition batch: raw micrographs to HyperScores.",
 )
+# Each successful batch run requests a redraw of its session's dashboard.
+session_dashboard_sensor = build_dashboard_sensor(process_batch)
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
@@ -38,9 +41,16 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         else build_resources(Settings.from_environment(), env_vars=True)
     )
     return dg.Definitions(
-        assets=[*BATCH_ASSETS, daily_summary, score_weights, structure_library_index, impact_model],
-        jobs=[process_batch, daily_summary_job, score_weights_job, library_maintenance_job, impact_model_job],
-        sensors=[microscope_storage_sensor],
+        assets=[*BATCH_ASSETS, daily_summary, session_dashboard, score_weights, structure_library_index, impact_model],
+        jobs=[
+            process_batch,
+            session_dashboard_job,
+            daily_summary_job,
+            score_weights_job,
+            library_maintenance_job,
+            impact_model_job,
+        ],
+        sensors=[microscope_storage_sensor, session_dashboard_sensor],
         schedules=[
             storage_sweep_schedule,
             daily_summary_schedule,

@@ -57,6 +57,7 @@ EVALUATION_CHECKS = [
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
+    pool="gpu",
     kinds={"lancedb", "torch"},
     check_specs=EVALUATION_CHECKS,
     deps=["impact_model"],

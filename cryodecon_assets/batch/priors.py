@@ -91,6 +91,7 @@ def session_prior_markdown(rows: list[dict[str, object]]) -> str:
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
+    pool="gpu",
     kinds={"networkx"},
     description="Causal graph of image degradation per micrograph: node estimates with σ and weights, "
     "refined by the self-evaluation loop until every change < 1σ; session prior updated batch by batch.",

@@ -269,6 +269,7 @@ def write_motion_star(warehouse: ScoreWarehouse, outputs: OutputStore, batch: st
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
+    pool="gpu",
     kinds={"mrc"},
     check_specs=[
         dg.AssetCheckSpec(

@@ -29,7 +29,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from cryodecon_assets.cli.driver import drive
+    from cryodecon_assets.cli.driver import drive, refresh_dashboard
     from cryodecon_assets.cli.synthetic_references import (
         ensure_citation_graph,
         ensure_reference_library,
@@ -78,6 +78,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     else:
         print("[demo] nothing new on storage: every exposure is already in a processed batch")
+    if DEMO_SESSION not in report.dashboards:  # nothing ran this time: draw it from the warehouse anyway
+        refresh_dashboard(instance, defs, DEMO_SESSION, report, log_level=args.log_level)
+    dashboard = Path(resources.outputs.root) / "sessions" / DEMO_SESSION / "dashboard.html"
+    print(
+        f"[demo] session dashboard ({'drawn' if report.dashboards.get(DEMO_SESSION) else 'FAILED'}; asset "
+        f"session_dashboard, partition {DEMO_SESSION}): {dashboard}"
+    )
     views = resources.warehouse.export_views()
     frame = score_rows(DEMO_SESSION, resources.warehouse)
     print(f"[demo] DuckDB views over the warehouse: {views}")
@@ -88,7 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"[demo] done in {time.time() - started:.0f} s.  UI: DAGSTER_HOME={instance.root_directory} "
         f".venv/bin/dagster dev -w workspace.yaml"
     )
-    return 0 if all(report.runs.values()) and len(frame) else 1
+    return 0 if all(report.runs.values()) and all(report.dashboards.values()) and len(frame) else 1
 
 
 def print_particles(warehouse: ScoreWarehouse, outputs_root: Path) -> None:

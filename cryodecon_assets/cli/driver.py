@@ -4,6 +4,8 @@
 command line (``cryodecon demo``, ``cryodecon tick``): evaluate ``microscope_storage_sensor`` against the
 instance, apply its dynamic-partition requests, and execute each run request in process, tagged exactly as
 the daemon tags them (``dagster/run_key``, ``dagster/sensor_name``), skipping run keys that already ran.
+After a tick's batch runs it redraws the dashboard of each session a run succeeded for, as
+``session_dashboard_sensor`` does under the daemon.
 The cursor is kept in ``$DAGSTER_HOME/cli_sensor_cursor.json``; the batch ledger is in the warehouse, so
 a lost cursor costs one settle period, never a duplicate.
 """
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from cryodecon_assets.facility.dashboard import DASHBOARD_JOB, session_of_batch
 from cryodecon_assets.intake.sensors import PROCESS_JOB, microscope_storage_sensor
+from cryodecon_assets.partitions import SESSIONS
 
 SENSOR_NAME = microscope_storage_sensor.name
 
@@ -29,6 +33,7 @@ class DriveReport:
     partitions_added: list[str] = field(default_factory=list)
     runs: dict[str, bool] = field(default_factory=dict)  # batch -> success
     skipped_run_keys: list[str] = field(default_factory=list)
+    dashboards: dict[str, bool] = field(default_factory=dict)  # session partition -> success
 
 
 def _cursor_path(instance: dg.DagsterInstance) -> Path:
@@ -50,13 +55,14 @@ def _save_cursor(instance: dg.DagsterInstance, cursor: str | None) -> None:
 def tick_once(
     instance: dg.DagsterInstance, defs: dg.Definitions, report: DriveReport, log_level: str = "INFO"
 ) -> dg.SensorResult:
-    context = dg.build_sensor_context(
+    # A context manager: resources with a teardown (the device lease) are built and torn down in it.
+    with dg.build_sensor_context(
         instance=instance,
         cursor=_load_cursor(instance),
         resources=dict(defs.resources or {}),
         definitions=defs,
-    )
-    result = microscope_storage_sensor(context)
+    ) as context:
+        result = microscope_storage_sensor(context)
     assert isinstance(result, dg.SensorResult)
     report.ticks += 1
     for request in result.dynamic_partitions_requests or []:
@@ -69,6 +75,7 @@ def tick_once(
                 report.partitions_added.extend(new)
     _save_cursor(instance, result.cursor)  # the daemon also stores the cursor before launching runs
     job = defs.resolve_job_def(PROCESS_JOB)
+    sessions: set[str] = set()
     for run_request in result.run_requests or []:
         existing = instance.get_runs(
             filters=dg.RunsFilter(
@@ -92,7 +99,28 @@ def tick_once(
             raise_on_error=False,
         )
         report.runs[str(run_request.partition_key)] = outcome.success
+        if outcome.success:
+            sessions.add(session_of_batch(str(run_request.partition_key)))
+    for session in sorted(sessions):
+        refresh_dashboard(instance, defs, session, report, log_level)
     return result
+
+
+def refresh_dashboard(
+    instance: dg.DagsterInstance, defs: dg.Definitions, session: str, report: DriveReport, log_level: str = "INFO"
+) -> bool:
+    """Materialise ``session_dashboard`` for a session partition (registered first if need be)."""
+    if not instance.has_dynamic_partition(SESSIONS, session):
+        instance.add_dynamic_partitions(SESSIONS, [session])
+    outcome = defs.resolve_job_def(DASHBOARD_JOB).execute_in_process(
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        instance=instance,
+        partition_key=session,
+        tags={"cryodecon/source": "cli"},
+        raise_on_error=False,
+    )
+    report.dashboards[session] = outcome.success
+    return outcome.success
 
 
 def drive(

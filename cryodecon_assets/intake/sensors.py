@@ -11,9 +11,12 @@ rewritten under the manifest lock, and dropped once the file is in a manifest (w
 and the mtime it was taken at, for the run) or gone.  A pass hashes for at most
 ``checksum_seconds_per_tick``, so a backlog is hashed over several ticks, each within Dagster's time limit.
 
+The sensor also registers each batch's session as a partition of ``acquisition_sessions`` (the session
+dashboard's partitions).
+
 The sweep schedule catches what a tick could not finish: files the sensor never saw complete (e.g. it was
-stopped), manifests whose partition was never registered (a crash between the two writes) and partitions
-whose HyperScores were never materialised with no run under way (a run that died).
+stopped), manifests whose partition (batch or session) was never registered (a crash between the two
+writes) and partitions whose HyperScores were never materialised with no run under way (a run that died).
 """
 
 import hashlib
@@ -35,7 +38,7 @@ from cryodecon_assets.intake.batching import (
     plan_batches,
     safe_session,
 )
-from cryodecon_assets.partitions import acquisition_batches
+from cryodecon_assets.partitions import SESSIONS, acquisition_batches, acquisition_sessions
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from cryodecon_resources.storage import FileObservation, StorageScan, UnreadableFolder, sha256_of_file
 from cryodecon_science.io.session import exposure_name
@@ -276,7 +279,13 @@ def microscope_storage_sensor(
     return dg.SensorResult(
         run_requests=run_requests_for(created, "sensor"),
         dynamic_partitions_requests=(
-            [acquisition_batches.build_add_request([m.batch_key for m in created])] if created else []
+            [
+                acquisition_batches.build_add_request([m.batch_key for m in created]),
+                # the session dashboard's partition (adding a known key again is a no-op)
+                acquisition_sessions.build_add_request(sorted({safe_session(m.session) for m in created})),
+            ]
+            if created
+            else []
         ),
         cursor=plan.state.to_cursor(),
         skip_reason=None
@@ -312,6 +321,10 @@ def storage_sweep_schedule(
     missing_partitions = [m.batch_key for m in manifests if m.batch_key not in known]
     if missing_partitions:
         instance.add_dynamic_partitions(acquisition_batches.name, missing_partitions)
+    sessions_known = set(instance.get_dynamic_partitions(SESSIONS))
+    missing_sessions = sorted({safe_session(m.session) for m in manifests} - sessions_known)
+    if missing_sessions:
+        instance.add_dynamic_partitions(SESSIONS, missing_sessions)
     done = instance.get_materialized_partitions(dg.AssetKey("hyperscores"))
     in_flight = {
         run.tags.get("dagster/partition")

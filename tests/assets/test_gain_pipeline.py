@@ -75,9 +75,8 @@ def test_movies_are_processed_with_their_gain_and_quarantined_without_it(tmp_pat
     cursor = None
     requests: list[dg.RunRequest] = []
     for _ in range(4):  # seen, settled and hashed, cut (a tick that cuts nothing requests nothing)
-        result = microscope_storage_sensor(
-            dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources.as_dict())
-        )
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources.as_dict()) as context:
+            result = microscope_storage_sensor(context)
         assert isinstance(result, dg.SensorResult)
         cursor = result.cursor
         for request in result.dynamic_partitions_requests or []:

@@ -20,6 +20,7 @@ import pytest
 from cryodecon_assets.intake import sensors
 from cryodecon_assets.intake.batching import MANIFESTS, BatchManifest, PlanState
 from cryodecon_assets.intake.sensors import cut_batches, microscope_storage_sensor, report_cut
+from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from cryodecon_resources.storage import sha256_of_file
 from cryodecon_science.io.mrc import write_mrc
@@ -45,7 +46,13 @@ def _tick(resources: dict[str, object], cursor: str | None) -> dg.SensorResult:
 
 
 def _added(result: dg.SensorResult) -> list[str]:
-    return [k for r in result.dynamic_partitions_requests or [] for k in r.partition_keys]  # type: ignore[union-attr]
+    """The batch partitions the tick registers (it registers their sessions too, for the dashboard)."""
+    return [
+        k
+        for r in result.dynamic_partitions_requests or []
+        if r.partitions_def_name == acquisition_batches.name
+        for k in r.partition_keys  # type: ignore[union-attr]
+    ]
 
 
 def _manifests(warehouse: ScoreWarehouse) -> list[BatchManifest]:

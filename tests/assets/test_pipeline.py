@@ -321,6 +321,27 @@ def test_the_daily_summary_of_the_day_the_batches_were_cut(processed: Processed)
 
 
 @pytest.mark.slow
+def test_the_session_dashboard_is_drawn_after_the_batches(processed: Processed) -> None:
+    """The driver (as ``session_dashboard_sensor`` under the daemon) redraws the session's dashboard."""
+    from cryodecon_assets.facility.dashboard_figures import check_self_contained
+
+    assert processed.instance.get_materialized_partitions(dg.AssetKey("session_dashboard")) == {"grid"}
+    event = processed.instance.get_latest_materialization_event(dg.AssetKey("session_dashboard"))
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata
+    assert metadata["exposures"].value == 4 and metadata["batches"].value == 2
+    for key in ("trends", "histograms", "grid_map", "class_gallery"):
+        assert "](data:image/png;base64," in str(metadata[key].value), key
+    page = processed.outputs / "sessions" / "grid" / "dashboard.html"
+    assert str(metadata["dashboard_html"].value) == str(page)
+    text = page.read_text(encoding="utf-8")
+    assert check_self_contained(text) == [] and "<script" not in text
+    for section in ("Trends", "Histograms", "Grid map", "2D classes after grid-00002"):
+        assert f"<h2>{section}" in text, section
+    assert text.count('src="data:image/png;base64,') == 4
+
+
+@pytest.mark.slow
 def test_v_records_the_shipped_weights_without_curation_labels(processed: Processed) -> None:
     assert set(processed.table["weights_version"]) == {shipped_weights().version}
 

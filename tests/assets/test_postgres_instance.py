@@ -66,8 +66,8 @@ def test_pipeline_runs_on_a_postgres_instance(
         assert instance.get_materialized_partitions(dg.AssetKey("hyperscores")) == {"grid-00001"}
     # The runs and their events are rows in this database, seen over a fresh connection.
     with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
-        assert cursor.fetchone() == (1,)
+        cursor.execute("SELECT pipeline_name, count(*) FROM runs WHERE status = 'SUCCESS' GROUP BY 1 ORDER BY 1")
+        assert cursor.fetchall() == [("process_batch", 1), ("session_dashboard_job", 1)]  # the batch, then its session
         cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'")
         (materializations,) = cursor.fetchone()
         assert materializations >= 8

@@ -11,6 +11,7 @@ import pytest
 
 from cryodecon_assets.intake.batching import MANIFESTS, BatchManifest
 from cryodecon_assets.intake.sensors import microscope_storage_sensor
+from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import MicroscopeStorage, ScoreWarehouse
 from cryodecon_science.io.mrc import write_mrc
 
@@ -40,7 +41,13 @@ def _tick(instance: dg.DagsterInstance, resources: dict[str, object], cursor: st
 
 
 def _added(result: dg.SensorResult) -> list[str]:
-    return [k for r in result.dynamic_partitions_requests or [] for k in r.partition_keys]  # type: ignore[union-attr]
+    """The batch partitions the tick registers (it registers their sessions too, for the dashboard)."""
+    return [
+        k
+        for r in result.dynamic_partitions_requests or []
+        if r.partitions_def_name == acquisition_batches.name
+        for k in r.partition_keys  # type: ignore[union-attr]
+    ]
 
 
 @pytest.fixture
@@ -57,6 +64,8 @@ def test_complete_files_become_batches_and_run_requests(tmp_path: Path, instance
     assert not first.run_requests, "a file seen once is not yet known to be stable"
     second = _tick(instance, resources, first.cursor)
     assert _added(second) == ["grid01-00001", "grid01-00002"]
+    sessions = [r for r in second.dynamic_partitions_requests or [] if r.partitions_def_name == "acquisition_sessions"]
+    assert [list(r.partition_keys) for r in sessions] == [["grid01"]]  # type: ignore[union-attr]
     assert [r.partition_key for r in second.run_requests] == ["grid01-00001", "grid01-00002"]
     assert all(r.job_name == "process_batch" and r.run_key == r.partition_key for r in second.run_requests)
     manifest = BatchManifest.from_document(ScoreWarehouse(root=str(warehouse)).read_document(MANIFESTS, "grid01-00001"))

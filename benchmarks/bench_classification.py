@@ -784,6 +784,7 @@ def main() -> None:
     parser.add_argument("--aspire-selector", choices=("global-variance", "distance"), default="global-variance")
     parser.add_argument("--no-aspire", action="store_true")
     parser.add_argument("--aspire-python", type=Path, default=ASPIRE_PYTHON)
+    parser.add_argument("--output-name", default=None, help="results file stem (default classification[_quick])")
     args = parser.parse_args()
     n = args.particles or (600 if args.quick else 5000)
     batch = args.batch or (200 if args.quick else 1000)
@@ -841,7 +842,8 @@ def main() -> None:
     result["findings"] = findings(result)
     result["runtime_seconds"] = time.perf_counter() - started
     text = markdown(result)
-    out = write_results("classification_quick" if args.quick else "classification", result, text)
+    name = args.output_name or ("classification_quick" if args.quick else "classification")
+    out = write_results(name, result, text)
     print(text)
     print(f"wrote {out}; runtime {result['runtime_seconds']:.0f} s")
 

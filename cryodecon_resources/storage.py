@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import stat
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cryodecon_science.io.checksum import sha256_of_file as sha256_of_file  # the manifests' checksum
 from cryodecon_science.io.gain import is_gain_reference_name
 
 
@@ -208,11 +208,3 @@ class MicroscopeStorage(dg.ConfigurableResource):
 
     def absolute(self, relative_path: str) -> Path:
         return Path(self.root) / relative_path
-
-
-def sha256_of_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -468,8 +468,7 @@ def _split_classes(
             continue
         used.add(heavy)
         a, r = shift[members, heavy], angle[members, heavy]
-        unshifted = torch.fft.irfft2(torch.fft.rfft2(images[members]) * shift_phase(-a, box), s=(box, box))
-        aligned_ft = torch.fft.rfft2(rotate_images(unshifted, -r, mode="bilinear"))
+        aligned_ft = _aligned_ft(images[members], a, r, "bilinear")
         flipped = torch.fft.irfft2(aligned_ft * torch.sign(ctf.transfer(members, rotation_deg=r)) * low, s=(box, box))
         features = (flipped * grid.mask).reshape(members.shape[0], -1)
         features = features - features.mean(dim=0)
@@ -587,6 +586,15 @@ def _expectation(
     return _Poses(posterior, angle, shift, correlation)
 
 
+def _aligned_ft(images: torch.Tensor, shift_yx_px: torch.Tensor, angle_deg: torch.Tensor, mode: str) -> torch.Tensor:
+    """F(R_{−r} T_{−s} x): each image turned back into its class's frame, the shift exactly by a Fourier phase, the
+    rotation by ``rotate_images`` interpolation (``mode``); (n, B, B//2+1) complex."""
+    box = images.shape[-1]
+    unshifted = torch.fft.irfft2(torch.fft.rfft2(images) * shift_phase(-shift_yx_px, box), s=(box, box))
+    aligned_ft: torch.Tensor = torch.fft.rfft2(rotate_images(unshifted, -angle_deg, mode=mode))
+    return aligned_ft
+
+
 def _maximisation(
     images: torch.Tensor, half: torch.Tensor, ctf: CtfTensors, poses: _Poses, n_classes: int, grid: _Grid
 ) -> _Stats:
@@ -603,10 +611,7 @@ def _maximisation(
         k = klass[start : start + chunk]
         w = poses.posterior[i, k]
         angle = poses.angle_deg[i, k]
-        unshifted = torch.fft.irfft2(
-            torch.fft.rfft2(images[i]) * shift_phase(-poses.shift_yx_px[i, k], box), s=(box, box)
-        )
-        aligned_ft = torch.fft.rfft2(rotate_images(unshifted, -angle, mode="bicubic"))
+        aligned_ft = _aligned_ft(images[i], poses.shift_yx_px[i, k], angle, "bicubic")
         transfer = ctf.transfer(i, rotation_deg=angle)
         slot = half[i] * n_classes + k
         numerator.index_add_(0, slot, w[:, None, None] * transfer * aligned_ft)

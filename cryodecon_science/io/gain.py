@@ -21,7 +21,6 @@ the non-defective pixels in their 5 × 5 neighbourhood, frame by frame.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from cryodecon_science.io.checksum import sha256_of_file
 from cryodecon_science.io.mrc import CorruptHeaderError, InputFileError, InvalidPixelDataError, read_mrc_frames
 from cryodecon_science.io.tiff import read_tiff_movie
 
@@ -169,14 +169,10 @@ def read_gain_reference(
 
 
 def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        return sha256_of_file(path)
     except OSError as exc:
         raise InputFileError(path, f"cannot open ({exc.strerror or exc})") from exc
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=4)

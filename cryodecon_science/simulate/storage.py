@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cryodecon_science.io.atomic import atomic_target
+from cryodecon_science.io.checksum import sha256_of_file
 from cryodecon_science.io.mrc import InputFileError, check_complete, write_mrc
 from cryodecon_science.io.session import (
     MICROGRAPH_DIRNAME,
@@ -78,11 +79,7 @@ def _json_bytes(document: Any) -> bytes:
 
 def _sha256_file(path: Path) -> str | None:
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_of_file(path)
     except OSError:
         return None
 

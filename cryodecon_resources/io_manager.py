@@ -111,12 +111,7 @@ class BatchIOManager(dg.ConfigurableIOManager):
                     with open(path, "rb") as handle:
                         result[path.stem] = pickle.load(handle)
             except (InputFileError, OSError, pickle.UnpicklingError, EOFError) as exc:
-                producer = "/".join(context.asset_key.path)
-                raise StoredOutputError(
-                    f"{producer} (partition {context.asset_partition_key if context.has_asset_partitions else '-'}) "
-                    f"stored {path.name}, which cannot be read back: {exc}. The step {producer} wrote it; rerun "
-                    "that step for the batch (the file was damaged or written by another version)"
-                ) from exc
+                raise _unreadable(context, path, exc) from exc
         return result
 
     def _load_records(self, context: dg.InputContext, directory: Path) -> dict[str, Any]:
@@ -127,11 +122,18 @@ class BatchIOManager(dg.ConfigurableIOManager):
                 with open(path, "rb") as handle:
                     records[path.name.removesuffix(EXPOSURE_SUFFIX)] = pickle.load(handle)
             except (OSError, pickle.UnpicklingError, EOFError) as exc:
-                producer = "/".join(context.asset_key.path)
-                raise StoredOutputError(
-                    f"{producer} stored {path.name}, which cannot be read back: {exc}. Rerun {producer} for the batch"
-                ) from exc
+                raise _unreadable(context, path, exc) from exc
         return records
+
+
+def _unreadable(context: dg.InputContext, path: Path, exc: Exception) -> StoredOutputError:
+    """The error of a stored output that cannot be read back, naming the step to rerun."""
+    producer = "/".join(context.asset_key.path)
+    return StoredOutputError(
+        f"{producer} (partition {context.asset_partition_key if context.has_asset_partitions else '-'}) "
+        f"stored {path.name}, which cannot be read back: {exc}. The step {producer} wrote it; rerun "
+        "that step for the batch (the file was damaged or written by another version)"
+    )
 
 
 def _pickle(path: Path, value: Any) -> None:

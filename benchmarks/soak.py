@@ -134,6 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="server URL without database; a fresh database is created on it",
     )
     parser.add_argument("--keep", action="store_true", help="keep the database (the workdir is always kept)")
+    parser.add_argument(
+        "--celery-workers",
+        type=int,
+        default=0,
+        help="run the steps on this many Celery workers (CRYODECON_EXECUTOR=celery; 0: in the run worker)",
+    )
+    parser.add_argument("--celery-broker", default="pyamqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--celery-backend", default="redis://127.0.0.1:6379/6")
+    parser.add_argument("--max-concurrent-runs", type=int, default=None, help="default: dagster.yaml's")
+    parser.add_argument(
+        "--fault",
+        choices=("run-worker", "celery-worker", "rabbitmq", "postgres", "none"),
+        default="run-worker",
+        help="what fails while --kill-at-step runs: SIGKILL to the run worker or to the Celery worker executing "
+        "the step, a RabbitMQ stop/start, or PostgreSQL stopped for --fault-seconds (none = --no-kill)",
+    )
+    parser.add_argument(
+        "--accept-step-quarantine",
+        action="store_true",
+        help="a good exposure a batch step quarantined with its reason counts as accounted, not lost (reported "
+        "apart; for throughput runs on micrographs small enough that a step may find nothing to work on)",
+    )
+    parser.add_argument("--fault-seconds", type=float, default=30.0, help="how long RabbitMQ/PostgreSQL stay down")
+    parser.add_argument(
+        "--worker-restart-seconds", type=float, default=15.0, help="a killed Celery worker is replaced after this"
+    )
     return parser
 
 
@@ -216,9 +242,13 @@ class Layout:
             folder.mkdir(parents=True, exist_ok=True)
 
 
-def write_instance_yaml(dagster_home: Path) -> Path:
+def write_instance_yaml(dagster_home: Path, max_concurrent_runs: int | None = None) -> Path:
     """``$DAGSTER_HOME/dagster.yaml`` = the repository's file + the PostgreSQL storage block."""
     text = (REPO / "dagster.yaml").read_text()
+    if max_concurrent_runs is not None:
+        text, n = re.subn(r"max_concurrent_runs: \d+", f"max_concurrent_runs: {max_concurrent_runs}", text)
+        if n != 1:
+            raise HarnessError("dagster.yaml has no single max_concurrent_runs to override")
     text = text.rstrip("\n") + "\n\nstorage:\n  postgres:\n    postgres_url:\n      env: CRYODECON_POSTGRES_URL\n"
     target = dagster_home / "dagster.yaml"
     target.write_text(text)
@@ -719,6 +749,153 @@ class RunKiller:
         log(f"SIGKILL run worker pid {pid} of run {run_id} ({self.record.partition}) during {', '.join(in_flight)}")
 
 
+# ---- Celery workers, and the faults beside a run worker's death ----------------------------------------
+class CeleryWorkers:
+    """N Celery workers (``cryodecon workers``' commands), each on the ``dagster`` and ``gpu`` queues, one step
+    at a time; a killed one is replaced after a delay, as a service manager with ``Restart=always`` would."""
+
+    def __init__(self, n: int, env: Mapping[str, str], log_dir: Path) -> None:
+        from cryodecon_assets.execution import CPU_QUEUE, GPU_QUEUE
+
+        self.config = REPO / "deploy" / "celery" / "celery.yaml"
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.queues = (CPU_QUEUE, GPU_QUEUE)
+        self.names = [f"w{i + 1}" for i in range(n)]
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _start(self, name: str) -> None:
+        from cryodecon_assets.cli.workers import WorkerSpec, start_worker
+
+        spec = WorkerSpec(name, self.queues, 1, "")
+        self.processes[name] = start_worker(spec, self.config, self.env, self.log_dir / f"celery_{name}.log")
+
+    def start(self, timeout_s: float) -> None:
+        from kombu import Connection
+
+        from cryodecon_assets.cli.workers import wait_until_ready
+
+        with Connection(self.env["CRYODECON_CELERY_BROKER"]) as connection:  # steps left by an earlier soak
+            for queue in self.queues:
+                channel = connection.channel()
+                with contextlib.suppress(Exception):
+                    channel.queue_purge(queue)
+        for name in self.names:
+            self._start(name)
+        wait_until_ready(self.config, self.names, timeout_s, self.processes)
+        log(f"{len(self.names)} Celery workers ready: {', '.join(self.names)}")
+
+    def kill(self, name: str, restart_after_s: float) -> int:
+        from cryodecon_assets.cli.workers import stop_worker
+
+        process = self.processes[name]
+        stop_worker(process, signal.SIGKILL, grace_seconds=5)
+        timer = threading.Timer(restart_after_s, self._start, args=(name,))
+        timer.daemon = True
+        timer.start()
+        return process.pid
+
+    def stop(self) -> None:
+        from cryodecon_assets.cli.workers import stop_worker
+
+        for process in self.processes.values():
+            stop_worker(process)
+
+
+def celery_worker_of_step(instance: Any, run_id: str, step: str) -> str | None:
+    """The Celery worker (name before '@') that last reported 'Executing steps <step>' for the run."""
+    import dagster as dg
+
+    name = None
+    for entry in run_events(instance, run_id, {dg.DagsterEventType.ENGINE_EVENT}):
+        event = entry.dagster_event
+        if entry.step_key == step and "Executing steps" in (event.message or ""):
+            worker = event.engine_event_data.metadata.get("Celery worker")
+            name = str(worker.value).split("@")[0] if worker is not None else None
+    return name
+
+
+def step_executions(instance: Any, run_id: str) -> dict[str, list[str]]:
+    """Step -> the Celery workers it was executed on, in order (a redelivered step appears twice)."""
+    import dagster as dg
+
+    executed: dict[str, list[str]] = defaultdict(list)
+    for entry in run_events(instance, run_id, {dg.DagsterEventType.ENGINE_EVENT}):
+        event = entry.dagster_event
+        if entry.step_key and "Executing steps" in (event.message or ""):
+            worker = event.engine_event_data.metadata.get("Celery worker")
+            executed[entry.step_key].append(str(worker.value).split("@")[0] if worker is not None else "?")
+    return dict(executed)
+
+
+def _service(command: Sequence[str]) -> dict[str, Any]:
+    done = subprocess.run(list(command), capture_output=True, text=True, timeout=120, check=False)
+    log(f"{' '.join(command)}: rc {done.returncode}")
+    return {"command": " ".join(command), "rc": done.returncode, "at_s": time.time(), "output": done.stdout[-300:]}
+
+
+def postgres_cluster() -> tuple[str, str]:
+    """(version, name) of the local PostgreSQL cluster (Debian's pg_lsclusters)."""
+    line = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
+    version, name = line.split()[:2]
+    return version, name
+
+
+class FaultInjector(RunKiller):
+    """While ``kill_step`` runs: SIGKILL the Celery worker executing it, or take RabbitMQ or PostgreSQL down
+    for ``fault_seconds`` (in a thread; the soak goes on watching)."""
+
+    def __init__(
+        self, kind: str, workers: CeleryWorkers | None, fault_seconds: float, restart_s: float, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+        self.workers = workers
+        self.fault_seconds = fault_seconds
+        self.restart_s = restart_s
+        self.fault: dict[str, Any] = {}
+        self.thread: threading.Thread | None = None
+
+    def _kill(self, instance: Any, run: Any, in_flight: list[str]) -> None:
+        run_id = run.dagster_run.run_id
+        step = self.kill_step if self.kill_step in in_flight else in_flight[0]
+        self.fault = {
+            "kind": self.kind,
+            "run_id": run_id,
+            "partition": run.dagster_run.tags.get("dagster/partition", ""),
+            "step": step,
+            "steps_in_flight": in_flight,
+            "actions": [],
+        }
+        pid = 0
+        if self.kind == "celery-worker":
+            assert self.workers is not None
+            name = celery_worker_of_step(instance, run_id, step)
+            if name is None or name not in self.workers.processes:
+                return  # the task is not on a worker yet: next poll
+            pid = self.workers.kill(name, self.restart_s)
+            self.fault.update(worker=name, pid=pid, restarted_after_s=self.restart_s)
+            self.fault["actions"].append({"command": f"SIGKILL process group {pid} ({name})", "at_s": time.time()})
+            log(f"SIGKILL Celery worker {name} (pid {pid}) during {step} of {run_id}")
+        else:
+            if self.kind == "rabbitmq":
+                down, up = ["rabbitmqctl", "stop_app"], ["rabbitmqctl", "start_app"]
+            else:
+                version, cluster = postgres_cluster()
+                down = ["pg_ctlcluster", version, cluster, "stop", "-m", "fast"]
+                up = ["pg_ctlcluster", version, cluster, "start"]
+
+            def outage() -> None:
+                self.fault["actions"].append(_service(down))
+                time.sleep(self.fault_seconds)
+                self.fault["actions"].append(_service(up))
+
+            self.thread = threading.Thread(target=outage, daemon=False)
+            self.thread.start()
+        self.fault["at_s"] = time.time()
+        self.record = KillRecord(run_id, self.fault["partition"], pid, self.kind, "", time.time(), in_flight, [])
+
+
 def gpu_slots(instance: Any, pool: str = "gpu") -> dict[str, Any]:
     try:
         info = instance.event_log_storage.get_concurrency_info(pool)
@@ -802,17 +979,31 @@ class Progress:
     good_scored: int = 0
     bad_landed: int = 0
     bad_accounted: int = 0
+    good_step_quarantined: int = 0
 
     def complete(self, n_good: int, n_bad: int) -> bool:
-        return self.good_scored >= n_good and self.bad_accounted >= n_bad
+        return self.good_scored + self.good_step_quarantined >= n_good and self.bad_accounted >= n_bad
 
 
-def progress(view: WarehouseView, records: Sequence[Mapping[str, Any]], accept_scored_duplicates: bool) -> Progress:
+def step_quarantined(view: WarehouseView, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Quarantine rows of a batch step (not the sensor) for an exposure that was never scored."""
+    if record["name"] in view.scored:
+        return []
+    return [q for q in quarantine_for(view, record) if q.get("stage") != "sensor"]
+
+
+def progress(
+    view: WarehouseView,
+    records: Sequence[Mapping[str, Any]],
+    accept_scored_duplicates: bool,
+    accept_step_quarantine: bool = False,
+) -> Progress:
     result = Progress()
     for record in records:
         if record["kind"] == GOOD:
             result.good_landed += 1
             result.good_scored += int(len(view.scored.get(record["name"], [])) == 1)
+            result.good_step_quarantined += int(accept_step_quarantine and bool(step_quarantined(view, record)))
         else:
             result.bad_landed += 1
             result.bad_accounted += int(accounted(view, record, accept_scored_duplicates))
@@ -898,8 +1089,15 @@ def analyse(
     once = [r["name"] for r in good if len(view.scored.get(r["name"], [])) == 1]
     double = {r["name"]: view.scored[r["name"]] for r in good if len(view.scored.get(r["name"], [])) > 1}
     lost: dict[str, str] = {}
+    set_aside: dict[str, str] = {}  # good exposures a batch step quarantined, with --accept-step-quarantine
     for r in good:
         if r["name"] in view.scored:
+            continue
+        by_step = step_quarantined(view, r)
+        if args.accept_step_quarantine and by_step:
+            set_aside[r["name"]] = "; ".join(
+                f"{x.get('stage')}: {x.get('reason')} ({x.get('detail', '')})" for x in by_step
+            )
             continue
         batch = file_batch.get(r["relative_path"])
         q = quarantine_for(view, r)
@@ -917,14 +1115,18 @@ def analyse(
         "scored_exactly_once": len(once),
         "double_counted": double,
         "lost": lost,
+        "quarantined_by_a_step": set_aside,
         "unexpected_scored": unexpected,
         "never_batched": sum(1 for r in good if r["relative_path"] not in file_batch),
     }
     result.checks.append(
         Check(
-            "every good exposure scored exactly once",
-            len(once) == len(good) == args.exposures,
-            f"{len(once)}/{args.exposures} (landed {len(good)}, double counted {len(double)}, lost {len(lost)})",
+            "every good exposure scored exactly once"
+            + (" or quarantined by a step with its reason" if args.accept_step_quarantine else ""),
+            len(once) + len(set_aside) == len(good) == args.exposures and not double,
+            f"{len(once)}/{args.exposures} (landed {len(good)}, double counted {len(double)}, lost {len(lost)}"
+            + (f", quarantined by a step {len(set_aside)}" if args.accept_step_quarantine else "")
+            + ")",
         )
     )
 
@@ -1117,6 +1319,86 @@ def analyse(
     return result
 
 
+def extend_result(
+    result: SoakResult, instance: Any, layout: Layout, args: argparse.Namespace, fault: FaultInjector | None
+) -> None:
+    """Throughput, where a run's time goes, step executions on Celery workers and the injected fault; the
+    report is drawn again with them."""
+    import duckdb
+
+    d = result.data
+    t0 = d["landing_started_s"]
+    scored = [e["scored_s"] for e in d["per_exposure"] if e.get("scored_s") is not None]
+    landed = [e["landed_s"] for e in d["per_exposure"]]
+    if scored and landed:
+        span_s = max(scored) - min(landed)
+        d["throughput"] = {
+            "scored": len(scored),
+            "first_landed_to_last_scored_s": span_s,
+            "exposures_per_hour": len(scored) / span_s * 3600 if span_s > 0 else None,
+        }
+    science: dict[str, float] = {}
+    files = sorted((layout.warehouse / "tables" / "step_times").glob("*.parquet"))
+    if files:
+        rows = duckdb.sql(
+            "SELECT run_id, sum(seconds) FROM read_parquet($files) GROUP BY run_id",
+            params={"files": [str(f) for f in files]},
+        ).fetchall()
+        science = {str(run_id): float(total) for run_id, total in rows}
+    breakdown = []
+    for run in d["runs"]:
+        if run["status"] != "SUCCESS" or run.get("start_s") is None or run.get("end_s") is None:
+            continue
+        stats = instance.get_run_step_stats(run["run_id"])
+        in_steps = sum(x.end_time - x.start_time for x in stats if x.start_time and x.end_time)
+        breakdown.append(
+            {
+                "run_id": run["run_id"],
+                "wall_s": run["end_s"] - run["start_s"],
+                "in_steps_s": in_steps,
+                "science_s": science.get(run["run_id"], 0.0),
+                "executions": step_executions(instance, run["run_id"]) if args.celery_workers else {},
+            }
+        )
+    d["run_time"] = {
+        "runs": len(breakdown),
+        "wall_s": quantiles([b["wall_s"] for b in breakdown]),
+        "in_steps_s": quantiles([b["in_steps_s"] for b in breakdown]),
+        "science_s": quantiles([b["science_s"] for b in breakdown]),
+    }
+    if args.celery_workers:
+        per_worker: dict[str, int] = defaultdict(int)
+        repeated = []
+        for b in breakdown:
+            for step, names in b["executions"].items():
+                for name in names:
+                    per_worker[name] += 1
+                if len(names) > 1:
+                    repeated.append(f"{b['run_id'][:8]}/{step} on {' then '.join(names)}")
+        d["celery"] = {"steps_per_worker": dict(per_worker), "steps_executed_more_than_once": repeated}
+    if fault is not None:
+        record = dict(fault.fault) if fault.fault else {"kind": fault.kind, "performed": False}
+        if fault.fault:
+            partition = record["partition"]
+            record["runs_of_partition"] = [
+                {"run_id": x["run_id"], "status": x["status"]} for x in d["runs"] if x["partition"] == partition
+            ]
+            record["hyperscores_materializations"] = d["batches"].get(partition, {}).get("hyperscores_materializations")
+        d["fault"] = record
+        result.checks.append(
+            Check(
+                f"fault injected ({fault.kind})",
+                bool(fault.fault),
+                f"during {record.get('step')} of {record.get('partition')}"
+                if fault.fault
+                else fault.problem or "never",
+            )
+        )
+        d["checks"] = [asdict(c) for c in result.checks]
+        d["passed"] = result.passed
+    result.markdown = render_markdown(result, t0)
+
+
 def render_markdown(result: SoakResult, t0: float) -> str:
     d = result.data
     s = d["setup"]
@@ -1142,6 +1424,11 @@ def render_markdown(result: SoakResult, t0: float) -> str:
     ]
     if e["double_counted"]:
         lines.append("- double counted: " + ", ".join(f"{n} ({', '.join(b)})" for n, b in e["double_counted"].items()))
+    if e.get("quarantined_by_a_step"):
+        lines.append(
+            "- quarantined by a batch step (accounted, not scored): "
+            + "; ".join(f"`{n}` {why}" for n, why in e["quarantined_by_a_step"].items())
+        )
     if e["lost"]:
         reasons: dict[str, int] = defaultdict(int)
         for reason in e["lost"].values():
@@ -1232,6 +1519,48 @@ def render_markdown(result: SoakResult, t0: float) -> str:
         "batch's first run (a killed batch's recovery counts in first_run_start_to_hyperscore); HyperScore: the "
         "first `hyperscores` materialisation of the batch, by the scoring run.",
     ]
+    if "throughput" in d:
+        t = d["throughput"]
+        lines += [
+            "",
+            "## Throughput",
+            "",
+            f"- {t['scored']} exposures scored in {fmt(t['first_landed_to_last_scored_s'])} s from the first landing "
+            f"to the last HyperScore: **{fmt(t['exposures_per_hour'], 0)} exposures per hour**",
+        ]
+    if "run_time" in d:
+        r = d["run_time"]
+        lines += [
+            f"- per successful run (median / p95 s, {r['runs']} runs): wall {fmt(r['wall_s']['median'])} / "
+            f"{fmt(r['wall_s']['p95'])}; inside steps {fmt(r['in_steps_s']['median'])} / "
+            f"{fmt(r['in_steps_s']['p95'])}; "
+            f"science (step_times) {fmt(r['science_s']['median'])} / {fmt(r['science_s']['p95'])}; the rest of the "
+            "wall time is orchestration (launch, step hand-over, events)"
+        ]
+    if "celery" in d:
+        c = d["celery"]
+        lines.append(
+            "- steps per Celery worker: " + ", ".join(f"{k} {v}" for k, v in sorted(c["steps_per_worker"].items()))
+        )
+        lines.append("- steps executed more than once: " + ("; ".join(c["steps_executed_more_than_once"]) or "none"))
+    if "fault" in d:
+        f = d["fault"]
+        lines += ["", f"## Fault: {f['kind']}", ""]
+        if f.get("at_s") is None:
+            lines.append("- not injected")
+        else:
+            lines.append(
+                f"- at {fmt(f['at_s'] - t0)} s, during `{f['step']}` of {f['partition']} (run {f['run_id'][:8]}); "
+                f"steps in flight: {', '.join(f['steps_in_flight'])}"
+            )
+            lines += [f"- {a['command']} at {fmt(a['at_s'] - t0)} s" for a in f["actions"]]
+            if "worker" in f:
+                lines.append(f"- worker {f['worker']} replaced {fmt(f['restarted_after_s'])} s later")
+            lines.append(
+                "- runs of the batch: "
+                + ", ".join(f"{x['run_id'][:8]} {x['status']}" for x in f.get("runs_of_partition", []))
+                + f"; HyperScore materialisations: {f.get('hyperscores_materializations')}"
+            )
     lines += ["", "## Steps of successful runs (s)", "", "| step | runs | median | p95 |", "| --- | --- | --- | --- |"]
     for step, q in sorted(d["steps"].items(), key=lambda kv: -(kv[1]["median"] or 0)):
         lines.append(f"| {step} | {q['n']} | {fmt(q['median'], 2)} | {fmt(q['p95'], 2)} |")
@@ -1273,9 +1602,22 @@ def soak(args: argparse.Namespace) -> int:
         raise HarnessError(f"cannot create database {database} on {args.postgres_server}: {exc}") from exc
     log(f"database {database}")
     env = soak_environment(layout, args, postgres_url)
+    if args.celery_workers:
+        env.update(
+            CRYODECON_EXECUTOR="celery",
+            CRYODECON_CELERY_CONFIG=str(REPO / "deploy" / "celery" / "celery.yaml"),
+            CRYODECON_CELERY_BROKER=args.celery_broker,
+            CRYODECON_CELERY_BACKEND=args.celery_backend,
+        )
+    if args.fault != "run-worker":
+        args.no_kill = True  # the run-worker analysis is off; another fault has its own section
+    if args.fault == "celery-worker" and not args.celery_workers:
+        raise HarnessError("--fault celery-worker needs --celery-workers")
     os.environ.update(env)
-    write_instance_yaml(layout.dagster_home)
+    write_instance_yaml(layout.dagster_home, args.max_concurrent_runs)
     dev: DagsterDev | None = None
+    workers: CeleryWorkers | None = None
+    killer: RunKiller | None = None
     instance: Any = None
     writer: EpuWriter | None = None
     exit_code = 2
@@ -1289,6 +1631,10 @@ def soak(args: argparse.Namespace) -> int:
         gpu_steps = gpu_pool_steps()
         plan = plan_landing(args, layout.staging)
         stage_files(args, layout.staging)
+        if args.celery_workers:
+            instance.event_log_storage.set_concurrency_slots("gpu", args.celery_workers)  # one slot per worker
+            workers = CeleryWorkers(args.celery_workers, env, workdir)
+            workers.start(args.startup_seconds)
         dev = DagsterDev(env, layout.dagster_log)
         dev.start()
         dev.wait_ready(instance, min(deadline, time.time() + args.startup_seconds))
@@ -1297,11 +1643,17 @@ def soak(args: argparse.Namespace) -> int:
         writer.start()
         n_bad = sum(1 for p in plan if p.kind != GOOD)
         log(f"landing {args.exposures} good + {n_bad} bad files into '{args.session}' over {args.land_seconds:g} s")
-        killer = (
-            None
-            if args.no_kill
-            else RunKiller(args.kill_at_step, gpu_steps, args.kill_after_runs, args.kill_delay_seconds, dev.pid)
-        )
+        killer_args = {
+            "kill_step": args.kill_at_step,
+            "gpu_steps": gpu_steps,
+            "skip_runs": args.kill_after_runs,
+            "delay_s": args.kill_delay_seconds,
+            "dagster_session": dev.pid,
+        }
+        if args.fault == "run-worker" and not args.no_kill:
+            killer = RunKiller(**killer_args)
+        elif args.fault not in ("run-worker", "none"):
+            killer = FaultInjector(args.fault, workers, args.fault_seconds, args.worker_restart_seconds, **killer_args)
         timed_out = True
         complete_since: float | None = None
         last_check = 0.0
@@ -1317,7 +1669,7 @@ def soak(args: argparse.Namespace) -> int:
             if time.time() - last_check >= 5:
                 last_check = time.time()
                 view = read_warehouse(layout.warehouse)
-                p = progress(view, list(writer.records), args.accept_scored_duplicates)
+                p = progress(view, list(writer.records), args.accept_scored_duplicates, args.accept_step_quarantine)
                 note = (
                     f"landed {p.good_landed}/{args.exposures} good, {p.bad_landed}/{n_bad} bad; scored once "
                     f"{p.good_scored}; bad accounted {p.bad_accounted}; batches {len(view.manifests)}"
@@ -1361,7 +1713,15 @@ def soak(args: argparse.Namespace) -> int:
             "workdir": str(workdir),
             "soak wall time": f"{time.time() - started:.0f} s (timeout {args.timeout_seconds:g} s)",
         }
-        result = analyse(instance, layout, args, writer, killer, gpu_steps, setup, timed_out)
+        if args.celery_workers:
+            setup["executor"] = (
+                f"Celery, {args.celery_workers} workers (one step at a time each; gpu pool slots = workers)"
+            )
+        if args.max_concurrent_runs is not None:
+            setup["max concurrent runs"] = args.max_concurrent_runs
+        run_killer = killer if not isinstance(killer, FaultInjector) else None
+        result = analyse(instance, layout, args, writer, run_killer, gpu_steps, setup, timed_out)
+        extend_result(result, instance, layout, args, killer if isinstance(killer, FaultInjector) else None)
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(result.markdown)
         json_path.write_text(json.dumps(_json_ready(result.data), indent=1))
@@ -1374,6 +1734,10 @@ def soak(args: argparse.Namespace) -> int:
     finally:
         if writer is not None:
             writer.stop_event.set()
+        if isinstance(killer, FaultInjector) and killer.thread is not None:
+            killer.thread.join()  # never leave RabbitMQ or PostgreSQL down
+        if workers is not None:
+            workers.stop()
         if dev is not None:
             log("stopping dagster dev")
             dev.stop(args.stop_grace_seconds)

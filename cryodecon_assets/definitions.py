@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from cryodecon_assets.batch import BATCH_ASSETS
+from cryodecon_assets.execution import batch_executor
 from cryodecon_assets.facility.dashboard import build_dashboard_sensor, session_dashboard, session_dashboard_job
 from cryodecon_assets.facility.maintenance import (
     impact_model,
@@ -21,12 +22,13 @@ from cryodecon_assets.facility.summary import daily_summary, daily_summary_job, 
 from cryodecon_assets.intake.sensors import PROCESS_JOB, microscope_storage_sensor, storage_sweep_schedule
 from cryodecon_resources import Settings, build_resources
 
-# One run processes one batch through the whole lineage in one process: per-step processes would
-# re-import torch for each of the eight steps (~19 s vs 6–8 s for a small run, measured).
+# By default one run processes one batch through the whole lineage in one process: per-step processes
+# would re-import torch for each of the eight steps (~19 s vs 6–8 s for a small run, measured).  On Celery
+# workers (CRYODECON_EXECUTOR=celery) each step is a task on a long-lived worker that imported torch once.
 process_batch = dg.define_asset_job(
     PROCESS_JOB,
     selection=dg.AssetSelection.assets(*BATCH_ASSETS),
-    executor_def=dg.in_process_executor,
+    executor_def=batch_executor(),
     description="Process one acquisition batch: raw micrographs to HyperScores.",
 )
 # Each successful batch run requests a redraw of its session's dashboard.
@@ -63,3 +65,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
 
 
 defs = build_definitions()
+
+
+def process_batch_job() -> dg.JobDefinition:
+    """``process_batch`` as resolved by the code location: the target of ``dg.reconstructable`` for runs that
+    execute in other processes (Celery workers load it from this module)."""
+    return defs.resolve_job_def(PROCESS_JOB)

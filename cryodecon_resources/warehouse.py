@@ -4,7 +4,10 @@ DuckDB allows one writing process per database file, and every Dagster run is it
 run ever opens a DuckDB database for writing: each run writes its rows as one Parquet file per table and
 partition, ``<root>/tables/<table>/<partition>.parquet``, by writing a temporary file and renaming it over
 the old one (``os.replace`` is atomic on POSIX).  A rerun of a partition replaces its file, so rows are
-never duplicated; runs of different partitions touch different files, so none are lost.  Readers open an
+never duplicated; runs of different partitions touch different files, so none are lost.  Each write or
+delete of a partition holds an exclusive ``flock`` on ``<table>/.<partition>.lock`` (a hidden file the views'
+``*.parquet`` glob skips), so two runs updating different micrographs of one partition
+(``replace_micrographs``: read, merge, replace) cannot lose each other's rows.  Readers open an
 in-memory DuckDB whose views glob the Parquet files (``connect``), or a views-only database file that
 ``export_views`` writes (and also replaces atomically) for people who prefer ``duckdb warehouse.duckdb``.
 
@@ -107,6 +110,18 @@ def _view_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
     )
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) across processes."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _atomic_write_bytes(target: Path, write: Callable[[str], object]) -> None:
     """Call ``write(temporary path)`` and move the result onto ``target`` (``atomic_target``: umask modes)."""
     with atomic_target(target) as tmp:
@@ -146,26 +161,33 @@ class ScoreWarehouse(dg.ConfigurableResource):
         """
         target = self._partition_path(table, partition_key)
         frame = pd.DataFrame(list(rows))
-        if replace_micrographs is not None and target.exists():
-            keep = set(replace_micrographs)
-            old = pd.read_parquet(target)
-            if "micrograph" in old.columns:
-                old = old[~old["micrograph"].isin(keep)]
-            frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
-        if frame.empty and not target.exists():
-            return 0
-        arrow = _as_declared(table, frame)
-        _atomic_write_bytes(target, lambda tmp: pq.write_table(arrow, tmp))
+        with self._partition_lock(target):  # the read-merge-write of replace_micrographs is one step
+            if replace_micrographs is not None and target.exists():
+                keep = set(replace_micrographs)
+                old = pd.read_parquet(target)
+                if "micrograph" in old.columns:
+                    old = old[~old["micrograph"].isin(keep)]
+                frame = pd.concat([old, frame], ignore_index=True) if len(frame) else old
+            if frame.empty and not target.exists():
+                return 0
+            arrow = _as_declared(table, frame)
+            _atomic_write_bytes(target, lambda tmp: pq.write_table(arrow, tmp))
         return len(frame)
 
     def delete_rows(self, table: str, partition_key: str) -> bool:
         """Remove the partition's rows of ``table``; False if it held none."""
         target = self._partition_path(table, partition_key)
-        try:
-            target.unlink()
-            return True
-        except FileNotFoundError:
-            return False
+        with self._partition_lock(target):
+            try:
+                target.unlink()
+                return True
+            except FileNotFoundError:
+                return False
+
+    @staticmethod
+    def _partition_lock(target: Path) -> contextlib.AbstractContextManager[None]:
+        """The exclusive lock of one partition file: ``flock`` on ``.<partition>.lock`` beside it."""
+        return _exclusive(target.with_name(f".{target.stem}.lock"))
 
     @contextlib.contextmanager
     def lock(self, collection: str) -> Iterator[None]:
@@ -175,13 +197,8 @@ class ScoreWarehouse(dg.ConfigurableResource):
         cutting batches), so two of them never plan from the same ledger.
         """
         directory = Path(self.root) / "documents" / _check_name("collection", collection)
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _exclusive(directory / ".lock"):
+            yield
 
     def read_rows(self, table: str, partition_key: str | None = None) -> pd.DataFrame:
         if partition_key is not None:

@@ -3,13 +3,18 @@ helpers."""
 
 from __future__ import annotations
 
+import os
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse, urlunparse
 
 import numpy as np
 import pytest
 import torch
+
+POSTGRES_ADMIN_URL = os.environ.get("CRYODECON_TEST_POSTGRES_URL")
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +62,27 @@ def pipeline_environment(home: Path, monkeypatch: pytest.MonkeyPatch, max_batch_
     monkeypatch.setenv("CRYODECON_MAX_BATCH_SIZE", str(max_batch_size))
     monkeypatch.setenv("CRYODECON_DEVICE", "cpu")
     monkeypatch.setenv("CRYODECON_2D_CLASSES", "4")  # sessions of a few dozen particles
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the server of ``CRYODECON_TEST_POSTGRES_URL``, dropped afterwards."""
+    import psycopg2
+
+    assert POSTGRES_ADMIN_URL
+    name = f"cryodecon_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    parsed = urlparse(POSTGRES_ADMIN_URL)
+    try:
+        yield urlunparse(parsed._replace(path=f"/{name}"))
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()

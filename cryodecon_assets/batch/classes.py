@@ -29,6 +29,7 @@ import numpy as np
 
 from cryodecon_assets.batch.common import GROUP, load_manifest
 from cryodecon_assets.batch.figures import class_gallery, picture_data_uri
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.intake.batching import BatchManifest, safe_session
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import OutputStore, PickingSettings, ScoreWarehouse, StructureLibrary, TorchDevice
@@ -127,7 +128,8 @@ def register_classes(
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"torch", "mrc"},
     description="The session's streaming 2D classes after this batch: the batch's particles (Fourier-cropped to "
     f"{CLASSIFICATION_BOX_PX} px) aligned to and folded into the classes of the session's earlier batches "

@@ -10,6 +10,7 @@ import numpy as np
 
 from cryodecon_assets.batch.common import GROUP, run_per_micrograph, selected, selection
 from cryodecon_assets.batch.figures import PREVIEW_LIMIT, ctf_markdown
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import OutputStore, ScoreWarehouse, TorchDevice
 from cryodecon_resources.tables import tables_metadata
@@ -31,7 +32,8 @@ def load_stored_fits(outputs: OutputStore, batch: str) -> dict[str, CtfFit]:
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"torch"},
     description="CTF fit per micrograph (tile-averaged periodogram, 1D search + 2D refinement); rows in "
     "the warehouse table `ctf` and a RELION `micrographs_ctf.star` per batch.",

@@ -11,6 +11,7 @@ import networkx as nx
 import numpy as np
 
 from cryodecon_assets.batch.common import GROUP, load_manifest, run_per_micrograph, selected, selection, warning_check
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.facility.references import load_citation_graph, load_or_train_impact_model
 from cryodecon_assets.intake.batching import BatchManifest
 from cryodecon_assets.partitions import acquisition_batches
@@ -57,7 +58,8 @@ EVALUATION_CHECKS = [
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"lancedb", "torch"},
     check_specs=EVALUATION_CHECKS,
     deps=["impact_model"],

@@ -13,6 +13,7 @@ import networkx as nx
 
 from cryodecon_assets.batch.common import GROUP, run_per_micrograph, selected, selection
 from cryodecon_assets.batch.figures import PREVIEW_LIMIT, picks_picture, picture_data_uri
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import OutputStore, PickingSettings, ScoreWarehouse, TorchDevice
 from cryodecon_resources.tables import tables_metadata
@@ -44,7 +45,8 @@ PARTICLES_STAR = "particles.star"
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"torch", "star"},
     description="Particle picks per micrograph: the learned picker's candidates on the raw micrograph, each kept "
     "or set aside (carbon, contamination, thick ice, aggregate) with its reason; rows in the warehouse "

@@ -9,6 +9,7 @@ import numpy as np
 
 from cryodecon_assets.batch.common import GROUP, SCIENCE_ERRORS, load_manifest, run_per_micrograph, selected, selection
 from cryodecon_assets.batch.figures import PREVIEW_LIMIT, causal_graph_markdown
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.intake.batching import BatchManifest
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import ScoreWarehouse, TorchDevice
@@ -91,7 +92,8 @@ def session_prior_markdown(rows: list[dict[str, object]]) -> str:
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"networkx"},
     description="Causal graph of image degradation per micrograph: node estimates with σ and weights, "
     "refined by the self-evaluation loop until every change < 1σ; session prior updated batch by batch.",

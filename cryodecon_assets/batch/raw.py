@@ -20,6 +20,7 @@ from cryodecon_assets.batch.common import (
 )
 from cryodecon_assets.batch.figures import thumbnails_markdown, trajectories_markdown
 from cryodecon_assets.batch.session_inputs import SETTINGS_TABLE, SessionInputs
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.intake.batching import BatchManifest, ManifestFile
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import (
@@ -269,7 +270,8 @@ def write_motion_star(warehouse: ScoreWarehouse, outputs: OutputStore, batch: st
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"mrc"},
     check_specs=[
         dg.AssetCheckSpec(

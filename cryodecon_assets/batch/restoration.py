@@ -9,6 +9,7 @@ import numpy as np
 
 from cryodecon_assets.batch.common import GROUP, run_per_micrograph, selected
 from cryodecon_assets.batch.figures import PREVIEW_LIMIT, before_after_markdown
+from cryodecon_assets.execution import GPU_POOL, GPU_STEP_TAGS
 from cryodecon_assets.partitions import acquisition_batches
 from cryodecon_resources import OutputStore, RestorationSettings, ScoreWarehouse, TorchDevice
 from cryodecon_science import causal
@@ -58,7 +59,8 @@ def restoration_asset(name: str, restore: Callable[..., np.ndarray], description
         name=name,
         partitions_def=acquisition_batches,
         group_name=GROUP,
-        pool="gpu",
+        pool=GPU_POOL,
+        op_tags=GPU_STEP_TAGS,
         kinds={"torch", "mrc"},
         description=description,
     )
@@ -102,7 +104,8 @@ deconvolved_micrographs = restoration_asset(
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"torch"},
     description="The denoiser that restores this batch: the shipped U-Net, or — with "
     "`CRYODECON_FINETUNE_STEPS` > 0 — the shipped U-Net fine-tuned on the batch's own micrographs "
@@ -146,7 +149,8 @@ def session_model(session_denoiser: Mapping[str, DenoiserRecord]) -> tuple[Denoi
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"torch", "mrc"},
     description="Micrographs denoised by the self-supervised U-Net of `session_denoiser` (the shipped "
     "Noise2Noise model on binomial splits of the counts, `cryodecon_science/data/denoiser_v1.pt`, or its "
@@ -192,7 +196,8 @@ def learned_denoised_micrographs(
 @dg.asset(
     partitions_def=acquisition_batches,
     group_name=GROUP,
-    pool="gpu",
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     kinds={"torch", "mrc"},
     description="The product's denoised micrographs (CTF kept): `learned_denoised_micrographs` and the Wiener "
     "`restored_micrographs` fused per Fourier ring, with weights fitted on binomial splits of each "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,19 +92,36 @@ def tick_once(
             "dagster/run_key": str(run_request.run_key),
             "dagster/sensor_name": SENSOR_NAME,
         }
-        outcome = job.execute_in_process(
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-            instance=instance,
-            partition_key=run_request.partition_key,
-            tags=tags,
-            raise_on_error=False,
-        )
-        report.runs[str(run_request.partition_key)] = outcome.success
-        if outcome.success:
+        success = execute_batch(instance, job, str(run_request.partition_key), tags, log_level)
+        report.runs[str(run_request.partition_key)] = success
+        if success:
             sessions.add(session_of_batch(str(run_request.partition_key)))
     for session in sorted(sessions):
         refresh_dashboard(instance, defs, session, report, log_level)
     return result
+
+
+def execute_batch(
+    instance: dg.DagsterInstance, job: dg.JobDefinition, batch: str, tags: Mapping[str, str], log_level: str = "INFO"
+) -> bool:
+    """Run ``process_batch`` for one batch from this process.  With the in-process executor the steps run here;
+    with another (``CRYODECON_EXECUTOR=celery``) this process orchestrates, as a run worker launched by the
+    daemon would, and the steps run where the executor sends them, loading the job from the code location."""
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if job.executor_def.name == dg.in_process_executor.name:
+        return job.execute_in_process(
+            run_config=run_config, instance=instance, partition_key=batch, tags=tags, raise_on_error=False
+        ).success
+    from cryodecon_assets.definitions import process_batch_job
+
+    with dg.execute_job(
+        dg.reconstructable(process_batch_job),
+        instance=instance,
+        run_config=run_config,
+        tags={**tags, "dagster/partition": batch},
+        raise_on_error=False,
+    ) as result:
+        return result.success
 
 
 def refresh_dashboard(

@@ -58,6 +58,7 @@ from cryodecon_assets.cli.particles import cmd_extract, cmd_pick
 from cryodecon_assets.cli.runs import cmd_library, cmd_reprocess, cmd_tick
 from cryodecon_assets.cli.science import cmd_ctf, cmd_restore
 from cryodecon_assets.cli.warehouse import cmd_export, cmd_label, cmd_scores, cmd_sql
+from cryodecon_assets.cli.workers import cmd_workers
 
 
 def _microscope_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     tick = sub.add_parser("tick", help="evaluate the storage sensor and run what it requests (no daemon)")
     tick.add_argument("--max-ticks", type=int, default=3)
+
+    workers = sub.add_parser(
+        "workers", help="start this node's Celery workers (CRYODECON_EXECUTOR=celery): one per GPU, plus CPU workers"
+    )
+    workers.add_argument("--gpus", default="", help="GPU ids, one worker each, e.g. 0,1,2,3")
+    workers.add_argument("--gpu-workers", type=int, default=0, help="device-less workers on the gpu queue (no --gpus)")
+    workers.add_argument("--cpu-workers", type=int, default=1, help="workers on the dagster (CPU) queue")
+    workers.add_argument("--cpu-concurrency", type=int, default=2, help="processes per CPU worker")
+    workers.add_argument("--startup-seconds", type=float, default=120.0)
 
     simulate = sub.add_parser("simulate", help="write a simulated session into a storage root")
     simulate.add_argument("--root", required=True)
@@ -218,6 +228,7 @@ COMMANDS = {
     "scores": cmd_scores,
     "sql": cmd_sql,
     "tick": cmd_tick,
+    "workers": cmd_workers,
     "reprocess": cmd_reprocess,
     "simulate": cmd_simulate,
     "demo": cmd_demo,

@@ -39,6 +39,7 @@ def cmd_tick(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
+    from cryodecon_assets.cli.driver import execute_batch
     from cryodecon_assets.intake.batching import MANIFESTS, BatchManifest
     from cryodecon_assets.intake.sensors import PROCESS_JOB
     from cryodecon_assets.partitions import acquisition_batches
@@ -60,11 +61,9 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     tags = {"cryodecon/source": "reprocess"}
     if args.micrograph:
         tags[SELECTION_TAG] = ",".join(args.micrograph)
-    result = defs.resolve_job_def(PROCESS_JOB).execute_in_process(
-        instance=instance, partition_key=args.batch, tags=tags, raise_on_error=False
-    )
-    print(f"run {result.run_id}: {'success' if result.success else 'failure'}")
-    return 0 if result.success else 1
+    success = execute_batch(instance, defs.resolve_job_def(PROCESS_JOB), args.batch, tags)
+    print(f"batch {args.batch}: {'success' if success else 'failure'}")
+    return 0 if success else 1
 
 
 def _some(names: Sequence[str], shown: int = 5) -> str:

@@ -5,48 +5,22 @@ Turned on by ``CRYODECON_TEST_POSTGRES_URL`` (``.ci/run`` sets it to the local s
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import dagster as dg
 import pytest
 
 from cryodecon_assets.cli.instance import prepare_instance_home
 from tests.assets.test_pipeline import run_pipeline, seed_session
-from tests.conftest import pipeline_environment
+from tests.conftest import POSTGRES_ADMIN_URL, pipeline_environment
 
-ADMIN_URL = os.environ.get("CRYODECON_TEST_POSTGRES_URL")
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.slow,
-    pytest.mark.skipif(not ADMIN_URL, reason="set CRYODECON_TEST_POSTGRES_URL to run against a real PostgreSQL"),
+    pytest.mark.skipif(
+        not POSTGRES_ADMIN_URL, reason="set CRYODECON_TEST_POSTGRES_URL to run against a real PostgreSQL"
+    ),
 ]
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    import psycopg2
-
-    assert ADMIN_URL
-    name = f"cryodecon_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    parsed = urlparse(ADMIN_URL)
-    try:
-        yield urlunparse(parsed._replace(path=f"/{name}"))
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
 
 
 def test_pipeline_runs_on_a_postgres_instance(

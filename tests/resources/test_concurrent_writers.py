@@ -1,4 +1,4 @@
-"""Several OS processes writing the warehouse and the structure library at once (issue #20, item 4).
+"""Several OS processes writing the warehouse and the structure library at once.
 
 Dagster steps run in separate processes (Celery workers, possibly on several machines over one shared
 filesystem), so both stores must survive writers racing on the same table, and on the same partition or

@@ -301,8 +301,9 @@ def gpu_pool_steps() -> tuple[str, ...]:
     """Step keys of process_batch whose op is in the ``gpu`` pool."""
     try:
         from cryodecon_assets.batch import BATCH_ASSETS
+        from cryodecon_assets.execution import GPU_POOL
 
-        steps = tuple(a.op.name for a in BATCH_ASSETS if a.op.pool == "gpu")
+        steps = tuple(a.op.name for a in BATCH_ASSETS if a.op.pool == GPU_POOL)
         return steps or DEFAULT_GPU_STEPS
     except Exception as exc:  # the soak still runs on the known list
         log(f"could not read pools from the asset definitions ({exc}); using {DEFAULT_GPU_STEPS}")
@@ -771,15 +772,9 @@ class CeleryWorkers:
         self.processes[name] = start_worker(spec, self.config, self.env, self.log_dir / f"celery_{name}.log")
 
     def start(self, timeout_s: float) -> None:
-        from kombu import Connection
+        from cryodecon_assets.cli.workers import purge_queues, wait_until_ready
 
-        from cryodecon_assets.cli.workers import wait_until_ready
-
-        with Connection(self.env["CRYODECON_CELERY_BROKER"]) as connection:  # steps left by an earlier soak
-            for queue in self.queues:
-                channel = connection.channel()
-                with contextlib.suppress(Exception):
-                    channel.queue_purge(queue)
+        purge_queues(self.env["CRYODECON_CELERY_BROKER"], self.queues)  # steps left by an earlier soak
         for name in self.names:
             self._start(name)
         wait_until_ready(self.config, self.names, timeout_s, self.processes)
@@ -803,16 +798,9 @@ class CeleryWorkers:
 
 
 def celery_worker_of_step(instance: Any, run_id: str, step: str) -> str | None:
-    """The Celery worker (name before '@') that last reported 'Executing steps <step>' for the run."""
-    import dagster as dg
-
-    name = None
-    for entry in run_events(instance, run_id, {dg.DagsterEventType.ENGINE_EVENT}):
-        event = entry.dagster_event
-        if entry.step_key == step and "Executing steps" in (event.message or ""):
-            worker = event.engine_event_data.metadata.get("Celery worker")
-            name = str(worker.value).split("@")[0] if worker is not None else None
-    return name
+    """The Celery worker (name before '@') that last reported executing ``step`` for the run."""
+    workers = step_executions(instance, run_id).get(step)
+    return workers[-1] if workers else None
 
 
 def step_executions(instance: Any, run_id: str) -> dict[str, list[str]]:

@@ -88,6 +88,22 @@ def stop_worker(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, gra
     os.killpg(process.pid, signal.SIGKILL)
 
 
+def purge_queues(broker_url: str, queues: Sequence[str] = (CPU_QUEUE, GPU_QUEUE)) -> None:
+    """Drop the steps waiting on the queues (left by an interrupted run: they would run on the next workers)."""
+    from kombu import Connection
+
+    with Connection(broker_url) as connection:
+        for queue in queues:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(queue)
+            except Exception:
+                pass
+            finally:
+                if channel.is_open:
+                    channel.close()
+
+
 def wait_until_ready(
     config_path: str | os.PathLike[str],
     names: Sequence[str],

@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 
 from cryodecon_assets.cli.instance import prepare_instance_home
-from cryodecon_assets.cli.workers import WorkerSpec, start_worker, stop_worker, wait_until_ready
+from cryodecon_assets.cli.workers import WorkerSpec, purge_queues, start_worker, stop_worker, wait_until_ready
 from cryodecon_assets.execution import CPU_QUEUE, GPU_QUEUE
 from cryodecon_resources import resources_from_environment
 from tests.assets.test_pipeline import seed_session
@@ -53,21 +53,6 @@ pytestmark = [
     pytest.mark.skipif(not _answers(5672), reason="no RabbitMQ on 127.0.0.1:5672 (the Celery broker)"),
     pytest.mark.skipif(not _answers(6379), reason="no Redis on 127.0.0.1:6379 (the Celery result backend)"),
 ]
-
-
-def _purge_queues() -> None:
-    """Steps left on the broker by an earlier, interrupted run of these tests would run on this test's workers."""
-    from kombu import Connection
-
-    with Connection(BROKER) as connection:
-        for queue in (CPU_QUEUE, GPU_QUEUE):
-            channel = connection.channel()
-            try:
-                channel.queue_purge(queue)
-            except Exception:
-                pass
-            finally:
-                channel.close() if channel.is_open else None
 
 
 @dataclass
@@ -106,7 +91,7 @@ def cluster(tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) 
         "OMP_NUM_THREADS": "1",
     }.items():
         monkeypatch.setenv(name, value)
-    _purge_queues()
+    purge_queues(BROKER)  # steps an interrupted earlier run left on the broker
     environ = dict(os.environ)
     instance = dg.DagsterInstance.from_config(str(home))
     instance.event_log_storage.set_concurrency_slots("gpu", 2)  # one slot per GPU worker

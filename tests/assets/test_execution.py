@@ -49,6 +49,13 @@ def test_a_wrong_executor_setting_names_what_is_wrong(environ: dict[str, str], m
         batch_executor(environ)
 
 
+def test_a_celery_file_that_is_not_yaml_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "celery.yaml"
+    path.write_text("execution: {config: [broker\n  - !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ExecutorConfigError, match=f"{path}: not YAML"):
+        celery_config(path)
+
+
 def test_a_celery_file_without_the_execution_block_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "celery.yaml"
     path.write_text("broker: pyamqp://localhost//\n")

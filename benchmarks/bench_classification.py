@@ -2,6 +2,8 @@
 
     bash benchmarks/setup_aspire.sh        # once: benchmark-only venv benchmarks/.venv-aspire (needs PyPI)
     .venv/bin/python benchmarks/bench_classification.py            # 5,000 particles, batches of 1,000, K = 50
+    .venv/bin/python benchmarks/bench_classification.py --classes 100 --aspire-n-nbor match \
+        --output-name classification_k100                           # K = 100: about 50 per class, as ASPIRE's
     .venv/bin/python benchmarks/bench_classification.py --quick    # 600 particles, batches of 200, K = 20
 
 Writes ``benchmarks/results/classification.json`` and ``.md`` (``--quick``: ``classification_quick.*``) and prints
@@ -35,11 +37,19 @@ stream: ``assign_particles`` of every particle against the final classes (timed 
 membership"), ``select_classes`` with its default criteria, and the metrics below.
 
 ASPIRE.  ``aspire.classification.RIRClass2D`` (rotationally invariant bispectrum features and nearest neighbours)
-with ``BFTAverager2D`` and ASPIRE's default class selector, i.e. the components of ASPIRE 0.14's
-``DefaultClassAvgSource`` (``ClassAvgSourcev140``), on the same boxes, phase-flipped with ASPIRE's own CTF filters,
-in the venv of ``setup_aspire.sh`` as a subprocess (``aspire_class2d_runner.py``; its docstring lists every
-setting).  K of its n overlapping classes (each image with its 50 nearest neighbours, reflections allowed) are
-selected and averaged.  It is a batch method: it classifies all particles at once.
+with ``BFTAverager2D`` and a class selector, i.e. the components of ASPIRE 0.14's ``DefaultClassAvgSource``
+(``ClassAvgSourcev140``), on the same boxes, phase-flipped with ASPIRE's own CTF filters, in the venv of
+``setup_aspire.sh`` as a subprocess (``aspire_class2d_runner.py``; its docstring lists every setting).  K of its n
+overlapping classes (each image with its ``n_nbor`` nearest neighbours, reflections allowed) are selected and
+averaged.  Selector (``--aspire-selector``): ``distance`` (the K tightest neighbourhoods) by default; ASPIRE's own
+default, ``global-variance``, kept only junk-majority classes on these data (``classification_aspire_default_selector``)
+and spends most of its time averaging every class to rank them.  ``--aspire-n-nbor`` (default ``50,match``): one
+ASPIRE run per value, its default 50 neighbours (51 per class) and ``match`` = n/K − 1, classes as large as
+cryodecon's on average.  It is a batch method: it classifies all particles at once.
+
+Ceiling.  View purity falls as classes grow (a class of m members of one structure spans about m/n_s of the sphere
+of views), so purities are read at equal class size against a ceiling: each structure's good particles cut into
+classes of the same mean size from their *true* viewing directions (spherical k-means), ``oracle_view_purity``.
 
 Metrics (the same for both; a "class" is a set of members and an average):
 
@@ -392,6 +402,7 @@ def evaluate_classes(
     return {
         "classes": len(per_class),
         "populated_classes": len(populated),
+        "members_per_class_mean": float(np.mean([c["members"] for c in populated])) if populated else math.nan,
         "good_classes": len(good),
         "junk_classes": len(junk),
         "purity": weighted(good, "purity"),
@@ -415,6 +426,40 @@ def evaluate_classes(
         "resolution_05_angstrom_best": min((c["resolution_05_angstrom"] for c in resolved), default=math.nan),
         "truth_correlation_median": median([c["correlation"] for c in resolved]),
         "per_class": per_class,
+    }
+
+
+def oracle_view_purity(particles: Particles, members_per_class: float, seed: int) -> dict[str, Any]:
+    """The view purity of classes drawn from the *true* views: each structure's good particles split into
+    round(n_s / m) classes of about m members by spherical k-means on their viewing directions (Lloyd's
+    iterations from k-means++ seeds), scored like any class set.  No method that sees only images can beat it
+    at that class size, so it is the ceiling the measured purities are read against."""
+    rng = np.random.default_rng(seed)
+    members: list[IntArray] = []
+    for s in np.unique(particles.structure[particles.good]):
+        index = np.flatnonzero(particles.structure == s)
+        d = particles.direction[index]
+        k = max(1, round(index.size / members_per_class))
+        centres = [d[rng.integers(index.size)]]
+        for _ in range(k - 1):  # k-means++: far points are likelier seeds
+            distance = 1.0 - np.max(d @ np.asarray(centres).T, axis=1)
+            weights = np.maximum(distance, 0.0) ** 2
+            centres.append(d[rng.choice(index.size, p=weights / weights.sum())])
+        c = np.asarray(centres)
+        for _ in range(50):
+            label = np.argmax(d @ c.T, axis=1)
+            for j in range(k):
+                mean = d[label == j].sum(axis=0)
+                if np.linalg.norm(mean) > 0:
+                    c[j] = mean / np.linalg.norm(mean)
+        label = np.argmax(d @ c.T, axis=1)
+        members += [index[label == j] for j in range(k) if np.any(label == j)]
+    truths = [class_truth(particles, m, np.zeros(m.size, dtype=bool)) for m in members]
+    return {
+        "members_per_class": members_per_class,
+        "classes": len(members),
+        "purity": sum(t.matches for t in truths) / sum(t.members for t in truths),
+        "purity_20deg": sum(t.matches_coarse for t in truths) / sum(t.members for t in truths),
     }
 
 
@@ -563,6 +608,7 @@ def run_aspire(
     structures: tuple[Structure3D, ...],
     n_classes: int,
     selector: str,
+    n_nbor: int,
     seed: int,
     threads: int,
 ) -> dict[str, Any]:
@@ -596,6 +642,7 @@ def run_aspire(
             str(folder / "out.npz"),
             f"--n-classes={n_classes}",
             f"--selector={selector}",
+            f"--n-nbor={n_nbor}",
             f"--seed={seed}",
         ]
         t = time.perf_counter()
@@ -616,6 +663,8 @@ def run_aspire(
     covered = np.unique(np.concatenate(members))
     return {
         **meta,
+        "label": f"ASPIRE {meta['aspire_version']} RIR + BFT, {n_nbor} neighbours ({n_nbor + 1} per class)",
+        "n_nbor": n_nbor,
         "subprocess_wall_seconds": wall,
         "seconds_total": seconds,
         "seconds_per_1000": 1000.0 * seconds / n,
@@ -660,57 +709,73 @@ def findings(result: dict[str, Any]) -> list[str]:
             f"first to the last batch; updates take {min(x['update_seconds'] for x in b):.1f}–"
             f"{max(x['update_seconds'] for x in b):.1f} s per batch."
         )
-    aspire = result.get("aspire_run")
-    if aspire is None:
+    runs = result.get("aspire_runs") or []
+    if not runs:
         out.append(f"ASPIRE was not run: {result['aspire']['reason']}")
         return out
-    o, a = ours["final"], aspire["final"]
+    o = ours["final"]
+    oracle = result.get("oracle", {})
+    if oracle:
+        sizes = ", ".join(f"{fmt(v['purity'], 3)} at {v['members_per_class']:.0f} per class" for v in oracle.values())
+        out.append(
+            f"Ceiling: classes cut from the true views (spherical k-means per structure) reach a view purity of "
+            f"{sizes}; purity falls as classes grow, so methods compare at equal class size."
+        )
+    for aspire in runs:
+        a = aspire["final"]
 
-    def compare(name: str, key: str, higher_better: bool, unit: str = "", digits: int = 2) -> str:
-        x, y = o[key], a[key]
-        if not (math.isfinite(x) and math.isfinite(y)):
-            return f"{name}: cryodecon {fmt(x, digits, unit)}, ASPIRE {fmt(y, digits, unit)}."
-        ours_better = x > y if higher_better else x < y
-        winner = "cryodecon" if ours_better else "ASPIRE"
-        tag = "" if ours_better or x == y else " — we lose here"
-        return f"{name}: cryodecon {fmt(x, digits, unit)}, ASPIRE {fmt(y, digits, unit)} ({winner} better{tag})."
+        def compare(
+            name: str, key: str, higher_better: bool, unit: str = "", digits: int = 2, a: dict[str, Any] = a
+        ) -> str:
+            x, y = o[key], a[key]
+            if not (math.isfinite(x) and math.isfinite(y)):
+                return f"{name}: cryodecon {fmt(x, digits, unit)}, ASPIRE {fmt(y, digits, unit)}."
+            ours_better = x > y if higher_better else x < y
+            winner = "cryodecon" if ours_better else "ASPIRE"
+            tag = "" if ours_better or x == y else " — we lose here"
+            return f"{name}: cryodecon {fmt(x, digits, unit)}, ASPIRE {fmt(y, digits, unit)} ({winner} better{tag})."
 
-    out.append(compare("View purity of the good classes (10°, member-weighted)", "purity", True))
-    out.append(
-        compare("View purity of the good particles in every class (10°)", "good_particle_purity", True, digits=3)
-        + f" Over {o['good_memberships']} good memberships for cryodecon, {a['good_memberships']} for ASPIRE."
-    )
-    out.append(compare("Structure purity of the good classes", "structure_purity", True))
-    out.append(compare("Junk share of the good classes' members", "junk_share_in_good_classes", False))
-    out.append(
-        f"Junk-majority classes: cryodecon {o['junk_classes']}/{o['populated_classes']} "
-        f"({pct(o['junk_share_in_junk_classes'])} junk inside them), "
-        f"ASPIRE {a['junk_classes']}/{a['populated_classes']} "
-        f"({pct(a['junk_share_in_junk_classes'])} junk inside them)."
-    )
-    out.append(compare("Median class resolution, FRC vs truth = 0.5", "resolution_05_angstrom_median", False, " Å", 1))
-    out.append(
-        compare("Median class resolution, FRC vs truth = 0.143", "resolution_0143_angstrom_median", False, " Å", 1)
-    )
-    t_ours, t_aspire = ours["seconds_per_1000"], aspire["seconds_per_1000"]
-    out.append(
-        f"CPU time per 1,000 particles: cryodecon {t_ours:.1f} s, ASPIRE {t_aspire:.1f} s "
-        f"({'cryodecon' if t_ours < t_aspire else 'ASPIRE'} faster by "
-        f"{max(t_ours, t_aspire) / min(t_ours, t_aspire):.1f}×{'' if t_ours < t_aspire else ' — we lose here'}); "
-        f"{pct(aspire['seconds']['select'] / aspire['seconds_total'])} of ASPIRE's time is its default class "
-        "selector, which averages the class of every particle to rank them."
-    )
-    out.append(
-        f"ASPIRE's {a['classes']} selected classes hold {aspire['particles_in_selected_classes']} distinct particles "
-        f"({pct(aspire['junk_share_in_selected_classes'])} of memberships are junk); it has no junk rejection, so "
-        "selection accuracy is cryodecon's only."
-    )
+        out.append(
+            f"Against {aspire['label']} (cryodecon: {o['members_per_class_mean']:.0f} members per populated class):"
+        )
+        out.append(compare("View purity of the good classes (10°, member-weighted)", "purity", True))
+        out.append(
+            compare("View purity of the good particles in every class (10°)", "good_particle_purity", True, digits=3)
+            + f" Over {o['good_memberships']} good memberships for cryodecon, {a['good_memberships']} for ASPIRE."
+        )
+        out.append(compare("Structure purity of the good classes", "structure_purity", True))
+        out.append(compare("Junk share of the good classes' members", "junk_share_in_good_classes", False))
+        out.append(
+            f"Junk-majority classes: cryodecon {o['junk_classes']}/{o['populated_classes']} "
+            f"({pct(o['junk_share_in_junk_classes'])} junk inside them), "
+            f"ASPIRE {a['junk_classes']}/{a['populated_classes']} "
+            f"({pct(a['junk_share_in_junk_classes'])} junk inside them)."
+        )
+        out.append(
+            compare("Median class resolution, FRC vs truth = 0.5", "resolution_05_angstrom_median", False, " Å", 1)
+        )
+        out.append(
+            compare("Median class resolution, FRC vs truth = 0.143", "resolution_0143_angstrom_median", False, " Å", 1)
+        )
+        t_ours, t_aspire = ours["seconds_per_1000"], aspire["seconds_per_1000"]
+        out.append(
+            f"CPU time per 1,000 particles: cryodecon {t_ours:.1f} s, ASPIRE {t_aspire:.1f} s "
+            f"({'cryodecon' if t_ours < t_aspire else 'ASPIRE'} faster by "
+            f"{max(t_ours, t_aspire) / min(t_ours, t_aspire):.1f}×{'' if t_ours < t_aspire else ' — we lose here'}); "
+            f"{pct(aspire['seconds']['select'] / aspire['seconds_total'])} of ASPIRE's time is its class selector "
+            f"({aspire['settings']['selector']})."
+        )
+        out.append(
+            f"ASPIRE's {a['classes']} selected classes hold {aspire['particles_in_selected_classes']} distinct "
+            f"particles ({pct(aspire['junk_share_in_selected_classes'])} of memberships are junk); it has no junk "
+            "rejection, so selection accuracy is cryodecon's only."
+        )
     return out
 
 
 def markdown(result: dict[str, Any]) -> str:
     ours = result["cryodecon"]
-    aspire = result.get("aspire_run")
+    runs = result.get("aspire_runs") or []
     title = "QUICK SMOKE RUN — " if result["quick"] else ""
     lines = [
         f"{title}2D classification of {result['n_particles']} simulated particles "
@@ -720,17 +785,18 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Purity over the good (non-junk-majority) classes; junk classes: more than half junk.",
         "",
-        "| method | view purity (10°) | purity (20°) | structure purity | good particles' view purity, all classes "
+        "| method | members per class | view purity (10°) | purity (20°) | structure purity "
+        "| good particles' view purity, all classes "
         "| junk in good classes | junk classes "
         "| FRC(truth)=0.5, median | FRC(truth)=0.143, median | best class (0.5) | s / 1,000 particles |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = [("cryodecon (final membership)", ours["final"], ours["seconds_per_1000"])]
-    if aspire is not None:
-        rows.append((f"ASPIRE {aspire['aspire_version']} RIR + BFT", aspire["final"], aspire["seconds_per_1000"]))
+    rows += [(f"{a['label']}, {a['settings']['selector']}", a["final"], a["seconds_per_1000"]) for a in runs]
     for name, f, seconds in rows:
         lines.append(
-            f"| {name} | {fmt(f['purity'], 2)} | {fmt(f['purity_20deg'], 2)} | {fmt(f['structure_purity'], 2)} | "
+            f"| {name} | {f['members_per_class_mean']:.0f} | {fmt(f['purity'], 2)} | {fmt(f['purity_20deg'], 2)} | "
+            f"{fmt(f['structure_purity'], 2)} | "
             f"{fmt(f['good_particle_purity'], 3)} (of {f['good_memberships']}) | "
             f"{pct(f['junk_share_in_good_classes'])} | "
             f"{f['junk_classes']}/{f['populated_classes']} "
@@ -738,8 +804,13 @@ def markdown(result: dict[str, Any]) -> str:
             f"{fmt(f['resolution_0143_angstrom_median'])} Å | {fmt(f['resolution_05_angstrom_best'])} Å "
             f"| {seconds:.1f} |"
         )
-    if aspire is None:
-        lines.append(f"| ASPIRE | not run: {result['aspire']['reason']} | | | | | | | | | |")
+    if not runs:
+        lines.append(f"| ASPIRE | not run: {result['aspire']['reason']} | | | | | | | | | | |")
+    for oracle in result.get("oracle", {}).values():
+        lines.append(
+            f"| ceiling: classes cut from the true views | {oracle['members_per_class']:.0f} | "
+            f"{fmt(oracle['purity'], 2)} | {fmt(oracle['purity_20deg'], 2)} | 1.00 | | | | | | | |"
+        )
     s = ours["selection"]
     lines += [
         "",
@@ -781,7 +852,18 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--threads", type=int, default=1, help="torch threads and ASPIRE's BLAS/OpenMP threads")
-    parser.add_argument("--aspire-selector", choices=("global-variance", "distance"), default="global-variance")
+    parser.add_argument(
+        "--aspire-selector",
+        choices=("global-variance", "distance"),
+        default="distance",
+        help="ASPIRE's class selector (its default, global-variance, kept only junk-majority classes here)",
+    )
+    parser.add_argument(
+        "--aspire-n-nbor",
+        default="50,match",
+        help="comma-separated neighbours per ASPIRE class, one ASPIRE run each; 'match': n/K - 1, so that its "
+        "classes are as large as cryodecon's on average (default: ASPIRE's 50 and match)",
+    )
     parser.add_argument("--no-aspire", action="store_true")
     parser.add_argument("--aspire-python", type=Path, default=ASPIRE_PYTHON)
     parser.add_argument("--output-name", default=None, help="results file stem (default classification[_quick])")
@@ -805,12 +887,25 @@ def main() -> None:
         else aspire_environment(args.aspire_python)
     )
     ours = run_cryodecon(particles, held_out, structures, n_classes, batch, args.seed)
-    aspire_run = None
+    n_nbors = sorted(
+        {round(n / n_classes) - 1 if x.strip() == "match" else int(x) for x in args.aspire_n_nbor.split(",")}
+    )
+    aspire_runs = []
     if aspire["available"]:
-        print("running ASPIRE …", flush=True)
-        aspire_run = run_aspire(
-            args.aspire_python, particles, structures, n_classes, args.aspire_selector, args.seed, args.threads
-        )
+        for n_nbor in n_nbors:
+            print(f"running ASPIRE, {n_nbor} neighbours …", flush=True)
+            aspire_runs.append(
+                run_aspire(
+                    args.aspire_python,
+                    particles,
+                    structures,
+                    n_classes,
+                    args.aspire_selector,
+                    n_nbor,
+                    args.seed,
+                    args.threads,
+                )
+            )
     else:
         print(f"ASPIRE not run: {aspire['reason']}", file=sys.stderr)
 
@@ -837,7 +932,11 @@ def main() -> None:
         "goals": {"good_kept_fraction": GOAL_RECALL, "precision": GOAL_PRECISION},
         "aspire": aspire,
         "cryodecon": ours,
-        "aspire_run": aspire_run,
+        "aspire_runs": aspire_runs,
+        "oracle": {
+            str(size): oracle_view_purity(particles, size, args.seed)
+            for size in sorted({round(ours["final"]["members_per_class_mean"])} | {n_nbor + 1 for n_nbor in n_nbors})
+        },
     }
     result["findings"] = findings(result)
     result["runtime_seconds"] = time.perf_counter() - started

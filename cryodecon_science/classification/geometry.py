@@ -71,10 +71,14 @@ def frequencies_per_px(box_px: int, device: torch.device | str = "cpu") -> tuple
 
 def shift_phase(shifts_yx_px: torch.Tensor, box_px: int) -> torch.Tensor:
     """exp(−2πi k·s): multiplying an rfft by it applies T_s; (n, B, B//2+1) complex64 for shifts (n, 2)."""
-    ky, kx = frequencies_per_px(box_px, shifts_yx_px.device)
+    ky = torch.fft.fftfreq(box_px, device=shifts_yx_px.device)
+    kx = torch.fft.rfftfreq(box_px, device=shifts_yx_px.device)
     s = shifts_yx_px.to(torch.float32)
-    phase = -2.0 * math.pi * (ky * s[:, 0, None, None] + kx * s[:, 1, None, None])
-    return torch.polar(torch.ones_like(phase), phase)
+    phase_y = -2.0 * math.pi * ky * s[:, 0, None]  # separable: e^{−2πi k_y s_y} · e^{−2πi k_x s_x}
+    phase_x = -2.0 * math.pi * kx * s[:, 1, None]
+    along_y = torch.polar(torch.ones_like(phase_y), phase_y)
+    along_x = torch.polar(torch.ones_like(phase_x), phase_x)
+    return along_y[:, :, None] * along_x[:, None, :]
 
 
 def hermitian_weights(box_px: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -38,6 +38,7 @@ from cryodecon_science.classification import (
     select_classes,
     update_classes,
 )
+from cryodecon_science.classification.geometry import shift_phase
 from cryodecon_science.io.particles import ParticleRow
 from cryodecon_science.optics import CtfParams, MicroscopeSettings, ctf_2d
 
@@ -216,6 +217,20 @@ def test_particle_ctfs_come_from_particle_rows_of_one_optics_group() -> None:
     at_200_kv = MicroscopeSettings(voltage_kv=200.0, pixel_size_angstrom=PIXEL_ANGSTROM)
     with pytest.raises(ValueError, match="optics groups"):
         ParticleCtfs.from_particle_rows([row(first, MICROSCOPE), row(second, at_200_kv)])
+
+
+def test_shift_phase_moves_an_image_by_whole_and_half_pixels() -> None:
+    """T_s by the Fourier phase e^{−2πi k·s}: an integer shift is a circular roll; half a pixel puts a band-limited
+    cosine at the value it has half a pixel away."""
+    image = torch.randn(1, BOX_PX, BOX_PX, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    moved = torch.fft.irfft2(
+        torch.fft.rfft2(image) * shift_phase(torch.tensor([[3.0, -5.0]]), BOX_PX), s=image.shape[-2:]
+    )
+    torch.testing.assert_close(moved, torch.roll(image, shifts=(3, -5), dims=(-2, -1)), atol=1e-5, rtol=0)
+    x = torch.arange(BOX_PX, dtype=torch.float64)
+    wave = torch.cos(2 * math.pi * 3 * x / BOX_PX)[None, None, :].expand(1, BOX_PX, BOX_PX)
+    half = torch.fft.irfft2(torch.fft.rfft2(wave) * shift_phase(torch.tensor([[0.0, 0.5]]), BOX_PX), s=(BOX_PX, BOX_PX))
+    torch.testing.assert_close(half[0, 0], torch.cos(2 * math.pi * 3 * (x - 0.5) / BOX_PX), atol=1e-5, rtol=0)
 
 
 def test_rotation_is_counter_clockwise_in_the_xy_index_plane_about_the_box_centre() -> None:

@@ -410,7 +410,9 @@ TABLES: dict[str, Table] = {
                 _c("shift_x_px", _F64, "shift of the best pose, pixels of the classification box"),
                 _c("shift_y_px", _F64, "shift of the best pose, pixels of the classification box"),
                 _c("posterior", _F64, "posterior probability of the class"),
+                _c("log_evidence_ratio", _F64, "ln Bayes factor of the class's model against background alone"),
                 _c("selected", _BOOL, "the class is selected"),
+                _c("kept", _BOOL, "the particle is kept: its class is selected and ln B >= 3 (strong evidence)"),
             ),
         ),
         Table(

@@ -5,7 +5,8 @@ Each batch's particles are folded into the classes the session had after its lat
 same classes and never from its own result; the first batch of a session (or one whose earlier batches
 have no classes yet) starts reference-free.  An unreadable earlier state fails the run with a
 ``ClassStateError`` naming the file, before anything of the batch is written.  The averages, the
-selection with its reasons and where each particle went are recorded (``particle_classes``, and
+selection with its reasons, where each particle went and whether it is kept (``select_particles``: its class
+selected and ln B ≥ 3 against background) are recorded (``particle_classes``, and
 ``<outputs>/star/<batch>/particles_classified.star``: the batch's particles.star with rlnClassNumber); the
 gallery is in the materialization metadata.
 
@@ -236,7 +237,9 @@ def particle_class_rows(batch: str, rows: list[Any], result: BatchClassification
             "shift_x_px": float(a.shift_yx_px[i, 1]),
             "shift_y_px": float(a.shift_yx_px[i, 0]),
             "posterior": float(a.posterior[i]),
+            "log_evidence_ratio": float(a.log_evidence_ratio[i]),
             "selected": bool(result.selection.selected[a.class_index[i]]),
+            "kept": bool(result.kept[i]),
         }
         for i, row in enumerate(rows)
     ]
@@ -263,6 +266,7 @@ def classes_metadata(
         "classes_selected": int(s.selected.sum()),
         "class_novelty": None if np.isnan(known.novelty.batch) else float(known.novelty.batch),
         "particles_in_selected_classes": int(s.particle_count[s.selected].sum()),
+        "particles_kept_this_batch": int(result.kept.sum()),
         "started_from": dg.MetadataValue.path(str(previous)) if previous else "reference-free (first batch)",
         "gallery": dg.MetadataValue.md(
             f"![classes]({picture_data_uri(class_gallery(result.averages, s.selected, s.particle_count))})"

@@ -32,7 +32,9 @@ Outputs in ``--output-dir``, each written atomically once everything is computed
   Origins already in the input are not applied and are replaced.
 * ``classes.csv``: class_number, particles (labels in ``particles.star``; they sum to n), resolution_angstrom (half-
   set FRC at 0.143; ``inf`` when not even the first ring is resolved), selected (true/false) and reasons (the
-  selection rules failed, ``;``-joined, empty when selected; ``classification.selection``).
+  selection rules failed, ``;``-joined, empty when selected; ``classification.selection``) and particles_kept (the
+  class's particles that its model explains at least 20 times better than background, ln B ≥ 3, counted for
+  selected classes only; ``select_particles``).
 
 Exit 0 on success, 2 on bad input (the message names the file, and the line where one applies) or bad options,
 1 when the classification itself fails.
@@ -96,6 +98,7 @@ def cmd_classify2d(args: argparse.Namespace) -> int:
         assign_particles,
         class_averages,
         select_classes,
+        select_particles,
         update_classes,
     )
     from cryodecon_science.optics import MicroscopeSettings
@@ -168,6 +171,8 @@ def cmd_classify2d(args: argparse.Namespace) -> int:
     shifts = np.concatenate([a.shift_yx_px for a in parts])
     posterior = np.concatenate([a.posterior for a in parts])
     counts = np.bincount(labels, minlength=k)
+    kept = np.concatenate([select_particles(a, selection) for a in parts])
+    kept_counts = np.bincount(labels[kept], minlength=k)
     psi = -np.asarray(angles, dtype=np.float64)
     psi = np.where(psi <= -180.0, psi + 360.0, psi)  # −r with r in [0, 360): (−360, 0] → (−180, 180]
     psi = np.where(psi > 180.0, psi - 360.0, psi)
@@ -181,7 +186,7 @@ def cmd_classify2d(args: argparse.Namespace) -> int:
     output = Path(args.output_dir)
     paths = (output / "class_averages.mrcs", output / "particles.star", output / "classes.csv")
     try:
-        _write_outputs(paths, particles, columns, averages, pixel, counts, selection)
+        _write_outputs(paths, particles, columns, averages, pixel, counts, kept_counts, selection)
     except OSError as exc:
         return _refuse(f"cannot write the outputs in {output}: {exc}")
 
@@ -191,7 +196,11 @@ def cmd_classify2d(args: argparse.Namespace) -> int:
         + ("" if args.particle_diameter_angstrom else f" ({DEFAULT_DIAMETER_BOX_FRACTION} × the box)")
     )
     for c in range(k):
-        verdict = "selected" if selection.selected[c] else f"rejected ({'; '.join(selection.reasons[c])})"
+        verdict = (
+            f"selected, {int(kept_counts[c])} particles kept"
+            if selection.selected[c]
+            else f"rejected ({'; '.join(selection.reasons[c])})"
+        )
         print(
             f"class {c + 1}: {int(counts[c])} particles, {selection.resolution_0143_angstrom[c]:.1f} Å "
             f"(FRC 0.143), {verdict}"
@@ -392,6 +401,7 @@ def _write_outputs(
     averages: Any,
     pixel_size_angstrom: float,
     counts: Any,
+    kept_counts: Any,
     selection: Any,
 ) -> None:
     """Write class_averages.mrcs, particles.star and classes.csv, each atomically."""
@@ -411,7 +421,7 @@ def _write_outputs(
     write_star_blocks(star_path, blocks)
     with atomic_target(csv_path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["class_number", "particles", "resolution_angstrom", "selected", "reasons"])
+        writer.writerow(["class_number", "particles", "resolution_angstrom", "selected", "reasons", "particles_kept"])
         for c in range(len(counts)):
             resolution = float(selection.resolution_0143_angstrom[c])
             writer.writerow(
@@ -421,5 +431,6 @@ def _write_outputs(
                     f"{resolution:.2f}" if math.isfinite(resolution) else "inf",
                     "true" if selection.selected[c] else "false",
                     ";".join(selection.reasons[c]),
+                    int(kept_counts[c]),
                 ]
             )

@@ -8,7 +8,8 @@ Modules, in the order the data flows:
   averages from per-half CTF-weighted sums, forgetting factor), and :func:`class_averages`.
 * ``resolution``: per-class half-set FRC and the resolution at 0.143 and 0.5.
 * ``selection``: class features (resolution, particle share, centring, mask fit, contrast) and
-  :func:`select_classes`, with the rules each rejected class failed.
+  :func:`select_classes`, with the rules each rejected class failed; :func:`select_particles`, the particles of
+  the selected classes that their class explains better than background.
 * ``embedding``: rotation-invariant embeddings of class averages and their novelty against known structures.
 """
 
@@ -30,6 +31,7 @@ from cryodecon_science.classification.resolution import (
     resolution_at_threshold_angstrom,
 )
 from cryodecon_science.classification.selection import (
+    MIN_LOG_EVIDENCE_RATIO,
     RULES,
     ClassSelection,
     SelectionCriteria,
@@ -37,6 +39,7 @@ from cryodecon_science.classification.selection import (
     contrast,
     mask_fit_fraction,
     select_classes,
+    select_particles,
 )
 from cryodecon_science.classification.streaming import (
     ClassAssignments,
@@ -53,6 +56,7 @@ __all__ = [
     "CLASS_EMBEDDING_RESOLUTION_ANGSTROM",
     "FRC_CONSERVATIVE_THRESHOLD",
     "FRC_HALF_SET_THRESHOLD",
+    "MIN_LOG_EVIDENCE_RATIO",
     "RULES",
     "ClassAssignments",
     "ClassNovelty",
@@ -79,6 +83,7 @@ __all__ = [
     "resolution_at_threshold_angstrom",
     "rotate_images",
     "select_classes",
+    "select_particles",
     "soft_circular_mask",
     "update_classes",
 ]

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import torch
 
 from cryodecon_science.classification.ctf import ParticleCtfs
-from cryodecon_science.classification.selection import ClassSelection, select_classes
+from cryodecon_science.classification.selection import ClassSelection, select_classes, select_particles
 from cryodecon_science.classification.streaming import (
     ClassAssignments,
     Classification2DConfig,
@@ -125,12 +125,15 @@ class BatchClassification:
         Features, decision and reasons per class, after this batch.
     averages : ndarray, shape (K, B′, B′), float32
         Wiener class averages (particles white).
+    kept : ndarray, shape (n,), bool
+        The batch's particles kept (``select_particles``: a selected class, and ln B ≥ 3 against background).
     """
 
     state: ClassificationState
     assignments: ClassAssignments
     selection: ClassSelection
     averages: Float32Array
+    kept: npt.NDArray[np.bool_]
 
 
 def classify_batch(
@@ -142,8 +145,8 @@ def classify_batch(
     *,
     device: torch.device | str = "cpu",
 ) -> BatchClassification:
-    """Fourier-crop a batch's boxes to ``box_px``, fold them into the classes (``update_classes``), select
-    (``select_classes``) and average (``class_averages``).
+    """Fourier-crop a batch's boxes to ``box_px``, fold them into the classes (``update_classes``), select classes
+    and particles (``select_classes``, ``select_particles``) and average (``class_averages``).
 
     ``boxes`` (n, B, B) are the RELION-normalised boxes of ``rows`` (``particles.star`` rows, one optics
     group), in the same order, at the micrographs' pixel size.  ``previous`` is None for a session's first
@@ -159,4 +162,4 @@ def classify_batch(
     state, assignments = update_classes(previous, cropped, ctfs, config, device=device)
     selection = select_classes(state)
     averages = class_averages(state).detach().to("cpu", torch.float32).numpy()
-    return BatchClassification(state, assignments, selection, averages)
+    return BatchClassification(state, assignments, selection, averages, select_particles(assignments, selection))

@@ -22,6 +22,14 @@ Biochem. J. 478:4169), which scores classes from such features; here each is a t
 trained score.  Lengths are fractions of the particle diameter, so one set serves every sampling.  The FRC of 2D
 classes is not gold-standard (``resolution``): noise aligned against a common reference reaches a finite resolution,
 so a class of empty picks is caught by its shape and contrast more than by its FRC.
+
+Particles (``select_particles``).  A selected class still holds some junk: empty picks and edge contamination that
+the E-step had to put somewhere.  Each particle carries the log Bayes factor of its class's model against
+background alone, ln B_i = ln p(x_i | k) − ln p(x_i | noise) (``ClassAssignments.log_evidence_ratio``,
+marginalised over the pose grid), which the class's signal makes large for a particle (ln B ≈ ½‖M‖²/σ² ≈ tens at
+SNR 0.1) and the best chance fit among ~10³ poses leaves near 0 for an empty pick.  A particle is kept when its
+class is selected and ln B ≥ ``MIN_LOG_EVIDENCE_RATIO`` = 3, B ≥ 20, "strong evidence" on the scale of Kass &
+Raftery (1995, J. Am. Stat. Assoc. 90:773), the per-particle test RELION and cryoSPARC leave to class selection.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import torch
 
 from cryodecon_science.classification.geometry import MASK_EDGE_PX, centre_of_mass_offset_px, centred_radius_px
 from cryodecon_science.classification.resolution import frc_resolution
-from cryodecon_science.classification.streaming import ClassificationState, class_averages
+from cryodecon_science.classification.streaming import ClassAssignments, ClassificationState, class_averages
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -52,6 +60,10 @@ MIN_MASK_FIT_FRACTION = 0.9
 aggregates or contamination larger than the particle, or noise."""
 MIN_CONTRAST = 3.0
 """A class whose density is less than 3 × the RMS of its own background is noise aligned to itself."""
+
+MIN_LOG_EVIDENCE_RATIO = 3.0
+"""A particle is kept only when its class's model explains it at least e³ ≈ 20 times better than background alone
+(module docstring)."""
 
 RULES = ("few_particles", "low_resolution", "off_centre", "outside_mask", "low_contrast")
 """Rule names in the order they are checked (``ClassSelection.reasons``)."""
@@ -215,3 +227,25 @@ def select_classes(state: ClassificationState, criteria: SelectionCriteria | Non
         particle_diameter_angstrom=float(diameter_angstrom),
         pixel_size_angstrom=float(state.pixel_size_angstrom),
     )
+
+
+def select_particles(
+    assignments: ClassAssignments,
+    selection: ClassSelection,
+    min_log_evidence_ratio: float = MIN_LOG_EVIDENCE_RATIO,
+) -> BoolArray:
+    """The particles to keep: assigned to a selected class and ln B ≥ ``min_log_evidence_ratio`` against
+    background (module docstring); (n,) bool in the order of ``assignments``.
+
+    Raises
+    ------
+    ValueError
+        Assignments to classes the selection does not have.
+    """
+    n_classes = selection.selected.shape[0]
+    if assignments.class_index.size and not (
+        0 <= assignments.class_index.min() <= assignments.class_index.max() < n_classes
+    ):
+        raise ValueError(f"assignments name classes outside 0 … {n_classes - 1}")
+    in_selected = selection.selected[assignments.class_index]
+    return np.asarray(in_selected & (assignments.log_evidence_ratio >= min_log_evidence_ratio), dtype=np.bool_)

@@ -27,7 +27,10 @@ with class priors π_k from the class weights (add-one smoothed; uniform on the 
 2012) and Sigworth's (1998) marginal likelihood; each class then keeps only its most likely pose (r*, s*) for the
 M-step, as cryoSPARC's 2D classification does (Punjani et al. 2017, Nat. Methods 14:290), instead of RELION's M-step
 term per pose. Marginalising matters for junk: an empty pick correlates best with some pose of any structured
-reference by chance (the maximum of ~10³ noise correlations), and only the sum over poses discounts that.  On the
+reference by chance (the maximum of ~10³ noise correlations), and only the sum over poses discounts that.  The same
+sum, normalised by the pose prior, is each particle's log Bayes factor against background alone (x_i = n_i, for
+which every score above is 0): ln B_ik = ln Σ_{r,s} π(r, s) p(x_i | k, r, s) / p(x_i | 0), with π uniform in r and
+the offset prior in s (``ClassAssignments.log_evidence_ratio``; ``selection.select_particles``).  On the
 first batch σ² is multiplied by a temperature T ≥ 1 (below).  Before each E-step the references are shifted so that
 the centre of mass of their positive density lies on the box centre (RELION's ``--center_classes``); with the offset
 prior this keeps classes centred, so an off-centre average means particles off by more than the search.
@@ -278,6 +281,9 @@ class ClassAssignments:
         w_ik for every class (rows sum to 1).
     correlation : ndarray, shape (n,), float64
         Normalised cross-correlation of the masked particle with its best model H_i · R_r A_k, in [−1, 1].
+    log_evidence_ratio : ndarray, shape (n,), float64
+        ln p(x_i | k) − ln p(x_i | noise alone): the log Bayes factor of the assigned class's model, marginalised
+        over the pose grid under the pose prior, against the particle being background (module docstring).
     half_set : ndarray, shape (n,), int64
         Half set (0 or 1) whose statistics the particle entered.
     """
@@ -288,6 +294,7 @@ class ClassAssignments:
     posterior: FloatArray
     class_posteriors: FloatArray
     correlation: FloatArray
+    log_evidence_ratio: FloatArray
     half_set: IntArray
 
 
@@ -310,6 +317,7 @@ class _Poses(NamedTuple):
     angle_deg: torch.Tensor  # (n, K)
     shift_yx_px: torch.Tensor  # (n, K, 2)
     correlation: torch.Tensor  # (n, K)
+    log_evidence_ratio: torch.Tensor  # (n, K)
 
 
 class _Grid:
@@ -431,7 +439,7 @@ def _reseeded(poses: _Poses, rng: np.random.Generator) -> _Poses:
         posterior[chosen, small] = 1.0
         angle[chosen, small] = angle[chosen, largest]
         shift[chosen, small] = shift[chosen, largest]
-    return _Poses(posterior, angle, shift, poses.correlation)
+    return _Poses(posterior, angle, shift, poses.correlation, poses.log_evidence_ratio)
 
 
 def _split_classes(
@@ -489,7 +497,7 @@ def _split_classes(
         count[small] = count[heavy] // 2
         count[heavy] -= count[small]
     return (
-        _Poses(posterior, angle, shift, poses.correlation),
+        _Poses(posterior, angle, shift, poses.correlation, poses.log_evidence_ratio),
         _Stats(numerator, denominator, stat_weight),
         count,
         retired,
@@ -583,7 +591,8 @@ def _expectation(
         norm = torch.sqrt(masked_energy[index, None] * energy_best).clamp_min(1e-30)
         correlation[index] = cc_best / norm
     posterior = torch.softmax(best + log_class_prior, dim=1)
-    return _Poses(posterior, angle, shift, correlation)
+    log_pose_prior_sum = math.log(n_angles) + float(torch.logsumexp(grid.search_log_prior, dim=0))
+    return _Poses(posterior, angle, shift, correlation, best - log_pose_prior_sum)
 
 
 def _aligned_ft(images: torch.Tensor, shift_yx_px: torch.Tensor, angle_deg: torch.Tensor, mode: str) -> torch.Tensor:
@@ -631,6 +640,7 @@ def _assignments(poses: _Poses, half: torch.Tensor) -> ClassAssignments:
         posterior=poses.posterior[rows, klass].to("cpu", torch.float64).numpy(),
         class_posteriors=poses.posterior.to("cpu", torch.float64).numpy(),
         correlation=poses.correlation[rows, klass].to("cpu", torch.float64).numpy(),
+        log_evidence_ratio=poses.log_evidence_ratio[rows, klass].to("cpu", torch.float64).numpy(),
         half_set=half.to("cpu").numpy().astype(np.int64),
     )
 
@@ -737,6 +747,7 @@ def update_classes(
             torch.nn.functional.one_hot(start_class, n_classes).to(torch.float32),
             start_angle[:, None].expand(n, n_classes).contiguous(),
             torch.zeros((n, n_classes, 2), device=torch_device),
+            torch.zeros((n, n_classes), device=torch_device),
             torch.zeros((n, n_classes), device=torch_device),
         )
         old = _zero_stats(n_classes, box, torch_device)

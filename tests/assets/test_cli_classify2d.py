@@ -225,7 +225,14 @@ def test_every_particle_gets_a_class_in_input_order_and_the_classes_separate_the
 
 def test_classes_csv_and_class_averages_describe_the_k_classes(classified: Outputs) -> None:
     table = classified.classes
-    assert list(table.columns) == ["class_number", "particles", "resolution_angstrom", "selected", "reasons"]
+    assert list(table.columns) == [
+        "class_number",
+        "particles",
+        "resolution_angstrom",
+        "selected",
+        "reasons",
+        "particles_kept",
+    ]
     assert list(table["class_number"]) == list(range(1, N_CLASSES + 1))
     counts = np.bincount(classified.particles["rlnClassNumber"], minlength=N_CLASSES + 1)[1:]
     assert list(table["particles"]) == list(counts) and int(table["particles"].sum()) == len(classified.particles)
@@ -234,6 +241,10 @@ def test_classes_csv_and_class_averages_describe_the_k_classes(classified: Outpu
     for selected, reasons in zip(table["selected"], table["reasons"], strict=True):
         assert (reasons == "") == selected
         assert set(filter(None, reasons.split(";"))) <= set(RULES)
+    assert (table["particles_kept"] <= table["particles"]).all() and (
+        table["particles_kept"][~table["selected"]] == 0
+    ).all()
+    assert table["particles_kept"][table["selected"]].sum() > 0.9 * table["particles"][table["selected"]].sum()
     assert classified.averages.shape == (N_CLASSES, CLASSIFICATION_BOX_PX, CLASSIFICATION_BOX_PX)
     assert classified.averages.dtype == np.float32
     assert classified.averages_pixel_angstrom == pytest.approx(PIXEL_ANGSTROM * BOX_PX / CLASSIFICATION_BOX_PX)

@@ -9,6 +9,7 @@ classification is used (EM finds local optima; a spare class absorbs them).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 
 import cryodecon_science.classification.streaming as streaming_module
 from cryodecon_science.classification import (
+    MIN_LOG_EVIDENCE_RATIO,
     RULES,
     ClassAssignments,
     Classification2DConfig,
@@ -36,6 +38,7 @@ from cryodecon_science.classification import (
     resolution_at_threshold_angstrom,
     rotate_images,
     select_classes,
+    select_particles,
     update_classes,
 )
 from cryodecon_science.classification.geometry import shift_phase
@@ -339,7 +342,11 @@ def test_a_light_class_is_reseeded_by_splitting_the_class_that_mixes_two_kinds()
     grid = streaming_module._Grid(BOX_PX, RADIUS_PX, config(n_classes=2), device)
     n = kinds.size
     poses = streaming_module._Poses(
-        torch.stack((torch.ones(n), torch.zeros(n)), dim=1), torch.zeros(n, 2), torch.zeros(n, 2, 2), torch.zeros(n, 2)
+        torch.stack((torch.ones(n), torch.zeros(n)), dim=1),
+        torch.zeros(n, 2),
+        torch.zeros(n, 2, 2),
+        torch.zeros(n, 2),
+        torch.zeros(n, 2),
     )
     old = streaming_module._zero_stats(2, BOX_PX, device)
     old.weight[:, 0] = 50.0
@@ -399,6 +406,24 @@ def test_selection_keeps_the_particles_and_rejects_the_junk_with_its_reason(run:
     assert all(set(r) <= set(RULES) for r in selection.reasons)
     np.testing.assert_allclose(selection.particle_fraction.sum(), 1.0)
     np.testing.assert_array_equal(selection.particle_count, run.state_2.particle_count)
+
+
+def test_the_evidence_against_background_keeps_the_particles_and_drops_the_empty_picks(run: Run) -> None:
+    """ln B = ln p(x | class) − ln p(x | background): under background alone its expectation is −KL ≤ 0, so empty
+    picks sit near 0; a particle's own signal puts it at ½‖M‖²/σ², tens here.  ``select_particles`` keeps ln B ≥ 3."""
+    held_out = run.held_out
+    assigned = assign_particles(run.state_2, held_out.boxes, held_out.ctfs, config())
+    evidence = assigned.log_evidence_ratio
+    empty = held_out.labels == GROUPS.index(JUNK)
+    assert abs(float(np.median(evidence[empty]))) < 0.5 and np.all(evidence[empty] < MIN_LOG_EVIDENCE_RATIO)
+    assert np.median(evidence[~empty]) > 5.0 and np.mean(evidence[~empty] >= MIN_LOG_EVIDENCE_RATIO) >= 0.9
+    selection = select_classes(run.state_2)
+    kept = select_particles(assigned, selection)
+    assert not kept[empty].any() and kept[~empty].mean() >= 0.9
+    in_selected = select_particles(assigned, selection, min_log_evidence_ratio=-np.inf)
+    np.testing.assert_array_equal(in_selected, selection.selected[assigned.class_index])
+    with pytest.raises(ValueError, match="outside"):
+        select_particles(assigned, dataclasses.replace(selection, selected=np.ones(2, dtype=bool)))
 
 
 def test_pure_noise_gives_no_class_worth_keeping() -> None:

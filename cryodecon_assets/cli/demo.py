@@ -125,13 +125,22 @@ def print_particles(warehouse: ScoreWarehouse, outputs_root: Path) -> None:
         "FROM classes_2d WHERE session = ? GROUP BY batch ORDER BY batch",
         [DEMO_SESSION],
     )
+    kept = warehouse.query(
+        "SELECT batch, count(*) AS particles, count(*) FILTER (WHERE kept) AS kept FROM particle_classes GROUP BY batch"
+    ).set_index("batch")
     print("[demo] streaming 2D classes after each batch (the gallery is in the UI: asset classes_2d):")
     for row in classes.itertuples():
         resolution = "–" if row.res is None or row.res != row.res else f"{row.res:.0f} Å"
+        batch_kept = (
+            f"{int(kept.at[row.batch, 'kept'])} of its {int(kept.at[row.batch, 'particles'])}"
+            if row.batch in kept.index
+            else "–"
+        )
         print(
             f"  {row.batch}: {row.classes} classes of {int(row.particles)} particles; {row.selected} selected "
             f"({int(row.kept or 0)} particles, median resolution {resolution}, class novelty "
-            f"{'–' if row.novelty is None or row.novelty != row.novelty else f'{row.novelty:.2f}'})"
+            f"{'–' if row.novelty is None or row.novelty != row.novelty else f'{row.novelty:.2f}'}); "
+            f"the batch's particles kept (selected class, ln B ≥ 3 against background): {batch_kept}"
         )
     curation = warehouse.query(
         "SELECT batch, count(*) FILTER (WHERE accepted) AS accepted, count(*) FILTER (WHERE NOT accepted) AS rejected, "

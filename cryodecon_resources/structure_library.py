@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
@@ -71,6 +72,8 @@ import pyarrow as pa
 from lancedb.background_loop import LOOP
 from lancedb.index import IvfPq
 from pydantic import Field
+
+from cryodecon_resources.locks import exclusive_lock
 
 REFERENCE_BATCH_KEY = "reference"
 
@@ -210,11 +213,19 @@ class StructureLibrary(dg.ConfigurableResource):
         raise AssertionError("unreachable")
 
     def _open_or_create(self, dimension: int) -> Any:
+        """The table, created (empty) if missing.  Two processes creating it at once would both commit: Lance
+        rebases the later creation onto the earlier table as an Overwrite, which empties it and fails every
+        write begun on the first.  On a local library the creation is therefore serialised by a lock file
+        beside the tables and checked again under the lock."""
+
         def create() -> Any:
             return self._connect().create_table(self.table_name, schema=_schema(dimension), exist_ok=True)
 
         table = self._open()
-        if table is None:
+        if table is None and "://" not in self.uri:
+            with exclusive_lock(Path(self.uri) / f".{self.table_name}.create.lock"):
+                table = self._open() or self._retrying(create)
+        elif table is None:
             table = self._retrying(create)
         stored = table.schema.field("vector").type.list_size
         if stored != dimension:

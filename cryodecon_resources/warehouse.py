@@ -17,7 +17,6 @@ Documents (batch manifests, causal-graph JSON) live beside the tables as JSON fi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cryodecon_resources.locks import exclusive_lock
 from cryodecon_resources.tables import TABLES
 from cryodecon_science.io.atomic import atomic_target, create_once
 
@@ -110,18 +110,6 @@ def _view_names(connection: duckdb.DuckDBPyConnection) -> list[str]:
     )
 
 
-@contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) across processes."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _atomic_write_bytes(target: Path, write: Callable[[str], object]) -> None:
     """Call ``write(temporary path)`` and move the result onto ``target`` (``atomic_target``: umask modes)."""
     with atomic_target(target) as tmp:
@@ -187,7 +175,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
     @staticmethod
     def _partition_lock(target: Path) -> contextlib.AbstractContextManager[None]:
         """The exclusive lock of one partition file: ``flock`` on ``.<partition>.lock`` beside it."""
-        return _exclusive(target.with_name(f".{target.stem}.lock"))
+        return exclusive_lock(target.with_name(f".{target.stem}.lock"))
 
     @contextlib.contextmanager
     def lock(self, collection: str) -> Iterator[None]:
@@ -197,7 +185,7 @@ class ScoreWarehouse(dg.ConfigurableResource):
         cutting batches), so two of them never plan from the same ledger.
         """
         directory = Path(self.root) / "documents" / _check_name("collection", collection)
-        with _exclusive(directory / ".lock"):
+        with exclusive_lock(directory / ".lock"):
             yield
 
     def read_rows(self, table: str, partition_key: str | None = None) -> pd.DataFrame:

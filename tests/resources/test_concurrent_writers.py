@@ -381,3 +381,28 @@ def test_library_tables_survive_concurrent_writers(pool: ProcessPoolExecutor, tm
     assert hits[0][0].entry_id == rows[0]["entry_id"]
     failed = sum(r["failed_attempts"] for r in results.values() if isinstance(r, dict))
     print(f"library: {results['seconds']:.2f} s, {len(ids)} + {len(rows)} rows, {failed} failed attempts retried")
+
+
+def _first_registration(uri: str, k: int) -> dict[str, int]:
+    """One batch of one row into a library that does not exist yet: every worker creates its table at once."""
+    _FAILED_ATTEMPTS[0] = 0
+    vector = np.zeros((1, _DIMENSION), dtype=np.float32)
+    vector[0, k] = 1.0
+    _CountingLibrary(uri=uri).add_embeddings(vector, [f"first-{k}"], f"first-{k}", "s", [None], 0.0)
+    return {"failed_attempts": _FAILED_ATTEMPTS[0]}
+
+
+def test_a_library_created_by_several_writers_at_once_keeps_every_row(
+    pool: ProcessPoolExecutor, tmp_path: Path
+) -> None:
+    """Lance rebases a second, concurrent creation of a table as an Overwrite, emptying it; the library serialises
+    creation, so five writers racing to create and fill a fresh library leave all five rows."""
+    for trial in range(6):
+        uri = str(tmp_path / f"library-{trial}")
+        tasks: dict[str, Callable[[], Any]] = {
+            f"writer-{k}": partial(_first_registration, uri, k) for k in range(_WORKERS)
+        }
+        _run_together(pool, tmp_path / f"barrier-{trial}", tasks)
+        table = StructureLibrary(uri=uri)._open()
+        assert table is not None
+        assert sorted(table.to_arrow().column("structure_id").to_pylist()) == [f"first-{k}" for k in range(_WORKERS)]

@@ -7,8 +7,9 @@ have no classes yet) starts reference-free.  An unreadable earlier state fails t
 ``ClassStateError`` naming the file, before anything of the batch is written.  The averages, the
 selection with its reasons, where each particle went and whether it is kept (``select_particles``: its class
 selected and ln B ≥ 3 against background) are recorded (``particle_classes``, and
-``<outputs>/star/<batch>/particles_classified.star``: the batch's particles.star with rlnClassNumber); the
-gallery is in the materialization metadata.
+``<outputs>/star/<batch>/particles_classified.star``: the batch's particles.star with rlnClassNumber, and
+``particles_selected.star``: the kept ones, what RELION's Subset selection or cryoSPARC's Select 2D hands on;
+absent when none is kept); the gallery is in the materialization metadata.
 
 Novelty on classes: each class average is embedded (``embed_class_images``) and compared with the class
 library (LanceDB table ``class_averages``: reference views of known structures and the good classes of other
@@ -55,6 +56,7 @@ from cryodecon_science.picking.micrograph import MicrographPicks
 
 STATE_FOLDER = "classes_2d"
 CLASSIFIED_STAR = "particles_classified.star"
+SELECTED_STAR = "particles_selected.star"
 
 
 def state_before(outputs: OutputStore, session: str, sequence: int) -> Path | None:
@@ -178,6 +180,12 @@ def classes_2d(
     ]
     star = outputs.star_path(batch, CLASSIFIED_STAR)
     write_particles_star(star, classified, particles[names[0]].box_px)
+    selected_star = outputs.star_path(batch, SELECTED_STAR)
+    kept_rows = [row for row, keep in zip(classified, result.kept, strict=True) if keep]
+    if kept_rows:
+        write_particles_star(selected_star, kept_rows, particles[names[0]].box_px)
+    else:
+        selected_star.unlink(missing_ok=True)  # a rerun that keeps nothing leaves no stale selection
     held = {
         "classes_2d": warehouse.write_rows("classes_2d", batch, class_rows(batch, manifest.session, result, known)),
         "particle_classes": warehouse.write_rows("particle_classes", batch, particle_class_rows(batch, rows, result)),
@@ -194,6 +202,7 @@ def classes_2d(
         if registered is not None
         else "unchanged (a later batch has classes)",
         "classified_star": dg.MetadataValue.path(str(star)),
+        "selected_star": dg.MetadataValue.path(str(selected_star)) if kept_rows else "none kept",
         **tables_metadata(held),
     }
     return dg.Output(per_micrograph, metadata=metadata)

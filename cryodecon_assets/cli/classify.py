@@ -35,6 +35,8 @@ Outputs in ``--output-dir``, each written atomically once everything is computed
   selection rules failed, ``;``-joined, empty when selected; ``classification.selection``) and particles_kept (the
   class's particles that its model explains at least 20 times better than background, ln B ≥ 3, counted for
   selected classes only; ``select_particles``).
+* ``particles_selected.star``: the rows of ``particles.star`` kept (a selected class and ln B ≥ 3), what RELION's
+  Subset selection or cryoSPARC's Select 2D hands on; not written when no particle is kept.
 
 Exit 0 on success, 2 on bad input (the message names the file, and the line where one applies) or bad options,
 1 when the classification itself fails.
@@ -184,9 +186,14 @@ def cmd_classify2d(args: argparse.Namespace) -> int:
         "rlnMaxValueProbDistribution": np.asarray(posterior, dtype=np.float64),
     }
     output = Path(args.output_dir)
-    paths = (output / "class_averages.mrcs", output / "particles.star", output / "classes.csv")
+    paths = (
+        output / "class_averages.mrcs",
+        output / "particles.star",
+        output / "classes.csv",
+        output / "particles_selected.star",
+    )
     try:
-        _write_outputs(paths, particles, columns, averages, pixel, counts, kept_counts, selection)
+        _write_outputs(paths, particles, columns, averages, pixel, counts, kept, kept_counts, selection)
     except OSError as exc:
         return _refuse(f"cannot write the outputs in {output}: {exc}")
 
@@ -205,7 +212,7 @@ def cmd_classify2d(args: argparse.Namespace) -> int:
             f"class {c + 1}: {int(counts[c])} particles, {selection.resolution_0143_angstrom[c]:.1f} Å "
             f"(FRC 0.143), {verdict}"
         )
-    for path in paths:
+    for path in paths[:3] if not kept.any() else paths:
         print(f"wrote {path}")
     return 0
 
@@ -401,17 +408,19 @@ def _write_outputs(
     averages: Any,
     pixel_size_angstrom: float,
     counts: Any,
+    kept: Any,
     kept_counts: Any,
     selection: Any,
 ) -> None:
-    """Write class_averages.mrcs, particles.star and classes.csv, each atomically."""
+    """Write class_averages.mrcs, particles.star, classes.csv and (when any particle is kept)
+    particles_selected.star, each atomically; a selection file of an earlier run that kept nothing is removed."""
     import csv
 
     from cryodecon_science.io.atomic import atomic_target
     from cryodecon_science.io.mrc import write_mrc
     from cryodecon_science.io.star import write_star_blocks
 
-    averages_path, star_path, csv_path = paths
+    averages_path, star_path, csv_path, selected_path = paths
     write_mrc(averages_path, averages, pixel_size_angstrom)
     blocks = dict(particles.blocks)
     table = blocks["particles"].copy()
@@ -419,6 +428,10 @@ def _write_outputs(
         table[name] = values
     blocks["particles"] = table
     write_star_blocks(star_path, blocks)
+    if kept.any():
+        write_star_blocks(selected_path, {**blocks, "particles": table[kept].reset_index(drop=True)})
+    else:
+        selected_path.unlink(missing_ok=True)
     with atomic_target(csv_path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["class_number", "particles", "resolution_angstrom", "selected", "reasons", "particles_kept"])

@@ -171,6 +171,7 @@ class Outputs:
     averages: npt.NDArray[np.float32]
     averages_pixel_angstrom: float
     stdout: str
+    selected: dict[str, pd.DataFrame]
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +198,15 @@ def classified(project: Project) -> Outputs:
     assert set(blocks) == {"optics", "particles"}
     with mrcfile.open(out / "class_averages.mrcs") as mrc:
         averages, pixel = np.array(mrc.data), float(mrc.voxel_size.x)
+    selected_star = out / "particles_selected.star"
+    selected = starfile.read(selected_star, always_dict=True) if selected_star.exists() else {}
     return Outputs(
-        blocks["particles"], pd.read_csv(out / "classes.csv", keep_default_na=False), averages, pixel, completed.stdout
+        blocks["particles"],
+        pd.read_csv(out / "classes.csv", keep_default_na=False),
+        averages,
+        pixel,
+        completed.stdout,
+        selected,
     )
 
 
@@ -245,6 +253,12 @@ def test_classes_csv_and_class_averages_describe_the_k_classes(classified: Outpu
         table["particles_kept"][~table["selected"]] == 0
     ).all()
     assert table["particles_kept"][table["selected"]].sum() > 0.9 * table["particles"][table["selected"]].sum()
+    # particles_selected.star: the kept rows of particles.star, with its optics block, as a Subset selection writes.
+    assert set(classified.selected) == {"optics", "particles"}
+    chosen = classified.selected["particles"]
+    kept_per_class = np.bincount(chosen["rlnClassNumber"], minlength=N_CLASSES + 1)[1:]
+    assert list(kept_per_class) == list(table["particles_kept"])
+    assert set(chosen["rlnImageName"]) <= set(classified.particles["rlnImageName"])
     assert classified.averages.shape == (N_CLASSES, CLASSIFICATION_BOX_PX, CLASSIFICATION_BOX_PX)
     assert classified.averages.dtype == np.float32
     assert classified.averages_pixel_angstrom == pytest.approx(PIXEL_ANGSTROM * BOX_PX / CLASSIFICATION_BOX_PX)

@@ -214,6 +214,14 @@ def test_2d_classes_stream_through_the_session_with_their_selection_and_gallery(
         assert dict(zip(star["rlnImageName"], star["rlnClassNumber"], strict=True)) == dict(
             zip(mine["image_name"], mine["class_number"], strict=True)
         )
+        kept = mine[mine["kept"]]  # the selection handed on: selected classes, ln B >= 3 against background
+        assert (mine["kept"] <= mine["selected"]).all() and (kept["log_evidence_ratio"] >= 3.0).all()
+        selected_star = outputs / "star" / batch / "particles_selected.star"
+        if len(kept):
+            _, chosen = read_particles_star(selected_star)
+            assert sorted(chosen["rlnImageName"]) == sorted(kept["image_name"])
+        else:
+            assert not selected_star.exists()
     states = sorted(p.name for p in (outputs / "sessions" / "grid" / "classes_2d").glob("after-*.pt"))
     assert len(states) == 2
     assert "data:image/png;base64," in metadata["gallery"].value  # type: ignore[attr-defined]

@@ -224,7 +224,9 @@ class StructureLibrary(dg.ConfigurableResource):
         table = self._open()
         if table is None and "://" not in self.uri:
             with exclusive_lock(Path(self.uri) / f".{self.table_name}.create.lock"):
-                table = self._open() or self._retrying(create)
+                table = self._open()  # a table is falsy when empty (len): test for None
+                if table is None:
+                    table = self._retrying(create)
         elif table is None:
             table = self._retrying(create)
         stored = table.schema.field("vector").type.list_size

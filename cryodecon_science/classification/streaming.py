@@ -439,7 +439,7 @@ def _reseeded(poses: _Poses, rng: np.random.Generator) -> _Poses:
         posterior[chosen, small] = 1.0
         angle[chosen, small] = angle[chosen, largest]
         shift[chosen, small] = shift[chosen, largest]
-    return _Poses(posterior, angle, shift, poses.correlation, poses.log_evidence_ratio)
+    return poses._replace(posterior=posterior, angle_deg=angle, shift_yx_px=shift)
 
 
 def _split_classes(
@@ -497,7 +497,7 @@ def _split_classes(
         count[small] = count[heavy] // 2
         count[heavy] -= count[small]
     return (
-        _Poses(posterior, angle, shift, poses.correlation, poses.log_evidence_ratio),
+        poses._replace(posterior=posterior, angle_deg=angle, shift_yx_px=shift),
         _Stats(numerator, denominator, stat_weight),
         count,
         retired,
